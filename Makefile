@@ -1,0 +1,23 @@
+# The two commands that matter: `make demo` and `make test`. Both install what is missing first.
+.PHONY: setup build demo test eval clean
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	cargo build --locked
+
+## Start Milvus Lite, ingest data/sample, serve search on http://127.0.0.1:8080 (Ctrl-C stops all).
+demo: build
+	target/debug/imgsearch standalone --images data/sample --data-dir data/standalone
+
+## Every test, against a real Milvus Lite, ONNX Runtime and SQLite.
+test: build
+	scripts/milvus-lite.sh cargo test --locked --all-targets
+
+## Retrieval quality of the built-in model on the labelled sample (precision@1/5/10).
+eval: build
+	target/debug/imgsearch eval --labels-from-dirs data/sample/fashion
+
+clean:
+	rm -rf data/standalone

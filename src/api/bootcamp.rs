@@ -1,0 +1,137 @@
+//! The Milvus bootcamp reverse-image-search routes, with the shapes its web client and scripts
+//! send and expect: `table_name` picks the collection, search answers `[[path, distance], …]`
+//! best first, count answers a bare number, progress a `"current: N, total: M"` string.
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Multipart, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, allowed_folder, collection_or_default, read_form, search_by_image, serve_image, top_k};
+use crate::ingest::IngestOptions;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/img/load", post(load))
+        .route("/img/upload", post(upload))
+        .route("/img/search", post(search))
+        .route("/img/count", post(count))
+        .route("/img/drop", post(drop_collection))
+        .route("/progress", get(progress))
+        .route("/data", get(data))
+}
+
+#[derive(Debug, Deserialize)]
+struct TableQuery {
+    table_name: Option<String>,
+    /// The bootcamp can upload by URL; fetching arbitrary URLs is refused here.
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoadRequest {
+    #[serde(rename = "Table")]
+    table: Option<String>,
+    #[serde(rename = "File")]
+    file: String,
+}
+
+/// `POST /img/load` `{"Table": optional, "File": "/folder"}`: ingests a folder under a load root.
+async fn load(State(state): State<AppState>, body: Result<Json<LoadRequest>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body?;
+    let collection = collection_or_default(&state, request.table.as_deref())?;
+    let folder = allowed_folder(&state, &request.file)?;
+    let _only_load = state
+        .load
+        .try_lock()
+        .map_err(|_| ApiError::Conflict("another load is running; watch GET /progress and retry when it is done".into()))?;
+    let options = IngestOptions { collection, batch_size: state.config.batch_size, decode_workers: state.config.decode_workers };
+    let report = state.ingestor.ingest_directory(&folder, &options, &state.progress).await?;
+    Ok(Json(json!({ "status": true, "msg": "Successfully loaded data!", "report": report })))
+}
+
+/// `POST /img/upload?table_name=` with a multipart `image` file.
+async fn upload(
+    State(state): State<AppState>,
+    query: Result<Query<TableQuery>, QueryRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    if query.url.is_some() {
+        return Err(ApiError::BadRequest("uploading by URL is disabled on this server; send the image as a multipart `image` file".into()));
+    }
+    let collection = collection_or_default(&state, query.table_name.as_deref())?;
+    let form = read_form(multipart?).await?;
+    let image = form.image()?.to_vec();
+    let id = super::add_upload(&state, &collection, image).await?;
+    Ok(Json(json!({ "status": true, "msg": "Successfully uploaded data!", "id": id })))
+}
+
+/// `POST /img/search?table_name=` with a multipart `image` and form field `topk`.
+async fn search(
+    State(state): State<AppState>,
+    query: Result<Query<TableQuery>, QueryRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<Vec<(String, f32)>>, ApiError> {
+    let Query(query) = query?;
+    let collection = collection_or_default(&state, query.table_name.as_deref())?;
+    let form = read_form(multipart?).await?;
+    let top_k = top_k(&state, form.field("topk"))?;
+    let image = form.image()?.to_vec();
+    let hits = search_by_image(&state, &collection, image, top_k).await?;
+    // Hits come best first; distance = 1 − cosine similarity keeps that order ascending.
+    Ok(Json(hits.into_iter().map(|hit| (hit.uri, 1.0 - hit.score)).collect()))
+}
+
+/// `POST /img/count?table_name=`: a bare number; 0 for a collection not created yet.
+async fn count(State(state): State<AppState>, query: Result<Query<TableQuery>, QueryRejection>) -> Result<Json<u64>, ApiError> {
+    let Query(query) = query?;
+    let collection = collection_or_default(&state, query.table_name.as_deref())?;
+    if !state.ingestor.store.has_collection(&collection).await? {
+        return Ok(Json(0));
+    }
+    Ok(Json(state.ingestor.store.count(&collection).await?))
+}
+
+/// `POST /img/drop?table_name=`: removes the collection's vectors and catalog rows. Image files
+/// themselves are left alone: they belong to the user's folders.
+async fn drop_collection(State(state): State<AppState>, query: Result<Query<TableQuery>, QueryRejection>) -> Result<Json<String>, ApiError> {
+    let Query(query) = query?;
+    let collection = collection_or_default(&state, query.table_name.as_deref())?;
+    let _no_load_meanwhile = state
+        .load
+        .try_lock()
+        .map_err(|_| ApiError::Conflict("a load is running; drop the collection after it finishes".into()))?;
+    let existed = state.ingestor.store.has_collection(&collection).await?;
+    if existed {
+        state.ingestor.store.drop_collection(&collection).await?;
+    }
+    let rows = state.ingestor.catalog.delete_collection(&collection).await?;
+    if !existed && rows == 0 {
+        return Err(ApiError::NotFound(format!("collection {collection:?} does not exist")));
+    }
+    tracing::info!(collection, catalog_rows = rows, "dropped collection");
+    Ok(Json(format!("Successfully dropped collection {collection} from Milvus and the catalog")))
+}
+
+/// `GET /progress`: the current (or last) load.
+async fn progress(State(state): State<AppState>) -> Json<String> {
+    let (current, total) = state.progress.snapshot();
+    Json(format!("current: {current}, total: {total}"))
+}
+
+#[derive(Debug, Deserialize)]
+struct DataQuery {
+    image_path: String,
+}
+
+/// `GET /data?image_path=`: the bytes of a catalogued image, never of an arbitrary file.
+async fn data(State(state): State<AppState>, query: Result<Query<DataQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let record = state.ingestor.catalog.find_by_uri(&query.image_path).await?;
+    serve_image(record, &format!("at {:?}", query.image_path)).await
+}

@@ -1,0 +1,167 @@
+//! One error type for every route: a status code and `{"error": {"code", "message"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::catalog::CatalogError;
+use crate::embed::{EmbedError, ImageError};
+use crate::ingest::IngestError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A dependency (Milvus, the catalog, the model) is down or overloaded; the detail is logged.
+    #[error("{public}")]
+    Unavailable { public: String, detail: String },
+    /// A bug or an unexpected state; the detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, machine-readable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Unprocessable(_) => "unprocessable_image",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn unavailable(public: &str, detail: impl ToString) -> Self {
+        Self::Unavailable { public: public.to_string(), detail: detail.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Self::Unavailable { detail, .. } => tracing::warn!(%detail, "dependency unavailable"),
+            _ => tracing::debug!(error = %self, "request refused"),
+        }
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(error: ImageError) -> Self {
+        match error {
+            ImageError::Empty => Self::BadRequest("the uploaded image is empty".into()),
+            ImageError::UnsupportedFormat(_) => Self::UnsupportedMediaType(error.to_string()),
+            ImageError::TooLarge { .. } | ImageError::Corrupt { .. } => Self::Unprocessable(error.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::CollectionNotFound { collection } => Self::NotFound(format!("collection {collection:?} does not exist")),
+            StoreError::DimensionMismatch { .. } => Self::Conflict(error.to_string()),
+            other => Self::unavailable("the vector database (Milvus) is unavailable", other),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(error: CatalogError) -> Self {
+        Self::unavailable("the image catalog is unavailable", error)
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(error: EmbedError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::Store(e) => e.into(),
+            IngestError::Catalog(e) => e.into(),
+            IngestError::Embed(e) => e.into(),
+            IngestError::InvalidCollection(message) => Self::BadRequest(message),
+            IngestError::Source(e) => Self::BadRequest(e.to_string()),
+            IngestError::Worker(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(error: axum::extract::multipart::MultipartError) -> Self {
+        if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge(format!("request body too large: {}", error.body_text()))
+        } else {
+            Self::BadRequest(format!("malformed multipart body: {}", error.body_text()))
+        }
+    }
+}
+
+impl From<axum::extract::multipart::MultipartRejection> for ApiError {
+    fn from(error: axum::extract::multipart::MultipartRejection) -> Self {
+        Self::UnsupportedMediaType(format!("expected a multipart/form-data upload with an `image` field: {}", error.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(error: axum::extract::rejection::QueryRejection) -> Self {
+        Self::BadRequest(error.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(error: axum::extract::rejection::PathRejection) -> Self {
+        Self::BadRequest(error.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(error: axum::extract::rejection::JsonRejection) -> Self {
+        if error.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            Self::UnsupportedMediaType(error.body_text())
+        } else if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge(error.body_text())
+        } else {
+            Self::BadRequest(error.body_text())
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The search API (axum): a versioned JSON API under `/v1`, the Milvus bootcamp's routes for
+//! existing scripts and web clients, health probes and the web page.
+
+mod bootcamp;
+pub mod error;
+mod page;
+mod v1;
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::Multipart;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::catalog::{ImageRecord, ImageStatus, NewImage};
+use crate::embed::preprocess;
+use crate::ingest::Ingestor;
+use crate::progress::Progress;
+use crate::store::Hit;
+
+/// Settings of the search server that are not connections.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Collection used when a request names none (`table_name` / `collection`).
+    pub default_collection: String,
+    /// Folders `/img/load` may read; anything else is refused. Stored canonicalised.
+    pub load_roots: Vec<PathBuf>,
+    /// Where uploads are stored, named by content hash.
+    pub upload_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    /// Inferences allowed at once; more requests wait up to `queue_timeout`, then get 503.
+    pub max_concurrent_inference: usize,
+    pub queue_timeout: Duration,
+    pub batch_size: usize,
+    pub decode_workers: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            default_collection: "images".into(),
+            load_roots: Vec::new(),
+            upload_dir: PathBuf::from("data/uploads"),
+            max_body_bytes: 20 << 20,
+            default_top_k: 10,
+            max_top_k: 100,
+            max_concurrent_inference: 2,
+            queue_timeout: Duration::from_secs(10),
+            batch_size: 32,
+            decode_workers: 1,
+        }
+    }
+}
+
+pub type AppState = Arc<ServerState>;
+
+pub struct ServerState {
+    pub ingestor: Ingestor,
+    pub config: ServeConfig,
+    /// Progress of the current or last `/img/load`, for `GET /progress`.
+    pub progress: Progress,
+    inference: Semaphore,
+    /// One `/img/load` at a time: two loads of one collection would race on the same rows.
+    load: tokio::sync::Mutex<()>,
+}
+
+impl ServerState {
+    pub fn new(ingestor: Ingestor, config: ServeConfig) -> AppState {
+        let permits = config.max_concurrent_inference.max(1);
+        Arc::new(Self { ingestor, config, progress: Progress::silent(), inference: Semaphore::new(permits), load: Default::default() })
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .merge(page::router())
+        .merge(v1::router())
+        .merge(bootcamp::router())
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The collection a request names, or the default one; invalid names are a 400.
+fn collection_or_default(state: &ServerState, requested: Option<&str>) -> Result<String, ApiError> {
+    let name = requested.filter(|n| !n.is_empty()).unwrap_or(&state.config.default_collection);
+    crate::store::validate_collection_name(name).map_err(ApiError::BadRequest)?;
+    Ok(name.to_string())
+}
+
+fn top_k(state: &ServerState, requested: Option<&str>) -> Result<usize, ApiError> {
+    let Some(text) = requested.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(state.config.default_top_k);
+    };
+    let max = state.config.max_top_k;
+    match text.parse::<usize>() {
+        Ok(k) if (1..=max).contains(&k) => Ok(k),
+        _ => Err(ApiError::BadRequest(format!("top_k must be a whole number from 1 to {max}, got {text:?}"))),
+    }
+}
+
+/// An uploaded form: the bytes of its `image` file field and its short text fields.
+struct UploadForm {
+    image: Option<Vec<u8>>,
+    fields: Vec<(String, String)>,
+}
+
+impl UploadForm {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn image(&self) -> Result<&[u8], ApiError> {
+        self.image.as_deref().ok_or_else(|| ApiError::BadRequest("the form has no `image` file field".into()))
+    }
+}
+
+async fn read_form(mut multipart: Multipart) -> Result<UploadForm, ApiError> {
+    let mut form = UploadForm { image: None, fields: Vec::new() };
+    while let Some(field) = multipart.next_field().await? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "image" {
+            form.image = Some(field.bytes().await?.to_vec());
+        } else if field.file_name().is_none() {
+            let value = field.text().await?;
+            if value.len() > 1024 {
+                return Err(ApiError::BadRequest(format!("form field {name:?} is longer than 1024 bytes")));
+            }
+            form.fields.push((name, value));
+        }
+        // Other file fields are ignored: only `image` is ever read.
+    }
+    Ok(form)
+}
+
+/// Image bytes → nearest images, holding an inference permit for the embedding only.
+async fn search_by_image(state: &ServerState, collection: &str, bytes: Vec<u8>, top_k: usize) -> Result<Vec<Hit>, ApiError> {
+    if !state.ingestor.store.has_collection(collection).await? {
+        return Err(ApiError::NotFound(format!("collection {collection:?} does not exist; load or upload images first")));
+    }
+    let vector = embed_query(state, bytes).await?;
+    Ok(state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await?)
+}
+
+async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, ApiError> {
+    let _permit = tokio::time::timeout(state.config.queue_timeout, state.inference.acquire())
+        .await
+        .map_err(|_| ApiError::unavailable("the server is busy embedding other images; retry shortly", "inference queue timeout"))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let model = Arc::clone(&state.ingestor.model);
+    let limits = state.ingestor.limits;
+    let embedded = tokio::task::spawn_blocking(move || model.embed_bytes(&bytes, limits))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match embedded {
+        Ok((_, vector)) => Ok(vector),
+        Err(crate::embed::EmbedBytesError::Image(e)) => Err(e.into()),
+        Err(crate::embed::EmbedBytesError::Embed(e)) => Err(e.into()),
+    }
+}
+
+/// Validates, stores (under its content hash, never a client-chosen name) and indexes an upload.
+async fn add_upload(state: &ServerState, collection: &str, bytes: Vec<u8>) -> Result<i64, ApiError> {
+    let limits = state.ingestor.limits;
+    let input_size = state.ingestor.model.input_size();
+    let (prepared, bytes) = tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input_size), bytes))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let prepared = prepared?;
+    let content_hash = hex::encode(Sha256::digest(&bytes));
+    let extension = prepared.format.extensions_str().first().copied().unwrap_or("img");
+    let path = state.config.upload_dir.join(format!("{content_hash}.{extension}"));
+    store_upload(&path, &bytes).await?;
+    let uri = path.to_str().ok_or_else(|| ApiError::Internal("upload directory is not valid UTF-8".into()))?.to_string();
+    let image = NewImage {
+        uri,
+        content_hash,
+        size_bytes: bytes.len() as i64,
+        width: i64::from(prepared.width),
+        height: i64::from(prepared.height),
+    };
+    Ok(state.ingestor.add_prepared(collection, image, prepared).await?)
+}
+
+/// Writes to a temporary name and renames, so a reader never sees half a file.
+async fn store_upload(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
+    if tokio::fs::try_exists(path).await.unwrap_or(false) {
+        return Ok(()); // same content, same name
+    }
+    let dir = path.parent().ok_or_else(|| ApiError::Internal("upload path has no parent".into()))?;
+    tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
+    let temporary = path.with_extension(format!("partial-{}", std::process::id()));
+    tokio::fs::write(&temporary, bytes).await.map_err(|e| ApiError::Internal(format!("writing {}: {e}", temporary.display())))?;
+    tokio::fs::rename(&temporary, path).await.map_err(|e| ApiError::Internal(format!("renaming to {}: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Serves a catalogued, indexed image's bytes. Only files the catalog lists are ever read.
+async fn serve_image(record: Option<ImageRecord>, what: &str) -> Result<Response, ApiError> {
+    let record = record
+        .filter(|r| r.status == ImageStatus::Indexed)
+        .ok_or_else(|| ApiError::NotFound(format!("no indexed image {what}")))?;
+    let bytes = tokio::fs::read(&record.uri)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("image {what} is catalogued but its file is no longer readable")))?;
+    let mime = preprocess::sniff_format(&bytes).map(preprocess::mime_type).unwrap_or("application/octet-stream");
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(mime)),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300")),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Resolves a folder a client asked to load and checks it lies under an allowed root.
+fn allowed_folder(state: &ServerState, requested: &str) -> Result<PathBuf, ApiError> {
+    let requested_path = Path::new(requested);
+    let refuse = || {
+        let roots: Vec<String> = state.config.load_roots.iter().map(|r| r.display().to_string()).collect();
+        ApiError::Forbidden(if roots.is_empty() {
+            "loading folders is disabled on this server (start it with --load-root DIR)".to_string()
+        } else {
+            format!("folder {requested:?} is not under an allowed load root ({})", roots.join(", "))
+        })
+    };
+    if !requested_path.is_absolute() || requested_path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(refuse());
+    }
+    match requested_path.canonicalize() {
+        // Canonical form resolves symlinks, so a link inside a root cannot point outside it.
+        Ok(canonical) if state.config.load_roots.iter().any(|root| canonical.starts_with(root)) => {
+            if canonical.is_dir() {
+                Ok(canonical)
+            } else {
+                Err(ApiError::BadRequest(format!("{requested:?} is not a folder")))
+            }
+        }
+        Ok(_) => Err(refuse()),
+        Err(_) if state.config.load_roots.iter().any(|root| requested_path.starts_with(root)) => {
+            Err(ApiError::NotFound(format!("folder {requested:?} does not exist")))
+        }
+        Err(_) => Err(refuse()),
+    }
+}

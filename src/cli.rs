@@ -1,0 +1,378 @@
+//! Command-line interface: every flag has an environment variable, so Kubernetes Secrets and
+//! ConfigMaps map straight onto configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{self, ServeConfig, ServerState};
+use crate::catalog::Catalog;
+use crate::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
+use crate::ingest::{IngestOptions, Ingestor};
+use crate::progress::Progress;
+use crate::standalone::MilvusLite;
+use crate::store::{IndexSpec, MilvusStore};
+
+#[derive(Debug, Parser)]
+#[command(name = "imgsearch", version, about = "Reverse image search on Milvus: ingest images, search them by example")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed the images of a folder into a Milvus collection and the catalog.
+    Ingest(IngestArgs),
+    /// Run the search API and web page.
+    Serve(ServeArgs),
+    /// Everything on one machine: start Milvus Lite, ingest a folder, serve it.
+    Standalone(StandaloneArgs),
+    /// Measure retrieval quality (precision@k, leave-one-out) on folders of labelled images.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Built-in model name.
+    #[arg(long, env = "IMGSEARCH_MODEL", default_value = "efficientnet-lite0")]
+    pub model: String,
+    /// Folder holding the model's .onnx file [default: ./model, or next to the binary's checkout].
+    #[arg(long, env = "IMGSEARCH_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// ONNX Runtime shared library (libonnxruntime.so.1.*) [default: the project's .venv].
+    #[arg(long = "ort-dylib", env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+    /// ONNX Runtime threads; 0 uses every core.
+    #[arg(long, env = "IMGSEARCH_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Largest accepted image, in pixels (width × height).
+    #[arg(long, env = "IMGSEARCH_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
+    /// Largest accepted image width or height.
+    #[arg(long, env = "IMGSEARCH_MAX_IMAGE_DIMENSION", default_value_t = DecodeLimits::default().max_dimension)]
+    pub max_image_dimension: u32,
+}
+
+impl ModelArgs {
+    fn config(&self) -> ModelConfig {
+        ModelConfig { name: self.model.clone(), model_dir: self.model_dir.clone(), ort_dylib: self.ort_dylib.clone(), threads: self.threads }
+    }
+
+    fn limits(&self) -> DecodeLimits {
+        DecodeLimits { max_dimension: self.max_image_dimension, max_pixels: self.max_image_pixels }
+    }
+
+    async fn load(&self) -> anyhow::Result<Arc<EmbeddingModel>> {
+        let config = self.config();
+        let model = tokio::task::spawn_blocking(move || EmbeddingModel::load(&config)).await??;
+        tracing::info!(model = model.spec().name, dimension = model.dimension(), "model loaded");
+        Ok(Arc::new(model))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// HNSW graph degree.
+    #[arg(long, env = "IMGSEARCH_HNSW_M", default_value_t = IndexSpec::default().m)]
+    pub hnsw_m: u32,
+    /// HNSW build-time breadth.
+    #[arg(long, env = "IMGSEARCH_HNSW_EF_CONSTRUCTION", default_value_t = IndexSpec::default().ef_construction)]
+    pub hnsw_ef_construction: u32,
+    /// HNSW search-time breadth (raised to top-k when smaller).
+    #[arg(long, env = "IMGSEARCH_SEARCH_EF", default_value_t = IndexSpec::default().ef)]
+    pub search_ef: u32,
+}
+
+impl IndexArgs {
+    fn spec(&self) -> IndexSpec {
+        IndexSpec { m: self.hnsw_m, ef_construction: self.hnsw_ef_construction, ef: self.search_ef }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Milvus address.
+    #[arg(long, env = "MILVUS_URI", default_value = "http://127.0.0.1:19530")]
+    pub milvus_uri: String,
+    /// Milvus token (`user:password` or an API key); none for Milvus Lite.
+    #[arg(long, env = "MILVUS_TOKEN", hide_env_values = true)]
+    pub milvus_token: Option<String>,
+    /// Catalog database URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/catalog.db", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// Images per inference call and per database write.
+    #[arg(long, env = "IMGSEARCH_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub batch_size: u16,
+    /// Threads decoding images while the model runs [default: half the cores, at least 1].
+    #[arg(long, env = "IMGSEARCH_DECODE_WORKERS")]
+    pub decode_workers: Option<usize>,
+}
+
+impl BatchArgs {
+    fn decode_workers(&self) -> usize {
+        self.decode_workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Folder of images (searched recursively).
+    pub folder: PathBuf,
+    /// Collection to ingest into.
+    #[arg(long, env = "IMGSEARCH_COLLECTION", default_value = "images")]
+    pub collection: String,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub index: IndexArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IMGSEARCH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folders `POST /img/load` may read (repeat, or colon-separated in the env var).
+    #[arg(long = "load-root", env = "IMGSEARCH_LOAD_ROOTS", value_delimiter = ':')]
+    pub load_roots: Vec<PathBuf>,
+    /// Where uploaded images are stored (named by content hash).
+    #[arg(long, env = "IMGSEARCH_UPLOAD_DIR", default_value = "data/uploads")]
+    pub upload_dir: PathBuf,
+    /// Largest request body in bytes.
+    #[arg(long, env = "IMGSEARCH_MAX_BODY_BYTES", default_value_t = ServeConfig::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Image embeddings computed at once; further requests queue briefly, then get 503.
+    #[arg(long, env = "IMGSEARCH_MAX_CONCURRENT_INFERENCE", default_value_t = ServeConfig::default().max_concurrent_inference)]
+    pub max_concurrent_inference: usize,
+}
+
+impl ServerArgs {
+    fn config(&self, collection: &str, batch: &BatchArgs) -> anyhow::Result<ServeConfig> {
+        let mut load_roots = Vec::new();
+        for root in self.load_roots.iter().filter(|r| !r.as_os_str().is_empty()) {
+            load_roots.push(root.canonicalize().with_context(|| format!("load root {} does not exist", root.display()))?);
+        }
+        Ok(ServeConfig {
+            default_collection: collection.to_string(),
+            load_roots,
+            upload_dir: std::path::absolute(&self.upload_dir).with_context(|| format!("upload dir {}", self.upload_dir.display()))?,
+            max_body_bytes: self.max_body_bytes,
+            max_concurrent_inference: self.max_concurrent_inference,
+            batch_size: usize::from(batch.batch_size),
+            decode_workers: batch.decode_workers(),
+            ..ServeConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Collection searched when a request names none.
+    #[arg(long, env = "IMGSEARCH_COLLECTION", default_value = "images")]
+    pub collection: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub index: IndexArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// Folder of images to ingest before serving.
+    #[arg(long, env = "IMGSEARCH_IMAGES", default_value = "data/sample")]
+    pub images: PathBuf,
+    /// Where Milvus Lite, the catalog and uploads keep their data.
+    #[arg(long, env = "IMGSEARCH_DATA_DIR", default_value = "data/standalone")]
+    pub data_dir: PathBuf,
+    /// Collection to ingest into and search.
+    #[arg(long, env = "IMGSEARCH_COLLECTION", default_value = "images")]
+    pub collection: String,
+    /// Use this Milvus instead of starting Milvus Lite.
+    #[arg(long)]
+    pub external_milvus: Option<String>,
+    /// The milvus-lite command [default: .venv/bin/milvus-lite, then PATH].
+    #[arg(long, env = "IMGSEARCH_MILVUS_LITE")]
+    pub milvus_lite_bin: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "IMGSEARCH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Extra folders `POST /img/load` may read (the images folder always may).
+    #[arg(long = "load-root", env = "IMGSEARCH_LOAD_ROOTS", value_delimiter = ':')]
+    pub load_roots: Vec<PathBuf>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub index: IndexArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Root whose sub-folders are the labels (e.g. data/sample/fashion).
+    #[arg(long)]
+    pub labels_from_dirs: PathBuf,
+    /// Cut-offs to report.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 5, 10])]
+    pub k: Vec<usize>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ingest(args) => ingest(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Standalone(args) => standalone(args).await,
+        Command::Eval(args) => eval(args).await,
+    }
+}
+
+async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) -> anyhow::Result<Ingestor> {
+    let store = MilvusStore::connect(&backend.milvus_uri, backend.milvus_token.as_deref()).await?;
+    let catalog = Catalog::open(&backend.database_url).await?;
+    Ok(Ingestor { store, catalog, model: model.load().await?, index: index.spec(), limits: model.limits() })
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let ingestor = connect(&args.backend, &args.model, &args.index).await?;
+    let options = IngestOptions { collection: args.collection.clone(), batch_size: usize::from(args.batch.batch_size), decode_workers: args.batch.decode_workers() };
+    let progress = Progress::visible();
+    let report = tokio::select! {
+        report = ingestor.ingest_directory(&args.folder, &options, &progress) => report?,
+        () = shutdown_signal() => {
+            progress.finish();
+            anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.summary());
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ingestor = connect(&args.backend, &args.model, &args.index).await?;
+    let config = args.server.config(&args.collection, &args.batch)?;
+    serve_until_shutdown(ingestor, config, args.server.listen).await
+}
+
+async fn serve_until_shutdown(ingestor: Ingestor, config: ServeConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let state = ServerState::new(ingestor, config);
+    tracing::info!(%address, "search API listening");
+    eprintln!("imgsearch is serving on http://{address}/  (Ctrl-C stops it)");
+    axum::serve(listener, api::app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("search API stopped");
+    Ok(())
+}
+
+async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let milvus_lite = match &args.external_milvus {
+        Some(_) => None,
+        None => Some(MilvusLite::start(&data_dir.join("milvus"), args.milvus_lite_bin.as_deref()).await?),
+    };
+    let milvus_uri = args.external_milvus.clone().or_else(|| milvus_lite.as_ref().map(|m| m.uri().to_string())).unwrap_or_default();
+    let result = run_standalone(&args, &data_dir, &milvus_uri).await;
+    if let Some(milvus_lite) = milvus_lite {
+        milvus_lite.stop().await;
+    }
+    result
+}
+
+async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvus_uri: &str) -> anyhow::Result<()> {
+    let backend = BackendArgs {
+        milvus_uri: milvus_uri.to_string(),
+        milvus_token: None,
+        database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
+    };
+    let ingestor = connect(&backend, &args.model, &args.index).await?;
+    let options = IngestOptions { collection: args.collection.clone(), batch_size: usize::from(args.batch.batch_size), decode_workers: args.batch.decode_workers() };
+    let progress = Progress::visible();
+    let report = tokio::select! {
+        report = ingestor.ingest_directory(&args.images, &options, &progress) => report?,
+        () = shutdown_signal() => {
+            progress.finish();
+            eprintln!("interrupted during ingest; stopping");
+            return Ok(());
+        }
+    };
+    eprintln!("{}", report.summary());
+
+    let mut load_roots = args.load_roots.clone();
+    load_roots.push(args.images.clone());
+    let server = ServerArgs {
+        listen: args.listen,
+        load_roots,
+        upload_dir: data_dir.join("uploads"),
+        max_body_bytes: ServeConfig::default().max_body_bytes,
+        max_concurrent_inference: ServeConfig::default().max_concurrent_inference,
+    };
+    let config = server.config(&args.collection, &args.batch)?;
+    serve_until_shutdown(ingestor, config, args.listen).await
+}
+
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let model = args.model.load().await?;
+    let limits = args.model.limits();
+    let root = args.labels_from_dirs.clone();
+    let ks = args.k.clone();
+    let report = tokio::task::spawn_blocking(move || crate::eval::evaluate(&model, &root, &ks, limits, 32)).await??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,202 @@
+//! The embedding model: which ONNX file, which ONNX Runtime library, and batched inference.
+
+pub mod preprocess;
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+pub use preprocess::{DecodeLimits, ImageError, PreparedImage};
+
+/// A model imgsearch ships, described well enough to feed it and to size a Milvus collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltinModel {
+    pub name: &'static str,
+    pub file_name: &'static str,
+    pub dimension: usize,
+    pub input_size: u32,
+}
+
+/// EfficientNet-Lite0, ImageNet weights, 1280-d pooled features (see model/README.md).
+pub const EFFICIENTNET_LITE0: BuiltinModel = BuiltinModel {
+    name: "efficientnet-lite0",
+    file_name: "efficientnet-lite0.onnx",
+    dimension: 1280,
+    input_size: 224,
+};
+
+pub const BUILTIN_MODELS: &[BuiltinModel] = &[EFFICIENTNET_LITE0];
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("unknown model {name:?}; built-in models: {known}")]
+    UnknownModel { name: String, known: String },
+    #[error(
+        "model file {path} not found; run `make setup` in the imgsearch checkout or point --model-dir / IMGSEARCH_MODEL_DIR at the folder holding {file}"
+    )]
+    ModelFileMissing { path: PathBuf, file: &'static str },
+    #[error("{0}")]
+    RuntimeMissing(String),
+    #[error("ONNX Runtime failed to load {path}: {detail}")]
+    RuntimeLoad { path: PathBuf, detail: String },
+    #[error("model {path} could not be loaded: {detail}")]
+    ModelLoad { path: PathBuf, detail: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// A loaded model with its ONNX Runtime session. Inference takes `&self`: callers on many
+/// threads share one model and take turns on the session (ONNX Runtime itself uses all cores).
+pub struct EmbeddingModel {
+    spec: BuiltinModel,
+    path: PathBuf,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for EmbeddingModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingModel").field("spec", &self.spec).field("path", &self.path).finish()
+    }
+}
+
+/// Where to find the model and the runtime; every field falls back to a discovery rule.
+#[derive(Debug, Clone, Default)]
+pub struct ModelConfig {
+    pub name: String,
+    pub model_dir: Option<PathBuf>,
+    pub ort_dylib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
+    pub threads: usize,
+}
+
+impl EmbeddingModel {
+    pub fn load(config: &ModelConfig) -> Result<Self, EmbedError> {
+        let spec = builtin(&config.name)?;
+        let path = locate_model_file(config.model_dir.as_deref(), spec)?;
+        let environment = runtime::environment(config.ort_dylib.as_deref())?;
+        let load_error = |detail: String| EmbedError::ModelLoad { path: path.clone(), detail };
+        let mut builder = Session::builder(&environment).map_err(|e| load_error(e.to_string()))?;
+        builder = builder
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load_error(e.to_string()))?;
+        if config.threads > 0 {
+            builder = builder.with_intra_threads(config.threads).map_err(|e| load_error(e.to_string()))?;
+        }
+        let session = builder.commit_from_file(&path).map_err(|e| load_error(e.to_string()))?;
+        Ok(Self { spec, path, session: Mutex::new(session) })
+    }
+
+    pub fn spec(&self) -> BuiltinModel {
+        self.spec
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.spec.dimension
+    }
+
+    pub fn input_size(&self) -> u32 {
+        self.spec.input_size
+    }
+
+    /// Bytes → L2-normalised embedding, for one query image.
+    pub fn embed_bytes(&self, bytes: &[u8], limits: DecodeLimits) -> Result<(PreparedImage, Vec<f32>), EmbedBytesError> {
+        let prepared = preprocess::prepare(bytes, limits, self.input_size())?;
+        let mut vectors = self.embed_batch(std::slice::from_ref(&prepared))?;
+        let vector = vectors.pop().ok_or_else(|| EmbedError::Inference("model returned no vector".into()))?;
+        Ok((prepared, vector))
+    }
+
+    /// One forward pass over a batch; returns one L2-normalised vector per input, in order.
+    pub fn embed_batch(&self, images: &[PreparedImage]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let side = self.input_size() as usize;
+        let per_image = 3 * side * side;
+        let mut input = Vec::with_capacity(images.len() * per_image);
+        for image in images {
+            if image.tensor.len() != per_image {
+                return Err(EmbedError::Inference(format!(
+                    "input tensor has {} values, the model needs {per_image}",
+                    image.tensor.len()
+                )));
+            }
+            input.extend_from_slice(&image.tensor);
+        }
+        let shape = [images.len(), 3, side, side];
+        let tensor = TensorRef::from_array_view((shape, input.as_slice()))
+            .map_err(|e| EmbedError::Inference(e.to_string()))?;
+        // A poisoned lock only means another inference panicked; the session itself is still sound.
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session.run(ort::inputs![tensor]).map_err(|e| EmbedError::Inference(e.to_string()))?;
+        let (out_shape, values) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| EmbedError::Inference(e.to_string()))?;
+        let dimension = self.dimension();
+        if values.len() != images.len() * dimension {
+            return Err(EmbedError::Inference(format!(
+                "model output shape {out_shape:?} does not hold {} vectors of {dimension}",
+                images.len()
+            )));
+        }
+        Ok(values.chunks_exact(dimension).map(l2_normalised).collect())
+    }
+}
+
+/// Either the image was bad (the caller's fault) or inference failed (ours).
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedBytesError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+pub fn builtin(name: &str) -> Result<BuiltinModel, EmbedError> {
+    BUILTIN_MODELS.iter().copied().find(|m| m.name == name).ok_or_else(|| EmbedError::UnknownModel {
+        name: name.to_string(),
+        known: BUILTIN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Cosine similarity becomes a dot product, and Milvus' COSINE and IP metrics agree.
+pub fn l2_normalised(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return vector.to_vec();
+    }
+    vector.iter().map(|v| v / norm).collect()
+}
+
+fn locate_model_file(model_dir: Option<&Path>, spec: BuiltinModel) -> Result<PathBuf, EmbedError> {
+    let candidates: Vec<PathBuf> = match model_dir {
+        Some(dir) => vec![dir.join(spec.file_name)],
+        None => runtime::search_roots().into_iter().map(|root| root.join("model").join(spec.file_name)).collect(),
+    };
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| EmbedError::ModelFileMissing {
+        path: candidates.into_iter().next().unwrap_or_else(|| PathBuf::from("model").join(spec.file_name)),
+        file: spec.file_name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_to_unit_length_and_leaves_zero_alone() {
+        let v = l2_normalised(&[3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(l2_normalised(&[0.0, 0.0]), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn unknown_model_names_list_the_known_ones() {
+        let err = builtin("resnet9000").unwrap_err();
+        assert_eq!(err.to_string(), "unknown model \"resnet9000\"; built-in models: efficientnet-lite0");
+    }
+}

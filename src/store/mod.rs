@@ -1,0 +1,382 @@
+//! The vector store: Milvus through milvus-sdk-rust's V2 client.
+//!
+//! One Milvus collection per imgsearch collection, with the schema
+//! `id INT64 (primary, = catalog row id) | vector FLOAT_VECTOR(dim) | uri VARCHAR | content_hash VARCHAR`.
+//! The catalog row id is the primary key, so a crash between writing Milvus and the catalog is
+//! healed by re-upserting the same id rather than leaving a duplicate vector.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use milvus::v2::prelude::*;
+use milvus::v2::{CollectionSchema, DataType, FieldSchema};
+
+pub const ID_FIELD: &str = "id";
+pub const VECTOR_FIELD: &str = "vector";
+pub const URI_FIELD: &str = "uri";
+pub const HASH_FIELD: &str = "content_hash";
+/// Long enough for deep object-store keys and URLs; longer URIs are refused at ingest.
+pub const MAX_URI_LENGTH: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach Milvus at {uri}: {detail}")]
+    Connect { uri: String, detail: String },
+    #[error("Milvus collection {collection:?} has vector dimension {found}, but the model produces {expected}; use another collection name or drop this one")]
+    DimensionMismatch { collection: String, found: i64, expected: usize },
+    #[error("Milvus at {uri} reports itself unhealthy: {reasons}")]
+    Unhealthy { uri: String, reasons: String },
+    #[error("Milvus collection {collection:?} does not exist")]
+    CollectionNotFound { collection: String },
+    #[error("building the index of {collection:?} failed: {reason}")]
+    IndexFailed { collection: String, reason: String },
+    #[error("Milvus {operation} on {collection:?} failed: {source}")]
+    Milvus {
+        operation: &'static str,
+        collection: String,
+        #[source]
+        source: milvus::v2::error::Error,
+    },
+    #[error("timed out after {seconds} s waiting for {what} of {collection:?}")]
+    Timeout { what: &'static str, collection: String, seconds: u64 },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How vectors are compared and indexed. COSINE + HNSW is the default: embeddings are
+/// L2-normalised, and HNSW gives millisecond searches without a training step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    pub m: u32,
+    pub ef_construction: u32,
+    /// Search-time breadth; must be ≥ top_k, raised to it automatically.
+    pub ef: u32,
+}
+
+impl Default for IndexSpec {
+    fn default() -> Self {
+        Self { m: 16, ef_construction: 200, ef: 64 }
+    }
+}
+
+/// One image's row in Milvus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRow {
+    pub id: i64,
+    pub vector: Vec<f32>,
+    pub uri: String,
+    pub content_hash: String,
+}
+
+/// One search result: cosine similarity in [-1, 1], higher is closer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: i64,
+    pub score: f32,
+    pub uri: String,
+}
+
+#[derive(Clone)]
+pub struct MilvusStore {
+    client: ClientV2,
+    uri: String,
+}
+
+impl std::fmt::Debug for MilvusStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MilvusStore").field("uri", &self.uri).finish()
+    }
+}
+
+impl MilvusStore {
+    /// `token` is `user:password` or an API key; Milvus Lite and auth-less servers need none.
+    pub async fn connect(uri: &str, token: Option<&str>) -> Result<Self> {
+        let mut config = ConnectConfig::new().uri(uri);
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            config = config.token(token);
+        }
+        let client = ClientV2::new(&config)
+            .await
+            .map_err(|e| StoreError::Connect { uri: uri.to_string(), detail: e.to_string() })?;
+        client.set_rpc_deadline(Duration::from_secs(30));
+        Ok(Self { client, uri: uri.to_string() })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// A cheap round trip for readiness probes: the server answers and says it is healthy.
+    /// (Not list_collections: Milvus Lite's answer to it is one this SDK rejects as malformed.)
+    pub async fn ping(&self) -> Result<()> {
+        let op = "health check";
+        let request = CheckHealthRequest::builder().build().map_err(|e| self.error(op, "", e))?;
+        let health = self.client.check_health(request).await.map_err(|e| self.error(op, "", e))?;
+        if !health.is_healthy() {
+            return Err(StoreError::Unhealthy { uri: self.uri.clone(), reasons: health.reasons().join("; ") });
+        }
+        Ok(())
+    }
+
+    pub async fn has_collection(&self, collection: &str) -> Result<bool> {
+        let op = "has_collection";
+        let request = HasCollectionRequest::builder()
+            .collection_name(collection)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let response = self.client.has_collection(request).await.map_err(|e| self.error(op, collection, e))?;
+        Ok(response.exists())
+    }
+
+    /// Creates the collection and its index when missing, checks the dimension when present,
+    /// and loads it. Safe to call on every start and every ingest.
+    pub async fn ensure_collection(&self, collection: &str, dimension: usize, index: &IndexSpec) -> Result<()> {
+        if self.has_collection(collection).await? {
+            self.check_dimension(collection, dimension).await?;
+        } else {
+            self.create_collection(collection, dimension).await?;
+        }
+        self.ensure_index(collection, index).await?;
+        self.load(collection).await
+    }
+
+    async fn create_collection(&self, collection: &str, dimension: usize) -> Result<()> {
+        let op = "create collection";
+        let schema = CollectionSchema::new()
+            .add_field(FieldSchema::new().name(ID_FIELD).data_type(DataType::Int64).primary_key(true).auto_id(false))
+            .add_field(FieldSchema::new().name(VECTOR_FIELD).data_type(DataType::FloatVector).dimension(dimension as u32))
+            .add_field(FieldSchema::new().name(URI_FIELD).data_type(DataType::VarChar).max_length(MAX_URI_LENGTH))
+            .add_field(FieldSchema::new().name(HASH_FIELD).data_type(DataType::VarChar).max_length(64));
+        let request = CreateCollectionRequest::builder()
+            .collection_name(collection)
+            .description("imgsearch image embeddings")
+            .schema(schema)
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        self.client.create_collection(request).await.map_err(|e| self.error(op, collection, e))?;
+        tracing::info!(collection, dimension, "created Milvus collection");
+        Ok(())
+    }
+
+    async fn check_dimension(&self, collection: &str, expected: usize) -> Result<()> {
+        let op = "describe collection";
+        let request = DescribeCollectionRequest::builder()
+            .collection_name(collection)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let response = self.client.describe_collection(request).await.map_err(|e| self.error(op, collection, e))?;
+        let description = response.description();
+        let vector = description.get_schema().get_fields().iter().find(|f| f.get_name() == VECTOR_FIELD);
+        let found = vector.map(|f| i64::from(f.get_dimension())).unwrap_or(-1);
+        if found != expected as i64 {
+            return Err(StoreError::DimensionMismatch { collection: collection.to_string(), found, expected });
+        }
+        Ok(())
+    }
+
+    /// Milvus Lite does not report completion to a synchronous create_index through this SDK,
+    /// so the build is started asynchronously and polled.
+    async fn ensure_index(&self, collection: &str, index: &IndexSpec) -> Result<()> {
+        if self.index_state(collection).await?.is_none() {
+            let op = "create index";
+            let params = IndexParam::new()
+                .field_name(VECTOR_FIELD)
+                .index_name(VECTOR_FIELD)
+                .index_type(IndexType::Hnsw)
+                .metric_type(MetricType::Cosine)
+                .extra_params(HashMap::from([
+                    ("M".to_string(), index.m.to_string()),
+                    ("efConstruction".to_string(), index.ef_construction.to_string()),
+                ]));
+            let request = CreateIndexRequest::builder()
+                .collection_name(collection)
+                .index_param(params)
+                .sync(false)
+                .build()
+                .map_err(|e| self.error(op, collection, e))?;
+            self.client.create_index(request).await.map_err(|e| self.error(op, collection, e))?;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match self.index_state(collection).await? {
+                Some((IndexStateCode::Finished, _)) => return Ok(()),
+                Some((IndexStateCode::Failed, reason)) => {
+                    return Err(StoreError::IndexFailed { collection: collection.to_string(), reason });
+                }
+                _ if tokio::time::Instant::now() > deadline => {
+                    return Err(StoreError::Timeout { what: "the index build", collection: collection.to_string(), seconds: 120 });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// `None` when the vector field has no index yet.
+    async fn index_state(&self, collection: &str) -> Result<Option<(IndexStateCode, String)>> {
+        let op = "describe index";
+        let request = DescribeIndexRequest::builder()
+            .collection_name(collection)
+            .field_name(VECTOR_FIELD)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        match self.client.describe_index(request).await {
+            Ok(response) => Ok(response
+                .indexes()
+                .iter()
+                .find(|i| i.get_field_name() == VECTOR_FIELD)
+                .map(|i| (i.get_state(), i.get_failure_reason().to_string()))),
+            // Milvus answers "index not found" as an error status rather than an empty list.
+            Err(e) if is_missing_index(&e) => Ok(None),
+            Err(e) => Err(self.error(op, collection, e)),
+        }
+    }
+
+    async fn load(&self, collection: &str) -> Result<()> {
+        let op = "load collection";
+        let request = LoadCollectionRequest::builder()
+            .collection_name(collection)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        self.client.load_collection(request).await.map_err(|e| self.error(op, collection, e))
+    }
+
+    /// Inserts or replaces rows by id.
+    pub async fn upsert(&self, collection: &str, rows: &[VectorRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let op = "upsert";
+        let rows_request = InsertRequest::builder()
+            .collection_name(collection)
+            .columns(vec![
+                FieldData::int64(ID_FIELD, rows.iter().map(|r| r.id).collect::<Vec<_>>()),
+                FieldData::float_vector(VECTOR_FIELD, rows.iter().map(|r| r.vector.clone()).collect::<Vec<_>>()),
+                FieldData::varchar(URI_FIELD, rows.iter().map(|r| r.uri.clone()).collect::<Vec<_>>()),
+                FieldData::varchar(HASH_FIELD, rows.iter().map(|r| r.content_hash.clone()).collect::<Vec<_>>()),
+            ])
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let request = UpsertRequest::builder().insert(rows_request).build().map_err(|e| self.error(op, collection, e))?;
+        self.client.upsert(request).await.map_err(|e| self.error(op, collection, e))?;
+        Ok(())
+    }
+
+    /// Deletes by a filter expression: Milvus Lite rejects id-list deletes from this SDK.
+    pub async fn delete(&self, collection: &str, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let op = "delete";
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let request = DeleteRequest::builder()
+            .collection_name(collection)
+            .filter(format!("{ID_FIELD} in [{list}]"))
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        self.client.delete(request).await.map_err(|e| self.error(op, collection, e))?;
+        Ok(())
+    }
+
+    /// Rows visible to a strongly consistent read.
+    pub async fn count(&self, collection: &str) -> Result<u64> {
+        let op = "count";
+        let request = QueryRequest::builder()
+            .collection_name(collection)
+            .output_fields(["count(*)"])
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let response = self.client.query(request).await.map_err(|e| self.not_found_or(op, collection, e))?;
+        let rows = response.results().rows().map_err(|e| self.error(op, collection, e))?;
+        let mut count = 0;
+        for row in rows {
+            count = row.get_i64("count(*)").map_err(|e| self.error(op, collection, e))?;
+        }
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// The `top_k` nearest rows to `vector`, best first.
+    pub async fn search(&self, collection: &str, vector: Vec<f32>, top_k: usize, index: &IndexSpec) -> Result<Vec<Hit>> {
+        let op = "search";
+        let ef = index.ef.max(top_k as u32);
+        let request = SearchRequest::builder()
+            .collection_name(collection)
+            .vector_field(VECTOR_FIELD)
+            .vectors(SearchVectors::Float(vec![vector]))
+            .output_fields([URI_FIELD])
+            .limit(top_k as i64)
+            .extra_params(HashMap::from([("ef".to_string(), ef.to_string())]))
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let response = self.client.search(request).await.map_err(|e| self.not_found_or(op, collection, e))?;
+        let mut hits = Vec::new();
+        for result in response.results() {
+            for row in result.rows().map_err(|e| self.error(op, collection, e))? {
+                hits.push(Hit {
+                    id: row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?,
+                    score: row.get_f32("score").map_err(|e| self.error(op, collection, e))?,
+                    uri: row.get_str(URI_FIELD).map_err(|e| self.error(op, collection, e))?.to_string(),
+                });
+            }
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(hits)
+    }
+
+    pub async fn drop_collection(&self, collection: &str) -> Result<()> {
+        let op = "drop collection";
+        let request = DropCollectionRequest::builder()
+            .collection_name(collection)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        self.client.drop_collection(request).await.map_err(|e| self.error(op, collection, e))
+    }
+
+    fn error(&self, operation: &'static str, collection: &str, source: impl Into<milvus::v2::error::Error>) -> StoreError {
+        StoreError::Milvus { operation, collection: collection.to_string(), source: source.into() }
+    }
+
+    fn not_found_or(&self, operation: &'static str, collection: &str, source: milvus::v2::error::Error) -> StoreError {
+        let text = source.to_string().to_lowercase();
+        if text.contains("collection not found") || text.contains("can't find collection") || text.contains("does not exist") {
+            StoreError::CollectionNotFound { collection: collection.to_string() }
+        } else {
+            self.error(operation, collection, source)
+        }
+    }
+}
+
+/// Milvus collection names: a letter or underscore, then letters, digits and underscores, ≤ 255.
+pub fn validate_collection_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || name.len() > 255 || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "invalid collection name {name:?}: use 1-255 letters, digits and underscores, starting with a letter or underscore"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_names_follow_milvus_rules() {
+        assert!(validate_collection_name("products_2024").is_ok());
+        assert!(validate_collection_name("_private").is_ok());
+        for bad in ["", "9lives", "has-dash", "../etc", "a b", &"x".repeat(256)] {
+            assert!(validate_collection_name(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
+
+/// Milvus reports "no index yet" as an error: code 700 ("index not found" on Milvus 2.x,
+/// "no index on collection" on Milvus Lite).
+fn is_missing_index(error: &milvus::v2::error::Error) -> bool {
+    let text = error.to_string().to_lowercase();
+    text.contains("index not found") || text.contains("no index on collection") || text.contains("code=700")
+}

@@ -1,0 +1,346 @@
+//! The HTTP API against the real model, Milvus Lite and SQLite: every route, happy and unhappy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use imgsearch::api::{AppState, ServeConfig, ServerState, app};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Fixture {
+    _work: tempfile::TempDir,
+    state: AppState,
+    images: PathBuf,
+    uploads: PathBuf,
+    collection: String,
+}
+
+/// A server whose default collection is fresh, with `photos` copied into an allowed load root.
+async fn fixture(photos: &[&str], max_body_bytes: usize) -> Fixture {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for name in photos {
+        std::fs::copy(common::photo(name), images.join(name)).unwrap();
+    }
+    let images = images.canonicalize().unwrap();
+    let uploads = work.path().join("uploads");
+    let collection = common::unique_collection("api");
+    let config = ServeConfig {
+        default_collection: collection.clone(),
+        load_roots: vec![images.clone()],
+        upload_dir: uploads.clone(),
+        max_body_bytes,
+        batch_size: 8,
+        ..ServeConfig::default()
+    };
+    let state = ServerState::new(common::ingestor(work.path()).await, config);
+    Fixture { _work: work, state, images, uploads, collection }
+}
+
+impl Fixture {
+    async fn call(&self, request: Request<Body>) -> (StatusCode, Vec<u8>) {
+        let response = app(self.state.clone()).oneshot(request).await.expect("router answers");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
+        (status, body)
+    }
+
+    async fn json(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let (status, body) = self.call(request).await;
+        let value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&body)));
+        (status, value)
+    }
+
+    async fn load(&self) -> Value {
+        let (status, body) = self.json(post_json("/img/load", json!({ "File": self.images }))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn count(&self) -> u64 {
+        let (status, body) = self.json(Request::post("/img/count").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_u64().expect("a bare number")
+    }
+
+    fn stored_uploads(&self) -> Vec<String> {
+        match std::fs::read_dir(&self.uploads) {
+            Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn post_json(uri: &str, body: Value) -> Request<Body> {
+    Request::post(uri).header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())).unwrap()
+}
+
+/// A multipart/form-data request: `files` are (field, filename, bytes), `fields` are (name, value).
+fn multipart(uri: &str, files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) -> Request<Body> {
+    let boundary = "imgsearch-test-boundary";
+    let mut body = Vec::new();
+    for (name, filename, bytes) in files {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    Request::post(uri).header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}")).body(Body::from(body)).unwrap()
+}
+
+fn photo_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(common::photo(name)).unwrap()
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+#[tokio::test]
+async fn v1_search_returns_the_closest_images_best_first_with_fetchable_thumbnails() {
+    let f = fixture(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"], 20 << 20).await;
+    f.load().await;
+    let query = photo_bytes("chelsea.jpg");
+
+    let (status, body) = f.json(multipart("/v1/search", &[("image", "q.jpg", &query)], &[("top_k", "3")])).await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["uri"].as_str().unwrap().ends_with("/chelsea.jpg"), "{body}");
+    assert!(results[0]["score"].as_f64().unwrap() > 0.99);
+    let scores: Vec<f64> = results.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "not best first: {scores:?}");
+    let (status, bytes) = f.call(Request::get(results[0]["image_url"].as_str().unwrap()).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, query);
+}
+
+#[tokio::test]
+async fn bootcamp_load_progress_count_search_and_data_work_with_their_shapes() {
+    let f = fixture(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], 20 << 20).await;
+
+    let loaded = f.load().await;
+    assert_eq!(loaded["status"], json!(true));
+    assert_eq!(loaded["msg"], json!("Successfully loaded data!"));
+    let (_, progress) = f.json(Request::get("/progress").body(Body::empty()).unwrap()).await;
+    assert_eq!(progress, json!("current: 3, total: 3"));
+    assert_eq!(f.count().await, 3);
+
+    let query = photo_bytes("coffee.jpg");
+    let (status, body) = f.json(multipart("/img/search", &[("image", "coffee.jpg", &query)], &[("topk", "2")])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let pairs = body.as_array().expect("[[path, distance], …]");
+    assert_eq!(pairs.len(), 2);
+    let best_path = pairs[0][0].as_str().unwrap();
+    assert!(best_path.ends_with("/coffee.jpg"), "{body}");
+    assert!(pairs[0][1].as_f64().unwrap() < 0.01 && pairs[0][1].as_f64().unwrap() <= pairs[1][1].as_f64().unwrap(), "{body}");
+
+    let uri = format!("/data?image_path={}", urlencode(best_path));
+    let (status, bytes) = f.call(Request::get(uri).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, query);
+}
+
+#[tokio::test]
+async fn table_name_picks_the_collection_and_load_creates_it() {
+    let f = fixture(&["astronaut.jpg"], 20 << 20).await;
+    let other = common::unique_collection("table");
+    let (status, body) = f.json(post_json("/img/load", json!({ "Table": other, "File": f.images }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, count) = f.json(Request::post(format!("/img/count?table_name={other}")).body(Body::empty()).unwrap()).await;
+    assert_eq!(count, json!(1));
+    assert_eq!(f.count().await, 0, "the default collection stays empty");
+}
+
+#[tokio::test]
+async fn load_refuses_folders_outside_the_load_roots() {
+    let f = fixture(&["astronaut.jpg"], 20 << 20).await;
+    let outside = tempfile::tempdir().unwrap();
+    let escape = format!("{}/../../", f.images.display());
+    for folder in [outside.path().to_str().unwrap(), "/etc", escape.as_str(), "relative/images"] {
+        let (status, body) = f.json(post_json("/img/load", json!({ "File": folder }))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{folder}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("not under an allowed load root"), "{body}");
+    }
+    let missing = f.images.join("no-such-folder");
+    let (status, _) = f.json(post_json("/img/load", json!({ "File": missing }))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = f.json(post_json("/img/load", json!({ "Nope": 1 }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(f.count().await, 0);
+}
+
+#[tokio::test]
+async fn upload_stores_under_the_content_hash_never_the_client_name() {
+    let f = fixture(&[], 20 << 20).await;
+    let bytes = photo_bytes("rocket.jpg");
+
+    let (status, body) = f.json(multipart("/img/upload", &[("image", "../../../../tmp/evil.jpg", &bytes)], &[])).await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], json!(true));
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    assert_eq!(f.stored_uploads(), vec![format!("{hash}.jpg")]);
+    assert!(!Path::new("/tmp/evil.jpg").exists());
+    assert_eq!(f.count().await, 1);
+    // The uploaded image is searchable and servable.
+    let (_, found) = f.json(multipart("/img/search", &[("image", "q", &bytes)], &[("topk", "1")])).await;
+    assert!(found[0][0].as_str().unwrap().ends_with(&format!("{hash}.jpg")), "{found}");
+    let id = body["id"].as_i64().unwrap();
+    let (status, served) = f.call(Request::get(format!("/v1/images/{id}")).body(Body::empty()).unwrap()).await;
+    assert_eq!((status, served.len()), (StatusCode::OK, bytes.len()));
+    // The same bytes again: same image, no duplicate vector.
+    let (_, again) = f.json(multipart("/img/upload", &[("image", "other-name.jpg", &bytes)], &[])).await;
+    assert_eq!(again["id"], body["id"]);
+    assert_eq!(f.count().await, 1);
+}
+
+#[tokio::test]
+async fn bad_uploads_get_specific_errors_and_store_nothing() {
+    let f = fixture(&["astronaut.jpg"], 2 << 20).await;
+    f.load().await;
+    let big = vec![0xFFu8; 3 << 20];
+    let bomb = common::png_claiming(100_000, 100_000);
+    let corrupt = common::corrupt_jpeg();
+    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+        ("text file", multipart("/img/upload", &[("image", "notes.jpg", b"just text")], &[]), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("empty file", multipart("/img/upload", &[("image", "empty.jpg", b"")], &[]), StatusCode::BAD_REQUEST, "bad_request"),
+        ("over the body limit", multipart("/img/upload", &[("image", "big.jpg", &big)], &[]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        ("decompression bomb", multipart("/img/upload", &[("image", "bomb.png", &bomb)], &[]), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        ("corrupt JPEG", multipart("/img/upload", &[("image", "c.jpg", &corrupt)], &[]), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        ("no image field", multipart("/img/upload", &[("photo", "x.jpg", b"x")], &[]), StatusCode::BAD_REQUEST, "bad_request"),
+        ("not multipart", post_json("/img/upload", json!({"image": "x"})), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("upload by URL", multipart("/img/upload?url=http://169.254.169.254/latest", &[], &[]), StatusCode::BAD_REQUEST, "bad_request"),
+        ("bad table name", multipart("/img/upload?table_name=../x", &[("image", "a.jpg", b"x")], &[]), StatusCode::BAD_REQUEST, "bad_request"),
+        ("search with a text file", multipart("/img/search", &[("image", "a.jpg", b"text")], &[]), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("search with topk 0", multipart("/img/search", &[("image", "a.jpg", b"x")], &[("topk", "0")]), StatusCode::BAD_REQUEST, "bad_request"),
+        ("search with topk abc", multipart("/v1/search", &[("image", "a.jpg", b"x")], &[("top_k", "abc")]), StatusCode::BAD_REQUEST, "bad_request"),
+    ];
+    for (what, request, expected_status, expected_code) in cases {
+        let (status, body) = f.json(request).await;
+        assert_eq!(status, expected_status, "{what}: {body}");
+        assert_eq!(error_code(&body), expected_code, "{what}: {body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty(), "{what}");
+    }
+    assert_eq!(f.count().await, 1, "nothing was added");
+    assert!(f.stored_uploads().is_empty(), "nothing was written: {:?}", f.stored_uploads());
+}
+
+#[tokio::test]
+async fn only_catalogued_images_are_ever_served() {
+    let f = fixture(&["astronaut.jpg"], 20 << 20).await;
+    f.load().await;
+    for uri in ["/data?image_path=/etc/passwd", "/data?image_path=../../etc/passwd", "/v1/images/987654321"] {
+        let (status, body) = f.json(Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+    }
+    let (status, body) = f.json(Request::get("/v1/images/not-a-number").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = f.json(Request::get("/data").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn drop_removes_vectors_and_catalog_rows_and_a_second_drop_is_not_found() {
+    let f = fixture(&["astronaut.jpg", "coffee.jpg"], 20 << 20).await;
+    f.load().await;
+    assert_eq!(f.count().await, 2);
+
+    let (status, body) = f.json(Request::post("/img/drop").body(Body::empty()).unwrap()).await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.as_str().unwrap().starts_with("Successfully dropped"), "{body}");
+    assert_eq!(f.count().await, 0);
+    assert_eq!(f.state.ingestor.catalog.known_images(&f.collection).await.unwrap().len(), 0);
+    assert!(f.images.join("astronaut.jpg").exists(), "the user's files are left alone");
+    let (status, _) = f.json(Request::post("/img/drop").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn searching_a_collection_that_does_not_exist_is_a_404_with_a_hint() {
+    let f = fixture(&[], 20 << 20).await;
+    let query = photo_bytes("coffee.jpg");
+    let (status, body) = f.json(multipart("/v1/search", &[("image", "q.jpg", &query)], &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("load or upload images first"), "{body}");
+    let (status, _) = f.json(Request::get("/v1/count").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(f.count().await, 0, "the bootcamp count answers 0 for a missing collection");
+}
+
+#[tokio::test]
+async fn v1_images_adds_an_upload_and_v1_count_counts_it() {
+    let f = fixture(&[], 20 << 20).await;
+    let bytes = photo_bytes("astronaut.jpg");
+    let (status, body) = f.json(multipart("/v1/images", &[("image", "a.jpg", &bytes)], &[])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, count) = f.json(Request::get("/v1/count").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(count, json!({ "collection": f.collection, "count": 1 }));
+}
+
+#[tokio::test]
+async fn probes_and_page_answer() {
+    let f = fixture(&[], 20 << 20).await;
+    let (status, body) = f.call(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ok"[..]));
+    let (status, body) = f.json(Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], json!("ready"));
+    let (status, page) = f.call(Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains("<label for=\"file\">") && page.contains("/v1/search"), "page lacks its form");
+}
+
+#[tokio::test]
+async fn readyz_reports_503_when_milvus_is_unreachable() {
+    let work = tempfile::tempdir().unwrap();
+    // A port nothing listens on: the client connects lazily, so the failure shows per request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Ok(store) = imgsearch::store::MilvusStore::connect(&format!("http://127.0.0.1:{closed}"), None).await else {
+        return; // connecting eagerly failed, which is the other honest outcome
+    };
+    let mut ingestor = common::ingestor(work.path()).await;
+    ingestor.store = store;
+    let app = app(ServerState::new(ingestor, ServeConfig::default()));
+    let response = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["message"], json!("the vector database (Milvus) is unavailable"));
+}
+
+#[tokio::test]
+async fn a_real_http_client_can_search_over_loopback() {
+    let f = fixture(&["astronaut.jpg", "rocket.jpg"], 20 << 20).await;
+    f.load().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app(f.state.clone())).into_future());
+
+    let form = reqwest::multipart::Form::new()
+        .part("image", reqwest::multipart::Part::bytes(photo_bytes("rocket.jpg")).file_name("rocket.jpg"))
+        .text("top_k", "1");
+    let response = reqwest::Client::new().post(format!("http://{address}/v1/search")).multipart(form).send().await.unwrap();
+
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["results"][0]["uri"].as_str().unwrap().ends_with("/rocket.jpg"), "{body}");
+    server.abort();
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! Shared test fixtures: the real model, the run's shared Milvus Lite, a SQLite catalog per test,
+//! and images made on the fly.
+#![allow(dead_code)]
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use image::ImageFormat;
+use imgsearch::catalog::Catalog;
+use imgsearch::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
+use imgsearch::ingest::{IngestOptions, Ingestor};
+use imgsearch::store::{IndexSpec, MilvusStore};
+
+/// The Milvus server the test run shares (started by scripts/milvus-lite.sh, which `make test` uses).
+pub fn milvus_uri() -> String {
+    std::env::var("IMGSEARCH_TEST_MILVUS_URI").unwrap_or_else(|_| {
+        panic!("IMGSEARCH_TEST_MILVUS_URI is not set: run the tests with `make test`, or `scripts/milvus-lite.sh cargo test`")
+    })
+}
+
+/// The real built-in model, loaded once per test binary.
+pub fn model() -> Arc<EmbeddingModel> {
+    static MODEL: OnceLock<Arc<EmbeddingModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let config = ModelConfig { name: "efficientnet-lite0".into(), threads: 2, ..Default::default() };
+            Arc::new(EmbeddingModel::load(&config).expect("the built-in model loads (run `make setup` first)"))
+        })
+        .clone()
+}
+
+/// A collection name no other test (or earlier run against the same server) uses.
+pub fn unique_collection(purpose: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("t_{purpose}_{}_{}_{}", std::process::id(), nanos, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An ingestor against the shared Milvus and a fresh SQLite catalog in `dir`.
+pub async fn ingestor(dir: &Path) -> Ingestor {
+    let store = MilvusStore::connect(&milvus_uri(), None).await.expect("connect to the test Milvus");
+    let catalog = Catalog::open(&format!("sqlite://{}", dir.join("catalog.db").display())).await.expect("open catalog");
+    Ingestor { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
+}
+
+pub fn options(collection: &str) -> IngestOptions {
+    IngestOptions { collection: collection.to_string(), batch_size: 8, decode_workers: 2 }
+}
+
+/// The repository's sample data (extracted by scripts/setup.sh).
+pub fn sample_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample");
+    assert!(dir.join("photos").is_dir(), "sample data missing: run `make setup`");
+    dir
+}
+
+pub fn photo(name: &str) -> PathBuf {
+    sample_dir().join("photos").join(name)
+}
+
+pub fn encode(image: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, format).expect("encode in memory");
+    out.into_inner()
+}
+
+pub fn encode_jpeg(image: &image::DynamicImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    image.to_rgb8().write_with_encoder(encoder).expect("encode JPEG in memory");
+    out
+}
+
+/// A valid PNG header announcing `width`×`height` pixels, followed by a tiny IDAT: a
+/// decompression bomb's shape without its payload.
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [(&b"IHDR"[..], ihdr), (&b"IDAT"[..], vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]), (&b"IEND"[..], vec![])] {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(&data);
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A JPEG start-of-image and JFIF header followed by garbage: recognisably JPEG, undecodable.
+pub fn corrupt_jpeg() -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0];
+    bytes.extend((0..2000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    bytes
+}

@@ -1,0 +1,84 @@
+//! The `standalone` command as a user runs it: the real binary starts Milvus Lite, ingests a
+//! folder, serves search, and on Ctrl-C (SIGINT) stops everything it started.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+#[test]
+fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for name in ["astronaut.jpg", "coffee.jpg"] {
+        std::fs::copy(common::photo(name), images.join(name)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .args(["standalone", "--images"])
+        .arg(&images)
+        .arg("--data-dir")
+        .arg(work.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start imgsearch standalone");
+
+    // Read its log until it says it serves; remember the Milvus Lite pid it reports.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let started = Instant::now();
+    while let Some(Ok(line)) = lines.next() {
+        log.push(line.clone());
+        if line.contains("is serving on") || started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+    }
+    let text = log.join("\n");
+    assert!(text.contains("is serving on"), "standalone did not start serving:\n{text}");
+    assert!(text.contains("2 indexed"), "the folder was not ingested:\n{text}");
+    let lite_pid: i32 = text
+        .lines()
+        .find(|l| l.contains("Milvus Lite is listening"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no Milvus Lite pid in the log:\n{text}"));
+    // Keep draining its log so it never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let count = http_get(port, "/v1/count");
+    assert!(count.starts_with("HTTP/1.1 200") && count.contains("\"count\":2"), "{count}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "imgsearch did not exit within 30 s of Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rest = drain.join().unwrap().join("\n");
+    assert!(status.success(), "exit status {status}:\n{rest}");
+    assert!(rest.contains("Milvus Lite stopped"), "{rest}");
+    let lite_alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lite_pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{lite_pid}/stat")).unwrap_or_default().contains(") Z ");
+    assert!(!lite_alive, "Milvus Lite (pid {lite_pid}) outlived imgsearch");
+}
+
+/// A plain HTTP/1.1 GET over loopback, returning the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the search API");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}
