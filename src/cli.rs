@@ -33,6 +33,8 @@ pub enum Command {
     Standalone(StandaloneArgs),
     /// Measure retrieval quality (precision@k, leave-one-out) on folders of labelled images.
     Eval(EvalArgs),
+    /// Print the ImageCollection CustomResourceDefinition as YAML.
+    Crd,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -249,6 +251,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Standalone(args) => standalone(args).await,
         Command::Eval(args) => eval(args).await,
+        Command::Crd => {
+            print!("{}", crate::crd::crd_yaml()?);
+            Ok(())
+        }
     }
 }
 

@@ -126,8 +126,9 @@ impl Ingestor {
             .map_err(|e| IngestError::Worker(e.to_string()))??;
         let known = self.catalog.known_images(collection).await?;
         let mut report = IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
-        progress.begin(files.len() as u64);
+        // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
         tracing::info!(collection, images = files.len(), "ingest started");
+        progress.begin(files.len() as u64);
 
         let (sender, mut receiver) = mpsc::channel::<Examined>(options.batch_size.max(1) * 2);
         let workers = spawn_decoders(files, known.clone(), sender, self.limits, self.model.input_size(), options.decode_workers);

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod controller;
+pub mod crd;
 pub mod embed;
 pub mod eval;
 pub mod ingest;

@@ -91,3 +91,26 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_error_says_how_to_fix_it() {
+        let err = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so.1.32.0"))).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("/nonexistent/libonnxruntime.so.1.32.0") && message.contains("ORT_DYLIB_PATH"), "{message}");
+    }
+
+    #[test]
+    fn finds_the_library_inside_a_virtualenv() {
+        let venv = tempfile::tempdir().unwrap();
+        let capi = venv.path().join("lib/python3.11/site-packages/onnxruntime/capi");
+        std::fs::create_dir_all(&capi).unwrap();
+        std::fs::write(capi.join("libonnxruntime.so.1.32.0"), b"").unwrap();
+        std::fs::write(capi.join("libonnxruntime_providers_shared.so"), b"").unwrap();
+        assert_eq!(find_in_venv(venv.path()), Some(capi.join("libonnxruntime.so.1.32.0")));
+        assert_eq!(find_in_venv(&venv.path().join("missing")), None);
+    }
+}

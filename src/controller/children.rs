@@ -1,0 +1,439 @@
+//! Pure builders of the objects an `ImageCollection` owns. No I/O: each takes the object and the
+//! controller's settings and returns what should exist, so they are tested as plain data.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::crd::{ImageCollection, ServiceType};
+
+pub const MANAGER: &str = "imgsearch-controller";
+pub const LABEL_COLLECTION: &str = "imgsearch.io/collection";
+pub const LABEL_GENERATION: &str = "imgsearch.io/generation";
+const IMAGES_MOUNT: &str = "/images";
+const SCRATCH_MOUNT: &str = "/var/lib/imgsearch";
+
+/// Settings of the controller itself that shape every child.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildConfig {
+    /// Container image running `imgsearch` (the same binary in every role).
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+}
+
+/// Why an object cannot be turned into children (the schema should have caught it; a client
+/// that bypassed validation still gets a clear condition rather than a panic).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("ImageCollection has no {0}; it must be stored in the API server before it is reconciled")]
+    MissingMetadata(&'static str),
+    #[error("spec.source: {0}")]
+    UnsupportedSource(&'static str),
+}
+
+fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {
+    let name = ic.metadata.name.clone().ok_or(BuildError::MissingMetadata("metadata.name"))?;
+    let namespace = ic.metadata.namespace.clone().ok_or(BuildError::MissingMetadata("metadata.namespace"))?;
+    Ok((name, namespace))
+}
+
+fn owner(ic: &ImageCollection) -> Result<OwnerReference, BuildError> {
+    ic.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata("metadata.uid"))
+}
+
+fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "imgsearch".to_string()),
+        ("app.kubernetes.io/instance".to_string(), instance.to_string()),
+        ("app.kubernetes.io/component".to_string(), component.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+        (LABEL_COLLECTION.to_string(), instance.to_string()),
+    ])
+}
+
+/// Labels that pick the search pods: stable across spec changes, unlike the full label set.
+fn search_selector(instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), instance.to_string()),
+        ("app.kubernetes.io/component".to_string(), "search".to_string()),
+    ])
+}
+
+pub fn ingest_job_name(ic: &ImageCollection) -> Result<String, BuildError> {
+    let (name, _) = name_and_namespace(ic)?;
+    Ok(format!("{name}-ingest-g{}", ic.metadata.generation.unwrap_or(0)))
+}
+
+pub fn search_name(name: &str) -> String {
+    format!("{name}-search")
+}
+
+/// Environment both roles share: where Milvus and the catalog are, which collection and model.
+fn common_env(ic: &ImageCollection) -> Vec<EnvVar> {
+    let mut env = vec![
+        plain("MILVUS_URI", &ic.spec.milvus.uri),
+        plain("IMGSEARCH_COLLECTION", &ic.milvus_collection()),
+        plain("IMGSEARCH_MODEL", ic.spec.model.name.as_str()),
+        plain("IMGSEARCH_MODEL_DIR", "/usr/share/imgsearch/model"),
+        plain("RUST_LOG", "info"),
+    ];
+    if let Some(secret) = &ic.spec.milvus.secret_ref {
+        env.push(from_secret("MILVUS_TOKEN", &secret.name, "token", true));
+    }
+    match &ic.spec.catalog {
+        Some(catalog) => env.push(from_secret("DATABASE_URL", &catalog.secret_ref.name, "DATABASE_URL", false)),
+        None => env.push(plain("DATABASE_URL", &format!("sqlite://{SCRATCH_MOUNT}/catalog.db"))),
+    }
+    env
+}
+
+fn plain(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(optional) }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Non-root, read-only root filesystem, no capabilities, default seccomp: the restricted Pod
+/// Security Standard, which every child meets.
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+fn restricted_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn scratch_volume() -> (Volume, VolumeMount) {
+    (
+        Volume { name: "scratch".into(), empty_dir: Some(Default::default()), ..Volume::default() },
+        VolumeMount { name: "scratch".into(), mount_path: SCRATCH_MOUNT.into(), ..VolumeMount::default() },
+    )
+}
+
+/// The Indexed Job that embeds the source: one pod per shard, `parallelism` shards.
+pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, BuildError> {
+    let (name, namespace) = name_and_namespace(ic)?;
+    let pvc = ic.spec.source.pvc.as_ref().ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
+    let generation = ic.metadata.generation.unwrap_or(0);
+    let shards = ic.spec.ingest.parallelism.max(1);
+    let mut job_labels = labels(&name, "ingest");
+    job_labels.insert(LABEL_GENERATION.into(), generation.to_string());
+
+    let folder = format!("{IMAGES_MOUNT}{}", pvc.path.trim_end_matches('/'));
+    let mut env = common_env(ic);
+    env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
+    // Kubernetes sets JOB_COMPLETION_INDEX in each pod; the shard count is the completion count.
+    env.push(plain("IMGSEARCH_SHARD_COUNT", &shards.to_string()));
+    let (scratch, scratch_mount) = scratch_volume();
+
+    let container = Container {
+        name: "ingest".into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec!["ingest".into(), folder, "--json".into()]),
+        env: Some(env),
+        resources: ic.spec.ingest.resources.clone(),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "images".into(), mount_path: IMAGES_MOUNT.into(), read_only: Some(true), ..VolumeMount::default() },
+            scratch_mount,
+        ]),
+        ..Container::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-ingest-g{generation}")),
+            namespace: Some(namespace),
+            labels: Some(job_labels.clone()),
+            owner_references: Some(vec![owner(ic)?]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            completion_mode: Some("Indexed".into()),
+            completions: Some(shards),
+            parallelism: Some(shards),
+            // A bad image never fails a pod; a pod fails only when Milvus or the catalog does.
+            backoff_limit: Some(6),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(job_labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "images".into(),
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: pvc.claim_name.clone(),
+                                read_only: Some(true),
+                            }),
+                            ..Volume::default()
+                        },
+                        scratch,
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
+}
+
+/// The search API Deployment. Its pods need no Kubernetes API access at all.
+pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<Deployment, BuildError> {
+    let (name, namespace) = name_and_namespace(ic)?;
+    let port = ic.spec.search.port;
+    let mut env = common_env(ic);
+    env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
+    env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("http".into()), ..HTTPGetAction::default() }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let (scratch, scratch_mount) = scratch_volume();
+    let container = Container {
+        name: "search".into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec!["serve".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: port, ..ContainerPort::default() }]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: ic.spec.search.resources.clone(),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![scratch_mount]),
+        ..Container::default()
+    };
+    let mut pod_labels = labels(&name, "search");
+    pod_labels.extend(search_selector(&name));
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(search_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(labels(&name, "search")),
+            owner_references: Some(vec![owner(ic)?]),
+            ..ObjectMeta::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(ic.spec.search.replicas),
+            selector: LabelSelector { match_labels: Some(search_selector(&name)), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    containers: vec![container],
+                    volumes: Some(vec![scratch]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    })
+}
+
+/// The Service in front of the search pods.
+pub fn search_service(ic: &ImageCollection) -> Result<Service, BuildError> {
+    let (name, namespace) = name_and_namespace(ic)?;
+    let service_type = match ic.spec.search.service_type {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Ok(Service {
+        metadata: ObjectMeta {
+            name: Some(search_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(labels(&name, "search")),
+            owner_references: Some(vec![owner(ic)?]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(service_type.into()),
+            selector: Some(search_selector(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: ic.spec.search.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The in-cluster URL users and `status.searchEndpoint` point at.
+pub fn search_endpoint(ic: &ImageCollection) -> Result<String, BuildError> {
+    let (name, namespace) = name_and_namespace(ic)?;
+    Ok(format!("http://{}.{namespace}.svc:{}", search_name(&name), ic.spec.search.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collection(yaml_spec: &str) -> ImageCollection {
+        let mut ic: ImageCollection = serde_yaml::from_str(&format!(
+            "apiVersion: imgsearch.io/v1alpha1\nkind: ImageCollection\nmetadata: {{ name: products, namespace: shop, uid: 1234-abcd, generation: 3 }}\nspec:\n{yaml_spec}"
+        ))
+        .expect("test object parses");
+        ic.metadata.generation = Some(3);
+        ic
+    }
+
+    fn pvc_collection() -> ImageCollection {
+        collection(
+            "  milvus: { uri: 'http://milvus.milvus.svc:19530', secretRef: { name: milvus-auth } }
+  source: { pvc: { claimName: catalogue, path: /images/2024/ } }
+  ingest: { parallelism: 4, batchSize: 16 }
+  search: { replicas: 2, port: 9000 }
+  catalog: { secretRef: { name: catalog-dsn } }
+",
+        )
+    }
+
+    fn config() -> ChildConfig {
+        ChildConfig { image: "ghcr.io/imgsearch/imgsearch:0.1.0".into(), image_pull_policy: None }
+    }
+
+    fn env(container: &Container) -> BTreeMap<String, String> {
+        container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let value = match (&e.value, &e.value_from) {
+                    (Some(v), _) => v.clone(),
+                    (None, Some(from)) => {
+                        let secret = from.secret_key_ref.as_ref().unwrap();
+                        format!("secret:{}/{}", secret.name, secret.key)
+                    }
+                    _ => String::new(),
+                };
+                (e.name.clone(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ingest_job_is_an_indexed_job_with_one_shard_per_pod_owned_by_the_collection() {
+        let job = ingest_job(&pvc_collection(), &config()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("products-ingest-g3"));
+        assert_eq!(job.metadata.labels.as_ref().unwrap()[LABEL_GENERATION], "3");
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("ImageCollection", "products", Some(true)));
+        let spec = job.spec.unwrap();
+        assert_eq!((spec.completion_mode.as_deref(), spec.completions, spec.parallelism), (Some("Indexed"), Some(4), Some(4)));
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "/images/images/2024", "--json"]);
+        let env = env(container);
+        assert_eq!(env["MILVUS_URI"], "http://milvus.milvus.svc:19530");
+        assert_eq!(env["MILVUS_TOKEN"], "secret:milvus-auth/token");
+        assert_eq!(env["DATABASE_URL"], "secret:catalog-dsn/DATABASE_URL");
+        assert_eq!(env["IMGSEARCH_COLLECTION"], "shop_products");
+        assert_eq!((env["IMGSEARCH_BATCH_SIZE"].as_str(), env["IMGSEARCH_SHARD_COUNT"].as_str()), ("16", "4"));
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(volume.persistent_volume_claim.as_ref().map(|p| (p.claim_name.as_str(), p.read_only)), Some(("catalogue", Some(true))));
+    }
+
+    #[test]
+    fn every_pod_meets_the_restricted_pod_security_standard() {
+        let ic = pvc_collection();
+        let job_pod = ingest_job(&ic, &config()).unwrap().spec.unwrap().template.spec.unwrap();
+        let search_pod = search_deployment(&ic, &config()).unwrap().spec.template.spec.unwrap();
+        for pod in [job_pod, search_pod] {
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            assert_eq!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+            for container in &pod.containers {
+                let security = container.security_context.as_ref().unwrap();
+                assert_eq!(security.allow_privilege_escalation, Some(false));
+                assert_eq!(security.read_only_root_filesystem, Some(true));
+                assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+                assert_eq!(security.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+            }
+        }
+    }
+
+    #[test]
+    fn search_deployment_and_service_agree_on_selector_and_port() {
+        let ic = pvc_collection();
+        let deployment = search_deployment(&ic, &config()).unwrap();
+        let service = search_service(&ic).unwrap();
+        let deployment_spec = deployment.spec;
+        let selector = deployment_spec.selector.match_labels.unwrap();
+        let pod_labels = deployment_spec.template.metadata.unwrap().labels.unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "selector must match the pod labels");
+        let service_spec = service.spec.unwrap();
+        assert_eq!(service_spec.selector.unwrap(), selector);
+        assert_eq!(deployment_spec.replicas, Some(2));
+        let container = &deployment_spec.template.spec.unwrap().containers[0];
+        assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 9000);
+        assert_eq!(env(container)["IMGSEARCH_LISTEN"], "0.0.0.0:9000");
+        assert_eq!(container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        assert_eq!(service_spec.ports.unwrap()[0].port, 9000);
+        assert_eq!(search_endpoint(&ic).unwrap(), "http://products-search.shop.svc:9000");
+    }
+
+    #[test]
+    fn without_a_catalog_secret_the_catalog_is_a_local_sqlite_file() {
+        let ic = collection("  milvus: { uri: 'http://m:19530' }\n  source: { pvc: { claimName: c } }\n");
+        let job = ingest_job(&ic, &config()).unwrap();
+        let container = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(env(container)["DATABASE_URL"], "sqlite:///var/lib/imgsearch/catalog.db");
+        assert!(!env(container).contains_key("MILVUS_TOKEN"));
+    }
+
+    #[test]
+    fn sources_this_version_cannot_ingest_are_refused_with_a_reason() {
+        let ic = collection("  milvus: { uri: 'http://m:19530' }\n  source: { s3: { bucket: photos } }\n");
+        assert_eq!(ingest_job(&ic, &config()).unwrap_err(), BuildError::UnsupportedSource("only pvc sources can be ingested by this version"));
+    }
+
+    #[test]
+    fn an_object_without_a_uid_cannot_own_children() {
+        let mut ic = pvc_collection();
+        ic.metadata.uid = None;
+        assert_eq!(search_service(&ic).unwrap_err(), BuildError::MissingMetadata("metadata.uid"));
+    }
+}

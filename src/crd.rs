@@ -1,0 +1,487 @@
+//! The `ImageCollection` custom resource (`imgsearch.io/v1alpha1`): what a user asks for and what
+//! the controller reports back.
+//!
+//! Validation lives in the schema wherever the API server can enforce it (enums, ranges, required
+//! fields, CEL rules for exactly-one-of and immutability), so a bad object is refused by
+//! `kubectl apply` with a message, not discovered later by the controller.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "imgsearch.io";
+pub const VERSION: &str = "v1alpha1";
+
+/// A searchable collection of images: where they are, how to embed them, where the vectors go,
+/// and how the search service is run.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "imgsearch.io",
+    version = "v1alpha1",
+    kind = "ImageCollection",
+    plural = "imagecollections",
+    shortname = "imgc",
+    category = "imgsearch",
+    namespaced,
+    status = "ImageCollectionStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Images","type":"integer","jsonPath":".status.images.indexed"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","priority":1,"jsonPath":".status.images.failed"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.searchEndpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.model.name == oldSelf.model.name",
+        "message": "spec.model.name is immutable: vectors of different models cannot share a collection; create a new ImageCollection instead"
+    },
+    {
+        "rule": "has(self.collectionName) == has(oldSelf.collectionName) && (!has(self.collectionName) || self.collectionName == oldSelf.collectionName)",
+        "message": "spec.collectionName is immutable: renaming would orphan the existing Milvus collection"
+    }
+]))]
+pub struct ImageCollectionSpec {
+    /// The Milvus server holding the vectors.
+    pub milvus: MilvusSpec,
+    /// Milvus collection name. Defaults to `<namespace>_<name>` with dashes turned into underscores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub collection_name: Option<String>,
+    /// Where the images are: exactly one of pvc, s3 or urls.
+    pub source: SourceSpec,
+    /// The embedding model.
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// The vector index.
+    #[serde(default)]
+    pub index: IndexConfig,
+    /// The embedding Jobs.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// The search service.
+    #[serde(default)]
+    pub search: SearchConfig,
+    /// SQL catalog (id → image) shared by ingest and search. Without it each pod keeps a SQLite
+    /// file in an emptyDir, which is only good for trying things out: search then cannot see what
+    /// ingest catalogued. Set it for real use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogSpec>,
+    /// What happens to the Milvus collection and catalog rows when this object is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Stop creating ingest Jobs (running ones finish); search keeps serving.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MilvusSpec {
+    /// Milvus address, e.g. `http://my-release-milvus.milvus.svc:19530`.
+    #[schemars(length(min = 1), regex(pattern = r"^(http|https|grpc|grpcs|tcp)://"))]
+    pub uri: String,
+    /// Secret with `token`, or `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalSecretRef>,
+    /// Milvus database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretRef {
+    /// Name of a Secret in the ImageCollection's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Exactly one source.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "[has(self.pvc), has(self.s3), has(self.urls)].filter(x, x).size() == 1",
+        "message": "set exactly one of spec.source.pvc, spec.source.s3 or spec.source.urls"
+    }
+]))]
+pub struct SourceSpec {
+    /// Images on a PersistentVolumeClaim, mounted read-only into the ingest Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcSource>,
+    /// Images in an S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Source>,
+    /// Images listed by URL, one per line, in a ConfigMap key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<UrlListSource>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    /// The PersistentVolumeClaim holding the images.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Folder inside the volume.
+    #[serde(default = "default_root")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+}
+
+fn default_root() -> String {
+    "/".to_string()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Source {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// Endpoint of a non-AWS S3-compatible store (MinIO, Ceph RGW, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalSecretRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlListSource {
+    pub config_map_ref: ConfigMapKeyRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Built-in model.
+    #[serde(default = "default_model")]
+    pub name: ModelName,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self { name: default_model() }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ModelName {
+    /// EfficientNet-Lite0, ImageNet weights, 1280-d.
+    #[serde(rename = "efficientnet-lite0")]
+    EfficientNetLite0,
+}
+
+impl ModelName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EfficientNetLite0 => "efficientnet-lite0",
+        }
+    }
+}
+
+fn default_model() -> ModelName {
+    ModelName::EfficientNetLite0
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexConfig {
+    #[serde(default)]
+    pub r#type: IndexType,
+    #[serde(default)]
+    pub metric: Metric,
+    #[serde(default)]
+    pub params: HnswParams,
+}
+
+/// HNSW build parameters.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HnswParams {
+    /// Graph degree: higher is more accurate and uses more memory.
+    #[serde(default = "default_m", rename = "M")]
+    #[schemars(range(min = 4, max = 64))]
+    pub m: u32,
+    /// Build-time breadth: higher is more accurate and slower to build.
+    #[serde(default = "default_ef_construction")]
+    #[schemars(range(min = 8, max = 512))]
+    pub ef_construction: u32,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self { m: default_m(), ef_construction: default_ef_construction() }
+    }
+}
+
+fn default_m() -> u32 {
+    16
+}
+
+fn default_ef_construction() -> u32 {
+    200
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum IndexType {
+    #[default]
+    #[serde(rename = "HNSW")]
+    Hnsw,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Metric {
+    #[default]
+    #[serde(rename = "COSINE")]
+    Cosine,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestConfig {
+    /// Pods of the Indexed Job working at once; each takes a deterministic shard of the source.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallelism: i32,
+    /// Images per inference call and per database write.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub batch_size: i32,
+    /// Cron schedule for periodic rescans (a CronJob); without it, ingest runs once per spec change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Finished ingest Jobs kept for inspection.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 0, max = 20))]
+    pub history_limit: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { parallelism: default_parallelism(), batch_size: default_batch_size(), schedule: None, history_limit: default_history(), resources: None }
+    }
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+fn default_batch_size() -> i32 {
+    32
+}
+
+fn default_history() -> i32 {
+    3
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchConfig {
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    #[serde(default)]
+    pub service_type: ServiceType,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Secret with `token`: a bearer token required on write routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SearchAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { replicas: default_replicas(), service_type: ServiceType::default(), port: default_port(), auth: None, resources: None }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchAuth {
+    pub secret_ref: LocalSecretRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSpec {
+    /// Secret with `DATABASE_URL`: a `postgres://` or `mysql://` DSN.
+    pub secret_ref: LocalSecretRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the Milvus collection and catalog rows when the object is deleted.
+    #[default]
+    Retain,
+    /// Drop the Milvus collection and catalog rows with the object.
+    Delete,
+}
+
+/// What the controller observed. Follows the kstatus conventions (`observedGeneration`, a
+/// `Ready` condition, `Reconciling`/`Stalled`) so Flux and Argo CD read health without scripts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCollectionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ingest: Option<LastIngest>,
+    /// In-cluster URL of the search service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_endpoint: Option<String>,
+    /// The Milvus collection in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Ingesting,
+    Ready,
+    Degraded,
+    Failed,
+    Deleting,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCounts {
+    pub indexed: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastIngest {
+    pub job: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// One line: what the run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// Condition types and reasons, in one place.
+pub mod conditions {
+    pub const COLLECTION_READY: &str = "CollectionReady";
+    pub const INDEX_READY: &str = "IndexReady";
+    pub const INGESTED: &str = "Ingested";
+    pub const SEARCH_READY: &str = "SearchReady";
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+}
+
+impl ImageCollection {
+    /// The Milvus collection this object manages.
+    pub fn milvus_collection(&self) -> String {
+        if let Some(name) = &self.spec.collection_name {
+            return name.clone();
+        }
+        let namespace = self.metadata.namespace.as_deref().unwrap_or("default");
+        let name = self.metadata.name.as_deref().unwrap_or("unnamed");
+        format!("{namespace}_{name}").replace(['-', '.'], "_")
+    }
+}
+
+/// The CRD as YAML, as `imgsearch crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&ImageCollection::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_crd_matches_the_code() {
+        let committed = include_str!("../crds/imagecollections.imgsearch.io.yaml");
+        let generated = crd_yaml().expect("CRD serialises");
+        assert!(committed == generated, "crds/ is stale: run `cargo run -- crd > crds/imagecollections.imgsearch.io.yaml`");
+    }
+
+    #[test]
+    fn a_minimal_object_gets_working_defaults() {
+        let object: ImageCollection = serde_yaml::from_str(
+            "apiVersion: imgsearch.io/v1alpha1
+kind: ImageCollection
+metadata: { name: product-photos, namespace: shop }
+spec:
+  milvus: { uri: 'http://milvus.milvus.svc:19530' }
+  source: { pvc: { claimName: catalogue } }
+",
+        )
+        .expect("minimal object parses");
+        assert_eq!(object.milvus_collection(), "shop_product_photos");
+        assert_eq!(object.spec.model.name, ModelName::EfficientNetLite0);
+        assert_eq!(object.spec.deletion_policy, DeletionPolicy::Retain);
+        assert_eq!((object.spec.ingest.parallelism, object.spec.search.replicas, object.spec.search.port), (1, 1, 8080));
+        assert_eq!(object.spec.source.pvc.as_ref().map(|p| p.path.as_str()), Some("/"));
+    }
+
+    #[test]
+    fn the_schema_carries_the_cel_rules_and_printer_columns() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(ImageCollection::crd()).expect("CRD as JSON");
+        let version = &crd["spec"]["versions"][0];
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules: Vec<&str> = spec["x-kubernetes-validations"].as_array().expect("spec rules").iter().filter_map(|r| r["rule"].as_str()).collect();
+        assert!(rules.iter().any(|r| r.contains("oldSelf.model.name")), "{rules:?}");
+        let source_rules = &spec["properties"]["source"]["x-kubernetes-validations"];
+        assert!(source_rules[0]["rule"].as_str().is_some_and(|r| r.contains("size() == 1")), "{source_rules}");
+        let columns: Vec<&str> = version["additionalPrinterColumns"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(columns, ["Phase", "Images", "Failed", "Ready", "Endpoint", "Age"]);
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "imgc");
+        assert!(version["subresources"]["status"].is_object());
+    }
+}
