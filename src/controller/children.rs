@@ -213,6 +213,17 @@ pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, Bui
     })
 }
 
+/// Name, labels and owner shared by the search Deployment and Service.
+fn search_metadata(ic: &ImageCollection, name: &str, namespace: String) -> Result<ObjectMeta, BuildError> {
+    Ok(ObjectMeta {
+        name: Some(search_name(name)),
+        namespace: Some(namespace),
+        labels: Some(labels(name, "search")),
+        owner_references: Some(vec![owner(ic)?]),
+        ..ObjectMeta::default()
+    })
+}
+
 /// The search API Deployment. Its pods need no Kubernetes API access at all.
 pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<Deployment, BuildError> {
     let (name, namespace) = name_and_namespace(ic)?;
@@ -243,13 +254,7 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     let mut pod_labels = labels(&name, "search");
     pod_labels.extend(search_selector(&name));
     Ok(Deployment {
-        metadata: ObjectMeta {
-            name: Some(search_name(&name)),
-            namespace: Some(namespace),
-            labels: Some(labels(&name, "search")),
-            owner_references: Some(vec![owner(ic)?]),
-            ..ObjectMeta::default()
-        },
+        metadata: search_metadata(ic, &name, namespace)?,
         spec: DeploymentSpec {
             replicas: Some(ic.spec.search.replicas),
             selector: LabelSelector { match_labels: Some(search_selector(&name)), ..LabelSelector::default() },
@@ -278,13 +283,7 @@ pub fn search_service(ic: &ImageCollection) -> Result<Service, BuildError> {
         ServiceType::LoadBalancer => "LoadBalancer",
     };
     Ok(Service {
-        metadata: ObjectMeta {
-            name: Some(search_name(&name)),
-            namespace: Some(namespace),
-            labels: Some(labels(&name, "search")),
-            owner_references: Some(vec![owner(ic)?]),
-            ..ObjectMeta::default()
-        },
+        metadata: search_metadata(ic, &name, namespace)?,
         spec: Some(ServiceSpec {
             type_: Some(service_type.into()),
             selector: Some(search_selector(&name)),

@@ -1,0 +1,496 @@
+//! An in-process stand-in for kube-apiserver that speaks the real HTTP/JSON protocol, so the real
+//! kube client and kube-runtime controller can be tested here, where no API server can run.
+//!
+//! Implemented: namespaced and all-namespace list, get, create, delete (with finalizers and
+//! deletionTimestamp), watch from a resourceVersion (newline-delimited JSON events, history
+//! replayed), JSON merge patch, JSON patch (kube's finalizer helper uses it), server-side apply
+//! and the status subresource, `generation` bumped on spec changes only.
+//!
+//! Simplified on purpose (documented, not hidden): server-side apply merges the applied
+//! configuration into the object instead of tracking managed fields per manager, so fields a
+//! manager stops setting are not removed; no admission, no schema validation, no label
+//! selectors beyond exact `key=value` matches, no field selectors; every object lives in memory.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// One API call, for checking what the controller did (and, later, that RBAC allows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    resource_version: u64,
+    resource: String,
+    namespace: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    /// (group/version/resource, namespace, name) → object
+    objects: BTreeMap<(String, String, String), Value>,
+    events: Vec<Event>,
+    resource_version: u64,
+    calls: Vec<Call>,
+    uid: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApiServer {
+    store: Arc<Mutex<Store>>,
+    changed: Arc<Notify>,
+}
+
+/// Where a request points: `/api/v1/...` or `/apis/{group}/{version}/...`.
+#[derive(Debug)]
+struct Target {
+    api_version: String,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+impl Target {
+    fn key(&self) -> String {
+        format!("{}/{}", self.api_version, self.resource)
+    }
+
+    fn parse(path: &str) -> Option<Self> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (api_version, group, rest) = match parts.as_slice() {
+            ["api", "v1", rest @ ..] => ("v1".to_string(), String::new(), rest),
+            ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), group.to_string(), rest),
+            _ => return None,
+        };
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+            rest => (None, rest),
+        };
+        let (resource, name, subresource) = match rest {
+            [resource] => (resource.to_string(), None, None),
+            [resource, name] => (resource.to_string(), Some(name.to_string()), None),
+            [resource, name, sub] => (resource.to_string(), Some(name.to_string()), Some(sub.to_string())),
+            _ => return None,
+        };
+        Some(Self { api_version, group, resource, namespace, name, subresource })
+    }
+}
+
+impl FakeApiServer {
+    /// Serves on a free loopback port until the returned task is dropped or aborted.
+    pub async fn start() -> (Self, SocketAddr, tokio::task::JoinHandle<()>) {
+        let server = Self::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake API server");
+        let address = listener.local_addr().expect("local address");
+        let app = Router::new().fallback(handle).with_state(server.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (server, address, task)
+    }
+
+    /// A kube client talking to this server.
+    pub fn client(address: SocketAddr) -> kube::Client {
+        let url: axum::http::Uri = format!("http://{address}").parse().expect("valid URL");
+        let config = kube::Config::new(url);
+        kube::Client::try_from(config).expect("kube client for the fake API server")
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Every stored object of a resource (e.g. "batch/v1/jobs"), in name order.
+    pub fn objects(&self, key: &str) -> Vec<Value> {
+        self.lock().objects.iter().filter(|((k, _, _), _)| k == key).map(|(_, v)| v.clone()).collect()
+    }
+
+    pub fn object(&self, key: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.lock().objects.get(&(key.to_string(), namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Writes an object as another actor would (a kubelet updating status, a user editing).
+    pub fn put(&self, key: &str, object: Value) {
+        let mut store = self.lock();
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let existing = store.objects.get(&(key.to_string(), namespace.clone(), name.clone())).cloned();
+        store.write(key, &namespace, &name, object, existing.is_none());
+        drop(store);
+        self.changed.notify_waiters();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store {
+    fn next_version(&mut self) -> u64 {
+        self.resource_version += 1;
+        self.resource_version
+    }
+
+    /// Stores `object` with a fresh resourceVersion and records the watch event.
+    fn write(&mut self, key: &str, namespace: &str, name: &str, mut object: Value, created: bool) -> Value {
+        let version = self.next_version();
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        self.objects.insert((key.to_string(), namespace.to_string(), name.to_string()), object.clone());
+        let kind = if created { "ADDED" } else { "MODIFIED" };
+        self.events.push(Event { resource_version: version, resource: key.to_string(), namespace: namespace.to_string(), kind, object: object.clone() });
+        object
+    }
+
+    fn remove(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
+        let mut object = self.objects.remove(&(key.to_string(), namespace.to_string(), name.to_string()))?;
+        let version = self.next_version();
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        self.events.push(Event { resource_version: version, resource: key.to_string(), namespace: namespace.to_string(), kind: "DELETED", object: object.clone() });
+        Some(object)
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn ok_json(code: StatusCode, value: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+fn kind_of(resource: &str) -> String {
+    match resource {
+        "imagecollections" => "ImageCollection".into(),
+        "jobs" => "Job".into(),
+        "cronjobs" => "CronJob".into(),
+        "deployments" => "Deployment".into(),
+        "services" => "Service".into(),
+        "events" => "Event".into(),
+        "secrets" => "Secret".into(),
+        other => other.trim_end_matches('s').to_string(),
+    }
+}
+
+/// Spec-level change bumps generation; metadata or status changes do not.
+fn spec_of(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(map) = copy.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    copy
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+async fn handle(
+    State(server): State<FakeApiServer>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let Some(target) = Target::parse(uri.path()) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("no route for {}", uri.path()));
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (&method, target.name.is_some(), watching) {
+        (&Method::GET, _, true) => "watch",
+        (&Method::GET, true, _) => "get",
+        (&Method::GET, false, _) => "list",
+        (&Method::POST, _, _) => "create",
+        (&Method::PUT, _, _) => "update",
+        (&Method::PATCH, _, _) => "patch",
+        (&Method::DELETE, _, _) => "delete",
+        _ => return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", method.to_string()),
+    };
+    server.lock().calls.push(Call {
+        verb: verb.to_string(),
+        group: target.group.clone(),
+        resource: target.resource.clone(),
+        subresource: target.subresource.clone(),
+    });
+    match verb {
+        "watch" => watch(server, target, query).await,
+        "get" => get(&server, &target),
+        "list" => list(&server, &target, &query),
+        "create" => create(&server, &target, &body),
+        "update" => update(&server, &target, &body),
+        "patch" => patch(&server, &target, &headers, &query, &body),
+        "delete" => delete(&server, &target),
+        _ => unreachable!("verbs are matched above"),
+    }
+}
+
+fn get(server: &FakeApiServer, target: &Target) -> Response {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    match server.object(&target.key(), &namespace, &name) {
+        Some(object) => ok_json(StatusCode::OK, &object),
+        None => status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", target.resource)),
+    }
+}
+
+fn matches_labels(object: &Value, selector: Option<&String>) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((key, value)) => object["metadata"]["labels"][key].as_str() == Some(value),
+        None => object["metadata"]["labels"].get(term).is_some(),
+    })
+}
+
+fn list(server: &FakeApiServer, target: &Target, query: &BTreeMap<String, String>) -> Response {
+    let store = server.lock();
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((key, ns, _), object)| {
+            key == &target.key() && target.namespace.as_ref().is_none_or(|n| n == ns) && matches_labels(object, query.get("labelSelector"))
+        })
+        .map(|(_, object)| object.clone())
+        .collect();
+    let body = json!({
+        "apiVersion": target.api_version,
+        "kind": format!("{}List", kind_of(&target.resource)),
+        "metadata": { "resourceVersion": store.resource_version.to_string() },
+        "items": items,
+    });
+    ok_json(StatusCode::OK, &body)
+}
+
+fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON".into());
+    };
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required".into());
+    };
+    let mut store = server.lock();
+    if store.objects.contains_key(&(target.key(), namespace.clone(), name.clone())) {
+        return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", target.resource));
+    }
+    initialise(&mut store, &mut object, target, &namespace);
+    let stored = store.write(&target.key(), &namespace, &name, object, true);
+    drop(store);
+    server.changed.notify_waiters();
+    ok_json(StatusCode::CREATED, &stored)
+}
+
+/// Fields the API server owns on creation.
+fn initialise(store: &mut Store, object: &mut Value, target: &Target, namespace: &str) {
+    store.uid += 1;
+    object["apiVersion"] = json!(target.api_version);
+    object["kind"] = json!(kind_of(&target.resource));
+    object["metadata"]["namespace"] = json!(namespace);
+    object["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", store.uid));
+    object["metadata"]["generation"] = json!(1);
+    object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+}
+
+fn update(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
+    let Ok(object) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON".into());
+    };
+    write_changed(server, target, |_| Ok(object.clone()))
+}
+
+fn patch(server: &FakeApiServer, target: &Target, headers: &HeaderMap, query: &BTreeMap<String, String>, body: &[u8]) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON".into());
+    };
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let applying = content_type.starts_with("application/apply-patch");
+    if applying && query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "fieldManager is required for apply patch".into());
+    }
+    // Server-side apply creates what does not exist yet (not for subresources).
+    if applying && target.subresource.is_none() && server.object(&target.key(), &namespace, &name).is_none() {
+        let mut store = server.lock();
+        let mut object = patch.clone();
+        object["metadata"]["name"] = json!(name);
+        initialise(&mut store, &mut object, target, &namespace);
+        let stored = store.write(&target.key(), &namespace, &name, object, true);
+        drop(store);
+        server.changed.notify_waiters();
+        return ok_json(StatusCode::CREATED, &stored);
+    }
+    let status_only = target.subresource.as_deref() == Some("status");
+    write_changed(server, target, |current| {
+        let mut next = current.clone();
+        if content_type.starts_with("application/json-patch") {
+            let operations: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+            json_patch::patch(&mut next, &operations).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        } else {
+            // merge-patch, strategic-merge (treated as merge) and apply all merge here.
+            let mut effective = patch.clone();
+            if status_only {
+                effective = json!({ "status": patch.get("status").cloned().unwrap_or(Value::Null) });
+            } else if let Some(map) = effective.as_object_mut() {
+                map.remove("status"); // the main resource ignores status, as the real one does
+            }
+            merge(&mut next, &effective);
+        }
+        Ok(next)
+    })
+}
+
+/// Replaces an existing object through `change`, keeping server-owned fields and bumping
+/// generation on spec changes; an object that is deleting and has no finalizers left goes away.
+fn write_changed(server: &FakeApiServer, target: &Target, change: impl FnOnce(&Value) -> Result<Value, (StatusCode, String)>) -> Response {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let key = target.key();
+    let mut store = server.lock();
+    let Some(current) = store.objects.get(&(key.clone(), namespace.clone(), name.clone())).cloned() else {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", target.resource));
+    };
+    let mut next = match change(&current) {
+        Ok(next) => next,
+        Err((code, message)) => return status(code, "Invalid", message),
+    };
+    for field in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
+        next["metadata"][field] = current["metadata"][field].clone();
+    }
+    next["apiVersion"] = current["apiVersion"].clone();
+    next["kind"] = current["kind"].clone();
+    let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+    next["metadata"]["generation"] = json!(if spec_of(&next) != spec_of(&current) { generation + 1 } else { generation });
+    let finalizers_left = next["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    let response = if current["metadata"]["deletionTimestamp"].is_string() && !finalizers_left {
+        store.remove(&key, &namespace, &name);
+        next
+    } else {
+        store.write(&key, &namespace, &name, next, false)
+    };
+    drop(store);
+    server.changed.notify_waiters();
+    ok_json(StatusCode::OK, &response)
+}
+
+fn delete(server: &FakeApiServer, target: &Target) -> Response {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let key = target.key();
+    let mut store = server.lock();
+    let Some(mut current) = store.objects.get(&(key.clone(), namespace.clone(), name.clone())).cloned() else {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", target.resource));
+    };
+    let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    let response = if has_finalizers {
+        if !current["metadata"]["deletionTimestamp"].is_string() {
+            current["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:01Z");
+            store.write(&key, &namespace, &name, current, false)
+        } else {
+            current
+        }
+    } else {
+        let removed = store.remove(&key, &namespace, &name).unwrap_or(current);
+        // Owned objects go with their owner, as the garbage collector would (foreground not modelled).
+        let uid = removed["metadata"]["uid"].clone();
+        let owned: Vec<(String, String, String)> = store
+            .objects
+            .iter()
+            .filter(|(_, o)| o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (k, ns, n) in owned {
+            store.remove(&k, &ns, &n);
+        }
+        removed
+    };
+    drop(store);
+    server.changed.notify_waiters();
+    ok_json(StatusCode::OK, &response)
+}
+
+/// Streams events after `resourceVersion` as newline-delimited JSON until `timeoutSeconds`.
+async fn watch(server: FakeApiServer, target: Target, query: BTreeMap<String, String>) -> Response {
+    let mut after: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let timeout = query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290u64).min(290);
+    let selector = query.get("labelSelector").cloned();
+    let key = target.key();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        loop {
+            // Registered before reading the store, so a change between the read and the wait
+            // still wakes us.
+            let changed = server.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let pending: Vec<Event> = {
+                let store = server.lock();
+                store
+                    .events
+                    .iter()
+                    .filter(|e| {
+                        e.resource_version > after
+                            && e.resource == key
+                            && target.namespace.as_ref().is_none_or(|n| n == &e.namespace)
+                            && matches_labels(&e.object, selector.as_ref())
+                    })
+                    .cloned()
+                    .collect()
+            };
+            for event in pending {
+                after = after.max(event.resource_version);
+                let line = format!("{}\n", json!({ "type": event.kind, "object": event.object }));
+                if sender.send(Ok(Bytes::from(line))).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "response".into()))
+}
