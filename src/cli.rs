@@ -35,6 +35,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Print the ImageCollection CustomResourceDefinition as YAML.
     Crd,
+    /// Run the Kubernetes operator that reconciles ImageCollections.
+    Controller(ControllerArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -231,6 +233,15 @@ pub struct StandaloneArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Container image the ingest Jobs and search Deployments run (this binary's image).
+    #[arg(long, env = "IMGSEARCH_IMAGE")]
+    pub image: String,
+    #[arg(long, env = "IMGSEARCH_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Root whose sub-folders are the labels (e.g. data/sample/fashion).
     #[arg(long)]
@@ -251,6 +262,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Standalone(args) => standalone(args).await,
         Command::Eval(args) => eval(args).await,
+        Command::Controller(args) => {
+            let client = kube::Client::try_default().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+            let children = crate::controller::children::ChildConfig { image: args.image, image_pull_policy: args.image_pull_policy };
+            crate::controller::reconcile::run(crate::controller::reconcile::Context::new(client, children)).await;
+            Ok(())
+        }
         Command::Crd => {
             print!("{}", crate::crd::crd_yaml()?);
             Ok(())

@@ -38,6 +38,8 @@ pub enum BuildError {
     MissingMetadata(&'static str),
     #[error("spec.source: {0}")]
     UnsupportedSource(&'static str),
+    #[error("spec.model.name: {0}")]
+    UnknownModel(String),
 }
 
 fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {

@@ -1,5 +1,7 @@
 //! The operator: turns an `ImageCollection` into a Milvus collection, ingest Jobs and a search
-//! Deployment + Service. Child objects are built by pure functions in [`children`]; the
-//! reconcile loop that applies them comes next (issue 4).
+//! Deployment + Service. Child objects are built by pure functions in [`children`], status by
+//! the pure [`status::compute`]; [`reconcile`] applies them.
 
 pub mod children;
+pub mod reconcile;
+pub mod status;

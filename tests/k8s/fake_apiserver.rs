@@ -361,7 +361,16 @@ fn patch(server: &FakeApiServer, target: &Target, headers: &HeaderMap, query: &B
     write_changed(server, target, |current| {
         let mut next = current.clone();
         if content_type.starts_with("application/json-patch") {
-            let operations: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+            // As in kube-apiserver (evanphx/json-patch), testing a missing path against null passes;
+            // kube's finalizer helper relies on that when an object has no finalizers yet.
+            let operations: Vec<Value> = patch
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|op| !(op["op"] == "test" && op["value"].is_null() && op["path"].as_str().is_some_and(|p| next.pointer(p).is_none())))
+                .collect();
+            let operations: json_patch::Patch = serde_json::from_value(Value::Array(operations)).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
             json_patch::patch(&mut next, &operations).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         } else {
             // merge-patch, strategic-merge (treated as merge) and apply all merge here.
@@ -399,6 +408,11 @@ fn write_changed(server: &FakeApiServer, target: &Target, change: impl FnOnce(&V
     let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
     next["metadata"]["generation"] = json!(if spec_of(&next) != spec_of(&current) { generation + 1 } else { generation });
     let finalizers_left = next["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    if next == current {
+        // A write that changes nothing is not stored and wakes no watcher, as in kube-apiserver.
+        return ok_json(StatusCode::OK, &current);
+    }
     let response = if current["metadata"]["deletionTimestamp"].is_string() && !finalizers_left {
         store.remove(&key, &namespace, &name);
         next
