@@ -104,7 +104,21 @@ impl Catalog {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        // SQLite has no migration lock: when two processes open a fresh catalog at once (an
+        // ingest Job and a search pod sharing a file), one loses the race to create the tables.
+        // Its transaction rolled back, so it tries again and finds the migration applied.
+        let mut attempt = 0u32;
+        loop {
+            match sqlx::migrate!("migrations/sqlite").run(&pool).await {
+                Ok(()) => break,
+                Err(error) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(%error, attempt, "catalog migration raced another process; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         Ok(Self { pool })
     }
 
@@ -324,6 +338,19 @@ mod tests {
         assert_eq!(catalog.failures("c").await.unwrap().len(), 1);
         let known = catalog.known_images("c").await.unwrap();
         assert_eq!(known["/bad.jpg"].status, ImageStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn several_processes_may_open_a_fresh_catalog_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+        let opens: Vec<_> = (0..4).map(|_| tokio::spawn({
+            let url = url.clone();
+            async move { Catalog::open(&url).await.map(|_| ()) }
+        })).collect();
+        for open in opens {
+            open.await.expect("task").expect("every concurrent open succeeds");
+        }
     }
 
     #[tokio::test]
