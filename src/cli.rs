@@ -63,7 +63,12 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn config(&self) -> ModelConfig {
-        ModelConfig { name: self.model.clone(), model_dir: self.model_dir.clone(), ort_dylib: self.ort_dylib.clone(), threads: self.threads }
+        ModelConfig {
+            name: self.model.clone(),
+            model_dir: self.model_dir.clone(),
+            ort_dylib: self.ort_dylib.clone(),
+            threads: self.threads,
+        }
     }
 
     fn limits(&self) -> DecodeLimits {
@@ -122,7 +127,8 @@ pub struct BatchArgs {
 
 impl BatchArgs {
     fn decode_workers(&self) -> usize {
-        self.decode_workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1))
+        self.decode_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1))
     }
 }
 
@@ -169,12 +175,14 @@ impl ServerArgs {
     fn config(&self, collection: &str, batch: &BatchArgs) -> anyhow::Result<ServeConfig> {
         let mut load_roots = Vec::new();
         for root in self.load_roots.iter().filter(|r| !r.as_os_str().is_empty()) {
-            load_roots.push(root.canonicalize().with_context(|| format!("load root {} does not exist", root.display()))?);
+            load_roots
+                .push(root.canonicalize().with_context(|| format!("load root {} does not exist", root.display()))?);
         }
         Ok(ServeConfig {
             default_collection: collection.to_string(),
             load_roots,
-            upload_dir: std::path::absolute(&self.upload_dir).with_context(|| format!("upload dir {}", self.upload_dir.display()))?,
+            upload_dir: std::path::absolute(&self.upload_dir)
+                .with_context(|| format!("upload dir {}", self.upload_dir.display()))?,
             max_body_bytes: self.max_body_bytes,
             max_concurrent_inference: self.max_concurrent_inference,
             batch_size: usize::from(batch.batch_size),
@@ -263,8 +271,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Standalone(args) => standalone(args).await,
         Command::Eval(args) => eval(args).await,
         Command::Controller(args) => {
-            let client = kube::Client::try_default().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
-            let children = crate::controller::children::ChildConfig { image: args.image, image_pull_policy: args.image_pull_policy };
+            let client =
+                kube::Client::try_default().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+            let children = crate::controller::children::ChildConfig {
+                image: args.image,
+                image_pull_policy: args.image_pull_policy,
+            };
             crate::controller::reconcile::run(crate::controller::reconcile::Context::new(client, children)).await;
             Ok(())
         }
@@ -283,7 +295,11 @@ async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) ->
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let ingestor = connect(&args.backend, &args.model, &args.index).await?;
-    let options = IngestOptions { collection: args.collection.clone(), batch_size: usize::from(args.batch.batch_size), decode_workers: args.batch.decode_workers() };
+    let options = IngestOptions {
+        collection: args.collection.clone(),
+        batch_size: usize::from(args.batch.batch_size),
+        decode_workers: args.batch.decode_workers(),
+    };
     let progress = Progress::visible();
     let report = tokio::select! {
         report = ingestor.ingest_directory(&args.folder, &options, &progress) => report?,
@@ -324,7 +340,8 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(_) => None,
         None => Some(MilvusLite::start(&data_dir.join("milvus"), args.milvus_lite_bin.as_deref()).await?),
     };
-    let milvus_uri = args.external_milvus.clone().or_else(|| milvus_lite.as_ref().map(|m| m.uri().to_string())).unwrap_or_default();
+    let milvus_uri =
+        args.external_milvus.clone().or_else(|| milvus_lite.as_ref().map(|m| m.uri().to_string())).unwrap_or_default();
     let result = run_standalone(&args, &data_dir, &milvus_uri).await;
     if let Some(milvus_lite) = milvus_lite {
         milvus_lite.stop().await;
@@ -339,7 +356,11 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
     };
     let ingestor = connect(&backend, &args.model, &args.index).await?;
-    let options = IngestOptions { collection: args.collection.clone(), batch_size: usize::from(args.batch.batch_size), decode_workers: args.batch.decode_workers() };
+    let options = IngestOptions {
+        collection: args.collection.clone(),
+        batch_size: usize::from(args.batch.batch_size),
+        decode_workers: args.batch.decode_workers(),
+    };
     let progress = Progress::visible();
     let report = tokio::select! {
         report = ingestor.ingest_directory(&args.images, &options, &progress) => report?,

@@ -278,7 +278,13 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { parallelism: default_parallelism(), batch_size: default_batch_size(), schedule: None, history_limit: default_history(), resources: None }
+        Self {
+            parallelism: default_parallelism(),
+            batch_size: default_batch_size(),
+            schedule: None,
+            history_limit: default_history(),
+            resources: None,
+        }
     }
 }
 
@@ -314,7 +320,13 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        Self { replicas: default_replicas(), service_type: ServiceType::default(), port: default_port(), auth: None, resources: None }
+        Self {
+            replicas: default_replicas(),
+            service_type: ServiceType::default(),
+            port: default_port(),
+            auth: None,
+            resources: None,
+        }
     }
 }
 
@@ -447,7 +459,10 @@ mod tests {
     fn the_committed_crd_matches_the_code() {
         let committed = include_str!("../crds/imagecollections.imgsearch.io.yaml");
         let generated = crd_yaml().expect("CRD serialises");
-        assert!(committed == generated, "crds/ is stale: run `cargo run -- crd > crds/imagecollections.imgsearch.io.yaml`");
+        assert!(
+            committed == generated,
+            "crds/ is stale: run `cargo run -- crd > crds/imagecollections.imgsearch.io.yaml`"
+        );
     }
 
     #[test]
@@ -465,7 +480,10 @@ spec:
         assert_eq!(object.milvus_collection(), "shop_product_photos");
         assert_eq!(object.spec.model.name, ModelName::EfficientNetLite0);
         assert_eq!(object.spec.deletion_policy, DeletionPolicy::Retain);
-        assert_eq!((object.spec.ingest.parallelism, object.spec.search.replicas, object.spec.search.port), (1, 1, 8080));
+        assert_eq!(
+            (object.spec.ingest.parallelism, object.spec.search.replicas, object.spec.search.port),
+            (1, 1, 8080)
+        );
         assert_eq!(object.spec.source.pvc.as_ref().map(|p| p.path.as_str()), Some("/"));
     }
 
@@ -475,11 +493,17 @@ spec:
         let crd = serde_json::to_value(ImageCollection::crd()).expect("CRD as JSON");
         let version = &crd["spec"]["versions"][0];
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        let rules: Vec<&str> = spec["x-kubernetes-validations"].as_array().expect("spec rules").iter().filter_map(|r| r["rule"].as_str()).collect();
+        let rules: Vec<&str> = spec["x-kubernetes-validations"]
+            .as_array()
+            .expect("spec rules")
+            .iter()
+            .filter_map(|r| r["rule"].as_str())
+            .collect();
         assert!(rules.iter().any(|r| r.contains("oldSelf.model.name")), "{rules:?}");
         let source_rules = &spec["properties"]["source"]["x-kubernetes-validations"];
         assert!(source_rules[0]["rule"].as_str().is_some_and(|r| r.contains("size() == 1")), "{source_rules}");
-        let columns: Vec<&str> = version["additionalPrinterColumns"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+        let columns: Vec<&str> =
+            version["additionalPrinterColumns"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
         assert_eq!(columns, ["Phase", "Images", "Failed", "Ready", "Endpoint", "Age"]);
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "imgc");
         assert!(version["subresources"]["status"].is_object());

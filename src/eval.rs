@@ -43,7 +43,11 @@ pub struct PrecisionAtK {
 
 impl std::fmt::Display for EvalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "model {}: {} images, {} labels, leave-one-out ({} unreadable left out)", self.model, self.images, self.labels, self.unreadable)?;
+        writeln!(
+            f,
+            "model {}: {} images, {} labels, leave-one-out ({} unreadable left out)",
+            self.model, self.images, self.labels, self.unreadable
+        )?;
         for p in &self.precision {
             writeln!(f, "  precision@{:<3} {:.3}", p.k, p.precision)?;
         }
@@ -51,7 +55,13 @@ impl std::fmt::Display for EvalReport {
     }
 }
 
-pub fn evaluate(model: &EmbeddingModel, root: &Path, ks: &[usize], limits: DecodeLimits, batch_size: usize) -> Result<EvalReport, EvalError> {
+pub fn evaluate(
+    model: &EmbeddingModel,
+    root: &Path,
+    ks: &[usize],
+    limits: DecodeLimits,
+    batch_size: usize,
+) -> Result<EvalReport, EvalError> {
     let started = Instant::now();
     let root = root.canonicalize().map_err(|source| SourceError::Unreadable { path: root.to_path_buf(), source })?;
     let files = source::list_directory(&root)?;
@@ -61,7 +71,12 @@ pub fn evaluate(model: &EmbeddingModel, root: &Path, ks: &[usize], limits: Decod
     for chunk in files.chunks(batch_size.max(1)) {
         let mut prepared = Vec::new();
         for file in chunk {
-            let label = file.path.strip_prefix(&root).ok().and_then(|p| p.components().next()).map(|c| c.as_os_str().to_string_lossy().to_string());
+            let label = file
+                .path
+                .strip_prefix(&root)
+                .ok()
+                .and_then(|p| p.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().to_string());
             let bytes = std::fs::read(&file.path).ok();
             match (label, bytes.map(|b| preprocess::prepare(&b, limits, model.input_size()))) {
                 (Some(label), Some(Ok(image))) if file.path.parent() != Some(root.as_path()) => {

@@ -94,7 +94,13 @@ impl IngestReport {
     pub fn summary(&self) -> String {
         let mut text = format!(
             "collection {}: {} images found, {} indexed, {} unchanged (skipped), {} failed in {:.1} s ({:.1} images/s)",
-            self.collection, self.discovered, self.indexed, self.skipped, self.failed, self.seconds, self.images_per_second
+            self.collection,
+            self.discovered,
+            self.indexed,
+            self.skipped,
+            self.failed,
+            self.seconds,
+            self.images_per_second
         );
         if self.indexed == 0 && self.failed == 0 && self.skipped > 0 {
             text.push_str("; nothing new to add");
@@ -114,7 +120,12 @@ enum Examined {
 }
 
 impl Ingestor {
-    pub async fn ingest_directory(&self, root: &Path, options: &IngestOptions, progress: &Progress) -> Result<IngestReport, IngestError> {
+    pub async fn ingest_directory(
+        &self,
+        root: &Path,
+        options: &IngestOptions,
+        progress: &Progress,
+    ) -> Result<IngestReport, IngestError> {
         let started = Instant::now();
         let collection = options.collection.as_str();
         crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
@@ -125,13 +136,15 @@ impl Ingestor {
             .await
             .map_err(|e| IngestError::Worker(e.to_string()))??;
         let known = self.catalog.known_images(collection).await?;
-        let mut report = IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
+        let mut report =
+            IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
         // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
         tracing::info!(collection, images = files.len(), "ingest started");
         progress.begin(files.len() as u64);
 
         let (sender, mut receiver) = mpsc::channel::<Examined>(options.batch_size.max(1) * 2);
-        let workers = spawn_decoders(files, known.clone(), sender, self.limits, self.model.input_size(), options.decode_workers);
+        let workers =
+            spawn_decoders(files, known.clone(), sender, self.limits, self.model.input_size(), options.decode_workers);
 
         let mut batch: Vec<(NewImage, PreparedImage)> = Vec::with_capacity(options.batch_size);
         let result = async {
@@ -142,7 +155,8 @@ impl Ingestor {
                         progress.advance(1);
                     }
                     Examined::Failed { uri, content_hash, size_bytes, reason } => {
-                        self.record_failure(collection, &known, &uri, content_hash.as_deref(), size_bytes, &reason).await?;
+                        self.record_failure(collection, &known, &uri, content_hash.as_deref(), size_bytes, &reason)
+                            .await?;
                         tracing::warn!(collection, uri, reason, "image failed");
                         report.failed += 1;
                         report.failures.push(IngestFailure { uri, reason });
@@ -192,7 +206,12 @@ impl Ingestor {
 
     /// Adds one already decoded image (an upload). Returns its catalog id; an identical image
     /// already indexed under the same URI is not embedded again.
-    pub async fn add_prepared(&self, collection: &str, image: NewImage, prepared: PreparedImage) -> Result<i64, IngestError> {
+    pub async fn add_prepared(
+        &self,
+        collection: &str,
+        image: NewImage,
+        prepared: PreparedImage,
+    ) -> Result<i64, IngestError> {
         crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
         self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
         if let Some(existing) = self.catalog.find(collection, &image.uri).await?
@@ -209,7 +228,11 @@ impl Ingestor {
         Ok(self.write_batch_ids(collection, batch).await?.len() as u64)
     }
 
-    async fn write_batch_ids(&self, collection: &str, batch: Vec<(NewImage, PreparedImage)>) -> Result<Vec<i64>, IngestError> {
+    async fn write_batch_ids(
+        &self,
+        collection: &str,
+        batch: Vec<(NewImage, PreparedImage)>,
+    ) -> Result<Vec<i64>, IngestError> {
         let (images, prepared): (Vec<NewImage>, Vec<PreparedImage>) = batch.into_iter().unzip();
         let model = Arc::clone(&self.model);
         let vectors = tokio::task::spawn_blocking(move || model.embed_batch(&prepared))
@@ -258,7 +281,8 @@ fn spawn_decoders(
     let next = Arc::new(AtomicUsize::new(0));
     (0..workers.max(1))
         .map(|n| {
-            let (files, known, next, sender) = (Arc::clone(&files), Arc::clone(&known), Arc::clone(&next), sender.clone());
+            let (files, known, next, sender) =
+                (Arc::clone(&files), Arc::clone(&known), Arc::clone(&next), sender.clone());
             std::thread::Builder::new()
                 .name(format!("decode-{n}"))
                 .spawn(move || {
@@ -284,7 +308,11 @@ fn examine(file: &SourceImage, known: Option<&KnownImage>, limits: DecodeLimits,
         reason,
     };
     if file.uri.len() > MAX_URI_LENGTH as usize {
-        return failed(None, None, format!("path is {} bytes long, over the limit of {MAX_URI_LENGTH}", file.uri.len()));
+        return failed(
+            None,
+            None,
+            format!("path is {} bytes long, over the limit of {MAX_URI_LENGTH}", file.uri.len()),
+        );
     }
     let size = match std::fs::metadata(&file.path) {
         Ok(meta) => meta.len(),

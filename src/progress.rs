@@ -38,9 +38,10 @@ impl Progress {
         let progress = Self::default();
         let display = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             let bar = ProgressBar::hidden();
-            let style = ProgressStyle::with_template("{spinner} ingest [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{spinner} ingest [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             bar.set_style(style);
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             Display::Bar(bar)

@@ -39,7 +39,8 @@ impl MilvusLite {
     /// Starts a server on a free loopback port and waits until it listens.
     pub async fn start(data_dir: &Path, binary: Option<&Path>) -> Result<Self, MilvusLiteError> {
         let binary = locate_binary(binary)?;
-        std::fs::create_dir_all(data_dir).map_err(|source| MilvusLiteError::DataDir { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| MilvusLiteError::DataDir { path: data_dir.to_path_buf(), source })?;
         let port = free_port().map_err(MilvusLiteError::Port)?;
         let mut child = Command::new(&binary)
             .arg("server")

@@ -52,7 +52,8 @@ impl Fixture {
 
     async fn json(&self, request: Request<Body>) -> (StatusCode, Value) {
         let (status, body) = self.call(request).await;
-        let value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&body)));
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&body)));
         (status, value)
     }
 
@@ -90,10 +91,15 @@ fn multipart(uri: &str, files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) 
         body.extend_from_slice(b"\r\n");
     }
     for (name, value) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    Request::post(uri).header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}")).body(Body::from(body)).unwrap()
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+        .body(Body::from(body))
+        .unwrap()
 }
 
 fn photo_bytes(name: &str) -> Vec<u8> {
@@ -119,7 +125,8 @@ async fn v1_search_returns_the_closest_images_best_first_with_fetchable_thumbnai
     assert!(results[0]["score"].as_f64().unwrap() > 0.99);
     let scores: Vec<f64> = results.iter().map(|r| r["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "not best first: {scores:?}");
-    let (status, bytes) = f.call(Request::get(results[0]["image_url"].as_str().unwrap()).body(Body::empty()).unwrap()).await;
+    let (status, bytes) =
+        f.call(Request::get(results[0]["image_url"].as_str().unwrap()).body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(bytes, query);
 }
@@ -142,7 +149,10 @@ async fn bootcamp_load_progress_count_search_and_data_work_with_their_shapes() {
     assert_eq!(pairs.len(), 2);
     let best_path = pairs[0][0].as_str().unwrap();
     assert!(best_path.ends_with("/coffee.jpg"), "{body}");
-    assert!(pairs[0][1].as_f64().unwrap() < 0.01 && pairs[0][1].as_f64().unwrap() <= pairs[1][1].as_f64().unwrap(), "{body}");
+    assert!(
+        pairs[0][1].as_f64().unwrap() < 0.01 && pairs[0][1].as_f64().unwrap() <= pairs[1][1].as_f64().unwrap(),
+        "{body}"
+    );
 
     let uri = format!("/data?image_path={}", urlencode(best_path));
     let (status, bytes) = f.call(Request::get(uri).body(Body::empty()).unwrap()).await;
@@ -212,18 +222,78 @@ async fn bad_uploads_get_specific_errors_and_store_nothing() {
     let bomb = common::png_claiming(100_000, 100_000);
     let corrupt = common::corrupt_jpeg();
     let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
-        ("text file", multipart("/img/upload", &[("image", "notes.jpg", b"just text")], &[]), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("empty file", multipart("/img/upload", &[("image", "empty.jpg", b"")], &[]), StatusCode::BAD_REQUEST, "bad_request"),
-        ("over the body limit", multipart("/img/upload", &[("image", "big.jpg", &big)], &[]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        ("decompression bomb", multipart("/img/upload", &[("image", "bomb.png", &bomb)], &[]), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
-        ("corrupt JPEG", multipart("/img/upload", &[("image", "c.jpg", &corrupt)], &[]), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
-        ("no image field", multipart("/img/upload", &[("photo", "x.jpg", b"x")], &[]), StatusCode::BAD_REQUEST, "bad_request"),
-        ("not multipart", post_json("/img/upload", json!({"image": "x"})), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("upload by URL", multipart("/img/upload?url=http://169.254.169.254/latest", &[], &[]), StatusCode::BAD_REQUEST, "bad_request"),
-        ("bad table name", multipart("/img/upload?table_name=../x", &[("image", "a.jpg", b"x")], &[]), StatusCode::BAD_REQUEST, "bad_request"),
-        ("search with a text file", multipart("/img/search", &[("image", "a.jpg", b"text")], &[]), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("search with topk 0", multipart("/img/search", &[("image", "a.jpg", b"x")], &[("topk", "0")]), StatusCode::BAD_REQUEST, "bad_request"),
-        ("search with topk abc", multipart("/v1/search", &[("image", "a.jpg", b"x")], &[("top_k", "abc")]), StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "text file",
+            multipart("/img/upload", &[("image", "notes.jpg", b"just text")], &[]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "empty file",
+            multipart("/img/upload", &[("image", "empty.jpg", b"")], &[]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "over the body limit",
+            multipart("/img/upload", &[("image", "big.jpg", &big)], &[]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "decompression bomb",
+            multipart("/img/upload", &[("image", "bomb.png", &bomb)], &[]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "corrupt JPEG",
+            multipart("/img/upload", &[("image", "c.jpg", &corrupt)], &[]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "no image field",
+            multipart("/img/upload", &[("photo", "x.jpg", b"x")], &[]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "not multipart",
+            post_json("/img/upload", json!({"image": "x"})),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "upload by URL",
+            multipart("/img/upload?url=http://169.254.169.254/latest", &[], &[]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad table name",
+            multipart("/img/upload?table_name=../x", &[("image", "a.jpg", b"x")], &[]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "search with a text file",
+            multipart("/img/search", &[("image", "a.jpg", b"text")], &[]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "search with topk 0",
+            multipart("/img/search", &[("image", "a.jpg", b"x")], &[("topk", "0")]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "search with topk abc",
+            multipart("/v1/search", &[("image", "a.jpg", b"x")], &[("top_k", "abc")]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
     ];
     for (what, request, expected_status, expected_code) in cases {
         let (status, body) = f.json(request).await;
@@ -331,7 +401,8 @@ async fn a_real_http_client_can_search_over_loopback() {
     let form = reqwest::multipart::Form::new()
         .part("image", reqwest::multipart::Part::bytes(photo_bytes("rocket.jpg")).file_name("rocket.jpg"))
         .text("top_k", "1");
-    let response = reqwest::Client::new().post(format!("http://{address}/v1/search")).multipart(form).send().await.unwrap();
+    let response =
+        reqwest::Client::new().post(format!("http://{address}/v1/search")).multipart(form).send().await.unwrap();
 
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -341,6 +412,12 @@ async fn a_real_http_client_can_search_over_loopback() {
 
 fn urlencode(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

@@ -38,7 +38,10 @@ async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_serv
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
-    let controller = tokio::spawn(run(Context::new(client.clone(), ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None })));
+    let controller = tokio::spawn(run(Context::new(
+        client.clone(),
+        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
+    )));
     let collection = common::unique_collection("operator");
     let spec: ImageCollectionSpec = serde_json::from_value(json!({
         "milvus": { "uri": common::milvus_uri() },
@@ -64,7 +67,10 @@ async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_serv
     assert_eq!(condition(&status, "Ready").map(|c| c.0), Some("False".into()));
     assert_eq!(status["status"]["searchEndpoint"], "http://products-search.shop.svc:8080");
     let job = server.object("batch/v1/jobs", "shop", "products-ingest-g1").expect("ingest Job of generation 1");
-    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["args"], json!(["ingest", "/images/catalogue", "--json"]));
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["ingest", "/images/catalogue", "--json"])
+    );
     assert!(server.object("apps/v1/deployments", "shop", "products-search").is_some());
     assert!(server.object("v1/services", "shop", "products-search").is_some());
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
@@ -86,12 +92,15 @@ async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_serv
     assert_eq!(condition(&ready, "Ingested"), Some(("True".into(), "JobSucceeded".into())));
 
     // A spec change is a new generation and a new ingest Job.
-    api.patch("products", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "batchSize": 8 } } }))).await.unwrap();
+    api.patch("products", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "batchSize": 8 } } })))
+        .await
+        .unwrap();
     eventually("the generation-2 Job", || server.object("batch/v1/jobs", "shop", "products-ingest-g2")).await;
 
     // Delete with deletionPolicy Delete: the Milvus collection goes, then the object.
     api.delete("products", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "products").is_none().then_some(())).await;
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "products").is_none().then_some(()))
+        .await;
     assert!(!milvus.has_collection(&collection).await.unwrap(), "the Milvus collection was dropped");
     controller.abort();
 }
@@ -101,7 +110,10 @@ async fn an_unreachable_milvus_is_reported_in_status_not_crashed_on() {
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
-    let controller = tokio::spawn(run(Context::new(client.clone(), ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None })));
+    let controller = tokio::spawn(run(Context::new(
+        client.clone(),
+        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
+    )));
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let spec: ImageCollectionSpec = serde_json::from_value(json!({
         "milvus": { "uri": format!("http://127.0.0.1:{closed_port}") },

@@ -7,7 +7,8 @@ use imgsearch::embed::DecodeLimits;
 #[test]
 fn efficientnet_lite0_reaches_the_target_precision_on_fashion_mnist() {
     let root = common::sample_dir().join("fashion");
-    let report = imgsearch::eval::evaluate(&common::model(), &root, &[1, 5, 10], DecodeLimits::default(), 32).expect("evaluate");
+    let report =
+        imgsearch::eval::evaluate(&common::model(), &root, &[1, 5, 10], DecodeLimits::default(), 32).expect("evaluate");
     println!("{report}");
     assert_eq!((report.images, report.labels, report.unreadable), (500, 10, 0));
     let p10 = report.precision.iter().find(|p| p.k == 10).expect("p@10").precision;

@@ -14,7 +14,11 @@ fn copy_photos(names: &[&str], to: &Path) {
     }
 }
 
-async fn search_top(ingestor: &imgsearch::ingest::Ingestor, collection: &str, bytes: &[u8]) -> Vec<imgsearch::store::Hit> {
+async fn search_top(
+    ingestor: &imgsearch::ingest::Ingestor,
+    collection: &str,
+    bytes: &[u8],
+) -> Vec<imgsearch::store::Hit> {
     let (_, vector) = ingestor.model.embed_bytes(bytes, ingestor.limits).expect("query image embeds");
     ingestor.store.search(collection, vector, 3, &ingestor.index).await.expect("search")
 }
@@ -29,7 +33,8 @@ async fn ingesting_a_folder_indexes_every_image_and_counts_match() {
     let ingestor = common::ingestor(work.path()).await;
     let collection = common::unique_collection("count");
 
-    let report = ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+    let report =
+        ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
 
     assert_eq!((report.discovered, report.indexed, report.skipped, report.failed), (4, 4, 0, 0), "{report:?}");
     assert_eq!(ingestor.store.count(&collection).await.unwrap(), 4);
@@ -91,11 +96,19 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     let ingestor = common::ingestor(work.path()).await;
     let collection = common::unique_collection("bad");
 
-    let report = ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("a run with bad files still succeeds");
+    let report = ingestor
+        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("a run with bad files still succeeds");
 
     assert_eq!((report.indexed, report.failed), (2, 4), "{}", report.summary());
     let reason = |file: &str| {
-        report.failures.iter().find(|f| f.uri.ends_with(file)).map(|f| f.reason.clone()).unwrap_or_else(|| panic!("{file} not reported"))
+        report
+            .failures
+            .iter()
+            .find(|f| f.uri.ends_with(file))
+            .map(|f| f.reason.clone())
+            .unwrap_or_else(|| panic!("{file} not reported"))
     };
     assert!(reason("corrupt.jpg").contains("corrupt or truncated JPEG"), "{}", reason("corrupt.jpg"));
     assert_eq!(reason("empty.jpg"), "the file is empty");
@@ -120,7 +133,10 @@ async fn running_ingest_again_adds_nothing_and_says_so() {
     let collection = common::unique_collection("rerun");
     ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
 
-    let again = ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("second run");
+    let again = ingestor
+        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("second run");
 
     assert_eq!((again.discovered, again.indexed, again.skipped, again.failed), (4, 0, 4, 0), "{again:?}");
     assert!(again.summary().contains("nothing new to add"), "{}", again.summary());
@@ -139,7 +155,10 @@ async fn a_changed_image_replaces_its_vector_instead_of_adding_one() {
 
     // Same name, new picture: coffee.jpg now holds the rocket.
     std::fs::copy(common::photo("rocket.jpg"), images.join("coffee.jpg")).unwrap();
-    let again = ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("second run");
+    let again = ingestor
+        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("second run");
 
     assert_eq!((again.indexed, again.skipped), (1, 1), "{again:?}");
     assert_eq!(ingestor.store.count(&collection).await.unwrap(), 2);

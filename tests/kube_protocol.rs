@@ -49,14 +49,27 @@ async fn server_side_apply_creates_then_updates_and_only_spec_changes_bump_gener
     let mut changed = job.clone();
     changed["spec"]["parallelism"] = json!(4);
     let updated = jobs.patch("ingest", &params, &Patch::Apply(&changed)).await.expect("apply updates");
-    let with_status = jobs.patch_status("ingest", &params, &Patch::Apply(&json!({ "apiVersion": "batch/v1", "kind": "Job", "status": { "succeeded": 1 } }))).await.expect("status");
+    let with_status = jobs
+        .patch_status(
+            "ingest",
+            &params,
+            &Patch::Apply(&json!({ "apiVersion": "batch/v1", "kind": "Job", "status": { "succeeded": 1 } })),
+        )
+        .await
+        .expect("status");
 
     assert_eq!(created.metadata.generation, Some(1));
     assert_eq!(updated.metadata.generation, Some(2));
     assert_eq!(updated.spec.as_ref().and_then(|s| s.parallelism), Some(4));
     assert_eq!(with_status.metadata.generation, Some(2), "status writes leave generation alone");
     assert_eq!(with_status.status.and_then(|s| s.succeeded), Some(1));
-    let verbs: Vec<String> = server.calls().iter().map(|c| format!("{} {}{}", c.verb, c.resource, c.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default())).collect();
+    let verbs: Vec<String> = server
+        .calls()
+        .iter()
+        .map(|c| {
+            format!("{} {}{}", c.verb, c.resource, c.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default())
+        })
+        .collect();
     assert_eq!(verbs, ["patch jobs", "patch jobs", "patch jobs/status"]);
 }
 
@@ -73,14 +86,18 @@ async fn the_kube_watcher_sees_additions_changes_and_deletions() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         api.create(&PostParams::default(), &collection("during-watch")).await.unwrap();
         let status = ImageCollectionStatus { phase: Some(Phase::Ready), ..Default::default() };
-        api.patch_status("during-watch", &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await.unwrap();
+        api.patch_status("during-watch", &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+            .await
+            .unwrap();
         api.delete("before-watch", &DeleteParams::default()).await.unwrap();
     };
     let reader = async {
         while let Some(event) = events.next().await {
             match event.expect("watch event") {
                 watcher::Event::InitApply(o) => seen.push(format!("init {}", o.metadata.name.unwrap())),
-                watcher::Event::Apply(o) => seen.push(format!("apply {} {:?}", o.metadata.name.unwrap(), o.status.and_then(|s| s.phase))),
+                watcher::Event::Apply(o) => {
+                    seen.push(format!("apply {} {:?}", o.metadata.name.unwrap(), o.status.and_then(|s| s.phase)))
+                }
                 watcher::Event::Delete(o) => {
                     seen.push(format!("delete {}", o.metadata.name.unwrap()));
                     break;
@@ -91,7 +108,10 @@ async fn the_kube_watcher_sees_additions_changes_and_deletions() {
     };
     tokio::time::timeout(Duration::from_secs(20), futures::future::join(writer, reader)).await.expect("events arrive");
 
-    assert_eq!(seen, ["init before-watch", "apply during-watch None", "apply during-watch Some(Ready)", "delete before-watch"]);
+    assert_eq!(
+        seen,
+        ["init before-watch", "apply during-watch None", "apply during-watch Some(Ready)", "delete before-watch"]
+    );
 }
 
 #[tokio::test]
@@ -108,7 +128,10 @@ async fn deleting_an_object_with_a_finalizer_waits_until_the_finalizer_is_remove
 
     // kube-runtime's finalizer helper removes its finalizer with a JSON patch like this one.
     let remove = json_patch::Patch(vec![
-        serde_json::from_value(json!({ "op": "test", "path": "/metadata/finalizers/0", "value": "imgsearch.io/cleanup" })).unwrap(),
+        serde_json::from_value(
+            json!({ "op": "test", "path": "/metadata/finalizers/0", "value": "imgsearch.io/cleanup" }),
+        )
+        .unwrap(),
         serde_json::from_value(json!({ "op": "remove", "path": "/metadata/finalizers/0" })).unwrap(),
     ]);
     api.patch("products", &PatchParams::default(), &Patch::Json::<()>(remove)).await.expect("json patch");

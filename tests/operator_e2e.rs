@@ -29,8 +29,12 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     let (server, address, _api_task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
     let claims = BTreeMap::from([("photos".to_string(), work.path().join("volume"))]);
-    let (kubelet, _kubelet_task) = SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
-    let controller = tokio::spawn(run(Context::new(client.clone(), ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None })));
+    let (kubelet, _kubelet_task) =
+        SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
+    let controller = tokio::spawn(run(Context::new(
+        client.clone(),
+        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
+    )));
 
     // A shared catalog for the Job and the search pods, as a real cluster would use Postgres.
     let catalog: Secret = serde_json::from_value(json!({
@@ -48,7 +52,10 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
         "deletionPolicy": "Delete"
     }))
     .unwrap();
-    Api::<ImageCollection>::namespaced(client, "shop").create(&PostParams::default(), &ImageCollection::new("photos", spec)).await.unwrap();
+    Api::<ImageCollection>::namespaced(client, "shop")
+        .create(&PostParams::default(), &ImageCollection::new("photos", spec))
+        .await
+        .unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -56,16 +63,31 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
         if object["status"]["phase"] == "Ready" && object["status"]["images"]["indexed"] == 3 {
             break object["status"].clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "not Ready with 3 images in time; last status: {}", object["status"]);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not Ready with 3 images in time; last status: {}",
+            object["status"]
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(status["lastIngest"]["job"], "photos-ingest-g1");
 
     let search = kubelet.deployment_address("shop", "photos-search").expect("the search pod runs");
     let form = reqwest::multipart::Form::new()
-        .part("image", reqwest::multipart::Part::bytes(std::fs::read(common::photo("coffee.jpg")).unwrap()).file_name("q.jpg"))
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(std::fs::read(common::photo("coffee.jpg")).unwrap()).file_name("q.jpg"),
+        )
         .text("top_k", "3");
-    let response: Value = reqwest::Client::new().post(format!("http://{search}/v1/search")).multipart(form).send().await.unwrap().json().await.unwrap();
+    let response: Value = reqwest::Client::new()
+        .post(format!("http://{search}/v1/search"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let top = &response["results"][0];
     assert!(top["uri"].as_str().unwrap().ends_with("/catalogue/coffee.jpg"), "{response}");
     let image = reqwest::get(format!("http://{search}{}", top["image_url"].as_str().unwrap())).await.unwrap();

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, allowed_folder, collection_or_default, read_form, search_by_image, serve_image, top_k};
+use super::{
+    ApiError, AppState, allowed_folder, collection_or_default, read_form, search_by_image, serve_image, top_k,
+};
 use crate::ingest::IngestOptions;
 
 pub fn router() -> Router<AppState> {
@@ -41,15 +43,18 @@ struct LoadRequest {
 }
 
 /// `POST /img/load` `{"Table": optional, "File": "/folder"}`: ingests a folder under a load root.
-async fn load(State(state): State<AppState>, body: Result<Json<LoadRequest>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+async fn load(
+    State(state): State<AppState>,
+    body: Result<Json<LoadRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Json(request) = body?;
     let collection = collection_or_default(&state, request.table.as_deref())?;
     let folder = allowed_folder(&state, &request.file)?;
-    let _only_load = state
-        .load
-        .try_lock()
-        .map_err(|_| ApiError::Conflict("another load is running; watch GET /progress and retry when it is done".into()))?;
-    let options = IngestOptions { collection, batch_size: state.config.batch_size, decode_workers: state.config.decode_workers };
+    let _only_load = state.load.try_lock().map_err(|_| {
+        ApiError::Conflict("another load is running; watch GET /progress and retry when it is done".into())
+    })?;
+    let options =
+        IngestOptions { collection, batch_size: state.config.batch_size, decode_workers: state.config.decode_workers };
     let report = state.ingestor.ingest_directory(&folder, &options, &state.progress).await?;
     Ok(Json(json!({ "status": true, "msg": "Successfully loaded data!", "report": report })))
 }
@@ -62,7 +67,9 @@ async fn upload(
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query?;
     if query.url.is_some() {
-        return Err(ApiError::BadRequest("uploading by URL is disabled on this server; send the image as a multipart `image` file".into()));
+        return Err(ApiError::BadRequest(
+            "uploading by URL is disabled on this server; send the image as a multipart `image` file".into(),
+        ));
     }
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
     let form = read_form(multipart?).await?;
@@ -88,7 +95,10 @@ async fn search(
 }
 
 /// `POST /img/count?table_name=`: a bare number; 0 for a collection not created yet.
-async fn count(State(state): State<AppState>, query: Result<Query<TableQuery>, QueryRejection>) -> Result<Json<u64>, ApiError> {
+async fn count(
+    State(state): State<AppState>,
+    query: Result<Query<TableQuery>, QueryRejection>,
+) -> Result<Json<u64>, ApiError> {
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
     if !state.ingestor.store.has_collection(&collection).await? {
@@ -99,7 +109,10 @@ async fn count(State(state): State<AppState>, query: Result<Query<TableQuery>, Q
 
 /// `POST /img/drop?table_name=`: removes the collection's vectors and catalog rows. Image files
 /// themselves are left alone: they belong to the user's folders.
-async fn drop_collection(State(state): State<AppState>, query: Result<Query<TableQuery>, QueryRejection>) -> Result<Json<String>, ApiError> {
+async fn drop_collection(
+    State(state): State<AppState>,
+    query: Result<Query<TableQuery>, QueryRejection>,
+) -> Result<Json<String>, ApiError> {
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
     let _no_load_meanwhile = state
@@ -130,7 +143,10 @@ struct DataQuery {
 }
 
 /// `GET /data?image_path=`: the bytes of a catalogued image, never of an arbitrary file.
-async fn data(State(state): State<AppState>, query: Result<Query<DataQuery>, QueryRejection>) -> Result<Response, ApiError> {
+async fn data(
+    State(state): State<AppState>,
+    query: Result<Query<DataQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let record = state.ingestor.catalog.find_by_uri(&query.image_path).await?;
     serve_image(record, &format!("at {:?}", query.image_path)).await

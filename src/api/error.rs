@@ -94,7 +94,9 @@ impl From<ImageError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::CollectionNotFound { collection } => Self::NotFound(format!("collection {collection:?} does not exist")),
+            StoreError::CollectionNotFound { collection } => {
+                Self::NotFound(format!("collection {collection:?} does not exist"))
+            }
             StoreError::DimensionMismatch { .. } => Self::Conflict(error.to_string()),
             other => Self::unavailable("the vector database (Milvus) is unavailable", other),
         }
@@ -138,7 +140,10 @@ impl From<axum::extract::multipart::MultipartError> for ApiError {
 
 impl From<axum::extract::multipart::MultipartRejection> for ApiError {
     fn from(error: axum::extract::multipart::MultipartRejection) -> Self {
-        Self::UnsupportedMediaType(format!("expected a multipart/form-data upload with an `image` field: {}", error.body_text()))
+        Self::UnsupportedMediaType(format!(
+            "expected a multipart/form-data upload with an `image` field: {}",
+            error.body_text()
+        ))
     }
 }
 

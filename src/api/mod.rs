@@ -77,7 +77,13 @@ pub struct ServerState {
 impl ServerState {
     pub fn new(ingestor: Ingestor, config: ServeConfig) -> AppState {
         let permits = config.max_concurrent_inference.max(1);
-        Arc::new(Self { ingestor, config, progress: Progress::silent(), inference: Semaphore::new(permits), load: Default::default() })
+        Arc::new(Self {
+            ingestor,
+            config,
+            progress: Progress::silent(),
+            inference: Semaphore::new(permits),
+            load: Default::default(),
+        })
     }
 }
 
@@ -144,9 +150,16 @@ async fn read_form(mut multipart: Multipart) -> Result<UploadForm, ApiError> {
 }
 
 /// Image bytes → nearest images, holding an inference permit for the embedding only.
-async fn search_by_image(state: &ServerState, collection: &str, bytes: Vec<u8>, top_k: usize) -> Result<Vec<Hit>, ApiError> {
+async fn search_by_image(
+    state: &ServerState,
+    collection: &str,
+    bytes: Vec<u8>,
+    top_k: usize,
+) -> Result<Vec<Hit>, ApiError> {
     if !state.ingestor.store.has_collection(collection).await? {
-        return Err(ApiError::NotFound(format!("collection {collection:?} does not exist; load or upload images first")));
+        return Err(ApiError::NotFound(format!(
+            "collection {collection:?} does not exist; load or upload images first"
+        )));
     }
     let vector = embed_query(state, bytes).await?;
     Ok(state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await?)
@@ -155,7 +168,9 @@ async fn search_by_image(state: &ServerState, collection: &str, bytes: Vec<u8>, 
 async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, ApiError> {
     let _permit = tokio::time::timeout(state.config.queue_timeout, state.inference.acquire())
         .await
-        .map_err(|_| ApiError::unavailable("the server is busy embedding other images; retry shortly", "inference queue timeout"))?
+        .map_err(|_| {
+            ApiError::unavailable("the server is busy embedding other images; retry shortly", "inference queue timeout")
+        })?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let model = Arc::clone(&state.ingestor.model);
     let limits = state.ingestor.limits;
@@ -173,15 +188,17 @@ async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, Ap
 async fn add_upload(state: &ServerState, collection: &str, bytes: Vec<u8>) -> Result<i64, ApiError> {
     let limits = state.ingestor.limits;
     let input_size = state.ingestor.model.input_size();
-    let (prepared, bytes) = tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input_size), bytes))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (prepared, bytes) =
+        tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input_size), bytes))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
     let prepared = prepared?;
     let content_hash = hex::encode(Sha256::digest(&bytes));
     let extension = prepared.format.extensions_str().first().copied().unwrap_or("img");
     let path = state.config.upload_dir.join(format!("{content_hash}.{extension}"));
     store_upload(&path, &bytes).await?;
-    let uri = path.to_str().ok_or_else(|| ApiError::Internal("upload directory is not valid UTF-8".into()))?.to_string();
+    let uri =
+        path.to_str().ok_or_else(|| ApiError::Internal("upload directory is not valid UTF-8".into()))?.to_string();
     let image = NewImage {
         uri,
         content_hash,
@@ -200,8 +217,12 @@ async fn store_upload(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
     let dir = path.parent().ok_or_else(|| ApiError::Internal("upload path has no parent".into()))?;
     tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
     let temporary = path.with_extension(format!("partial-{}", std::process::id()));
-    tokio::fs::write(&temporary, bytes).await.map_err(|e| ApiError::Internal(format!("writing {}: {e}", temporary.display())))?;
-    tokio::fs::rename(&temporary, path).await.map_err(|e| ApiError::Internal(format!("renaming to {}: {e}", path.display())))?;
+    tokio::fs::write(&temporary, bytes)
+        .await
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", temporary.display())))?;
+    tokio::fs::rename(&temporary, path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("renaming to {}: {e}", path.display())))?;
     Ok(())
 }
 

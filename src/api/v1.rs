@@ -109,7 +109,10 @@ pub struct CountResponse {
 }
 
 /// `GET /v1/count?collection=`: vectors searchable in the collection.
-async fn count(State(state): State<AppState>, query: Result<Query<CollectionQuery>, QueryRejection>) -> Result<Json<CountResponse>, ApiError> {
+async fn count(
+    State(state): State<AppState>,
+    query: Result<Query<CollectionQuery>, QueryRejection>,
+) -> Result<Json<CountResponse>, ApiError> {
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.collection.as_deref())?;
     if !state.ingestor.store.has_collection(&collection).await? {

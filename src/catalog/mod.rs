@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -344,10 +344,14 @@ mod tests {
     async fn several_processes_may_open_a_fresh_catalog_at_once() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("shared.db").display());
-        let opens: Vec<_> = (0..4).map(|_| tokio::spawn({
-            let url = url.clone();
-            async move { Catalog::open(&url).await.map(|_| ()) }
-        })).collect();
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn({
+                    let url = url.clone();
+                    async move { Catalog::open(&url).await.map(|_| ()) }
+                })
+            })
+            .collect();
         for open in opens {
             open.await.expect("task").expect("every concurrent open succeeds");
         }

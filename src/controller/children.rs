@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -147,7 +147,12 @@ fn scratch_volume() -> (Volume, VolumeMount) {
 /// The Indexed Job that embeds the source: one pod per shard, `parallelism` shards.
 pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, BuildError> {
     let (name, namespace) = name_and_namespace(ic)?;
-    let pvc = ic.spec.source.pvc.as_ref().ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
+    let pvc = ic
+        .spec
+        .source
+        .pvc
+        .as_ref()
+        .ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
     let generation = ic.metadata.generation.unwrap_or(0);
     let shards = ic.spec.ingest.parallelism.max(1);
     let mut job_labels = labels(&name, "ingest");
@@ -169,7 +174,12 @@ pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, Bui
         resources: ic.spec.ingest.resources.clone(),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(vec![
-            VolumeMount { name: "images".into(), mount_path: IMAGES_MOUNT.into(), read_only: Some(true), ..VolumeMount::default() },
+            VolumeMount {
+                name: "images".into(),
+                mount_path: IMAGES_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
             scratch_mount,
         ]),
         ..Container::default()
@@ -234,7 +244,11 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
     env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
     let probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("http".into()), ..HTTPGetAction::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
         period_seconds: Some(period),
         ..Probe::default()
     };
@@ -245,7 +259,11 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         image_pull_policy: config.image_pull_policy.clone(),
         args: Some(vec!["serve".into()]),
         env: Some(env),
-        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: port, ..ContainerPort::default() }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            ..ContainerPort::default()
+        }]),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
         resources: ic.spec.search.resources.clone(),
@@ -362,9 +380,15 @@ mod tests {
         assert_eq!(job.metadata.name.as_deref(), Some("products-ingest-g3"));
         assert_eq!(job.metadata.labels.as_ref().unwrap()[LABEL_GENERATION], "3");
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("ImageCollection", "products", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("ImageCollection", "products", Some(true))
+        );
         let spec = job.spec.unwrap();
-        assert_eq!((spec.completion_mode.as_deref(), spec.completions, spec.parallelism), (Some("Indexed"), Some(4), Some(4)));
+        assert_eq!(
+            (spec.completion_mode.as_deref(), spec.completions, spec.parallelism),
+            (Some("Indexed"), Some(4), Some(4))
+        );
         let pod = spec.template.spec.unwrap();
         let container = &pod.containers[0];
         assert_eq!(container.args.as_ref().unwrap(), &["ingest", "/images/images/2024", "--json"]);
@@ -375,7 +399,10 @@ mod tests {
         assert_eq!(env["IMGSEARCH_COLLECTION"], "shop_products");
         assert_eq!((env["IMGSEARCH_BATCH_SIZE"].as_str(), env["IMGSEARCH_SHARD_COUNT"].as_str()), ("16", "4"));
         let volume = &pod.volumes.as_ref().unwrap()[0];
-        assert_eq!(volume.persistent_volume_claim.as_ref().map(|p| (p.claim_name.as_str(), p.read_only)), Some(("catalogue", Some(true))));
+        assert_eq!(
+            volume.persistent_volume_claim.as_ref().map(|p| (p.claim_name.as_str(), p.read_only)),
+            Some(("catalogue", Some(true)))
+        );
     }
 
     #[test]
@@ -411,7 +438,10 @@ mod tests {
         let container = &deployment_spec.template.spec.unwrap().containers[0];
         assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 9000);
         assert_eq!(env(container)["IMGSEARCH_LISTEN"], "0.0.0.0:9000");
-        assert_eq!(container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        assert_eq!(
+            container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
         assert_eq!(service_spec.ports.unwrap()[0].port, 9000);
         assert_eq!(search_endpoint(&ic).unwrap(), "http://products-search.shop.svc:9000");
     }
@@ -428,7 +458,10 @@ mod tests {
     #[test]
     fn sources_this_version_cannot_ingest_are_refused_with_a_reason() {
         let ic = collection("  milvus: { uri: 'http://m:19530' }\n  source: { s3: { bucket: photos } }\n");
-        assert_eq!(ingest_job(&ic, &config()).unwrap_err(), BuildError::UnsupportedSource("only pvc sources can be ingested by this version"));
+        assert_eq!(
+            ingest_job(&ic, &config()).unwrap_err(),
+            BuildError::UnsupportedSource("only pvc sources can be ingested by this version")
+        );
     }
 
     #[test]

@@ -70,7 +70,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, children: ChildConfig) -> Arc<Self> {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() });
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+        );
         Arc::new(Self { client, recorder, children, milvus: Mutex::new(HashMap::new()) })
     }
 }
@@ -136,7 +139,11 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     services.patch(&children::search_name(&name), &params, &Patch::Apply(&children::search_service(ic)?)).await?;
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
     let deployment = deployments
-        .patch(&children::search_name(&name), &params, &Patch::Apply(&children::search_deployment(ic, &context.children)?))
+        .patch(
+            &children::search_name(&name),
+            &params,
+            &Patch::Apply(&children::search_deployment(ic, &context.children)?),
+        )
         .await?;
 
     let ingest = match ensure_ingest_job(ic, context, &namespace, &params).await? {
@@ -168,7 +175,12 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
 }
 
 /// Creates the Job of this generation if missing (Jobs are immutable once created).
-async fn ensure_ingest_job(ic: &ImageCollection, context: &Context, namespace: &str, params: &PatchParams) -> Result<Option<Job>> {
+async fn ensure_ingest_job(
+    ic: &ImageCollection,
+    context: &Context,
+    namespace: &str,
+    params: &PatchParams,
+) -> Result<Option<Job>> {
     let jobs: Api<Job> = Api::namespaced(context.client.clone(), namespace);
     let job_name = children::ingest_job_name(ic)?;
     if let Some(job) = jobs.get_opt(&job_name).await? {
@@ -191,7 +203,9 @@ async fn ensure_ingest_job(ic: &ImageCollection, context: &Context, namespace: &
 fn observe_job(job: &Job) -> IngestObservation {
     let name = job.name_any();
     let status = job.status.clone().unwrap_or_default();
-    let condition = |type_: &str| status.conditions.as_ref().and_then(|c| c.iter().find(|c| c.type_ == type_ && c.status == "True")).cloned();
+    let condition = |type_: &str| {
+        status.conditions.as_ref().and_then(|c| c.iter().find(|c| c.type_ == type_ && c.status == "True")).cloned()
+    };
     if condition("Complete").is_some() {
         IngestObservation::Succeeded { job: name, started_at: status.start_time, completed_at: status.completion_time }
     } else if let Some(failed) = condition("Failed") {
@@ -212,14 +226,17 @@ async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, ge
         .into_iter()
         .filter_map(|job| {
             let job_generation = job.labels().get(LABEL_GENERATION)?.parse::<i64>().ok()?;
-            let finished = job.status.as_ref().is_some_and(|s| s.completion_time.is_some() || s.failed.unwrap_or(0) > 0 && s.active.unwrap_or(0) == 0);
+            let finished = job.status.as_ref().is_some_and(|s| {
+                s.completion_time.is_some() || s.failed.unwrap_or(0) > 0 && s.active.unwrap_or(0) == 0
+            });
             (job_generation < generation && finished).then_some((job_generation, job))
         })
         .collect();
     old.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
     let keep = usize::try_from(ic.spec.ingest.history_limit).unwrap_or(0);
     for (_, job) in old.into_iter().skip(keep) {
-        let delete = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+        let delete =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
         jobs.delete(&job.name_any(), &delete).await?;
     }
     Ok(())
@@ -228,8 +245,13 @@ async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, ge
 /// The collection with its index, loaded; returns the searchable row count.
 async fn ensure_milvus(ic: &ImageCollection, context: &Context, collection: &str) -> Result<u64> {
     let store = milvus_store(ic, context).await?;
-    let model = crate::embed::builtin(ic.spec.model.name.as_str()).map_err(|e| BuildError::UnknownModel(e.to_string()))?;
-    let index = IndexSpec { m: ic.spec.index.params.m, ef_construction: ic.spec.index.params.ef_construction, ..IndexSpec::default() };
+    let model =
+        crate::embed::builtin(ic.spec.model.name.as_str()).map_err(|e| BuildError::UnknownModel(e.to_string()))?;
+    let index = IndexSpec {
+        m: ic.spec.index.params.m,
+        ef_construction: ic.spec.index.params.ef_construction,
+        ..IndexSpec::default()
+    };
     store.ensure_collection(collection, model.dimension, &index).await?;
     Ok(store.count(collection).await?)
 }
@@ -278,16 +300,36 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
         }
         .await;
         if let Err(error) = result {
-            publish(context, ic, EventType::Warning, "CleanupBlocked", &format!("cannot drop Milvus collection {collection} yet: {error}")).await;
+            publish(
+                context,
+                ic,
+                EventType::Warning,
+                "CleanupBlocked",
+                &format!("cannot drop Milvus collection {collection} yet: {error}"),
+            )
+            .await;
             return Err(error);
         }
-        publish(context, ic, EventType::Normal, "CollectionDropped", &format!("dropped Milvus collection {collection}")).await;
+        publish(
+            context,
+            ic,
+            EventType::Normal,
+            "CollectionDropped",
+            &format!("dropped Milvus collection {collection}"),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
 
 async fn publish(context: &Context, ic: &ImageCollection, type_: EventType, reason: &str, note: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     if let Err(error) = context.recorder.publish(&event, &ic.object_ref(&())).await {
         tracing::debug!(%error, "could not publish event");
     }

@@ -19,11 +19,23 @@ pub enum MilvusObservation {
 pub enum IngestObservation {
     /// `suspend: true` and no Job for this generation.
     Suspended,
-    Running { job: String, started_at: Option<Time> },
-    Succeeded { job: String, started_at: Option<Time>, completed_at: Option<Time> },
-    Failed { job: String, message: String },
+    Running {
+        job: String,
+        started_at: Option<Time>,
+    },
+    Succeeded {
+        job: String,
+        started_at: Option<Time>,
+        completed_at: Option<Time>,
+    },
+    Failed {
+        job: String,
+        message: String,
+    },
     /// The spec's source cannot be ingested by this version.
-    Unsupported { message: String },
+    Unsupported {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,12 +59,25 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     let generation = observed.generation;
     let mut conditions = Vec::new();
     let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
-        conditions.push(condition(previous, type_, if ok { "True" } else { "False" }, reason, message, generation, &now));
+        conditions.push(condition(
+            previous,
+            type_,
+            if ok { "True" } else { "False" },
+            reason,
+            message,
+            generation,
+            &now,
+        ));
     };
 
     let (milvus_ok, rows) = match &observed.milvus {
         MilvusObservation::Ready { rows } => {
-            set(COLLECTION_READY, true, "CollectionLoaded", format!("Milvus collection {} exists and is loaded", observed.collection));
+            set(
+                COLLECTION_READY,
+                true,
+                "CollectionLoaded",
+                format!("Milvus collection {} exists and is loaded", observed.collection),
+            );
             set(INDEX_READY, true, "IndexBuilt", "HNSW index built".into());
             (true, Some(*rows))
         }
@@ -70,15 +95,42 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         }
         IngestObservation::Running { job, started_at } => {
             set(INGESTED, false, "JobRunning", format!("ingest Job {job} is running"));
-            (true, false, Some(LastIngest { job: job.clone(), started_at: started_at.clone(), completed_at: None, summary: None }))
+            (
+                true,
+                false,
+                Some(LastIngest {
+                    job: job.clone(),
+                    started_at: started_at.clone(),
+                    completed_at: None,
+                    summary: None,
+                }),
+            )
         }
         IngestObservation::Succeeded { job, started_at, completed_at } => {
             set(INGESTED, true, "JobSucceeded", format!("ingest Job {job} completed"));
-            (false, false, Some(LastIngest { job: job.clone(), started_at: started_at.clone(), completed_at: completed_at.clone(), summary: None }))
+            (
+                false,
+                false,
+                Some(LastIngest {
+                    job: job.clone(),
+                    started_at: started_at.clone(),
+                    completed_at: completed_at.clone(),
+                    summary: None,
+                }),
+            )
         }
         IngestObservation::Failed { job, message } => {
             set(INGESTED, false, "JobFailed", format!("ingest Job {job} failed: {message}"));
-            (false, true, Some(LastIngest { job: job.clone(), started_at: None, completed_at: None, summary: Some(message.clone()) }))
+            (
+                false,
+                true,
+                Some(LastIngest {
+                    job: job.clone(),
+                    started_at: None,
+                    completed_at: None,
+                    summary: Some(message.clone()),
+                }),
+            )
         }
         IngestObservation::Unsupported { message } => {
             set(INGESTED, false, "UnsupportedSource", message.clone());
@@ -106,7 +158,12 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     set(READY, ready, if ready { "Ready" } else { "NotReady" }, ready_message);
     // kstatus: Reconciling while work is in flight, Stalled when it cannot progress on its own.
     let stalled = ingest_failed || matches!(observed.milvus, MilvusObservation::Failed { .. });
-    set(RECONCILING, ingesting || (!ready && !stalled), if ingesting { "Ingesting" } else { "Progressing" }, String::new());
+    set(
+        RECONCILING,
+        ingesting || (!ready && !stalled),
+        if ingesting { "Ingesting" } else { "Progressing" },
+        String::new(),
+    );
     set(STALLED, stalled, if stalled { "Blocked" } else { "NotBlocked" }, String::new());
 
     let phase = if !milvus_ok {
@@ -124,14 +181,25 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         observed_generation: Some(generation),
         phase: Some(phase),
         conditions,
-        images: rows.map(|indexed| ImageCounts { indexed: i64::try_from(indexed).unwrap_or(i64::MAX), ..previous.and_then(|p| p.images.clone()).unwrap_or_default() }),
+        images: rows.map(|indexed| ImageCounts {
+            indexed: i64::try_from(indexed).unwrap_or(i64::MAX),
+            ..previous.and_then(|p| p.images.clone()).unwrap_or_default()
+        }),
         last_ingest: last_ingest.or_else(|| previous.and_then(|p| p.last_ingest.clone())),
         search_endpoint: Some(search.endpoint.clone()),
         collection_name: Some(observed.collection.clone()),
     }
 }
 
-fn condition(previous: Option<&ImageCollectionStatus>, type_: &str, status: &str, reason: &str, message: String, generation: i64, now: &Time) -> Condition {
+fn condition(
+    previous: Option<&ImageCollectionStatus>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
     let unchanged_since = previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
@@ -160,7 +228,11 @@ mod tests {
             collection: "shop_products".into(),
             milvus,
             ingest,
-            search: SearchObservation { desired: 2, available, endpoint: "http://products-search.shop.svc:8080".into() },
+            search: SearchObservation {
+                desired: 2,
+                available,
+                endpoint: "http://products-search.shop.svc:8080".into(),
+            },
         }
     }
 
@@ -171,7 +243,11 @@ mod tests {
     #[test]
     fn ready_when_the_collection_is_loaded_and_search_is_available() {
         let status = compute(
-            &observed(MilvusObservation::Ready { rows: 120 }, IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None }, 2),
+            &observed(
+                MilvusObservation::Ready { rows: 120 },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None },
+                2,
+            ),
             None,
             time(100),
         );
@@ -184,7 +260,15 @@ mod tests {
 
     #[test]
     fn ingesting_while_the_job_runs_even_if_search_already_serves() {
-        let status = compute(&observed(MilvusObservation::Ready { rows: 3 }, IngestObservation::Running { job: "j".into(), started_at: None }, 1), None, time(1));
+        let status = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 3 },
+                IngestObservation::Running { job: "j".into(), started_at: None },
+                1,
+            ),
+            None,
+            time(1),
+        );
         assert_eq!(status.phase, Some(Phase::Ingesting));
         assert_eq!((get(&status, READY).status.as_str(), get(&status, RECONCILING).status.as_str()), ("True", "True"));
         assert_eq!(get(&status, INGESTED).reason, "JobRunning");
@@ -192,7 +276,10 @@ mod tests {
 
     #[test]
     fn an_unreachable_milvus_is_stalled_with_its_reason() {
-        let failed = MilvusObservation::Failed { reason: "MilvusUnavailable", message: "cannot reach Milvus at http://m:19530".into() };
+        let failed = MilvusObservation::Failed {
+            reason: "MilvusUnavailable",
+            message: "cannot reach Milvus at http://m:19530".into(),
+        };
         let status = compute(&observed(failed, IngestObservation::Suspended, 0), None, time(1));
         assert_eq!(status.phase, Some(Phase::Failed));
         let collection = get(&status, COLLECTION_READY);
@@ -203,9 +290,21 @@ mod tests {
 
     #[test]
     fn unchanged_conditions_keep_their_transition_time() {
-        let first = compute(&observed(MilvusObservation::Ready { rows: 1 }, IngestObservation::Running { job: "j".into(), started_at: None }, 0), None, time(10));
+        let first = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 1 },
+                IngestObservation::Running { job: "j".into(), started_at: None },
+                0,
+            ),
+            None,
+            time(10),
+        );
         let second = compute(
-            &observed(MilvusObservation::Ready { rows: 5 }, IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None }, 0),
+            &observed(
+                MilvusObservation::Ready { rows: 5 },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None },
+                0,
+            ),
             Some(&first),
             time(20),
         );

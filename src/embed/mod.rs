@@ -22,12 +22,8 @@ pub struct BuiltinModel {
 }
 
 /// EfficientNet-Lite0, ImageNet weights, 1280-d pooled features (see model/README.md).
-pub const EFFICIENTNET_LITE0: BuiltinModel = BuiltinModel {
-    name: "efficientnet-lite0",
-    file_name: "efficientnet-lite0.onnx",
-    dimension: 1280,
-    input_size: 224,
-};
+pub const EFFICIENTNET_LITE0: BuiltinModel =
+    BuiltinModel { name: "efficientnet-lite0", file_name: "efficientnet-lite0.onnx", dimension: 1280, input_size: 224 };
 
 pub const BUILTIN_MODELS: &[BuiltinModel] = &[EFFICIENTNET_LITE0];
 
@@ -80,9 +76,8 @@ impl EmbeddingModel {
         let environment = runtime::environment(config.ort_dylib.as_deref())?;
         let load_error = |detail: String| EmbedError::ModelLoad { path: path.clone(), detail };
         let mut builder = Session::builder(&environment).map_err(|e| load_error(e.to_string()))?;
-        builder = builder
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_error(e.to_string()))?;
+        builder =
+            builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| load_error(e.to_string()))?;
         if config.threads > 0 {
             builder = builder.with_intra_threads(config.threads).map_err(|e| load_error(e.to_string()))?;
         }
@@ -103,7 +98,11 @@ impl EmbeddingModel {
     }
 
     /// Bytes → L2-normalised embedding, for one query image.
-    pub fn embed_bytes(&self, bytes: &[u8], limits: DecodeLimits) -> Result<(PreparedImage, Vec<f32>), EmbedBytesError> {
+    pub fn embed_bytes(
+        &self,
+        bytes: &[u8],
+        limits: DecodeLimits,
+    ) -> Result<(PreparedImage, Vec<f32>), EmbedBytesError> {
         let prepared = preprocess::prepare(bytes, limits, self.input_size())?;
         let mut vectors = self.embed_batch(std::slice::from_ref(&prepared))?;
         let vector = vectors.pop().ok_or_else(|| EmbedError::Inference("model returned no vector".into()))?;
@@ -128,14 +127,13 @@ impl EmbeddingModel {
             input.extend_from_slice(&image.tensor);
         }
         let shape = [images.len(), 3, side, side];
-        let tensor = TensorRef::from_array_view((shape, input.as_slice()))
-            .map_err(|e| EmbedError::Inference(e.to_string()))?;
+        let tensor =
+            TensorRef::from_array_view((shape, input.as_slice())).map_err(|e| EmbedError::Inference(e.to_string()))?;
         // A poisoned lock only means another inference panicked; the session itself is still sound.
         let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session.run(ort::inputs![tensor]).map_err(|e| EmbedError::Inference(e.to_string()))?;
-        let (out_shape, values) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| EmbedError::Inference(e.to_string()))?;
+        let (out_shape, values) =
+            outputs[0].try_extract_tensor::<f32>().map_err(|e| EmbedError::Inference(e.to_string()))?;
         let dimension = self.dimension();
         if values.len() != images.len() * dimension {
             return Err(EmbedError::Inference(format!(

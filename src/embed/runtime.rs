@@ -100,7 +100,10 @@ mod tests {
     fn a_missing_library_error_says_how_to_fix_it() {
         let err = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so.1.32.0"))).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("/nonexistent/libonnxruntime.so.1.32.0") && message.contains("ORT_DYLIB_PATH"), "{message}");
+        assert!(
+            message.contains("/nonexistent/libonnxruntime.so.1.32.0") && message.contains("ORT_DYLIB_PATH"),
+            "{message}"
+        );
     }
 
     #[test]

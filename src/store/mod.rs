@@ -22,7 +22,9 @@ pub const MAX_URI_LENGTH: u32 = 4096;
 pub enum StoreError {
     #[error("cannot reach Milvus at {uri}: {detail}")]
     Connect { uri: String, detail: String },
-    #[error("Milvus collection {collection:?} has vector dimension {found}, but the model produces {expected}; use another collection name or drop this one")]
+    #[error(
+        "Milvus collection {collection:?} has vector dimension {found}, but the model produces {expected}; use another collection name or drop this one"
+    )]
     DimensionMismatch { collection: String, found: i64, expected: usize },
     #[error("Milvus at {uri} reports itself unhealthy: {reasons}")]
     Unhealthy { uri: String, reasons: String },
@@ -144,7 +146,9 @@ impl MilvusStore {
         let op = "create collection";
         let schema = CollectionSchema::new()
             .add_field(FieldSchema::new().name(ID_FIELD).data_type(DataType::Int64).primary_key(true).auto_id(false))
-            .add_field(FieldSchema::new().name(VECTOR_FIELD).data_type(DataType::FloatVector).dimension(dimension as u32))
+            .add_field(
+                FieldSchema::new().name(VECTOR_FIELD).data_type(DataType::FloatVector).dimension(dimension as u32),
+            )
             .add_field(FieldSchema::new().name(URI_FIELD).data_type(DataType::VarChar).max_length(MAX_URI_LENGTH))
             .add_field(FieldSchema::new().name(HASH_FIELD).data_type(DataType::VarChar).max_length(64));
         let request = CreateCollectionRequest::builder()
@@ -205,7 +209,11 @@ impl MilvusStore {
                     return Err(StoreError::IndexFailed { collection: collection.to_string(), reason });
                 }
                 _ if tokio::time::Instant::now() > deadline => {
-                    return Err(StoreError::Timeout { what: "the index build", collection: collection.to_string(), seconds: 120 });
+                    return Err(StoreError::Timeout {
+                        what: "the index build",
+                        collection: collection.to_string(),
+                        seconds: 120,
+                    });
                 }
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -257,7 +265,8 @@ impl MilvusStore {
             ])
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        let request = UpsertRequest::builder().insert(rows_request).build().map_err(|e| self.error(op, collection, e))?;
+        let request =
+            UpsertRequest::builder().insert(rows_request).build().map_err(|e| self.error(op, collection, e))?;
         self.client.upsert(request).await.map_err(|e| self.error(op, collection, e))?;
         Ok(())
     }
@@ -297,7 +306,13 @@ impl MilvusStore {
     }
 
     /// The `top_k` nearest rows to `vector`, best first.
-    pub async fn search(&self, collection: &str, vector: Vec<f32>, top_k: usize, index: &IndexSpec) -> Result<Vec<Hit>> {
+    pub async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        top_k: usize,
+        index: &IndexSpec,
+    ) -> Result<Vec<Hit>> {
         let op = "search";
         let ef = index.ef.max(top_k as u32);
         let request = SearchRequest::builder()
@@ -334,13 +349,21 @@ impl MilvusStore {
         self.client.drop_collection(request).await.map_err(|e| self.error(op, collection, e))
     }
 
-    fn error(&self, operation: &'static str, collection: &str, source: impl Into<milvus::v2::error::Error>) -> StoreError {
+    fn error(
+        &self,
+        operation: &'static str,
+        collection: &str,
+        source: impl Into<milvus::v2::error::Error>,
+    ) -> StoreError {
         StoreError::Milvus { operation, collection: collection.to_string(), source: source.into() }
     }
 
     fn not_found_or(&self, operation: &'static str, collection: &str, source: milvus::v2::error::Error) -> StoreError {
         let text = source.to_string().to_lowercase();
-        if text.contains("collection not found") || text.contains("can't find collection") || text.contains("does not exist") {
+        if text.contains("collection not found")
+            || text.contains("can't find collection")
+            || text.contains("does not exist")
+        {
             StoreError::CollectionNotFound { collection: collection.to_string() }
         } else {
             self.error(operation, collection, source)

@@ -157,7 +157,13 @@ impl Store {
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         self.objects.insert((key.to_string(), namespace.to_string(), name.to_string()), object.clone());
         let kind = if created { "ADDED" } else { "MODIFIED" };
-        self.events.push(Event { resource_version: version, resource: key.to_string(), namespace: namespace.to_string(), kind, object: object.clone() });
+        self.events.push(Event {
+            resource_version: version,
+            resource: key.to_string(),
+            namespace: namespace.to_string(),
+            kind,
+            object: object.clone(),
+        });
         object
     }
 
@@ -165,7 +171,13 @@ impl Store {
         let mut object = self.objects.remove(&(key.to_string(), namespace.to_string(), name.to_string()))?;
         let version = self.next_version();
         object["metadata"]["resourceVersion"] = json!(version.to_string());
-        self.events.push(Event { resource_version: version, resource: key.to_string(), namespace: namespace.to_string(), kind: "DELETED", object: object.clone() });
+        self.events.push(Event {
+            resource_version: version,
+            resource: key.to_string(),
+            namespace: namespace.to_string(),
+            kind: "DELETED",
+            object: object.clone(),
+        });
         Some(object)
     }
 }
@@ -285,7 +297,9 @@ fn list(server: &FakeApiServer, target: &Target, query: &BTreeMap<String, String
         .objects
         .iter()
         .filter(|((key, ns, _), object)| {
-            key == &target.key() && target.namespace.as_ref().is_none_or(|n| n == ns) && matches_labels(object, query.get("labelSelector"))
+            key == &target.key()
+                && target.namespace.as_ref().is_none_or(|n| n == ns)
+                && matches_labels(object, query.get("labelSelector"))
         })
         .map(|(_, object)| object.clone())
         .collect();
@@ -335,7 +349,13 @@ fn update(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
     write_changed(server, target, |_| Ok(object.clone()))
 }
 
-fn patch(server: &FakeApiServer, target: &Target, headers: &HeaderMap, query: &BTreeMap<String, String>, body: &[u8]) -> Response {
+fn patch(
+    server: &FakeApiServer,
+    target: &Target,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let Ok(patch) = serde_json::from_slice::<Value>(body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON".into());
@@ -368,9 +388,14 @@ fn patch(server: &FakeApiServer, target: &Target, headers: &HeaderMap, query: &B
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|op| !(op["op"] == "test" && op["value"].is_null() && op["path"].as_str().is_some_and(|p| next.pointer(p).is_none())))
+                .filter(|op| {
+                    !(op["op"] == "test"
+                        && op["value"].is_null()
+                        && op["path"].as_str().is_some_and(|p| next.pointer(p).is_none()))
+                })
                 .collect();
-            let operations: json_patch::Patch = serde_json::from_value(Value::Array(operations)).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+            let operations: json_patch::Patch = serde_json::from_value(Value::Array(operations))
+                .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
             json_patch::patch(&mut next, &operations).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         } else {
             // merge-patch, strategic-merge (treated as merge) and apply all merge here.
@@ -388,7 +413,11 @@ fn patch(server: &FakeApiServer, target: &Target, headers: &HeaderMap, query: &B
 
 /// Replaces an existing object through `change`, keeping server-owned fields and bumping
 /// generation on spec changes; an object that is deleting and has no finalizers left goes away.
-fn write_changed(server: &FakeApiServer, target: &Target, change: impl FnOnce(&Value) -> Result<Value, (StatusCode, String)>) -> Response {
+fn write_changed(
+    server: &FakeApiServer,
+    target: &Target,
+    change: impl FnOnce(&Value) -> Result<Value, (StatusCode, String)>,
+) -> Response {
     let namespace = target.namespace.clone().unwrap_or_default();
     let name = target.name.clone().unwrap_or_default();
     let key = target.key();
@@ -406,7 +435,8 @@ fn write_changed(server: &FakeApiServer, target: &Target, change: impl FnOnce(&V
     next["apiVersion"] = current["apiVersion"].clone();
     next["kind"] = current["kind"].clone();
     let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
-    next["metadata"]["generation"] = json!(if spec_of(&next) != spec_of(&current) { generation + 1 } else { generation });
+    next["metadata"]["generation"] =
+        json!(if spec_of(&next) != spec_of(&current) { generation + 1 } else { generation });
     let finalizers_left = next["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
     next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
     if next == current {
@@ -447,7 +477,9 @@ fn delete(server: &FakeApiServer, target: &Target) -> Response {
         let owned: Vec<(String, String, String)> = store
             .objects
             .iter()
-            .filter(|(_, o)| o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid)))
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for (k, ns, n) in owned {

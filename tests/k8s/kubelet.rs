@@ -42,7 +42,11 @@ pub struct SimulatedKubelet {
 
 impl SimulatedKubelet {
     /// `claims` maps PersistentVolumeClaim names to local folders.
-    pub fn start(server: FakeApiServer, binary: &Path, claims: BTreeMap<String, PathBuf>) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        server: FakeApiServer,
+        binary: &Path,
+        claims: BTreeMap<String, PathBuf>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let kubelet = Self { server, binary: binary.to_path_buf(), claims, running: Arc::default() };
         let looping = kubelet.clone();
         let task = tokio::spawn(async move {
@@ -129,7 +133,11 @@ impl SimulatedKubelet {
                 "conditions": [{ "type": "Complete", "status": "True" }]
             })
         } else {
-            failed_status(&format!("{} of {} pods failed (exit codes {outcome:?}): {logs}", outcome.len() - succeeded, outcome.len()))
+            failed_status(&format!(
+                "{} of {} pods failed (exit codes {outcome:?}): {logs}",
+                outcome.len() - succeeded,
+                outcome.len()
+            ))
         };
         self.finish_job(&uid, job);
     }
@@ -151,7 +159,8 @@ impl SimulatedKubelet {
             if replicas == 0 {
                 return;
             }
-            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
             let address: SocketAddr = ([127, 0, 0, 1], port).into();
             let extra = [("IMGSEARCH_LISTEN".to_string(), address.to_string())];
             if let Ok(child) = self.spawn_pod(&namespace, &deployment["spec"]["template"]["spec"], &extra) {
@@ -169,14 +178,27 @@ impl SimulatedKubelet {
     }
 
     /// Starts the pod's first container as a local process with its env and mounts translated.
-    fn spawn_pod(&self, namespace: &str, pod: &Value, extra_env: &[(String, String)]) -> std::io::Result<(Child, PathBuf)> {
+    fn spawn_pod(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        extra_env: &[(String, String)],
+    ) -> std::io::Result<(Child, PathBuf)> {
         let container = &pod["containers"][0];
-        let mut mounts: Vec<(String, PathBuf)> = vec![(IMAGE_MODEL_DIR.to_string(), Path::new(env!("CARGO_MANIFEST_DIR")).join("model"))];
+        let mut mounts: Vec<(String, PathBuf)> =
+            vec![(IMAGE_MODEL_DIR.to_string(), Path::new(env!("CARGO_MANIFEST_DIR")).join("model"))];
         for mount in container["volumeMounts"].as_array().cloned().unwrap_or_default() {
             let volume_name = mount["name"].as_str().unwrap_or_default();
-            let volume = pod["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"] == volume_name)).cloned().unwrap_or_default();
+            let volume = pod["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == volume_name))
+                .cloned()
+                .unwrap_or_default();
             let local = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
-                self.claims.get(claim).cloned().ok_or_else(|| std::io::Error::other(format!("no local folder for claim {claim}")))?
+                self.claims
+                    .get(claim)
+                    .cloned()
+                    .ok_or_else(|| std::io::Error::other(format!("no local folder for claim {claim}")))?
             } else {
                 let scratch = tempfile::tempdir()?;
                 let path = scratch.path().to_path_buf();
@@ -202,7 +224,12 @@ impl SimulatedKubelet {
         let log = logs.path().join("container.log");
         self.lock().scratch.push(logs);
         let log_file = std::fs::File::create(&log)?;
-        command.current_dir(env!("CARGO_MANIFEST_DIR")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log_file)).kill_on_drop(true);
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
         command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for arg in container["args"].as_array().cloned().unwrap_or_default() {
             command.arg(translate(arg.as_str().unwrap_or_default()));
@@ -211,7 +238,11 @@ impl SimulatedKubelet {
             let name = variable["name"].as_str().unwrap_or_default();
             let value = match (&variable["value"], &variable["valueFrom"]["secretKeyRef"]) {
                 (Value::String(value), _) => Some(value.clone()),
-                (_, Value::Object(reference)) => self.secret_value(namespace, reference["name"].as_str().unwrap_or_default(), reference["key"].as_str().unwrap_or_default()),
+                (_, Value::Object(reference)) => self.secret_value(
+                    namespace,
+                    reference["name"].as_str().unwrap_or_default(),
+                    reference["key"].as_str().unwrap_or_default(),
+                ),
                 _ => None,
             };
             if let Some(value) = value {
@@ -243,7 +274,11 @@ fn failed_status(message: &str) -> Value {
 
 async fn probe(address: SocketAddr, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)).await else { return false };
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)).await
+    else {
+        return false;
+    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
