@@ -126,6 +126,14 @@ pub struct BatchArgs {
 }
 
 impl BatchArgs {
+    fn options(&self, collection: &str) -> IngestOptions {
+        IngestOptions {
+            collection: collection.to_string(),
+            batch_size: usize::from(self.batch_size),
+            decode_workers: self.decode_workers(),
+        }
+    }
+
     fn decode_workers(&self) -> usize {
         self.decode_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1))
@@ -295,18 +303,9 @@ async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) ->
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let ingestor = connect(&args.backend, &args.model, &args.index).await?;
-    let options = IngestOptions {
-        collection: args.collection.clone(),
-        batch_size: usize::from(args.batch.batch_size),
-        decode_workers: args.batch.decode_workers(),
-    };
-    let progress = Progress::visible();
-    let report = tokio::select! {
-        report = ingestor.ingest_directory(&args.folder, &options, &progress) => report?,
-        () = shutdown_signal() => {
-            progress.finish();
-            anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
-        }
+    let options = args.batch.options(&args.collection);
+    let Some(report) = ingest_until_interrupted(&ingestor, &args.folder, &options).await? else {
+        anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -314,6 +313,23 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         println!("{}", report.summary());
     }
     Ok(())
+}
+
+/// Ingests with a progress display; `None` when Ctrl-C or SIGTERM came first. Stopping midway
+/// is safe: the write order lets a rerun finish the job (see ingest.rs).
+async fn ingest_until_interrupted(
+    ingestor: &Ingestor,
+    folder: &std::path::Path,
+    options: &IngestOptions,
+) -> anyhow::Result<Option<crate::ingest::IngestReport>> {
+    let progress = Progress::visible();
+    tokio::select! {
+        report = ingestor.ingest_directory(folder, options, &progress) => Ok(Some(report?)),
+        () = shutdown_signal() => {
+            progress.finish();
+            Ok(None)
+        }
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -356,19 +372,10 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
     };
     let ingestor = connect(&backend, &args.model, &args.index).await?;
-    let options = IngestOptions {
-        collection: args.collection.clone(),
-        batch_size: usize::from(args.batch.batch_size),
-        decode_workers: args.batch.decode_workers(),
-    };
-    let progress = Progress::visible();
-    let report = tokio::select! {
-        report = ingestor.ingest_directory(&args.images, &options, &progress) => report?,
-        () = shutdown_signal() => {
-            progress.finish();
-            eprintln!("interrupted during ingest; stopping");
-            return Ok(());
-        }
+    let options = args.batch.options(&args.collection);
+    let Some(report) = ingest_until_interrupted(&ingestor, &args.images, &options).await? else {
+        eprintln!("interrupted during ingest; stopping");
+        return Ok(());
     };
     eprintln!("{}", report.summary());
 

@@ -33,15 +33,17 @@ fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
     })
 }
 
+fn start_controller(client: &kube::Client) -> tokio::task::JoinHandle<()> {
+    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    tokio::spawn(run(Context::new(client.clone(), children)))
+}
+
 #[tokio::test]
 async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_service_and_is_cleaned_up() {
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
-    let controller = tokio::spawn(run(Context::new(
-        client.clone(),
-        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
-    )));
+    let controller = start_controller(&client);
     let collection = common::unique_collection("operator");
     let spec: ImageCollectionSpec = serde_json::from_value(json!({
         "milvus": { "uri": common::milvus_uri() },
@@ -110,10 +112,7 @@ async fn an_unreachable_milvus_is_reported_in_status_not_crashed_on() {
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
-    let controller = tokio::spawn(run(Context::new(
-        client.clone(),
-        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
-    )));
+    let controller = start_controller(&client);
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let spec: ImageCollectionSpec = serde_json::from_value(json!({
         "milvus": { "uri": format!("http://127.0.0.1:{closed_port}") },
