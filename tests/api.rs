@@ -378,8 +378,13 @@ async fn readyz_reports_503_when_milvus_is_unreachable() {
     let work = tempfile::tempdir().unwrap();
     // A port nothing listens on: the client connects lazily, so the failure shows per request.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let Ok(store) = imgsearch::store::MilvusStore::connect(&format!("http://127.0.0.1:{closed}"), None).await else {
-        return; // connecting eagerly failed, which is the other honest outcome
+    let store = match imgsearch::store::MilvusStore::connect(&format!("http://127.0.0.1:{closed}"), None).await {
+        Ok(store) => store,
+        Err(error) => {
+            // Connecting eagerly failed instead: the other honest outcome, with its own message.
+            assert!(error.to_string().contains("cannot reach Milvus"), "{error}");
+            return;
+        }
     };
     let mut ingestor = common::ingestor(work.path()).await;
     ingestor.store = store;
