@@ -404,9 +404,15 @@ pub enum Phase {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageCounts {
+    /// Vectors searchable in the Milvus collection.
     pub indexed: i64,
-    pub failed: i64,
-    pub skipped: i64,
+    /// Images ingest could not index. Absent until the controller reads ingest summaries back
+    /// (not yet implemented): absent means unknown, never zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<i64>,
+    /// Images unchanged since an earlier run. Absent until known, like `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -255,6 +255,8 @@ mod tests {
         assert_eq!(get(&status, READY).status, "True");
         assert_eq!(get(&status, STALLED).status, "False");
         assert_eq!(status.images.as_ref().map(|i| i.indexed), Some(120));
+        // Failed and skipped counts are not read back yet: reported as unknown, not as zero.
+        assert_eq!(status.images.as_ref().map(|i| (i.failed, i.skipped)), Some((None, None)));
         assert_eq!(status.observed_generation, Some(2));
     }
 
