@@ -150,6 +150,10 @@ pub struct IngestArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also write the summary as compact JSON (≤ 4 KiB) to this file. Ingest Jobs point it at
+    /// the container's termination-message file, where the controller reads it back.
+    #[arg(long, env = "IMGSEARCH_SUMMARY_FILE")]
+    pub summary_file: Option<PathBuf>,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[command(flatten)]
@@ -255,6 +259,20 @@ pub struct ControllerArgs {
     pub image: String,
     #[arg(long, env = "IMGSEARCH_IMAGE_PULL_POLICY")]
     pub image_pull_policy: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "IMGSEARCH_CONTROLLER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Elect one leader among replicas with a Lease; `false` for a single replica run by hand.
+    #[arg(long, env = "IMGSEARCH_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the Lease (default: the client's namespace, i.e. the pod's own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    #[arg(long, env = "IMGSEARCH_LEASE_NAME", default_value = "imgsearch-controller")]
+    pub lease_name: String,
+    /// This replica's identity in the election (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -285,14 +303,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 image: args.image,
                 image_pull_policy: args.image_pull_policy,
             };
-            crate::controller::reconcile::run(crate::controller::reconcile::Context::new(client, children)).await;
-            Ok(())
+            let lease = args.leader_election.then(|| {
+                let namespace = args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
+                let identity = args.identity.unwrap_or_else(default_identity);
+                crate::controller::leader::LeaseSettings::new(&namespace, &args.lease_name, &identity)
+            });
+            let context = crate::controller::reconcile::Context::new(client, children);
+            let listener = crate::controller::metrics::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} for metrics and probes", args.listen))?;
+            tracing::info!(address = %args.listen, "controller metrics and probes listening");
+            let server = tokio::spawn(crate::controller::metrics::serve(listener, context.metrics.clone()));
+            let result = crate::controller::run(context, lease).await;
+            server.abort();
+            Ok(result?)
         }
         Command::Crd => {
             print!("{}", crate::crd::crd_yaml()?);
             Ok(())
         }
     }
+}
+
+/// Host name plus process id: unique enough for a replica run outside a pod.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{}-{}", if host.is_empty() { "imgsearch" } else { &host }, std::process::id())
 }
 
 async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) -> anyhow::Result<Ingestor> {
@@ -307,6 +343,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let Some(report) = ingest_until_interrupted(&ingestor, &args.folder, &options).await? else {
         anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
     };
+    if let Some(path) = &args.summary_file {
+        std::fs::write(path, report.to_json_within(TERMINATION_MESSAGE_LIMIT))
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -314,6 +354,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What Kubernetes keeps of a container's termination message.
+const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
 /// Ingests with a progress display; `None` when Ctrl-C or SIGTERM came first. Stopping midway
 /// is safe: the write order lets a rerun finish the job (see ingest.rs).

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -67,8 +67,10 @@ pub struct IngestOptions {
     pub decode_workers: usize,
 }
 
-/// What a run did, printed at the end and returned as JSON with `--json`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+/// What a run did, printed at the end and returned as JSON with `--json`; in a cluster it is
+/// also the ingest pod's termination message, which the controller reads back into status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct IngestReport {
     pub collection: String,
     /// Image files the source listed.
@@ -84,13 +86,27 @@ pub struct IngestReport {
     pub images_per_second: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct IngestFailure {
     pub uri: String,
     pub reason: String,
 }
 
 impl IngestReport {
+    /// Compact JSON of at most `limit` bytes: failure details are dropped (halving) until it
+    /// fits, while the counts stay exact. Kubernetes keeps 4 KiB of a termination message.
+    pub fn to_json_within(&self, limit: usize) -> String {
+        let mut report = self.clone();
+        loop {
+            let text = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
+            if text.len() <= limit || report.failures.is_empty() {
+                return text;
+            }
+            report.failures.truncate(report.failures.len() / 2);
+        }
+    }
+
     pub fn summary(&self) -> String {
         let mut text = format!(
             "collection {}: {} images found, {} indexed, {} unchanged (skipped), {} failed in {:.1} s ({:.1} images/s)",

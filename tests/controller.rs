@@ -1,15 +1,19 @@
 //! The real controller (kube-runtime) against the fake API server and the test run's real Milvus
-//! Lite. Pods are not run yet: the test plays the kubelet by writing Job and Deployment status.
+//! Lite. No pods run here: where it matters, the test plays the kubelet by writing Job and
+//! Deployment status (tests/operator_e2e.rs runs them for real).
 
 mod common;
 mod k8s;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::outage::Outage;
 use imgsearch::controller::children::ChildConfig;
-use imgsearch::controller::reconcile::{Context, FINALIZER, run};
+use imgsearch::controller::leader::LeaseSettings;
+use imgsearch::controller::reconcile::{Context, FINALIZER, Recheck, run};
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
-use imgsearch::store::MilvusStore;
+use imgsearch::store::{IndexSpec, MilvusStore};
 use k8s::fake_apiserver::FakeApiServer;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -33,9 +37,28 @@ fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
     })
 }
 
-fn start_controller(client: &kube::Client) -> tokio::task::JoinHandle<()> {
+/// A context whose timers are short enough for a test to see them fire.
+fn test_context(client: &kube::Client) -> Arc<Context> {
     let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
-    tokio::spawn(run(Context::new(client.clone(), children)))
+    let recheck = Recheck { ready: Duration::from_secs(1), not_ready: Duration::from_secs(1) };
+    Context::with_recheck(client.clone(), children, recheck)
+}
+
+fn start_controller(client: &kube::Client) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(test_context(client)))
+}
+
+fn spec(value: Value) -> ImageCollectionSpec {
+    serde_json::from_value(value).expect("a valid spec")
+}
+
+/// Calls the fake API server received that write the status of ImageCollections.
+fn status_writes(server: &FakeApiServer) -> usize {
+    server
+        .calls()
+        .iter()
+        .filter(|c| c.resource == "imagecollections" && c.subresource.as_deref() == Some("status"))
+        .count()
 }
 
 #[tokio::test]
@@ -69,10 +92,7 @@ async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_serv
     assert_eq!(condition(&status, "Ready").map(|c| c.0), Some("False".into()));
     assert_eq!(status["status"]["searchEndpoint"], "http://products-search.shop.svc:8080");
     let job = server.object("batch/v1/jobs", "shop", "products-ingest-g1").expect("ingest Job of generation 1");
-    assert_eq!(
-        job["spec"]["template"]["spec"]["containers"][0]["args"],
-        json!(["ingest", "/images/catalogue", "--json"])
-    );
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["args"], json!(["ingest", "/images/catalogue"]));
     assert!(server.object("apps/v1/deployments", "shop", "products-search").is_some());
     assert!(server.object("v1/services", "shop", "products-search").is_some());
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
@@ -132,4 +152,349 @@ async fn an_unreachable_milvus_is_reported_in_status_not_crashed_on() {
     assert_eq!(object["status"]["phase"], "Failed");
     assert!(server.object("v1/services", "shop", "broken-search").is_some(), "the rest is still reconciled");
     controller.abort();
+}
+
+#[tokio::test]
+async fn milvus_going_away_is_reported_and_recovered_from_without_a_restart() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let milvus = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
+    let collection = common::unique_collection("outage");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = ImageCollection::new(
+        "flaky",
+        spec(json!({
+            "milvus": { "uri": milvus.uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Delete"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    let collection_ready = |wanted: &'static str| {
+        let server = server.clone();
+        move || {
+            let object = server.object(COLLECTIONS, "shop", "flaky")?;
+            let found = condition(&object, "CollectionReady")?;
+            (found.0 == wanted).then_some((found.1, object))
+        }
+    };
+    eventually("the collection to be ready", collection_ready("True")).await;
+
+    milvus.cut();
+    let (reason, object) = eventually("the outage to show in status", collection_ready("False")).await;
+    assert_eq!(reason, "MilvusUnavailable");
+    assert_eq!(condition(&object, "Stalled").map(|c| c.0), Some("True".into()));
+    assert_eq!(object["status"]["phase"], "Failed");
+    let message = object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "CollectionReady"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains(&milvus.address.to_string()), "the message names the address: {message}");
+
+    milvus.restore();
+    let (reason, _) = eventually("recovery once Milvus is back", collection_ready("True")).await;
+    assert_eq!(reason, "CollectionLoaded");
+
+    api.delete("flaky", &DeleteParams::default()).await.unwrap();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "flaky").is_none().then_some(())).await;
+    controller.abort();
+}
+
+#[tokio::test]
+async fn a_spec_that_would_replace_an_existing_collection_is_refused_with_a_condition_and_an_event_not_a_hot_loop() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    // Someone's existing collection of 8-d vectors: the 1280-d model cannot use it.
+    let collection = common::unique_collection("taken");
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    milvus.ensure_collection(&collection, 8, &IndexSpec::default()).await.unwrap();
+    let controller = start_controller(&client);
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = ImageCollection::new(
+        "clash",
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Retain"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+
+    let refused = eventually("the refusal in status", || {
+        let object = server.object(COLLECTIONS, "shop", "clash")?;
+        (condition(&object, "CollectionReady")?.1 == "CollectionMismatch").then_some(object)
+    })
+    .await;
+    assert_eq!(condition(&refused, "Stalled").map(|c| c.0), Some("True".into()));
+    let message = refused["status"]["conditions"].to_string();
+    assert!(message.contains("1280") && message.contains('8'), "the message gives both dimensions: {message}");
+    let warning = eventually("a Warning Event", || {
+        server
+            .objects("events.k8s.io/v1/events")
+            .into_iter()
+            .find(|e| e["reason"] == "CollectionMismatch" && e["type"] == "Warning")
+    })
+    .await;
+    assert_eq!(warning["regarding"]["name"], "clash");
+
+    // Its own status writes must not wake it again: over a few recheck periods the object's
+    // version stays put and the status is written at most once per timer tick.
+    let version = refused["metadata"]["resourceVersion"].clone();
+    let writes_before = status_writes(&server);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = status_writes(&server) - writes_before;
+    assert!(writes <= 5, "{writes} status writes in 3 s: a hot loop");
+    let after = server.object(COLLECTIONS, "shop", "clash").unwrap();
+    assert_eq!(after["metadata"]["resourceVersion"], version, "an unchanged status is not rewritten");
+
+    assert!(milvus.has_collection(&collection).await.unwrap(), "the existing collection was left alone");
+    assert_eq!(milvus.count(&collection).await.unwrap(), 0);
+    controller.abort();
+    milvus.drop_collection(&collection).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_with_retain_keeps_the_milvus_collection() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let collection = common::unique_collection("retain");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = ImageCollection::new(
+        "kept",
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Retain"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    eventually("a status", || server.object(COLLECTIONS, "shop", "kept")?["status"]["phase"].as_str().map(|_| ()))
+        .await;
+    api.delete("kept", &DeleteParams::default()).await.unwrap();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "kept").is_none().then_some(())).await;
+    assert!(server.object("apps/v1/deployments", "shop", "kept-search").is_none(), "children go with it");
+
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    assert!(milvus.has_collection(&collection).await.unwrap(), "Retain keeps the collection");
+    controller.abort();
+    milvus.drop_collection(&collection).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_blocked_deletion_keeps_the_object_and_says_why_until_milvus_answers() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let milvus = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
+    let collection = common::unique_collection("blocked");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = ImageCollection::new(
+        "doomed",
+        spec(json!({
+            "milvus": { "uri": milvus.uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Delete"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    eventually("the collection to be ready", || {
+        let object = server.object(COLLECTIONS, "shop", "doomed")?;
+        (condition(&object, "CollectionReady")?.0 == "True").then_some(())
+    })
+    .await;
+
+    milvus.cut();
+    api.delete("doomed", &DeleteParams::default()).await.unwrap();
+    let blocked = eventually("a CleanupBlocked status", || {
+        let object = server.object(COLLECTIONS, "shop", "doomed")?;
+        (condition(&object, "Ready")?.1 == "CleanupBlocked").then_some(object)
+    })
+    .await;
+    assert_eq!(blocked["status"]["phase"], "Deleting");
+    assert_eq!(blocked["metadata"]["finalizers"], json!([FINALIZER]), "the finalizer holds the object");
+    assert!(
+        server.objects("events.k8s.io/v1/events").iter().any(|e| e["reason"] == "CleanupBlocked"),
+        "a Warning Event says why"
+    );
+
+    milvus.restore();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "doomed").is_none().then_some(())).await;
+    let direct = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    assert!(!direct.has_collection(&collection).await.unwrap(), "the collection was dropped once reachable");
+    controller.abort();
+}
+
+#[tokio::test]
+async fn a_restarted_controller_adopts_the_running_ingest_job_instead_of_starting_another() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let first = start_controller(&client);
+    let collection = common::unique_collection("restart");
+    let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
+    let object = ImageCollection::new(
+        "steady",
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Delete"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    let job = eventually("the ingest Job", || server.object("batch/v1/jobs", "shop", "steady-ingest-g1")).await;
+    first.abort();
+    let _ = first.await;
+
+    // A new controller process (a new context, nothing cached) over the same cluster state.
+    let context = test_context(&client);
+    let second = tokio::spawn(run(context.clone()));
+    eventually("the new controller to reconcile twice", || {
+        let text = context.metrics.encode().ok()?;
+        let successes = text
+            .lines()
+            .find(|l| l.starts_with(r#"imgsearch_controller_reconciles_total{outcome="success"}"#))?
+            .rsplit(' ')
+            .next()?
+            .parse::<u64>()
+            .ok()?;
+        (successes >= 2).then_some(())
+    })
+    .await;
+    let jobs = server.objects("batch/v1/jobs");
+    assert_eq!(jobs.len(), 1, "one ingest Job, not a second one: {jobs:?}");
+    assert_eq!(jobs[0]["metadata"]["uid"], job["metadata"]["uid"], "the very same Job");
+    assert_eq!(status_of(&server, "steady")["lastIngest"]["job"], "steady-ingest-g1", "status reports the adopted Job");
+    api.delete("steady", &DeleteParams::default()).await.unwrap();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "steady").is_none().then_some(())).await;
+    second.abort();
+}
+
+fn status_of(server: &FakeApiServer, name: &str) -> Value {
+    server.object(COLLECTIONS, "shop", name).map(|o| o["status"].clone()).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_schedule_becomes_a_rescan_cronjob_that_goes_when_the_schedule_does() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let collection = common::unique_collection("cron");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = ImageCollection::new(
+        "nightly",
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "ingest": { "schedule": "30 2 * * *" },
+            "deletionPolicy": "Delete"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    let cronjob = eventually("the CronJob", || server.object("batch/v1/cronjobs", "shop", "nightly-rescan")).await;
+    assert_eq!(cronjob["spec"]["schedule"], "30 2 * * *");
+    assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(cronjob["metadata"]["ownerReferences"][0]["name"], "nightly");
+
+    // A rescan Job the CronJob started later is what status reports as the last ingest.
+    eventually("the generation Job", || server.object("batch/v1/jobs", "shop", "nightly-ingest-g1")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have 1 s resolution
+    let mut rescan = cronjob["spec"]["jobTemplate"].clone();
+    rescan["apiVersion"] = json!("batch/v1");
+    rescan["kind"] = json!("Job");
+    rescan["metadata"]["name"] = json!("nightly-rescan-29000000");
+    rescan["metadata"]["namespace"] = json!("shop");
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(FakeApiServer::client(address), "shop")
+        .create(&PostParams::default(), &serde_json::from_value(rescan).unwrap())
+        .await
+        .unwrap();
+    // Jobs the CronJob owns do not wake the controller; its timer does.
+    eventually("the rescan in status", || {
+        (status_of(&server, "nightly")["lastIngest"]["job"] == "nightly-rescan-29000000").then_some(())
+    })
+    .await;
+
+    api.patch("nightly", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "schedule": null } } })))
+        .await
+        .unwrap();
+    eventually("the CronJob to be deleted", || {
+        server.object("batch/v1/cronjobs", "shop", "nightly-rescan").is_none().then_some(())
+    })
+    .await;
+    api.delete("nightly", &DeleteParams::default()).await.unwrap();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "nightly").is_none().then_some(())).await;
+    controller.abort();
+}
+
+#[tokio::test]
+async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let lease = |identity: &str| LeaseSettings {
+        lease_duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(400),
+        retry_every: Duration::from_millis(200),
+        ..LeaseSettings::new("imgsearch-system", "imgsearch-controller", identity)
+    };
+    let holder = |server: &FakeApiServer| {
+        server
+            .object("coordination.k8s.io/v1/leases", "imgsearch-system", "imgsearch-controller")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    let (first, second) = (test_context(&client), test_context(&client));
+    let first_task = tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a"))));
+    eventually("replica-a to lead", || (holder(&server)? == "replica-a").then_some(())).await;
+    let second_task = tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b"))));
+
+    let collection = common::unique_collection("leader");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = ImageCollection::new(
+        "elected",
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Delete"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    eventually("a status from the leader", || status_of(&server, "elected")["phase"].as_str().map(|_| ())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second_metrics = second.metrics.encode().unwrap();
+    assert!(second_metrics.contains("imgsearch_controller_leader 0"), "{second_metrics}");
+    assert!(!second_metrics.contains("reconciles_total{"), "the standby reconciled: {second_metrics}");
+    assert!(first.metrics.encode().unwrap().contains("imgsearch_controller_leader 1"));
+
+    // The leader dies without releasing its lease: the standby waits out the lease, then leads.
+    first_task.abort();
+    eventually("replica-b to take over", || (holder(&server)? == "replica-b").then_some(())).await;
+    api.patch("elected", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "batchSize": 4 } } })))
+        .await
+        .unwrap();
+    eventually("the new leader to reconcile generation 2", || {
+        server.object("batch/v1/jobs", "shop", "elected-ingest-g2").map(|_| ())
+    })
+    .await;
+    let lease_object =
+        server.object("coordination.k8s.io/v1/leases", "imgsearch-system", "imgsearch-controller").unwrap();
+    assert_eq!(lease_object["spec"]["leaseTransitions"], 1);
+
+    api.delete("elected", &DeleteParams::default()).await.unwrap();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "elected").is_none().then_some(())).await;
+    second_task.abort();
 }

@@ -9,13 +9,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use imgsearch::catalog::{Catalog, ImageStatus};
 use imgsearch::controller::children::ChildConfig;
 use imgsearch::controller::reconcile::{Context, run};
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
+use imgsearch::store::MilvusStore;
 use k8s::fake_apiserver::FakeApiServer;
 use k8s::kubelet::SimulatedKubelet;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -26,6 +28,8 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     for name in ["astronaut.jpg", "coffee.jpg", "rocket.jpg"] {
         std::fs::copy(common::photo(name), photos.join(name)).unwrap();
     }
+    // One bad file: it must be counted as failed, not kill the Job.
+    std::fs::write(photos.join("truncated.jpg"), common::corrupt_jpeg()).unwrap();
     let (server, address, _api_task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
     let claims = BTreeMap::from([("photos".to_string(), work.path().join("volume"))]);
@@ -37,9 +41,10 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     )));
 
     // A shared catalog for the Job and the search pods, as a real cluster would use Postgres.
+    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
     let catalog: Secret = serde_json::from_value(json!({
         "metadata": { "name": "catalog" },
-        "stringData": { "DATABASE_URL": format!("sqlite://{}", work.path().join("catalog.db").display()) }
+        "stringData": { "DATABASE_URL": catalog_url }
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), "shop").create(&PostParams::default(), &catalog).await.unwrap();
@@ -52,10 +57,8 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
         "deletionPolicy": "Delete"
     }))
     .unwrap();
-    Api::<ImageCollection>::namespaced(client, "shop")
-        .create(&PostParams::default(), &ImageCollection::new("photos", spec))
-        .await
-        .unwrap();
+    let collections: Api<ImageCollection> = Api::namespaced(client, "shop");
+    collections.create(&PostParams::default(), &ImageCollection::new("photos", spec)).await.unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -65,12 +68,23 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not Ready with 3 images in time; last status: {}",
-            object["status"]
+            "not Ready with 3 images in time; last status: {}\nsearch pod log:\n{}",
+            object["status"],
+            kubelet.deployment_log("shop", "photos-search")
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(status["lastIngest"]["job"], "photos-ingest-g1");
+    let search_log = kubelet.deployment_log("shop", "photos-search");
+    if search_log.contains("restarted") {
+        eprintln!("the search container was restarted on the way:\n{search_log}");
+    }
+    // The counts the ingest pod left in its termination message, read back by the controller.
+    assert_eq!(status["images"], json!({ "indexed": 3, "failed": 1, "skipped": 0 }), "{status}");
+    let summary = status["lastIngest"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("4 images found, 3 indexed, 0 unchanged, 1 failed"), "{summary}");
+    let pod = server.object("v1/pods", "shop", "photos-ingest-g1-0-sim").expect("the ingest pod");
+    assert_eq!(pod["status"]["phase"], "Succeeded");
 
     let search = kubelet.deployment_address("shop", "photos-search").expect("the search pod runs");
     let form = reqwest::multipart::Form::new()
@@ -92,5 +106,20 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     assert!(top["uri"].as_str().unwrap().ends_with("/catalogue/coffee.jpg"), "{response}");
     let image = reqwest::get(format!("http://{search}{}", top["image_url"].as_str().unwrap())).await.unwrap();
     assert_eq!(image.status(), reqwest::StatusCode::OK, "the search pod serves the catalogued image");
+
+    // deletionPolicy Delete: the Milvus collection and the catalog rows go before the object.
+    collections.delete("photos", &DeleteParams::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while server.object("imgsearch.io/v1alpha1/imagecollections", "shop", "photos").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the object was not deleted in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    assert!(!milvus.has_collection(&collection).await.unwrap(), "the Milvus collection was dropped");
+    let catalog = Catalog::open(&catalog_url).await.unwrap();
+    for status in [ImageStatus::Indexed, ImageStatus::Failed, ImageStatus::Pending] {
+        assert_eq!(catalog.count(&collection, status).await.unwrap(), 0, "catalog rows purged ({status:?})");
+    }
+    assert!(server.objects("v1/pods").is_empty(), "the Job's pods went with it");
     controller.abort();
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
@@ -144,85 +144,143 @@ fn scratch_volume() -> (Volume, VolumeMount) {
     )
 }
 
-/// The Indexed Job that embeds the source: one pod per shard, `parallelism` shards.
-pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, BuildError> {
-    let (name, namespace) = name_and_namespace(ic)?;
+/// The source's claim, mounted read-only at `/images` (pvc sources only).
+fn source_volume(ic: &ImageCollection) -> Option<(Volume, VolumeMount)> {
+    let pvc = ic.spec.source.pvc.as_ref()?;
+    Some((
+        Volume {
+            name: "images".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "images".into(),
+            mount_path: IMAGES_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ))
+}
+
+/// Where Kubernetes reads a container's termination message from (its default path).
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+pub const INGEST_CONTAINER: &str = "ingest";
+
+/// Labels of ingest Jobs (and their pods): the collection, the role and the spec generation.
+fn ingest_labels(ic: &ImageCollection) -> Result<BTreeMap<String, String>, BuildError> {
+    let (name, _) = name_and_namespace(ic)?;
+    let mut job_labels = labels(&name, "ingest");
+    job_labels.insert(LABEL_GENERATION.into(), ic.metadata.generation.unwrap_or(0).to_string());
+    Ok(job_labels)
+}
+
+/// What every ingest Job runs, whether created per generation or by the rescan CronJob: an
+/// Indexed Job, one pod per shard, `parallelism` shards.
+fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec, BuildError> {
     let pvc = ic
         .spec
         .source
         .pvc
         .as_ref()
         .ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
-    let generation = ic.metadata.generation.unwrap_or(0);
     let shards = ic.spec.ingest.parallelism.max(1);
-    let mut job_labels = labels(&name, "ingest");
-    job_labels.insert(LABEL_GENERATION.into(), generation.to_string());
-
     let folder = format!("{IMAGES_MOUNT}{}", pvc.path.trim_end_matches('/'));
     let mut env = common_env(ic);
     env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
     // Kubernetes sets JOB_COMPLETION_INDEX in each pod; the shard count is the completion count.
     env.push(plain("IMGSEARCH_SHARD_COUNT", &shards.to_string()));
+    // The run's counts go to the termination message, where the controller reads them back.
+    env.push(plain("IMGSEARCH_SUMMARY_FILE", TERMINATION_MESSAGE_PATH));
     let (scratch, scratch_mount) = scratch_volume();
+    let (images, images_mount) =
+        source_volume(ic).ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
 
     let container = Container {
-        name: "ingest".into(),
+        name: INGEST_CONTAINER.into(),
         image: Some(config.image.clone()),
         image_pull_policy: config.image_pull_policy.clone(),
-        args: Some(vec!["ingest".into(), folder, "--json".into()]),
+        args: Some(vec!["ingest".into(), folder]),
         env: Some(env),
         resources: ic.spec.ingest.resources.clone(),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "images".into(),
-                mount_path: IMAGES_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            scratch_mount,
-        ]),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
+        // A crash leaves no summary: then the log's tail explains the failure instead.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![images_mount, scratch_mount]),
         ..Container::default()
     };
+    Ok(JobSpec {
+        completion_mode: Some("Indexed".into()),
+        completions: Some(shards),
+        parallelism: Some(shards),
+        // A bad image never fails a pod; a pod fails only when Milvus or the catalog does.
+        backoff_limit: Some(6),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta { labels: Some(ingest_labels(ic)?), ..ObjectMeta::default() }),
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".into()),
+                automount_service_account_token: Some(false),
+                security_context: Some(restricted_pod_security()),
+                containers: vec![container],
+                volumes: Some(vec![images, scratch]),
+                ..PodSpec::default()
+            }),
+        },
+        ..JobSpec::default()
+    })
+}
+
+/// The Job that ingests the source once for the current spec generation.
+pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, BuildError> {
+    let (_, namespace) = name_and_namespace(ic)?;
     Ok(Job {
         metadata: ObjectMeta {
-            name: Some(format!("{name}-ingest-g{generation}")),
+            name: Some(ingest_job_name(ic)?),
             namespace: Some(namespace),
-            labels: Some(job_labels.clone()),
+            labels: Some(ingest_labels(ic)?),
             owner_references: Some(vec![owner(ic)?]),
             ..ObjectMeta::default()
         },
-        spec: Some(JobSpec {
-            completion_mode: Some("Indexed".into()),
-            completions: Some(shards),
-            parallelism: Some(shards),
-            // A bad image never fails a pod; a pod fails only when Milvus or the catalog does.
-            backoff_limit: Some(6),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(job_labels), ..ObjectMeta::default() }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(restricted_pod_security()),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "images".into(),
-                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                claim_name: pvc.claim_name.clone(),
-                                read_only: Some(true),
-                            }),
-                            ..Volume::default()
-                        },
-                        scratch,
-                    ]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..JobSpec::default()
-        }),
+        spec: Some(ingest_job_spec(ic, config)?),
         ..Job::default()
     })
+}
+
+pub fn rescan_cronjob_name(name: &str) -> String {
+    format!("{name}-rescan")
+}
+
+/// The CronJob that rescans the source on `spec.ingest.schedule`; `None` without a schedule.
+/// Rescans are incremental (unchanged images are skipped), and never overlap.
+pub fn rescan_cronjob(ic: &ImageCollection, config: &ChildConfig) -> Result<Option<CronJob>, BuildError> {
+    let Some(schedule) = &ic.spec.ingest.schedule else { return Ok(None) };
+    let (name, namespace) = name_and_namespace(ic)?;
+    let history = ic.spec.ingest.history_limit.max(0);
+    Ok(Some(CronJob {
+        metadata: ObjectMeta {
+            name: Some(rescan_cronjob_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(labels(&name, "rescan")),
+            owner_references: Some(vec![owner(ic)?]),
+            ..ObjectMeta::default()
+        },
+        spec: CronJobSpec {
+            schedule: schedule.clone(),
+            concurrency_policy: Some("Forbid".into()),
+            suspend: Some(ic.spec.suspend),
+            successful_jobs_history_limit: Some(history),
+            failed_jobs_history_limit: Some(history.max(1)),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(ingest_labels(ic)?), ..ObjectMeta::default() }),
+                spec: Some(ingest_job_spec(ic, config)?),
+            },
+            ..CronJobSpec::default()
+        },
+        ..CronJob::default()
+    }))
 }
 
 /// Name, labels and owner shared by the search Deployment and Service.
@@ -253,6 +311,14 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         ..Probe::default()
     };
     let (scratch, scratch_mount) = scratch_volume();
+    let mut volumes = vec![scratch];
+    let mut volume_mounts = vec![scratch_mount];
+    // The same claim at the same path as in the ingest pods, read-only: the paths the catalog
+    // recorded are the files the search API serves as result images.
+    if let Some((volume, mount)) = source_volume(ic) {
+        volumes.push(volume);
+        volume_mounts.push(mount);
+    }
     let container = Container {
         name: "search".into(),
         image: Some(config.image.clone()),
@@ -268,7 +334,7 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         readiness_probe: Some(probe("/readyz", 5)),
         resources: ic.spec.search.resources.clone(),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![scratch_mount]),
+        volume_mounts: Some(volume_mounts),
         ..Container::default()
     };
     let mut pod_labels = labels(&name, "search");
@@ -284,7 +350,7 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
                     automount_service_account_token: Some(false),
                     security_context: Some(restricted_pod_security()),
                     containers: vec![container],
-                    volumes: Some(vec![scratch]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -391,8 +457,12 @@ mod tests {
         );
         let pod = spec.template.spec.unwrap();
         let container = &pod.containers[0];
-        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "/images/images/2024", "--json"]);
+        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "/images/images/2024"]);
         let env = env(container);
+        // The summary goes where Kubernetes picks up termination messages; a crash falls back to logs.
+        assert_eq!(env["IMGSEARCH_SUMMARY_FILE"], "/dev/termination-log");
+        assert_eq!(container.termination_message_path.as_deref(), Some("/dev/termination-log"));
+        assert_eq!(container.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
         assert_eq!(env["MILVUS_URI"], "http://milvus.milvus.svc:19530");
         assert_eq!(env["MILVUS_TOKEN"], "secret:milvus-auth/token");
         assert_eq!(env["DATABASE_URL"], "secret:catalog-dsn/DATABASE_URL");
@@ -403,6 +473,31 @@ mod tests {
             volume.persistent_volume_claim.as_ref().map(|p| (p.claim_name.as_str(), p.read_only)),
             Some(("catalogue", Some(true)))
         );
+    }
+
+    #[test]
+    fn a_schedule_adds_a_non_overlapping_rescan_cronjob_running_the_same_ingest() {
+        assert_eq!(rescan_cronjob(&pvc_collection(), &config()).unwrap(), None, "no schedule, no CronJob");
+        let mut ic = pvc_collection();
+        ic.spec.ingest.schedule = Some("0 * * * *".into());
+        ic.spec.ingest.history_limit = 2;
+        let cronjob = rescan_cronjob(&ic, &config()).unwrap().expect("a CronJob");
+        assert_eq!(cronjob.metadata.name.as_deref(), Some("products-rescan"));
+        assert_eq!(cronjob.metadata.owner_references.as_ref().unwrap()[0].name, "products");
+        let spec = cronjob.spec;
+        assert_eq!(spec.schedule, "0 * * * *");
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        assert_eq!((spec.successful_jobs_history_limit, spec.failed_jobs_history_limit), (Some(2), Some(2)));
+        assert_eq!(spec.suspend, Some(false));
+        // The rescan's Jobs carry the collection label (the controller finds them) and run the
+        // very same pod as the per-generation Job.
+        let template = spec.job_template;
+        assert_eq!(template.metadata.unwrap().labels.unwrap()[LABEL_COLLECTION], "products");
+        assert_eq!(template.spec, ingest_job(&ic, &config()).unwrap().spec);
+
+        ic.spec.suspend = true;
+        let suspended = rescan_cronjob(&ic, &config()).unwrap().and_then(|c| c.spec.suspend);
+        assert_eq!(suspended, Some(true), "suspend pauses rescans too");
     }
 
     #[test]
@@ -435,8 +530,14 @@ mod tests {
         let service_spec = service.spec.unwrap();
         assert_eq!(service_spec.selector.unwrap(), selector);
         assert_eq!(deployment_spec.replicas, Some(2));
-        let container = &deployment_spec.template.spec.unwrap().containers[0];
+        let pod = deployment_spec.template.spec.unwrap();
+        let container = &pod.containers[0];
         assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 9000);
+        // Result images are served from the source claim, mounted where ingest saw it, read-only.
+        let images = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "images").expect("images volume");
+        assert_eq!(images.persistent_volume_claim.as_ref().map(|p| p.claim_name.as_str()), Some("catalogue"));
+        let mount = container.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "images").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/images", Some(true)));
         assert_eq!(env(container)["IMGSEARCH_LISTEN"], "0.0.0.0:9000");
         assert_eq!(
             container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
@@ -21,11 +21,15 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::children::{self, BuildError, ChildConfig, LABEL_COLLECTION, LABEL_GENERATION, MANAGER};
+use super::metrics::Metrics;
 use super::status::{self, IngestObservation, MilvusObservation, Observed, SearchObservation};
-use crate::crd::{DeletionPolicy, ImageCollection};
+use crate::crd::{DeletionPolicy, ImageCollection, ImageCollectionStatus};
 use crate::store::{IndexSpec, MilvusStore, StoreError};
 
 pub const FINALIZER: &str = "imgsearch.io/cleanup";
+const MILVUS_PATIENCE: Duration = Duration::from_secs(8);
+/// The label the Job controller puts on a Job's pods.
+const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,8 +39,10 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("Secret {name:?} referenced by spec.milvus.secretRef: {problem}")]
-    MilvusSecret { name: String, problem: String },
+    #[error("Secret {name:?} referenced by {field}: {problem}")]
+    Secret { field: &'static str, name: String, problem: String },
+    #[error("catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("ImageCollection has no namespace")]
@@ -50,7 +56,8 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Build(_) => "invalid_spec",
             Self::Store(_) => "milvus",
-            Self::MilvusSecret { .. } => "secret",
+            Self::Secret { .. } => "secret",
+            Self::Catalog(_) => "catalog",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid_spec",
         }
@@ -59,23 +66,77 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How often an object is looked at again when nothing announces a change. Owned objects wake
+/// the controller on change; these timers catch what nothing announces: Milvus going away or
+/// coming back.
+#[derive(Debug, Clone, Copy)]
+pub struct Recheck {
+    pub ready: Duration,
+    pub not_ready: Duration,
+}
+
+impl Default for Recheck {
+    fn default() -> Self {
+        Self { ready: Duration::from_secs(120), not_ready: Duration::from_secs(30) }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub children: ChildConfig,
+    pub metrics: Arc<Metrics>,
+    pub recheck: Recheck,
     /// One Milvus connection per (URI, token), reused across reconciles.
     milvus: Mutex<HashMap<(String, Option<String>), MilvusStore>>,
+    /// Consecutive failed reconciles per object ("namespace/name"), for the retry backoff.
+    failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, children: ChildConfig) -> Arc<Self> {
+        Self::with_recheck(client, children, Recheck::default())
+    }
+
+    pub fn with_recheck(client: Client, children: ChildConfig, recheck: Recheck) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
         );
-        Arc::new(Self { client, recorder, children, milvus: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            client,
+            recorder,
+            children,
+            metrics: Metrics::new(),
+            recheck,
+            milvus: Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+        })
     }
+
+    /// Counts a failure of `key` and returns how many in a row there have been.
+    fn failed(&self, key: String) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+    }
+}
+
+/// Retry delay after `failures` consecutive errors: 5 s doubling up to 5 minutes, so a broken
+/// object neither hot-loops nor waits long once its cause is fixed.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5u64.saturating_mul(1 << exponent)).min(Duration::from_secs(300))
+}
+
+fn object_key(ic: &ImageCollection) -> String {
+    format!("{}/{}", ic.namespace().unwrap_or_default(), ic.name_any())
 }
 
 /// Runs the controller until SIGTERM / Ctrl-C.
@@ -83,6 +144,7 @@ pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     Controller::new(Api::<ImageCollection>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
+        .owns(Api::<CronJob>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Service>::all(client), watcher::Config::default().labels(LABEL_COLLECTION))
         .shutdown_on_signal()
@@ -97,21 +159,45 @@ pub async fn run(context: Arc<Context>) {
 }
 
 async fn reconcile(ic: Arc<ImageCollection>, context: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let key = object_key(&ic);
+    let result = reconcile_once(ic, &context).await;
+    let outcome = match &result {
+        Ok(_) => {
+            context.succeeded(&key);
+            "success"
+        }
+        Err(error) => error.metric_label(),
+    };
+    context.metrics.record(outcome, started.elapsed());
+    result
+}
+
+async fn reconcile_once(ic: Arc<ImageCollection>, context: &Context) -> Result<Action> {
     let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<ImageCollection> = Api::namespaced(context.client.clone(), &namespace);
     finalizer(&api, FINALIZER, ic, |event| async {
         match event {
-            Finalizer::Apply(ic) => apply(&ic, &context).await,
-            Finalizer::Cleanup(ic) => cleanup(&ic, &context).await,
+            Finalizer::Apply(ic) => apply(&ic, context).await,
+            Finalizer::Cleanup(ic) => cleanup(&ic, context).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-fn error_policy(ic: Arc<ImageCollection>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(name = %ic.name_any(), kind = error.metric_label(), %error, "reconcile error; retrying");
-    Action::requeue(Duration::from_secs(15))
+fn error_policy(ic: Arc<ImageCollection>, error: &Error, context: Arc<Context>) -> Action {
+    let failures = context.failed(object_key(&ic));
+    let delay = backoff(failures);
+    tracing::warn!(
+        name = %ic.name_any(),
+        kind = error.metric_label(),
+        failures,
+        retry_in_seconds = delay.as_secs(),
+        %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
 }
 
 async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
@@ -127,7 +213,9 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
             // A collection of another dimension is a spec the controller refuses, not an outage.
             let reason = match &error {
                 Error::Store(StoreError::DimensionMismatch { .. }) => "CollectionMismatch",
-                Error::MilvusSecret { .. } => "SecretInvalid",
+                Error::Store(StoreError::IndexFailed { .. }) => "IndexFailed",
+                Error::Secret { .. } => "SecretInvalid",
+                Error::Build(_) => "InvalidSpec",
                 _ => "MilvusUnavailable",
             };
             publish(context, ic, EventType::Warning, reason, &error.to_string()).await;
@@ -146,12 +234,19 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         )
         .await?;
 
-    let ingest = match ensure_ingest_job(ic, context, &namespace, &params).await? {
-        Some(job) => observe_job(&job),
+    ensure_rescan_cronjob(ic, context, &namespace, &params).await?;
+    let generation_job = ensure_ingest_job(ic, context, &namespace, &params).await?;
+    let jobs = prune_jobs(ic, context, &namespace, generation).await?;
+    // The newest ingest Job (this generation's, or a later scheduled rescan) is the one to report.
+    let latest = jobs.into_iter().chain(generation_job).max_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+    });
+    let ingest = match latest {
+        Some(job) => observe_job(context, &namespace, &job).await?,
         None if ic.spec.suspend => IngestObservation::Suspended,
         None => IngestObservation::Unsupported { message: "only pvc sources can be ingested by this version".into() },
     };
-    prune_jobs(ic, context, &namespace, generation).await?;
 
     let observed = Observed {
         generation,
@@ -164,14 +259,10 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
             endpoint: children::search_endpoint(ic)?,
         },
     };
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = status::compute(&observed, ic.status.as_ref(), now);
+    let status = status::compute(&observed, ic.status.as_ref(), now());
     let ready = status.phase == Some(crate::crd::Phase::Ready);
-    let api: Api<ImageCollection> = Api::namespaced(context.client.clone(), &namespace);
-    let patch = json!({ "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection", "status": status });
-    api.patch_status(&name, &params, &Patch::Apply(&patch)).await?;
-    // Owned objects wake us on change; the timer only catches what nothing announces (Milvus).
-    Ok(Action::requeue(if ready { Duration::from_secs(300) } else { Duration::from_secs(30) }))
+    write_status(context, ic, &status).await?;
+    Ok(Action::requeue(if ready { context.recheck.ready } else { context.recheck.not_ready }))
 }
 
 /// Creates the Job of this generation if missing (Jobs are immutable once created).
@@ -200,30 +291,76 @@ async fn ensure_ingest_job(
     }
 }
 
-fn observe_job(job: &Job) -> IngestObservation {
+/// The Job's state from its conditions, and from its pods what the run reported.
+async fn observe_job(context: &Context, namespace: &str, job: &Job) -> Result<IngestObservation> {
     let name = job.name_any();
     let status = job.status.clone().unwrap_or_default();
     let condition = |type_: &str| {
         status.conditions.as_ref().and_then(|c| c.iter().find(|c| c.type_ == type_ && c.status == "True")).cloned()
     };
-    if condition("Complete").is_some() {
-        IngestObservation::Succeeded { job: name, started_at: status.start_time, completed_at: status.completion_time }
+    let pods = || async {
+        let pods: Api<Pod> = Api::namespaced(context.client.clone(), namespace);
+        let selector = format!("{JOB_NAME_LABEL}={name}");
+        Ok::<_, Error>(pods.list(&ListParams::default().labels(&selector)).await?.items)
+    };
+    Ok(if condition("Complete").is_some() {
+        IngestObservation::Succeeded {
+            job: name.clone(),
+            started_at: status.start_time,
+            completed_at: status.completion_time,
+            totals: status::ingest_totals(&pods().await?),
+        }
     } else if let Some(failed) = condition("Failed") {
-        IngestObservation::Failed { job: name, message: failed.message.unwrap_or_else(|| "the Job failed".into()) }
+        let from_pods = status::pod_failure(&pods().await?);
+        let message = match (from_pods, failed.message) {
+            (Some(pod), Some(job)) => format!("{job}; {pod}"),
+            (Some(pod), None) => pod,
+            (None, Some(job)) => job,
+            (None, None) => "the Job failed".into(),
+        };
+        IngestObservation::Failed { job: name, message }
     } else {
         IngestObservation::Running { job: name, started_at: status.start_time }
-    }
+    })
 }
 
-/// Deletes finished ingest Jobs of older generations beyond `spec.ingest.historyLimit`.
-async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, generation: i64) -> Result<()> {
+/// Applies the rescan CronJob when `spec.ingest.schedule` is set, deletes it when not.
+async fn ensure_rescan_cronjob(
+    ic: &ImageCollection,
+    context: &Context,
+    namespace: &str,
+    params: &PatchParams,
+) -> Result<()> {
+    let cronjobs: Api<CronJob> = Api::namespaced(context.client.clone(), namespace);
+    let name = children::rescan_cronjob_name(&ic.name_any());
+    match children::rescan_cronjob(ic, &context.children) {
+        Ok(Some(cronjob)) => {
+            cronjobs.patch(&name, params, &Patch::Apply(&cronjob)).await?;
+        }
+        Ok(None) | Err(BuildError::UnsupportedSource(_)) => {
+            if cronjobs.get_opt(&name).await?.is_some() {
+                cronjobs.delete(&name, &background()).await?;
+                publish(context, ic, EventType::Normal, "RescanRemoved", &format!("deleted CronJob {name}")).await;
+            }
+        }
+        Err(other) => return Err(other.into()),
+    }
+    Ok(())
+}
+
+fn background() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() }
+}
+
+/// Deletes finished ingest Jobs of older generations beyond `spec.ingest.historyLimit`;
+/// returns the ingest Jobs that remain.
+async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, generation: i64) -> Result<Vec<Job>> {
     let jobs: Api<Job> = Api::namespaced(context.client.clone(), namespace);
     let selector = format!("{LABEL_COLLECTION}={}", ic.name_any());
-    let mut old: Vec<(i64, Job)> = jobs
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
+    let all = jobs.list(&ListParams::default().labels(&selector)).await?.items;
+    let mut old: Vec<(i64, Job)> = all
+        .iter()
+        .cloned()
         .filter_map(|job| {
             let job_generation = job.labels().get(LABEL_GENERATION)?.parse::<i64>().ok()?;
             let finished = job.status.as_ref().is_some_and(|s| {
@@ -234,12 +371,12 @@ async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, ge
         .collect();
     old.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
     let keep = usize::try_from(ic.spec.ingest.history_limit).unwrap_or(0);
+    let mut pruned = Vec::new();
     for (_, job) in old.into_iter().skip(keep) {
-        let delete =
-            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
-        jobs.delete(&job.name_any(), &delete).await?;
+        jobs.delete(&job.name_any(), &background()).await?;
+        pruned.push(job.name_any());
     }
-    Ok(())
+    Ok(all.into_iter().filter(|job| !pruned.contains(&job.name_any())).collect())
 }
 
 /// The collection with its index, loaded; returns the searchable row count.
@@ -267,49 +404,75 @@ async fn milvus_store(ic: &ImageCollection, context: &Context) -> Result<MilvusS
         return Ok(store.clone());
     }
     let store = MilvusStore::connect(&ic.spec.milvus.uri, token.as_deref()).await?;
+    // A reconcile waits on Milvus only briefly: an outage becomes a condition within seconds.
+    store.set_patience(MILVUS_PATIENCE);
     cache.insert(key, store.clone());
     Ok(store)
 }
 
-/// `token`, or `username` + `password`, from the referenced Secret.
-async fn milvus_token(context: &Context, ic: &ImageCollection, secret: &str) -> Result<String> {
+/// The text values of a Secret in the object's namespace.
+async fn secret_data(
+    context: &Context,
+    ic: &ImageCollection,
+    field: &'static str,
+    secret: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
     let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-    let problem = |problem: &str| Error::MilvusSecret { name: secret.to_string(), problem: problem.to_string() };
-    let found = secrets.get_opt(secret).await?.ok_or_else(|| problem("not found"))?;
-    let data = found.data.unwrap_or_default();
-    let text = |key: &str| data.get(key).map(|v| String::from_utf8_lossy(&v.0).trim().to_string());
-    match (text("token"), text("username"), text("password")) {
-        (Some(token), _, _) => Ok(token),
+    let found = secrets.get_opt(secret).await?.ok_or_else(|| Error::Secret {
+        field,
+        name: secret.to_string(),
+        problem: "not found".into(),
+    })?;
+    Ok(found
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, String::from_utf8_lossy(&value.0).trim().to_string()))
+        .collect())
+}
+
+/// `token`, or `username` + `password`, from the referenced Secret.
+async fn milvus_token(context: &Context, ic: &ImageCollection, secret: &str) -> Result<String> {
+    let field = "spec.milvus.secretRef";
+    let data = secret_data(context, ic, field, secret).await?;
+    match (data.get("token"), data.get("username"), data.get("password")) {
+        (Some(token), _, _) => Ok(token.clone()),
         (None, Some(user), Some(password)) => Ok(format!("{user}:{password}")),
-        _ => Err(problem("needs a `token` key, or `username` and `password`")),
+        _ => Err(Error::Secret {
+            field,
+            name: secret.into(),
+            problem: "needs a `token` key, or `username` and `password`".into(),
+        }),
     }
 }
 
-/// On delete: drop the Milvus collection when the policy says so. An unreachable Milvus keeps
-/// the object (and its finalizer) until it answers, with a Warning Event saying why.
+/// On delete with `deletionPolicy: Delete`: drop the Milvus collection and the catalog rows.
+/// Until both are gone the object stays (its finalizer is kept) with a Warning Event and a
+/// status saying why; Retain lets it go at once and keeps everything.
 async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
     if ic.spec.deletion_policy == DeletionPolicy::Delete {
         let collection = ic.milvus_collection();
-        let result = async {
-            let store = milvus_store(ic, context).await?;
-            if store.has_collection(&collection).await? {
-                store.drop_collection(&collection).await?;
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        if let Err(error) = result {
-            publish(
-                context,
-                ic,
-                EventType::Warning,
-                "CleanupBlocked",
-                &format!("cannot drop Milvus collection {collection} yet: {error}"),
-            )
-            .await;
+        if let Err(error) = purge(ic, context, &collection).await {
+            let message = format!(
+                "deletionPolicy is Delete but the data of {collection} cannot be removed yet: {error}. \
+                 Retrying; the object stays until this succeeds (set deletionPolicy: Retain to keep the data \
+                 and let the object go)"
+            );
+            publish(context, ic, EventType::Warning, "CleanupBlocked", &message).await;
+            write_status(context, ic, &status::deleting(ic.status.as_ref(), Some(&message), generation(ic), now()))
+                .await
+                .ok();
             return Err(error);
         }
+    }
+    Ok(Action::await_change())
+}
+
+async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Result<()> {
+    let store = milvus_store(ic, context).await?;
+    if store.has_collection(collection).await? {
+        store.drop_collection(collection).await?;
         publish(
             context,
             ic,
@@ -319,7 +482,43 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(Action::await_change())
+    // Without spec.catalog each pod's catalog lived in its own scratch volume: nothing persists.
+    if let Some(catalog) = &ic.spec.catalog {
+        let field = "spec.catalog.secretRef";
+        let name = &catalog.secret_ref.name;
+        let data = secret_data(context, ic, field, name).await?;
+        let url = data.get("DATABASE_URL").ok_or_else(|| Error::Secret {
+            field,
+            name: name.clone(),
+            problem: "has no DATABASE_URL key".into(),
+        })?;
+        let rows = crate::catalog::Catalog::open(url).await?.delete_collection(collection).await?;
+        publish(
+            context,
+            ic,
+            EventType::Normal,
+            "CatalogPurged",
+            &format!("deleted {rows} catalog rows of {collection}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+fn generation(ic: &ImageCollection) -> i64 {
+    ic.metadata.generation.unwrap_or(0)
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+async fn write_status(context: &Context, ic: &ImageCollection, status: &ImageCollectionStatus) -> Result<()> {
+    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<ImageCollection> = Api::namespaced(context.client.clone(), &namespace);
+    let patch = json!({ "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection", "status": status });
+    api.patch_status(&ic.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
 }
 
 async fn publish(context: &Context, ic: &ImageCollection, type_: EventType, reason: &str, note: &str) {

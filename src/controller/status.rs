@@ -1,6 +1,9 @@
 //! Status from observations, as a pure function: what the controller saw of Milvus, the ingest
 //! Job and the search Deployment becomes conditions, a phase and counts.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::conditions::*;
@@ -27,6 +30,8 @@ pub enum IngestObservation {
         job: String,
         started_at: Option<Time>,
         completed_at: Option<Time>,
+        /// What the Job's pods reported; `None` when no summary could be read back.
+        totals: Option<IngestTotals>,
     },
     Failed {
         job: String,
@@ -36,6 +41,85 @@ pub enum IngestObservation {
     Unsupported {
         message: String,
     },
+}
+
+/// The ingest summaries of one Job's shards, added up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestTotals {
+    /// Shards whose summary was read.
+    pub shards: u32,
+    pub discovered: u64,
+    pub indexed: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    /// The slowest shard's time: shards run side by side.
+    pub seconds: f64,
+}
+
+impl IngestTotals {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} images found, {} indexed, {} unchanged, {} failed in {:.0} s ({} shard{})",
+            self.discovered,
+            self.indexed,
+            self.skipped,
+            self.failed,
+            self.seconds,
+            self.shards,
+            if self.shards == 1 { "" } else { "s" }
+        )
+    }
+}
+
+const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+
+fn terminated(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let ingest = statuses.iter().find(|c| c.name == super::children::INGEST_CONTAINER)?;
+    ingest.state.as_ref()?.terminated.as_ref()
+}
+
+/// Adds up the summaries the ingest pods of one Job left as termination messages: one per
+/// completion index (a retried shard counts once, by its successful pod). `None` if none parses.
+pub fn ingest_totals(pods: &[Pod]) -> Option<IngestTotals> {
+    let mut by_shard: BTreeMap<String, crate::ingest::IngestReport> = BTreeMap::new();
+    for pod in pods {
+        let Some(state) = terminated(pod).filter(|t| t.exit_code == 0) else { continue };
+        let Some(report) = state.message.as_deref().and_then(|m| serde_json::from_str(m).ok()) else { continue };
+        let meta = &pod.metadata;
+        let index = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(COMPLETION_INDEX))
+            .or_else(|| meta.labels.as_ref().and_then(|l| l.get(COMPLETION_INDEX)))
+            .cloned()
+            .unwrap_or_default();
+        by_shard.insert(index, report);
+    }
+    if by_shard.is_empty() {
+        return None;
+    }
+    let mut totals = IngestTotals::default();
+    for report in by_shard.values() {
+        totals.shards += 1;
+        totals.discovered += report.discovered;
+        totals.indexed += report.indexed;
+        totals.skipped += report.skipped;
+        totals.failed += report.failed;
+        totals.seconds = totals.seconds.max(report.seconds);
+    }
+    Some(totals)
+}
+
+/// Why a failed ingest pod failed, from its termination message (its summary, or its log's
+/// tail when it crashed), shortened for a condition message.
+pub fn pod_failure(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let state = terminated(pod).filter(|t| t.exit_code != 0)?;
+        let message = state.message.as_deref().map(str::trim).filter(|m| !m.is_empty())?;
+        let tail: String = message.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+        Some(format!("pod {} exited with {}: {tail}", pod.metadata.name.as_deref().unwrap_or("?"), state.exit_code))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,8 +190,13 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
                 }),
             )
         }
-        IngestObservation::Succeeded { job, started_at, completed_at } => {
-            set(INGESTED, true, "JobSucceeded", format!("ingest Job {job} completed"));
+        IngestObservation::Succeeded { job, started_at, completed_at, totals } => {
+            let summary = totals.as_ref().map(IngestTotals::describe);
+            let message = match &summary {
+                Some(summary) => format!("ingest Job {job} completed: {summary}"),
+                None => format!("ingest Job {job} completed (its pods left no summary)"),
+            };
+            set(INGESTED, true, "JobSucceeded", message);
             (
                 false,
                 false,
@@ -115,7 +204,7 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
                     job: job.clone(),
                     started_at: started_at.clone(),
                     completed_at: completed_at.clone(),
-                    summary: None,
+                    summary,
                 }),
             )
         }
@@ -181,14 +270,58 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         observed_generation: Some(generation),
         phase: Some(phase),
         conditions,
-        images: rows.map(|indexed| ImageCounts {
-            indexed: i64::try_from(indexed).unwrap_or(i64::MAX),
-            ..previous.and_then(|p| p.images.clone()).unwrap_or_default()
+        images: rows.map(|indexed| {
+            // Failed and skipped come from the last completed ingest; until one reports, they
+            // stay as they were (absent = unknown, never a made-up zero).
+            let previous = previous.and_then(|p| p.images.clone()).unwrap_or_default();
+            let (failed, skipped) = match &observed.ingest {
+                IngestObservation::Succeeded { totals: Some(totals), .. } => {
+                    (Some(count(totals.failed)), Some(count(totals.skipped)))
+                }
+                _ => (previous.failed, previous.skipped),
+            };
+            ImageCounts { indexed: count(indexed), failed, skipped }
         }),
         last_ingest: last_ingest.or_else(|| previous.and_then(|p| p.last_ingest.clone())),
         search_endpoint: Some(search.endpoint.clone()),
         collection_name: Some(observed.collection.clone()),
     }
+}
+
+/// Status while the object is being deleted and its data cannot be removed yet (`blocked`
+/// says why): phase Deleting, not Ready, Stalled; counts and history kept as they were.
+pub fn deleting(
+    previous: Option<&ImageCollectionStatus>,
+    blocked: Option<&str>,
+    generation: i64,
+    now: Time,
+) -> ImageCollectionStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let (reason, message) = match blocked {
+        Some(why) => ("CleanupBlocked", why.to_string()),
+        None => ("Deleting", "removing the collection's data".to_string()),
+    };
+    let replaced = [
+        condition(previous, READY, "False", reason, message.clone(), generation, &now),
+        condition(
+            previous,
+            STALLED,
+            if blocked.is_some() { "True" } else { "False" },
+            reason,
+            message,
+            generation,
+            &now,
+        ),
+        condition(previous, RECONCILING, "True", "Deleting", String::new(), generation, &now),
+    ];
+    status.conditions.retain(|c| !replaced.iter().any(|r| r.type_ == c.type_));
+    status.conditions.extend(replaced);
+    status.phase = Some(Phase::Deleting);
+    status
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn condition(
@@ -245,7 +378,19 @@ mod tests {
         let status = compute(
             &observed(
                 MilvusObservation::Ready { rows: 120 },
-                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None },
+                IngestObservation::Succeeded {
+                    job: "j".into(),
+                    started_at: None,
+                    completed_at: None,
+                    totals: Some(IngestTotals {
+                        shards: 2,
+                        discovered: 130,
+                        indexed: 100,
+                        skipped: 20,
+                        failed: 10,
+                        seconds: 4.0,
+                    }),
+                },
                 2,
             ),
             None,
@@ -254,10 +399,86 @@ mod tests {
         assert_eq!(status.phase, Some(Phase::Ready));
         assert_eq!(get(&status, READY).status, "True");
         assert_eq!(get(&status, STALLED).status, "False");
-        assert_eq!(status.images.as_ref().map(|i| i.indexed), Some(120));
-        // Failed and skipped counts are not read back yet: reported as unknown, not as zero.
-        assert_eq!(status.images.as_ref().map(|i| (i.failed, i.skipped)), Some((None, None)));
+        let images = status.images.clone().expect("counts");
+        assert_eq!((images.indexed, images.failed, images.skipped), (120, Some(10), Some(20)));
+        assert_eq!(
+            status.last_ingest.and_then(|l| l.summary).as_deref(),
+            Some("130 images found, 100 indexed, 20 unchanged, 10 failed in 4 s (2 shards)")
+        );
         assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn without_a_summary_failed_and_skipped_stay_unknown_not_zero() {
+        let status = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 7 },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None, totals: None },
+                2,
+            ),
+            None,
+            time(100),
+        );
+        assert_eq!(status.images.clone().map(|i| (i.indexed, i.failed, i.skipped)), Some((7, None, None)));
+        assert!(get(&status, INGESTED).message.contains("left no summary"));
+    }
+
+    #[test]
+    fn a_blocked_deletion_says_why_and_keeps_the_counts() {
+        let ready = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 9 },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None, totals: None },
+                2,
+            ),
+            None,
+            time(1),
+        );
+        let status = deleting(Some(&ready), Some("cannot reach Milvus at http://m:19530"), 2, time(5));
+        assert_eq!(status.phase, Some(Phase::Deleting));
+        let ready_condition = get(&status, READY);
+        assert_eq!((ready_condition.status.as_str(), ready_condition.reason.as_str()), ("False", "CleanupBlocked"));
+        assert!(ready_condition.message.contains("http://m:19530"));
+        assert_eq!(get(&status, STALLED).status, "True");
+        assert_eq!(status.conditions.iter().filter(|c| c.type_ == READY).count(), 1, "replaced, not duplicated");
+        assert_eq!(status.images.map(|i| i.indexed), Some(9));
+    }
+
+    fn pod(name: &str, index: &str, exit_code: i32, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "annotations": { "batch.kubernetes.io/job-completion-index": index } },
+            "status": { "containerStatuses": [{
+                "name": "ingest", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": exit_code, "message": message } }
+            }] }
+        }))
+        .expect("test pod parses")
+    }
+
+    #[test]
+    fn shard_summaries_add_up_once_per_completion_index() {
+        let summary = |indexed: u64, failed: u64, seconds: f64| {
+            serde_json::json!({ "discovered": indexed + failed, "indexed": indexed, "skipped": 1,
+                                "failed": failed, "seconds": seconds })
+            .to_string()
+        };
+        let pods = [
+            pod("j-0-a", "0", 1, "Milvus went away"), // the first try of shard 0 failed
+            pod("j-0-b", "0", 0, &summary(50, 2, 3.0)),
+            pod("j-1-a", "1", 0, &summary(40, 0, 5.0)),
+            pod("j-2-a", "2", 0, "not json: a custom image without summaries"),
+        ];
+        let totals = ingest_totals(&pods).expect("two shards reported");
+        assert_eq!(
+            totals,
+            IngestTotals { shards: 2, discovered: 92, indexed: 90, skipped: 2, failed: 2, seconds: 5.0 }
+        );
+        assert_eq!(ingest_totals(&pods[..1]), None, "a failed pod's message is no summary");
+        assert_eq!(
+            pod_failure(&pods).as_deref(),
+            Some("pod j-0-a exited with 1: Milvus went away"),
+            "the failure reason comes from the pod"
+        );
     }
 
     #[test]
@@ -304,7 +525,7 @@ mod tests {
         let second = compute(
             &observed(
                 MilvusObservation::Ready { rows: 5 },
-                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None, totals: None },
                 0,
             ),
             Some(&first),

@@ -18,6 +18,10 @@ pub const HASH_FIELD: &str = "content_hash";
 /// Long enough for deep object-store keys and URLs; longer URIs are refused at ingest.
 pub const MAX_URI_LENGTH: u32 = 4096;
 
+/// How long one Milvus call may take, retries included, unless [`MilvusStore::set_patience`]
+/// says otherwise.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(20);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot reach Milvus at {uri}: {detail}")]
@@ -32,8 +36,9 @@ pub enum StoreError {
     CollectionNotFound { collection: String },
     #[error("building the index of {collection:?} failed: {reason}")]
     IndexFailed { collection: String, reason: String },
-    #[error("Milvus {operation} on {collection:?} failed: {source}")]
+    #[error("Milvus at {uri}: {operation} on {collection:?} failed: {source}")]
     Milvus {
+        uri: String,
         operation: &'static str,
         collection: String,
         #[source]
@@ -100,8 +105,23 @@ impl MilvusStore {
         let client = ClientV2::new(&config)
             .await
             .map_err(|e| StoreError::Connect { uri: uri.to_string(), detail: e.to_string() })?;
-        client.set_rpc_deadline(Duration::from_secs(30));
-        Ok(Self { client, uri: uri.to_string() })
+        let store = Self { client, uri: uri.to_string() };
+        store.set_patience(DEFAULT_PATIENCE);
+        Ok(store)
+    }
+
+    /// Bounds every call, retries included: past `patience` it fails with an error instead of
+    /// retrying on. (The SDK's default retries an unreachable server for minutes, which would
+    /// freeze a search request or a reconcile with no word of why.) Applies to every clone.
+    pub fn set_patience(&self, patience: Duration) {
+        self.client.set_rpc_deadline(patience);
+        self.client.set_retry_param(
+            RetryConfig::new()
+                .max_attempts(8)
+                .max_retry_timeout(patience)
+                .initial_backoff(Duration::from_millis(50))
+                .max_backoff(Duration::from_secs(2)),
+        );
     }
 
     pub fn uri(&self) -> &str {
@@ -355,7 +375,12 @@ impl MilvusStore {
         collection: &str,
         source: impl Into<milvus::v2::error::Error>,
     ) -> StoreError {
-        StoreError::Milvus { operation, collection: collection.to_string(), source: source.into() }
+        StoreError::Milvus {
+            uri: self.uri.clone(),
+            operation,
+            collection: collection.to_string(),
+            source: source.into(),
+        }
     }
 
     fn not_found_or(&self, operation: &'static str, collection: &str, source: milvus::v2::error::Error) -> StoreError {

@@ -13,6 +13,8 @@ use imgsearch::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
 use imgsearch::ingest::{IngestOptions, Ingestor};
 use imgsearch::store::{IndexSpec, MilvusStore};
 
+pub mod outage;
+
 /// The Milvus server the test run shares (started by scripts/milvus-lite.sh, which `make test` uses).
 pub fn milvus_uri() -> String {
     std::env::var("IMGSEARCH_TEST_MILVUS_URI").unwrap_or_else(|_| {

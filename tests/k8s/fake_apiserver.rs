@@ -4,7 +4,8 @@
 //! Implemented: namespaced and all-namespace list, get, create, delete (with finalizers and
 //! deletionTimestamp), watch from a resourceVersion (newline-delimited JSON events, history
 //! replayed), JSON merge patch, JSON patch (kube's finalizer helper uses it), server-side apply
-//! and the status subresource, `generation` bumped on spec changes only.
+//! and the status subresource, `generation` bumped on spec changes only, a Secret's `stringData`
+//! folded into `data`, optimistic concurrency on updates (a stale resourceVersion is a 409).
 //!
 //! Simplified on purpose (documented, not hidden): server-side apply merges the applied
 //! configuration into the object instead of tracking managed fields per manager, so fields a
@@ -130,11 +131,17 @@ impl FakeApiServer {
     }
 
     /// Writes an object as another actor would (a kubelet updating status, a user editing).
+    /// An update of an object that was deleted meanwhile (its uid is gone) is dropped, as the
+    /// real API server would refuse it, rather than bringing the object back.
     pub fn put(&self, key: &str, object: Value) {
         let mut store = self.lock();
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let existing = store.objects.get(&(key.to_string(), namespace.clone(), name.clone())).cloned();
+        let uid = &object["metadata"]["uid"];
+        if uid.is_string() && existing.as_ref().is_none_or(|e| &e["metadata"]["uid"] != uid) {
+            return;
+        }
         store.write(key, &namespace, &name, object, existing.is_none());
         drop(store);
         self.changed.notify_waiters();
@@ -167,7 +174,26 @@ impl Store {
         object
     }
 
+    /// Removes an object and, as the garbage collector would, everything it owns, recursively
+    /// (background propagation; foreground deletion is not modelled).
     fn remove(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
+        let removed = self.remove_one(key, namespace, name)?;
+        let uid = removed["metadata"]["uid"].clone();
+        let owned: Vec<(String, String, String)> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (k, ns, n) in owned {
+            self.remove(&k, &ns, &n);
+        }
+        Some(removed)
+    }
+
+    fn remove_one(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
         let mut object = self.objects.remove(&(key.to_string(), namespace.to_string(), name.to_string()))?;
         let version = self.next_version();
         object["metadata"]["resourceVersion"] = json!(version.to_string());
@@ -203,6 +229,8 @@ fn kind_of(resource: &str) -> String {
         "services" => "Service".into(),
         "events" => "Event".into(),
         "secrets" => "Secret".into(),
+        "leases" => "Lease".into(),
+        "pods" => "Pod".into(),
         other => other.trim_end_matches('s').to_string(),
     }
 }
@@ -332,21 +360,47 @@ fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
 }
 
 /// Fields the API server owns on creation.
+/// A Secret's `stringData` is write-only: the API server merges it into `data` (base64).
+fn fold_string_data(object: &mut Value) {
+    let Some(Value::Object(strings)) = object.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    if !object["data"].is_object() {
+        object["data"] = json!({});
+    }
+    for (key, value) in strings {
+        let bytes = k8s_openapi::ByteString(value.as_str().unwrap_or_default().as_bytes().to_vec());
+        object["data"][key] = serde_json::to_value(bytes).unwrap_or(Value::Null);
+    }
+}
+
 fn initialise(store: &mut Store, object: &mut Value, target: &Target, namespace: &str) {
+    fold_string_data(object);
     store.uid += 1;
     object["apiVersion"] = json!(target.api_version);
     object["kind"] = json!(kind_of(&target.resource));
     object["metadata"]["namespace"] = json!(namespace);
     object["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", store.uid));
     object["metadata"]["generation"] = json!(1);
-    object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    object["metadata"]["creationTimestamp"] =
+        json!(k8s_openapi::jiff::Timestamp::from_second(now).map(|t| t.to_string()).unwrap_or_default());
 }
 
 fn update(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
     let Ok(object) = serde_json::from_slice::<Value>(body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON".into());
     };
-    write_changed(server, target, |_| Ok(object.clone()))
+    // Optimistic concurrency, as kube-apiserver: an update carrying a stale resourceVersion is
+    // refused (leader election depends on it).
+    write_changed(server, target, |current| {
+        let sent = object["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
+        match sent {
+            Some(version) if Some(version) != current["metadata"]["resourceVersion"].as_str() => Err((
+                StatusCode::CONFLICT,
+                "the object has been modified; please apply your changes to the latest version and try again".into(),
+            )),
+            _ => Ok(object.clone()),
+        }
+    })
 }
 
 fn patch(
@@ -426,8 +480,14 @@ fn write_changed(
         return status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", target.resource));
     };
     let mut next = match change(&current) {
-        Ok(next) => next,
-        Err((code, message)) => return status(code, "Invalid", message),
+        Ok(mut next) => {
+            fold_string_data(&mut next);
+            next
+        }
+        Err((code, message)) => {
+            let reason = if code == StatusCode::CONFLICT { "Conflict" } else { "Invalid" };
+            return status(code, reason, message);
+        }
     };
     for field in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
         next["metadata"][field] = current["metadata"][field].clone();
@@ -471,21 +531,7 @@ fn delete(server: &FakeApiServer, target: &Target) -> Response {
             current
         }
     } else {
-        let removed = store.remove(&key, &namespace, &name).unwrap_or(current);
-        // Owned objects go with their owner, as the garbage collector would (foreground not modelled).
-        let uid = removed["metadata"]["uid"].clone();
-        let owned: Vec<(String, String, String)> = store
-            .objects
-            .iter()
-            .filter(|(_, o)| {
-                o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (k, ns, n) in owned {
-            store.remove(&k, &ns, &n);
-        }
-        removed
+        store.remove(&key, &namespace, &name).unwrap_or(current)
     };
     drop(store);
     server.changed.notify_waiters();

@@ -3,10 +3,13 @@
 //! kubelet and the Job/Deployment controllers would.
 //!
 //! Mounts are path translations: a PersistentVolumeClaim maps to a local folder the test names,
-//! an emptyDir to a fresh temporary folder, and the container image's model folder to the
-//! checkout's `model/`; Secrets are read from `stringData` (the fake API server keeps it as
-//! given). One process stands for all replicas of a Deployment (they would all
-//! bind the same port here); its address is reported so a test can call it.
+//! an emptyDir to a fresh temporary folder, the container's termination-message file to a
+//! temporary file, and the container image's model folder to the checkout's `model/`; Secrets
+//! are read from `data`. Each Job pod is also
+//! written as a Pod object (labels and completion-index annotation as the Job controller sets
+//! them, and on exit the container's terminated state with its termination message). One
+//! process stands for all replicas of a Deployment (they would all bind the same port here),
+//! and no Pod objects are written for Deployments; its address is reported so a test can call it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,13 +25,24 @@ use super::fake_apiserver::FakeApiServer;
 
 const IMAGE_MODEL_DIR: &str = "/usr/share/imgsearch/model";
 
+/// A container running as a local process.
+struct Process {
+    child: Child,
+    /// Its stderr.
+    log: PathBuf,
+    /// Where its termination-message path points.
+    termination_message: PathBuf,
+}
+
 #[derive(Default)]
 struct Running {
-    /// Job uid → its pods (one per completion index) and whether their status was written.
-    jobs: HashMap<String, Vec<(Child, PathBuf)>>,
+    /// Job uid → its pods (one per completion index) with their Pod objects.
+    jobs: HashMap<String, Vec<(Process, Value)>>,
     finished_jobs: Vec<String>,
     /// Deployment uid → process and address.
-    deployments: HashMap<String, ((Child, PathBuf), SocketAddr)>,
+    deployments: HashMap<String, (Process, SocketAddr)>,
+    /// Deployment uid → logs of containers that exited and were restarted.
+    previous_logs: HashMap<String, String>,
     scratch: Vec<tempfile::TempDir>,
 }
 
@@ -65,6 +79,20 @@ impl SimulatedKubelet {
         self.lock().deployments.get(&uid).map(|(_, address)| *address)
     }
 
+    /// What a Deployment's process wrote to stderr so far, for failure messages.
+    pub fn deployment_log(&self, namespace: &str, name: &str) -> String {
+        let Some(object) = self.server.object("apps/v1/deployments", namespace, name) else {
+            return format!("(no Deployment {namespace}/{name})");
+        };
+        let uid = object["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let running = self.lock();
+        let previous = running.previous_logs.get(&uid).cloned().unwrap_or_default();
+        match running.deployments.get(&uid) {
+            Some((process, _)) => previous + &std::fs::read_to_string(&process.log).unwrap_or_default(),
+            None => "(no process started)".into(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -91,7 +119,11 @@ impl SimulatedKubelet {
             for index in 0..completions {
                 let extra = [("JOB_COMPLETION_INDEX".to_string(), index.to_string())];
                 match self.spawn_pod(&namespace, &job["spec"]["template"]["spec"], &extra) {
-                    Ok(child) => pods.push(child),
+                    Ok(process) => {
+                        let pod = job_pod(&job, index);
+                        self.server.put("v1/pods", pod.clone());
+                        pods.push((process, pod));
+                    }
                     Err(error) => {
                         job["status"] = failed_status(&format!("could not start pod: {error}"));
                         self.finish_job(&uid, job);
@@ -110,22 +142,27 @@ impl SimulatedKubelet {
             let Some(pods) = running.jobs.get_mut(&uid) else { return };
             let mut codes = Vec::new();
             let mut logs = String::new();
-            for (pod, log) in pods.iter_mut() {
-                match pod.try_wait() {
+            let mut finished_pods = Vec::new();
+            for (process, pod) in pods.iter_mut() {
+                match process.child.try_wait() {
                     Ok(Some(status)) => {
                         let code = status.code().unwrap_or(-1);
                         if code != 0 {
-                            logs.push_str(&tail(log));
+                            logs.push_str(&tail(&process.log));
                         }
                         codes.push(code);
+                        finished_pods.push(terminated_pod(pod, code, &termination_message(process, code)));
                     }
                     Ok(None) => return,
                     Err(_) => codes.push(-1),
                 }
             }
-            (codes, logs)
+            (codes, logs, finished_pods)
         };
-        let (outcome, logs) = outcome;
+        let (outcome, logs, finished_pods) = outcome;
+        for pod in finished_pods {
+            self.server.put("v1/pods", pod);
+        }
         let succeeded = outcome.iter().filter(|c| **c == 0).count();
         job["status"] = if succeeded == outcome.len() {
             json!({
@@ -154,7 +191,7 @@ impl SimulatedKubelet {
         let uid = deployment["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         let namespace = deployment["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
-        let address = self.lock().deployments.get(&uid).map(|(_, a)| *a);
+        let address = self.lock().deployments.get(&uid).map(|(_, address)| *address);
         let Some(address) = address else {
             if replicas == 0 {
                 return;
@@ -163,11 +200,28 @@ impl SimulatedKubelet {
                 std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
             let address: SocketAddr = ([127, 0, 0, 1], port).into();
             let extra = [("IMGSEARCH_LISTEN".to_string(), address.to_string())];
-            if let Ok(child) = self.spawn_pod(&namespace, &deployment["spec"]["template"]["spec"], &extra) {
-                self.lock().deployments.insert(uid, (child, address));
+            if let Ok(process) = self.spawn_pod(&namespace, &deployment["spec"]["template"]["spec"], &extra) {
+                self.lock().deployments.insert(uid, (process, address));
             }
             return;
         };
+        // restartPolicy Always: a container that exited is started again, its log kept.
+        let exited = {
+            let mut running = self.lock();
+            running
+                .deployments
+                .get_mut(&uid)
+                .is_some_and(|(process, _)| matches!(process.child.try_wait(), Ok(Some(_))))
+        };
+        if exited {
+            let previous = self.deployment_log(&namespace, deployment["metadata"]["name"].as_str().unwrap_or_default());
+            let extra = [("IMGSEARCH_LISTEN".to_string(), address.to_string())];
+            if let Ok(process) = self.spawn_pod(&namespace, &deployment["spec"]["template"]["spec"], &extra) {
+                let mut running = self.lock();
+                running.previous_logs.insert(uid.clone(), format!("{previous}--- container exited; restarted ---\n"));
+                running.deployments.insert(uid.clone(), (process, address));
+            }
+        }
         // Readiness as the kubelet's probe would see it.
         let ready = probe(address, "/readyz").await;
         let available = if ready { replicas } else { 0 };
@@ -178,15 +232,17 @@ impl SimulatedKubelet {
     }
 
     /// Starts the pod's first container as a local process with its env and mounts translated.
-    fn spawn_pod(
-        &self,
-        namespace: &str,
-        pod: &Value,
-        extra_env: &[(String, String)],
-    ) -> std::io::Result<(Child, PathBuf)> {
+    fn spawn_pod(&self, namespace: &str, pod: &Value, extra_env: &[(String, String)]) -> std::io::Result<Process> {
         let container = &pod["containers"][0];
         let mut mounts: Vec<(String, PathBuf)> =
             vec![(IMAGE_MODEL_DIR.to_string(), Path::new(env!("CARGO_MANIFEST_DIR")).join("model"))];
+        let files = tempfile::tempdir()?;
+        let termination_message = files.path().join("termination-log");
+        let log = files.path().join("container.log");
+        self.lock().scratch.push(files);
+        std::fs::write(&termination_message, "")?;
+        let termination_path = container["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log");
+        mounts.push((termination_path.to_string(), termination_message.clone()));
         for mount in container["volumeMounts"].as_array().cloned().unwrap_or_default() {
             let volume_name = mount["name"].as_str().unwrap_or_default();
             let volume = pod["volumes"]
@@ -220,9 +276,6 @@ impl SimulatedKubelet {
             text
         };
         let mut command = Command::new(&self.binary);
-        let logs = tempfile::tempdir()?;
-        let log = logs.path().join("container.log");
-        self.lock().scratch.push(logs);
         let log_file = std::fs::File::create(&log)?;
         command
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -252,13 +305,67 @@ impl SimulatedKubelet {
         for (name, value) in extra_env {
             command.env(name, value);
         }
-        Ok((command.spawn()?, log))
+        Ok(Process { child: command.spawn()?, log, termination_message })
     }
 
     fn secret_value(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
         let secret = self.server.object("v1/secrets", namespace, name)?;
-        secret["stringData"][key].as_str().map(str::to_string)
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(secret["data"][key].clone()).ok()?;
+        String::from_utf8(bytes.0).ok()
     }
+}
+
+/// The Pod the Job controller would create for completion `index`.
+fn job_pod(job: &Value, index: i64) -> Value {
+    let name = job["metadata"]["name"].as_str().unwrap_or_default();
+    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        labels = json!({});
+    }
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    labels["job-name"] = json!(name);
+    labels["batch.kubernetes.io/job-completion-index"] = json!(index.to_string());
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{name}-{index}-sim"),
+            "namespace": job["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": { "batch.kubernetes.io/job-completion-index": index.to_string() },
+            "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": name,
+                "uid": job["metadata"]["uid"], "controller": true
+            }]
+        },
+        "spec": job["spec"]["template"]["spec"],
+        "status": { "phase": "Running" }
+    })
+}
+
+/// The pod after its container exited with `code`.
+fn terminated_pod(pod: &Value, code: i32, message: &str) -> Value {
+    let mut pod = pod.clone();
+    let container = pod["spec"]["containers"][0]["name"].clone();
+    pod["status"] = json!({
+        "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{
+            "name": container, "image": "", "imageID": "", "ready": false, "restartCount": 0,
+            "state": { "terminated": {
+                "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "message": message
+            } }
+        }]
+    });
+    pod
+}
+
+/// The container's termination message as the kubelet reads it: the file (4 KiB at most), or,
+/// with `FallbackToLogsOnError` (what the controller sets), the log's tail when the file is
+/// empty and the container failed.
+fn termination_message(process: &Process, code: i32) -> String {
+    let written = std::fs::read(&process.termination_message).unwrap_or_default();
+    let written = String::from_utf8_lossy(&written[..written.len().min(4096)]).to_string();
+    if written.trim().is_empty() && code != 0 { tail(&process.log) } else { written }
 }
 
 /// The last lines a container wrote, for failure messages.
