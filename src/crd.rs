@@ -406,11 +406,12 @@ pub enum Phase {
 pub struct ImageCounts {
     /// Vectors searchable in the Milvus collection.
     pub indexed: i64,
-    /// Images ingest could not index. Absent until the controller reads ingest summaries back
-    /// (not yet implemented): absent means unknown, never zero.
+    /// Images the last completed ingest could not index (the reasons are in its pods' logs and
+    /// the catalog). Absent until an ingest has reported: absent means unknown, never zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<i64>,
-    /// Images unchanged since an earlier run. Absent until known, like `failed`.
+    /// Images the last completed ingest found unchanged since an earlier run. Absent until
+    /// known, like `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<i64>,
 }

@@ -362,3 +362,31 @@ fn examine(file: &SourceImage, known: Option<&KnownImage>, limits: DecodeLimits,
         Err(e) => failed(Some(content_hash), Some(bytes.len() as i64), e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_termination_summary_fits_in_four_kib_with_exact_counts() {
+        let failures: Vec<IngestFailure> = (0..500)
+            .map(|i| IngestFailure { uri: format!("/images/broken/{i:04}.jpg"), reason: "truncated JPEG data".into() })
+            .collect();
+        let report = IngestReport {
+            collection: "shop_products".into(),
+            discovered: 10_500,
+            indexed: 10_000,
+            failed: 500,
+            failures,
+            seconds: 120.5,
+            images_per_second: 83.0,
+            ..IngestReport::default()
+        };
+        let text = report.to_json_within(4096);
+        assert!(text.len() <= 4096, "{} bytes", text.len());
+        let back: IngestReport = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!((back.discovered, back.indexed, back.failed), (10_500, 10_000, 500), "counts stay exact");
+        assert!(!back.failures.is_empty() && back.failures.len() < 500, "some reasons kept, the rest dropped");
+        assert_eq!(back.failures[0], report.failures[0]);
+    }
+}

@@ -262,6 +262,9 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     let status = status::compute(&observed, ic.status.as_ref(), now());
     let ready = status.phase == Some(crate::crd::Phase::Ready);
     write_status(context, ic, &status).await?;
+    for (type_, reason, message) in status::transitions(ic.status.as_ref(), &status) {
+        publish(context, ic, type_, &reason, &message).await;
+    }
     Ok(Action::requeue(if ready { context.recheck.ready } else { context.recheck.not_ready }))
 }
 
@@ -389,7 +392,13 @@ async fn ensure_milvus(ic: &ImageCollection, context: &Context, collection: &str
         ef_construction: ic.spec.index.params.ef_construction,
         ..IndexSpec::default()
     };
+    let existed = store.has_collection(collection).await?;
     store.ensure_collection(collection, model.dimension, &index).await?;
+    if !existed {
+        let note =
+            format!("created Milvus collection {collection} ({} dimensions, HNSW index), loaded", model.dimension);
+        publish(context, ic, EventType::Normal, "CollectionCreated", &note).await;
+    }
     Ok(store.count(collection).await?)
 }
 
@@ -531,5 +540,17 @@ async fn publish(context: &Context, ic: &ImageCollection, type_: EventType, reas
     };
     if let Err(error) = context.recorder.publish(&event, &ic.object_ref(&())).await {
         tracing::debug!(%error, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_five_seconds_to_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|failures| backoff(failures).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300), "no overflow however long it fails");
     }
 }

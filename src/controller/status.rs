@@ -288,6 +288,46 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     }
 }
 
+/// Events worth telling when status moves: an ingest finishing or failing, the collection
+/// becoming searchable or stopping to be. Nothing when a condition merely stays as it was.
+pub fn transitions(
+    previous: Option<&ImageCollectionStatus>,
+    next: &ImageCollectionStatus,
+) -> Vec<(kube::runtime::events::EventType, String, String)> {
+    use kube::runtime::events::EventType::{Normal, Warning};
+    let find = |status: Option<&ImageCollectionStatus>, type_: &str| {
+        status
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let mut events = Vec::new();
+    let changed = |type_: &str| {
+        let now = find(Some(next), type_);
+        (find(previous, type_) != now).then_some(now).flatten()
+    };
+    let message = |type_: &str| next.conditions.iter().find(|c| c.type_ == type_).map(|c| c.message.clone());
+    match changed(INGESTED) {
+        Some((_, reason)) if reason == "JobSucceeded" => {
+            events.push((Normal, "IngestCompleted".into(), message(INGESTED).unwrap_or_default()))
+        }
+        Some((_, reason)) if reason == "JobFailed" => {
+            events.push((Warning, "IngestFailed".into(), message(INGESTED).unwrap_or_default()))
+        }
+        _ => {}
+    }
+    match changed(READY) {
+        Some((status, _)) if status == "True" => {
+            events.push((Normal, "Ready".into(), message(READY).unwrap_or_default()))
+        }
+        // Not ready from the start is the normal beginning, not news.
+        Some((status, _)) if status == "False" && find(previous, READY).is_some_and(|(s, _)| s == "True") => {
+            events.push((Warning, "NotReady".into(), message(READY).unwrap_or_default()))
+        }
+        _ => {}
+    }
+    events
+}
+
 /// Status while the object is being deleted and its data cannot be removed yet (`blocked`
 /// says why): phase Deleting, not Ready, Stalled; counts and history kept as they were.
 pub fn deleting(
@@ -421,6 +461,47 @@ mod tests {
         );
         assert_eq!(status.images.clone().map(|i| (i.indexed, i.failed, i.skipped)), Some((7, None, None)));
         assert!(get(&status, INGESTED).message.contains("left no summary"));
+    }
+
+    #[test]
+    fn events_are_told_on_transitions_only() {
+        let running = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 1 },
+                IngestObservation::Running { job: "j".into(), started_at: None },
+                0,
+            ),
+            None,
+            time(1),
+        );
+        assert!(transitions(None, &running).is_empty(), "starting out not ready is no news");
+        let done = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 3 },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None, totals: None },
+                2,
+            ),
+            Some(&running),
+            time(2),
+        );
+        let reasons: Vec<String> = transitions(Some(&running), &done).into_iter().map(|e| e.1).collect();
+        assert_eq!(reasons, ["IngestCompleted", "Ready"]);
+        assert!(transitions(Some(&done), &done).is_empty(), "no change, no event");
+        let lost = compute(
+            &observed(
+                MilvusObservation::Failed { reason: "MilvusUnavailable", message: "down".into() },
+                IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None, totals: None },
+                2,
+            ),
+            Some(&done),
+            time(3),
+        );
+        let events = transitions(Some(&done), &lost);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].0.clone(), events[0].1.as_str()),
+            (kube::runtime::events::EventType::Warning, "NotReady")
+        );
     }
 
     #[test]
