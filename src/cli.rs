@@ -110,9 +110,30 @@ pub struct BackendArgs {
     /// Milvus token (`user:password` or an API key); none for Milvus Lite.
     #[arg(long, env = "MILVUS_TOKEN", hide_env_values = true)]
     pub milvus_token: Option<String>,
+    /// Milvus user and password, when there is no token (both are needed).
+    #[arg(long, env = "MILVUS_USERNAME")]
+    pub milvus_username: Option<String>,
+    #[arg(long, env = "MILVUS_PASSWORD", hide_env_values = true)]
+    pub milvus_password: Option<String>,
+    /// Milvus database (default: the server's default database).
+    #[arg(long, env = "MILVUS_DATABASE")]
+    pub milvus_database: Option<String>,
     /// Catalog database URL.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/catalog.db", hide_env_values = true)]
     pub database_url: String,
+}
+
+impl BackendArgs {
+    /// The token Milvus expects: the token itself, else `user:password`.
+    pub fn milvus_token(&self) -> Option<String> {
+        let credentials = || Some(format!("{}:{}", self.milvus_username.as_ref()?, self.milvus_password.as_ref()?));
+        self.milvus_token.clone().filter(|t| !t.is_empty()).or_else(credentials)
+    }
+
+    pub async fn milvus(&self) -> anyhow::Result<MilvusStore> {
+        let token = self.milvus_token();
+        Ok(MilvusStore::connect_to(&self.milvus_uri, token.as_deref(), self.milvus_database.as_deref()).await?)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -332,7 +353,7 @@ fn default_identity() -> String {
 }
 
 async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) -> anyhow::Result<Ingestor> {
-    let store = MilvusStore::connect(&backend.milvus_uri, backend.milvus_token.as_deref()).await?;
+    let store = backend.milvus().await?;
     let catalog = Catalog::open(&backend.database_url).await?;
     Ok(Ingestor { store, catalog, model: model.load().await?, index: index.spec(), limits: model.limits() })
 }
@@ -412,6 +433,9 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
     let backend = BackendArgs {
         milvus_uri: milvus_uri.to_string(),
         milvus_token: None,
+        milvus_username: None,
+        milvus_password: None,
+        milvus_database: None,
         database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
     };
     let ingestor = connect(&backend, &args.model, &args.index).await?;

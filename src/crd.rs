@@ -77,18 +77,41 @@ pub struct ImageCollectionSpec {
     pub suspend: bool,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Where Milvus is: an address, or a Milvus object managed by milvus-operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.uri) != has(self.milvusRef)",
+        "message": "set exactly one of spec.milvus.uri or spec.milvus.milvusRef"
+    }
+]))]
 pub struct MilvusSpec {
     /// Milvus address, e.g. `http://my-release-milvus.milvus.svc:19530`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1), regex(pattern = r"^(http|https|grpc|grpcs|tcp)://"))]
-    pub uri: String,
+    pub uri: Option<String>,
+    /// A `Milvus` object of milvus-operator (`milvus.io`); its Service `<name>-milvus` on port
+    /// 19530 is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milvus_ref: Option<MilvusRef>,
     /// Secret with `token`, or `username` and `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalSecretRef>,
     /// Milvus database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MilvusRef {
+    /// Name of the `Milvus` object.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Its namespace; default: the ImageCollection's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -441,6 +464,17 @@ pub mod conditions {
 }
 
 impl ImageCollection {
+    /// The Milvus address: `spec.milvus.uri`, or the Service milvus-operator creates for the
+    /// referenced `Milvus` object. `None` when neither is set (the schema forbids that).
+    pub fn milvus_uri(&self) -> Option<String> {
+        if let Some(uri) = &self.spec.milvus.uri {
+            return Some(uri.clone());
+        }
+        let reference = self.spec.milvus.milvus_ref.as_ref()?;
+        let namespace = reference.namespace.as_deref().or(self.metadata.namespace.as_deref()).unwrap_or("default");
+        Some(format!("http://{}-milvus.{namespace}.svc:19530", reference.name))
+    }
+
     /// The Milvus collection this object manages.
     pub fn milvus_collection(&self) -> String {
         if let Some(name) = &self.spec.collection_name {
@@ -495,6 +529,36 @@ spec:
     }
 
     #[test]
+    fn milvus_is_an_address_or_a_milvus_operator_object() {
+        let with = |milvus: serde_json::Value| -> ImageCollection {
+            let mut ic = ImageCollection::new(
+                "products",
+                serde_json::from_value(serde_json::json!({
+                    "milvus": milvus, "source": { "pvc": { "claimName": "photos" } }
+                }))
+                .expect("spec parses"),
+            );
+            ic.metadata.namespace = Some("shop".into());
+            ic
+        };
+        assert_eq!(
+            with(serde_json::json!({ "uri": "http://m:19530" })).milvus_uri().as_deref(),
+            Some("http://m:19530")
+        );
+        assert_eq!(
+            with(serde_json::json!({ "milvusRef": { "name": "vectors" } })).milvus_uri().as_deref(),
+            Some("http://vectors-milvus.shop.svc:19530")
+        );
+        assert_eq!(
+            with(serde_json::json!({ "milvusRef": { "name": "vectors", "namespace": "milvus" } }))
+                .milvus_uri()
+                .as_deref(),
+            Some("http://vectors-milvus.milvus.svc:19530")
+        );
+        assert_eq!(with(serde_json::json!({})).milvus_uri(), None);
+    }
+
+    #[test]
     fn the_schema_carries_the_cel_rules_and_printer_columns() {
         use kube::CustomResourceExt;
         let crd = serde_json::to_value(ImageCollection::crd()).expect("CRD as JSON");
@@ -509,6 +573,8 @@ spec:
         assert!(rules.iter().any(|r| r.contains("oldSelf.model.name")), "{rules:?}");
         let source_rules = &spec["properties"]["source"]["x-kubernetes-validations"];
         assert!(source_rules[0]["rule"].as_str().is_some_and(|r| r.contains("size() == 1")), "{source_rules}");
+        let milvus_rules = &spec["properties"]["milvus"]["x-kubernetes-validations"];
+        assert_eq!(milvus_rules[0]["rule"], "has(self.uri) != has(self.milvusRef)");
         let columns: Vec<&str> =
             version["additionalPrinterColumns"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
         assert_eq!(columns, ["Phase", "Images", "Failed", "Ready", "Endpoint", "Age"]);

@@ -40,6 +40,8 @@ pub enum BuildError {
     UnsupportedSource(&'static str),
     #[error("spec.model.name: {0}")]
     UnknownModel(String),
+    #[error("spec.milvus: set uri or milvusRef")]
+    NoMilvus,
 }
 
 fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {
@@ -80,22 +82,31 @@ pub fn search_name(name: &str) -> String {
 }
 
 /// Environment both roles share: where Milvus and the catalog are, which collection and model.
-fn common_env(ic: &ImageCollection) -> Vec<EnvVar> {
+fn common_env(ic: &ImageCollection) -> Result<Vec<EnvVar>, BuildError> {
+    let uri = ic.milvus_uri().ok_or(BuildError::NoMilvus)?;
     let mut env = vec![
-        plain("MILVUS_URI", &ic.spec.milvus.uri),
+        plain("MILVUS_URI", &uri),
         plain("IMGSEARCH_COLLECTION", &ic.milvus_collection()),
         plain("IMGSEARCH_MODEL", ic.spec.model.name.as_str()),
         plain("IMGSEARCH_MODEL_DIR", "/usr/share/imgsearch/model"),
         plain("RUST_LOG", "info"),
     ];
+    if let Some(database) = &ic.spec.milvus.database {
+        env.push(plain("MILVUS_DATABASE", database));
+    }
     if let Some(secret) = &ic.spec.milvus.secret_ref {
-        env.push(from_secret("MILVUS_TOKEN", &secret.name, "token", true));
+        // The Secret holds `token`, or `username` and `password`: each is passed if present.
+        for (variable, key) in
+            [("MILVUS_TOKEN", "token"), ("MILVUS_USERNAME", "username"), ("MILVUS_PASSWORD", "password")]
+        {
+            env.push(from_secret(variable, &secret.name, key, true));
+        }
     }
     match &ic.spec.catalog {
         Some(catalog) => env.push(from_secret("DATABASE_URL", &catalog.secret_ref.name, "DATABASE_URL", false)),
         None => env.push(plain("DATABASE_URL", &format!("sqlite://{SCRATCH_MOUNT}/catalog.db"))),
     }
-    env
+    Ok(env)
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
@@ -188,7 +199,7 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
         .ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
     let shards = ic.spec.ingest.parallelism.max(1);
     let folder = format!("{IMAGES_MOUNT}{}", pvc.path.trim_end_matches('/'));
-    let mut env = common_env(ic);
+    let mut env = common_env(ic)?;
     env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
     // Kubernetes sets JOB_COMPLETION_INDEX in each pod; the shard count is the completion count.
     env.push(plain("IMGSEARCH_SHARD_COUNT", &shards.to_string()));
@@ -298,7 +309,7 @@ fn search_metadata(ic: &ImageCollection, name: &str, namespace: String) -> Resul
 pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<Deployment, BuildError> {
     let (name, namespace) = name_and_namespace(ic)?;
     let port = ic.spec.search.port;
-    let mut env = common_env(ic);
+    let mut env = common_env(ic)?;
     env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
     env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
     let probe = |path: &str, period: i32| Probe {
@@ -465,6 +476,8 @@ mod tests {
         assert_eq!(container.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
         assert_eq!(env["MILVUS_URI"], "http://milvus.milvus.svc:19530");
         assert_eq!(env["MILVUS_TOKEN"], "secret:milvus-auth/token");
+        assert_eq!(env["MILVUS_USERNAME"], "secret:milvus-auth/username");
+        assert_eq!(env["MILVUS_PASSWORD"], "secret:milvus-auth/password");
         assert_eq!(env["DATABASE_URL"], "secret:catalog-dsn/DATABASE_URL");
         assert_eq!(env["IMGSEARCH_COLLECTION"], "shop_products");
         assert_eq!((env["IMGSEARCH_BATCH_SIZE"].as_str(), env["IMGSEARCH_SHARD_COUNT"].as_str()), ("16", "4"));
@@ -498,6 +511,20 @@ mod tests {
         ic.spec.suspend = true;
         let suspended = rescan_cronjob(&ic, &config()).unwrap().and_then(|c| c.spec.suspend);
         assert_eq!(suspended, Some(true), "suspend pauses rescans too");
+    }
+
+    #[test]
+    fn a_milvus_operator_reference_becomes_its_service_address_with_the_database() {
+        let ic = collection(
+            "  milvus: { milvusRef: { name: vectors, namespace: milvus }, database: shop }
+  source: { pvc: { claimName: catalogue } }
+",
+        );
+        let deployment = search_deployment(&ic, &config()).unwrap();
+        let env = env(&deployment.spec.template.spec.unwrap().containers[0]);
+        assert_eq!(env["MILVUS_URI"], "http://vectors-milvus.milvus.svc:19530");
+        assert_eq!(env["MILVUS_DATABASE"], "shop");
+        assert!(!env.contains_key("MILVUS_TOKEN"), "no Secret, no token");
     }
 
     #[test]

@@ -88,8 +88,8 @@ pub struct Context {
     pub children: ChildConfig,
     pub metrics: Arc<Metrics>,
     pub recheck: Recheck,
-    /// One Milvus connection per (URI, token), reused across reconciles.
-    milvus: Mutex<HashMap<(String, Option<String>), MilvusStore>>,
+    /// One Milvus connection per (URI, token, database), reused across reconciles.
+    milvus: Mutex<HashMap<(String, Option<String>, Option<String>), MilvusStore>>,
     /// Consecutive failed reconciles per object ("namespace/name"), for the retry backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
@@ -407,12 +407,14 @@ async fn milvus_store(ic: &ImageCollection, context: &Context) -> Result<MilvusS
         Some(reference) => Some(milvus_token(context, ic, &reference.name).await?),
         None => None,
     };
-    let key = (ic.spec.milvus.uri.clone(), token.clone());
+    let uri = ic.milvus_uri().ok_or(BuildError::NoMilvus)?;
+    let database = ic.spec.milvus.database.clone();
+    let key = (uri.clone(), token.clone(), database.clone());
     let mut cache = context.milvus.lock().await;
     if let Some(store) = cache.get(&key) {
         return Ok(store.clone());
     }
-    let store = MilvusStore::connect(&ic.spec.milvus.uri, token.as_deref()).await?;
+    let store = MilvusStore::connect_to(&uri, token.as_deref(), database.as_deref()).await?;
     // A reconcile waits on Milvus only briefly: an outage becomes a condition within seconds.
     store.set_patience(MILVUS_PATIENCE);
     cache.insert(key, store.clone());

@@ -98,9 +98,17 @@ impl std::fmt::Debug for MilvusStore {
 impl MilvusStore {
     /// `token` is `user:password` or an API key; Milvus Lite and auth-less servers need none.
     pub async fn connect(uri: &str, token: Option<&str>) -> Result<Self> {
+        Self::connect_to(uri, token, None).await
+    }
+
+    /// Connects to one Milvus database (`None`: the server's default database).
+    pub async fn connect_to(uri: &str, token: Option<&str>, database: Option<&str>) -> Result<Self> {
         let mut config = ConnectConfig::new().uri(uri);
         if let Some(token) = token.filter(|t| !t.is_empty()) {
             config = config.token(token);
+        }
+        if let Some(database) = database.filter(|d| !d.is_empty()) {
+            config = config.database(database);
         }
         let client = ClientV2::new(&config)
             .await
