@@ -148,11 +148,7 @@ pub struct BatchArgs {
 
 impl BatchArgs {
     fn options(&self, collection: &str) -> IngestOptions {
-        IngestOptions {
-            collection: collection.to_string(),
-            batch_size: usize::from(self.batch_size),
-            decode_workers: self.decode_workers(),
-        }
+        IngestOptions::new(collection, usize::from(self.batch_size), self.decode_workers())
     }
 
     fn decode_workers(&self) -> usize {
@@ -171,6 +167,15 @@ pub struct IngestArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// This run's shard of the source, 0-based (in an Indexed Job: the pod's completion index).
+    #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
+    pub shard_index: u32,
+    /// How many shards split the source, by a hash of each image's path.
+    #[arg(long, env = "IMGSEARCH_SHARD_COUNT", default_value_t = 1)]
+    pub shard_count: u32,
+    /// Remove images that are gone from the folder (only within it, and only in this shard).
+    #[arg(long, env = "IMGSEARCH_PRUNE")]
+    pub prune: bool,
     /// Also write the summary as compact JSON (≤ 4 KiB) to this file. Ingest Jobs point it at
     /// the container's termination-message file, where the controller reads it back.
     #[arg(long, env = "IMGSEARCH_SUMMARY_FILE")]
@@ -359,8 +364,10 @@ async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) ->
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let shard = crate::source::Shard::new(args.shard_index, args.shard_count)
+        .map_err(|problem| anyhow::anyhow!("--shard-index/--shard-count: {problem}"))?;
     let ingestor = connect(&args.backend, &args.model, &args.index).await?;
-    let options = args.batch.options(&args.collection);
+    let options = IngestOptions { shard, prune: args.prune, ..args.batch.options(&args.collection) };
     let Some(report) = ingest_until_interrupted(&ingestor, &args.folder, &options).await? else {
         anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
     };

@@ -295,8 +295,15 @@ pub struct IngestConfig {
     #[serde(default = "default_history")]
     #[schemars(range(min = 0, max = 20))]
     pub history_limit: i32,
+    /// Remove images that were deleted from the source, so the collection mirrors it.
+    #[serde(default = "default_prune")]
+    pub prune: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+fn default_prune() -> bool {
+    true
 }
 
 impl Default for IngestConfig {
@@ -306,6 +313,7 @@ impl Default for IngestConfig {
             batch_size: default_batch_size(),
             schedule: None,
             history_limit: default_history(),
+            prune: default_prune(),
             resources: None,
         }
     }

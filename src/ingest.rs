@@ -26,7 +26,7 @@ use crate::catalog::{Catalog, CatalogError, ImageStatus, KnownImage, NewImage};
 use crate::embed::preprocess::{self, DecodeLimits, PreparedImage};
 use crate::embed::{EmbedError, EmbeddingModel};
 use crate::progress::Progress;
-use crate::source::{self, SourceError, SourceImage};
+use crate::source::{self, Shard, SourceError, SourceImage};
 use crate::store::{IndexSpec, MAX_URI_LENGTH, MilvusStore, StoreError, VectorRow};
 
 /// Files larger than this are recorded as failed without being read whole.
@@ -65,6 +65,17 @@ pub struct IngestOptions {
     pub batch_size: usize,
     /// Threads reading and decoding files while the model runs.
     pub decode_workers: usize,
+    /// The part of the source this run covers (an Indexed Job pod's share).
+    pub shard: Shard,
+    /// Remove images that are gone from the source (within the folder and this shard).
+    pub prune: bool,
+}
+
+impl IngestOptions {
+    /// The whole source, no pruning.
+    pub fn new(collection: &str, batch_size: usize, decode_workers: usize) -> Self {
+        Self { collection: collection.to_string(), batch_size, decode_workers, shard: Shard::WHOLE, prune: false }
+    }
 }
 
 /// What a run did, printed at the end and returned as JSON with `--json`; in a cluster it is
@@ -81,6 +92,8 @@ pub struct IngestReport {
     pub skipped: u64,
     /// Could not be indexed; each is in `failures` with the reason, and in the catalog.
     pub failed: u64,
+    /// Gone from the source, so removed from Milvus and the catalog (`--prune`).
+    pub pruned: u64,
     pub failures: Vec<IngestFailure>,
     pub seconds: f64,
     pub images_per_second: f64,
@@ -109,12 +122,13 @@ impl IngestReport {
 
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "collection {}: {} images found, {} indexed, {} unchanged (skipped), {} failed in {:.1} s ({:.1} images/s)",
+            "collection {}: {} images found, {} indexed, {} unchanged (skipped), {} failed{} in {:.1} s ({:.1} images/s)",
             self.collection,
             self.discovered,
             self.indexed,
             self.skipped,
             self.failed,
+            if self.pruned > 0 { format!(", {} gone from the source removed", self.pruned) } else { String::new() },
             self.seconds,
             self.images_per_second
         );
@@ -147,15 +161,24 @@ impl Ingestor {
         crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
         self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
 
-        let root = root.to_path_buf();
-        let files = tokio::task::spawn_blocking(move || source::list_directory(&root))
+        let folder = root.to_path_buf();
+        let mut files = tokio::task::spawn_blocking(move || source::list_directory(&folder))
             .await
             .map_err(|e| IngestError::Worker(e.to_string()))??;
+        files.retain(|file| options.shard.contains(&file.uri));
+        let listed: std::collections::HashSet<String> =
+            if options.prune { files.iter().map(|f| f.uri.clone()).collect() } else { Default::default() };
         let known = self.catalog.known_images(collection).await?;
         let mut report =
             IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
         // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
-        tracing::info!(collection, images = files.len(), "ingest started");
+        tracing::info!(
+            collection,
+            images = files.len(),
+            shard = options.shard.index,
+            shards = options.shard.count,
+            "ingest started"
+        );
         progress.begin(files.len() as u64);
 
         let (sender, mut receiver) = mpsc::channel::<Examined>(options.batch_size.max(1) * 2);
@@ -205,6 +228,9 @@ impl Ingestor {
         }
         progress.finish();
         result?;
+        if options.prune {
+            report.pruned = self.prune(collection, root, options.shard, &known, &listed).await?;
+        }
 
         report.seconds = started.elapsed().as_secs_f64();
         report.images_per_second = (report.indexed as f64) / report.seconds.max(1e-9);
@@ -214,10 +240,42 @@ impl Ingestor {
             indexed = report.indexed,
             skipped = report.skipped,
             failed = report.failed,
+            pruned = report.pruned,
             seconds = format!("{:.1}", report.seconds),
             "ingest finished"
         );
         Ok(report)
+    }
+
+    /// Removes catalogued images under `root` and in `shard` that the listing no longer has:
+    /// Milvus first, then the catalog, so a kill in between leaves rows the next prune finds
+    /// again (deleting an absent vector is a no-op). Images of other folders, uploads and other
+    /// shards are never touched.
+    async fn prune(
+        &self,
+        collection: &str,
+        root: &Path,
+        shard: Shard,
+        known: &HashMap<String, KnownImage>,
+        listed: &std::collections::HashSet<String>,
+    ) -> Result<u64, IngestError> {
+        let root =
+            root.canonicalize().map_err(|source| SourceError::Unreadable { path: root.to_path_buf(), source })?;
+        let prefix = format!("{}/", root.display());
+        let gone: Vec<i64> = known
+            .iter()
+            .filter(|(uri, _)| uri.starts_with(&prefix) && shard.contains(uri) && !listed.contains(*uri))
+            .map(|(_, image)| image.id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        for chunk in gone.chunks(1000) {
+            self.store.delete(collection, chunk).await?;
+            self.catalog.delete_images(chunk).await?;
+        }
+        tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the folder");
+        Ok(gone.len() as u64)
     }
 
     /// Adds one already decoded image (an upload). Returns its catalog id; an identical image

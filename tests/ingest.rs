@@ -177,3 +177,73 @@ async fn an_invalid_collection_name_is_refused_before_anything_is_written() {
         .expect_err("invalid name");
     assert!(err.to_string().contains("invalid collection name"), "{err}");
 }
+
+#[tokio::test]
+async fn shards_sharing_a_catalog_cover_every_image_exactly_once() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    // 40 distinct small images: enough for both shards to get some.
+    let fashion = common::sample_dir().join("fashion/bag");
+    let mut names: Vec<_> = std::fs::read_dir(&fashion).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for path in names.iter().take(40) {
+        std::fs::copy(path, images.join(path.file_name().unwrap())).unwrap();
+    }
+    let ingestor = common::ingestor(work.path()).await;
+    let collection = common::unique_collection("shards");
+    let run = |index: u32| {
+        let options = imgsearch::ingest::IngestOptions {
+            shard: imgsearch::source::Shard::new(index, 2).unwrap(),
+            ..common::options(&collection)
+        };
+        let (ingestor, images) = (ingestor.clone(), images.clone());
+        async move { ingestor.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest shard") }
+    };
+    // Both shards at once, as an Indexed Job's pods would run.
+    let (first, second) = tokio::join!(run(0), run(1));
+
+    assert_eq!(first.discovered + second.discovered, 40, "{first:?} {second:?}");
+    assert!(first.discovered > 0 && second.discovered > 0, "both shards had work");
+    assert_eq!((first.indexed + second.indexed, first.failed + second.failed), (40, 0));
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 40);
+    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn prune_removes_only_images_gone_from_the_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"], &images);
+    copy_photos(&["camera.jpg"], &elsewhere);
+    let ingestor = common::ingestor(work.path()).await;
+    let collection = common::unique_collection("prune");
+    let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
+    ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    // Another folder in the same collection: not this folder's to prune.
+    ingestor.ingest_directory(&elsewhere, &pruning, &Progress::silent()).await.expect("ingest elsewhere");
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 5);
+
+    std::fs::remove_file(images.join("coffee.jpg")).unwrap();
+    std::fs::remove_file(images.join("rocket.jpg")).unwrap();
+    let without_prune =
+        ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("rerun");
+    assert_eq!(without_prune.pruned, 0);
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 5, "nothing removed without --prune");
+
+    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("prune");
+    assert_eq!((report.pruned, report.skipped, report.indexed), (2, 2, 0), "{}", report.summary());
+    assert!(report.summary().contains("2 gone from the source removed"), "{}", report.summary());
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
+    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
+    let coffee = images.canonicalize().unwrap().join("coffee.jpg");
+    assert!(ingestor.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
+    let camera = elsewhere.canonicalize().unwrap().join("camera.jpg");
+    assert!(ingestor.catalog.find(&collection, &camera.to_string_lossy()).await.unwrap().is_some(), "kept");
+    // The removed photo no longer matches its own picture.
+    let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
+    assert!(hits.iter().all(|h| !h.uri.ends_with("coffee.jpg")), "{hits:?}");
+}

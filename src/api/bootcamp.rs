@@ -53,8 +53,7 @@ async fn load(
     let _only_load = state.load.try_lock().map_err(|_| {
         ApiError::Conflict("another load is running; watch GET /progress and retry when it is done".into())
     })?;
-    let options =
-        IngestOptions { collection, batch_size: state.config.batch_size, decode_workers: state.config.decode_workers };
+    let options = IngestOptions::new(&collection, state.config.batch_size, state.config.decode_workers);
     let report = state.ingestor.ingest_directory(&folder, &options, &state.progress).await?;
     Ok(Json(json!({ "status": true, "msg": "Successfully loaded data!", "report": report })))
 }

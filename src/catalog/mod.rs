@@ -257,6 +257,18 @@ impl Catalog {
             .await?)
     }
 
+    /// Removes these rows (images gone from their source); returns how many.
+    pub async fn delete_images(&self, ids: &[i64]) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted +=
+                sqlx::query("DELETE FROM images WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
     /// Removes every row of a collection; returns how many.
     pub async fn delete_collection(&self, collection: &str) -> Result<u64> {
         let done = sqlx::query("DELETE FROM images WHERE collection = $1").bind(collection).execute(&self.pool).await?;

@@ -203,6 +203,7 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
     env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
     // Kubernetes sets JOB_COMPLETION_INDEX in each pod; the shard count is the completion count.
     env.push(plain("IMGSEARCH_SHARD_COUNT", &shards.to_string()));
+    env.push(plain("IMGSEARCH_PRUNE", if ic.spec.ingest.prune { "true" } else { "false" }));
     // The run's counts go to the termination message, where the controller reads them back.
     env.push(plain("IMGSEARCH_SUMMARY_FILE", TERMINATION_MESSAGE_PATH));
     let (scratch, scratch_mount) = scratch_volume();
@@ -481,6 +482,7 @@ mod tests {
         assert_eq!(env["DATABASE_URL"], "secret:catalog-dsn/DATABASE_URL");
         assert_eq!(env["IMGSEARCH_COLLECTION"], "shop_products");
         assert_eq!((env["IMGSEARCH_BATCH_SIZE"].as_str(), env["IMGSEARCH_SHARD_COUNT"].as_str()), ("16", "4"));
+        assert_eq!(env["IMGSEARCH_PRUNE"], "true", "by default the collection mirrors its folder");
         let volume = &pod.volumes.as_ref().unwrap()[0];
         assert_eq!(
             volume.persistent_volume_claim.as_ref().map(|p| (p.claim_name.as_str(), p.read_only)),

@@ -13,6 +13,40 @@ pub enum SourceError {
     NotADirectory(PathBuf),
 }
 
+/// One of `count` deterministic parts of a source, picked by a hash of each image's URI: the
+/// pods of an Indexed Job (one shard each) cover every image exactly once, whatever order they
+/// run in and however often one is retried. SHA-256, not `std`'s hasher, so the split is the
+/// same across builds and machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    pub fn new(index: u32, count: u32) -> Result<Self, String> {
+        if count == 0 {
+            return Err("the shard count must be at least 1".into());
+        }
+        if index >= count {
+            return Err(format!("shard index {index} is out of range for {count} shards (0..={})", count - 1));
+        }
+        Ok(Self { index, count })
+    }
+
+    pub fn contains(&self, uri: &str) -> bool {
+        if self.count <= 1 {
+            return true;
+        }
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(uri.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first) % u64::from(self.count) == u64::from(self.index)
+    }
+}
+
 /// One image the source offers: its stable URI (returned by search, used as the catalog key)
 /// and where to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,5 +134,34 @@ mod tests {
     fn a_missing_folder_is_an_error_naming_it() {
         let err = list_directory(Path::new("/no/such/folder")).unwrap_err();
         assert!(err.to_string().contains("/no/such/folder"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_uri_exactly_once_and_stay_stable() {
+        let uris: Vec<String> = (0..2000).map(|i| format!("/images/{}/{i}.jpg", i % 7)).collect();
+        let shards: Vec<Shard> = (0..3).map(|i| Shard::new(i, 3).expect("valid shard")).collect();
+        let mut sizes = [0usize; 3];
+        for uri in &uris {
+            let owners: Vec<usize> = (0..3).filter(|&i| shards[i].contains(uri)).collect();
+            assert_eq!(owners.len(), 1, "{uri} belongs to {owners:?}");
+            sizes[owners[0]] += 1;
+        }
+        assert!(sizes.iter().all(|&n| n > 550), "an even-ish split: {sizes:?}");
+        // The split is part of the on-disk contract (reruns, prune): pin one value.
+        // (values computed independently: Python's hashlib, first 8 bytes big-endian, mod 3)
+        assert!(Shard::new(0, 3).expect("valid").contains("/images/a.jpg"));
+        assert!(Shard::new(2, 3).expect("valid").contains("/images/b.jpg"));
+        assert!(Shard::WHOLE.contains("anything"));
+    }
+
+    #[test]
+    fn impossible_shards_are_refused_with_a_reason() {
+        assert_eq!(Shard::new(0, 0).unwrap_err(), "the shard count must be at least 1");
+        assert_eq!(Shard::new(4, 4).unwrap_err(), "shard index 4 is out of range for 4 shards (0..=3)");
     }
 }

@@ -163,11 +163,27 @@ impl MilvusStore {
     pub async fn ensure_collection(&self, collection: &str, dimension: usize, index: &IndexSpec) -> Result<()> {
         if self.has_collection(collection).await? {
             self.check_dimension(collection, dimension).await?;
-        } else {
-            self.create_collection(collection, dimension).await?;
+        } else if let Err(error) = self.create_collection(collection, dimension).await {
+            // Shards of one Job start together: another may be creating it at this moment, so
+            // the failed create is only an error if the collection does not appear shortly.
+            if !self.appears(collection).await? {
+                return Err(error);
+            }
+            self.check_dimension(collection, dimension).await?;
         }
         self.ensure_index(collection, index).await?;
         self.load(collection).await
+    }
+
+    /// Whether `collection` exists within a few seconds (someone else is creating it).
+    async fn appears(&self, collection: &str) -> Result<bool> {
+        for _ in 0..25 {
+            if self.has_collection(collection).await? {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(false)
     }
 
     async fn create_collection(&self, collection: &str, dimension: usize) -> Result<()> {
@@ -227,7 +243,12 @@ impl MilvusStore {
                 .sync(false)
                 .build()
                 .map_err(|e| self.error(op, collection, e))?;
-            self.client.create_index(request).await.map_err(|e| self.error(op, collection, e))?;
+            if let Err(error) = self.client.create_index(request).await {
+                // As with the collection: a concurrent shard may have just created it.
+                if self.index_state(collection).await?.is_none() {
+                    return Err(self.error(op, collection, error));
+                }
+            }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {

@@ -49,7 +49,7 @@ pub async fn ingestor(dir: &Path) -> Ingestor {
 }
 
 pub fn options(collection: &str) -> IngestOptions {
-    IngestOptions { collection: collection.to_string(), batch_size: 8, decode_workers: 2 }
+    IngestOptions::new(collection, 8, 2)
 }
 
 /// The repository's sample data (extracted by scripts/setup.sh).
