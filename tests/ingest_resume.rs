@@ -1,0 +1,143 @@
+//! `kill -9` at any point, then run again: the real `imgsearch ingest` binary is killed at
+//! several moments of a run (one of them between the catalog reservation and its `indexed`
+//! mark, the window the write order exists for), rerun each time, and finally run to the end.
+//! The collection must then hold exactly one vector per image and the catalog agree with it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use imgsearch::catalog::{Catalog, ImageStatus};
+use imgsearch::store::MilvusStore;
+use tokio::process::{Child, Command};
+
+const IMAGES: usize = 150;
+
+fn ingest(folder: &Path, collection: &str, catalog_url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("ingest")
+        .arg(folder)
+        .args(["--collection", collection, "--batch-size", "16", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MILVUS_URI", common::milvus_uri())
+        .env("DATABASE_URL", catalog_url)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start imgsearch ingest")
+}
+
+struct Counts {
+    indexed: i64,
+    pending: i64,
+    vectors: u64,
+}
+
+async fn counts(catalog: &Catalog, milvus: &MilvusStore, collection: &str) -> Counts {
+    Counts {
+        indexed: catalog.count(collection, ImageStatus::Indexed).await.expect("count indexed"),
+        pending: catalog.count(collection, ImageStatus::Pending).await.expect("count pending"),
+        vectors: if milvus.has_collection(collection).await.expect("has collection") {
+            milvus.count(collection).await.expect("count vectors")
+        } else {
+            0
+        },
+    }
+}
+
+/// Runs ingest and SIGKILLs it as soon as `when` holds for the catalog; returns whether it was
+/// killed (false: the run ended first).
+async fn kill_when(
+    folder: &Path,
+    collection: &str,
+    catalog_url: &str,
+    catalog: &Catalog,
+    when: impl Fn(i64, i64) -> bool,
+) -> bool {
+    let mut child = ingest(folder, collection, catalog_url);
+    loop {
+        if child.try_wait().expect("poll the child").is_some() {
+            return false;
+        }
+        let indexed = catalog.count(collection, ImageStatus::Indexed).await.unwrap_or(0);
+        let pending = catalog.count(collection, ImageStatus::Pending).await.unwrap_or(0);
+        if when(indexed, pending) {
+            child.start_kill().expect("SIGKILL");
+            child.wait().await.expect("reap the child");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image() {
+    let work = tempfile::tempdir().unwrap();
+    let folder = work.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    let fashion = common::sample_dir().join("fashion");
+    let mut copied = 0;
+    for class in std::fs::read_dir(&fashion).unwrap() {
+        let class = class.unwrap().path();
+        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.into_iter().take(IMAGES / 10) {
+            let name = format!(
+                "{}-{}",
+                class.file_name().unwrap().to_string_lossy(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            std::fs::copy(&file, folder.join(name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, IMAGES);
+    let collection = common::unique_collection("resume");
+    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
+    let catalog = Catalog::open(&catalog_url).await.unwrap();
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    let total = IMAGES as i64;
+
+    // 1. Between reserving a batch and marking it indexed: the vectors may or may not be in
+    //    Milvus. A kill can just miss the window, so up to three runs try to hit it.
+    let mut hit_the_window = false;
+    for _ in 0..3 {
+        let killed = kill_when(&folder, &collection, &catalog_url, &catalog, |_, pending| pending > 0).await;
+        let now = counts(&catalog, &milvus, &collection).await;
+        assert!(killed && now.indexed < total, "the run ended before it could be killed");
+        assert!(now.vectors >= now.indexed as u64 && now.vectors <= (now.indexed + now.pending) as u64);
+        if now.pending > 0 {
+            hit_the_window = true;
+            break;
+        }
+    }
+    assert!(hit_the_window, "no kill landed between a reservation and its indexed mark");
+
+    // 2. and 3. Later in the run, wherever the process happens to be.
+    for fraction in [3, 2] {
+        let killed =
+            kill_when(&folder, &collection, &catalog_url, &catalog, |indexed, _| indexed >= total / fraction).await;
+        let now = counts(&catalog, &milvus, &collection).await;
+        assert!(killed && now.indexed < total, "the run ended before it could be killed");
+        assert!(now.vectors >= now.indexed as u64 && now.vectors <= (now.indexed + now.pending) as u64);
+    }
+
+    // The last run finishes what is left and redoes what was pending.
+    let output = ingest(&folder, &collection, &catalog_url).wait_with_output().await.unwrap();
+    assert!(output.status.success(), "the final run failed");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(report["discovered"], IMAGES);
+    assert_eq!(report["failed"], 0);
+    let skipped = report["skipped"].as_u64().unwrap();
+    assert!(skipped > 0 && skipped < IMAGES as u64, "earlier runs' work was kept: {report}");
+    assert_eq!(report["indexed"].as_u64().unwrap() + skipped, IMAGES as u64);
+
+    let end = counts(&catalog, &milvus, &collection).await;
+    assert_eq!((end.indexed, end.pending, end.vectors), (total, 0, IMAGES as u64), "one vector per image");
+    milvus.drop_collection(&collection).await.unwrap();
+}
