@@ -1,5 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Both install what is missing first.
-.PHONY: setup build demo test eval clean
+.PHONY: setup build demo test eval bench-ingest clean
 
 setup:
 	scripts/setup.sh
@@ -20,6 +20,10 @@ test: setup
 ## Retrieval quality of the built-in model on the labelled sample (precision@1/5/10).
 eval: build
 	target/debug/imgsearch eval --labels-from-dirs data/sample/fashion
+
+# Benchmarks, not tests: release build, figures printed as a table (see docs/benchmarks.md).
+bench-ingest: setup
+	scripts/milvus-lite.sh cargo bench --locked --bench ingest
 
 clean:
 	rm -rf data/standalone
