@@ -2,7 +2,8 @@
 //!
 //! Stages run concurrently: decode workers (plain threads: decoding is CPU work) read, hash,
 //! check and preprocess files and hand them over a bounded channel, so memory stays flat however
-//! large the folder is, while this task batches them through the model and writes the results.
+//! large the folder is, while this task batches them through the model; a second stage writes
+//! each embedded batch to Milvus and the catalog while the model works on the next one.
 //!
 //! Write order, chosen so that a run killed at any point can simply be run again:
 //! 1. catalog: reserve the image's id, status `pending` (an existing URI keeps its id);
@@ -185,8 +186,14 @@ impl Ingestor {
         let workers =
             spawn_decoders(files, known.clone(), sender, self.limits, self.model.input_size(), options.decode_workers);
 
-        let mut batch: Vec<(NewImage, PreparedImage)> = Vec::with_capacity(options.batch_size);
-        let result = async {
+        // Two stages overlap: while Milvus and the catalog take one batch, the model embeds the
+        // next (a channel of one batch between them), so inference never waits on a write.
+        let (to_writer, mut embedded) = mpsc::channel::<(Vec<NewImage>, Vec<Vec<f32>>)>(1);
+        let embedding = async {
+            // Owned by this stage: dropped when it ends, however it ends, which lets the writer
+            // finish what it has and stop.
+            let to_writer = to_writer;
+            let mut batch: Vec<(NewImage, PreparedImage)> = Vec::with_capacity(options.batch_size);
             while let Some(examined) = receiver.recv().await {
                 match examined {
                     Examined::Unchanged => {
@@ -203,22 +210,36 @@ impl Ingestor {
                     }
                     Examined::Ready { image, prepared } => {
                         batch.push((image, prepared));
-                        if batch.len() >= options.batch_size.max(1) {
-                            let written = self.write_batch(collection, std::mem::take(&mut batch)).await?;
-                            report.indexed += written;
-                            progress.advance(written);
+                        if batch.len() >= options.batch_size.max(1)
+                            && to_writer.send(self.embed(std::mem::take(&mut batch)).await?).await.is_err()
+                        {
+                            return Ok(()); // the writer stopped on an error; it reports it
                         }
                     }
                 }
             }
             if !batch.is_empty() {
-                let written = self.write_batch(collection, std::mem::take(&mut batch)).await?;
-                report.indexed += written;
-                progress.advance(written);
+                let _ = to_writer.send(self.embed(std::mem::take(&mut batch)).await?).await;
             }
             Ok::<(), IngestError>(())
-        }
-        .await;
+        };
+        let writing = async {
+            let mut written = 0u64;
+            while let Some((images, vectors)) = embedded.recv().await {
+                let count = self.write_embedded(collection, images, vectors).await?.len() as u64;
+                written += count;
+                progress.advance(count);
+            }
+            Ok::<u64, IngestError>(written)
+        };
+        let (embedding, writing) = tokio::join!(embedding, writing);
+        let result = match (writing, embedding) {
+            (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+            (Ok(written), Ok(())) => {
+                report.indexed += written;
+                Ok(())
+            }
+        };
         // On error the receiver is dropped here, which stops the workers at their next send.
         drop(receiver);
         for worker in workers {
@@ -298,8 +319,17 @@ impl Ingestor {
         ids.first().copied().ok_or_else(|| IngestError::Worker("no id returned for the image".into()))
     }
 
-    async fn write_batch(&self, collection: &str, batch: Vec<(NewImage, PreparedImage)>) -> Result<u64, IngestError> {
-        Ok(self.write_batch_ids(collection, batch).await?.len() as u64)
+    /// Runs the model over a batch (on the blocking pool: inference is CPU work).
+    async fn embed(
+        &self,
+        batch: Vec<(NewImage, PreparedImage)>,
+    ) -> Result<(Vec<NewImage>, Vec<Vec<f32>>), IngestError> {
+        let (images, prepared): (Vec<NewImage>, Vec<PreparedImage>) = batch.into_iter().unzip();
+        let model = Arc::clone(&self.model);
+        let vectors = tokio::task::spawn_blocking(move || model.embed_batch(&prepared))
+            .await
+            .map_err(|e| IngestError::Worker(e.to_string()))??;
+        Ok((images, vectors))
     }
 
     async fn write_batch_ids(
@@ -307,11 +337,17 @@ impl Ingestor {
         collection: &str,
         batch: Vec<(NewImage, PreparedImage)>,
     ) -> Result<Vec<i64>, IngestError> {
-        let (images, prepared): (Vec<NewImage>, Vec<PreparedImage>) = batch.into_iter().unzip();
-        let model = Arc::clone(&self.model);
-        let vectors = tokio::task::spawn_blocking(move || model.embed_batch(&prepared))
-            .await
-            .map_err(|e| IngestError::Worker(e.to_string()))??;
+        let (images, vectors) = self.embed(batch).await?;
+        self.write_embedded(collection, images, vectors).await
+    }
+
+    /// The write order that makes a kill at any point safe (see the module docs).
+    async fn write_embedded(
+        &self,
+        collection: &str,
+        images: Vec<NewImage>,
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<Vec<i64>, IngestError> {
         let ids = self.catalog.reserve(collection, &images).await?;
         let rows: Vec<VectorRow> = images
             .into_iter()

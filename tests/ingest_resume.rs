@@ -30,7 +30,7 @@ fn ingest_via(milvus: &str, folder: &Path, collection: &str, catalog_url: &str) 
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start imgsearch ingest")
@@ -149,42 +149,5 @@ async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image() {
 
     let end = counts(&catalog, &milvus, &collection).await;
     assert_eq!((end.indexed, end.pending, end.vectors), (total, 0, IMAGES as u64), "one vector per image");
-    milvus.drop_collection(&collection).await.unwrap();
-}
-
-#[tokio::test]
-async fn milvus_going_away_mid_run_fails_clearly_and_a_rerun_finishes_the_job() {
-    let work = tempfile::tempdir().unwrap();
-    let folder = fashion_folder(work.path());
-    let collection = common::unique_collection("outage");
-    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
-    let catalog = Catalog::open(&catalog_url).await.unwrap();
-    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
-    let outage = common::outage::Outage::forward_to(common::milvus_uri().trim_start_matches("http://").into()).await;
-
-    let child = ingest_via(&outage.uri(), &folder, &collection, &catalog_url);
-    loop {
-        if catalog.count(&collection, ImageStatus::Indexed).await.unwrap_or(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    outage.cut();
-    let started = std::time::Instant::now();
-    let output = child.wait_with_output().await.unwrap();
-    let waited = started.elapsed();
-    assert!(!output.status.success(), "the run cannot succeed without Milvus");
-    // Bounded: the 20 s retry budget of one call, plus the batch in flight; not minutes.
-    assert!(waited < Duration::from_secs(60), "gave up only after {waited:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&outage.address.to_string()), "the error names the Milvus address: {stderr}");
-    let partial = counts(&catalog, &milvus, &collection).await;
-    assert!(partial.indexed > 0 && partial.indexed < IMAGES as i64, "work done before the outage is kept");
-
-    outage.restore();
-    let output = ingest_via(&outage.uri(), &folder, &collection, &catalog_url).wait_with_output().await.unwrap();
-    assert!(output.status.success(), "the rerun failed: {}", String::from_utf8_lossy(&output.stderr));
-    let end = counts(&catalog, &milvus, &collection).await;
-    assert_eq!((end.indexed, end.pending, end.vectors), (IMAGES as i64, 0, IMAGES as u64));
     milvus.drop_collection(&collection).await.unwrap();
 }

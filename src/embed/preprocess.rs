@@ -231,9 +231,8 @@ mod tests {
 
     /// A smooth photo-like 1024×768 JPEG (large enough for reduced decoding).
     fn big_jpeg() -> Vec<u8> {
-        let image = image::RgbImage::from_fn(1024, 768, |x, y| {
-            image::Rgb([(x / 4) as u8, (y / 3) as u8, ((x + y) / 8) as u8])
-        });
+        let image =
+            image::RgbImage::from_fn(1024, 768, |x, y| image::Rgb([(x / 4) as u8, (y / 3) as u8, ((x + y) / 8) as u8]));
         let mut out = Cursor::new(Vec::new());
         image.write_to(&mut out, ImageFormat::Jpeg).expect("encoding a JPEG in memory");
         out.into_inner()
