@@ -6,6 +6,8 @@
 //! healed by re-upserting the same id rather than leaving a duplicate vector.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use milvus::v2::prelude::*;
@@ -44,6 +46,8 @@ pub enum StoreError {
         #[source]
         source: milvus::v2::error::Error,
     },
+    #[error("Milvus at {uri} did not answer {operation} on {collection:?} within {seconds} s")]
+    Unanswered { uri: String, operation: &'static str, collection: String, seconds: u64 },
     #[error("timed out after {seconds} s waiting for {what} of {collection:?}")]
     Timeout { what: &'static str, collection: String, seconds: u64 },
 }
@@ -86,6 +90,8 @@ pub struct Hit {
 #[derive(Clone)]
 pub struct MilvusStore {
     client: ClientV2,
+    /// Shared by clones, like the client's own settings.
+    patience_ms: Arc<AtomicU64>,
     uri: String,
 }
 
@@ -113,7 +119,7 @@ impl MilvusStore {
         let client = ClientV2::new(&config)
             .await
             .map_err(|e| StoreError::Connect { uri: uri.to_string(), detail: e.to_string() })?;
-        let store = Self { client, uri: uri.to_string() };
+        let store = Self { client, uri: uri.to_string(), patience_ms: Arc::default() };
         store.set_patience(DEFAULT_PATIENCE);
         Ok(store)
     }
@@ -122,6 +128,7 @@ impl MilvusStore {
     /// retrying on. (The SDK's default retries an unreachable server for minutes, which would
     /// freeze a search request or a reconcile with no word of why.) Applies to every clone.
     pub fn set_patience(&self, patience: Duration) {
+        self.patience_ms.store(u64::try_from(patience.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.client.set_rpc_deadline(patience);
         self.client.set_retry_param(
             RetryConfig::new()
@@ -130,6 +137,24 @@ impl MilvusStore {
                 .initial_backoff(Duration::from_millis(50))
                 .max_backoff(Duration::from_secs(2)),
         );
+    }
+
+    /// The SDK's deadline bounds each attempt once a connection exists, but a call waiting for
+    /// a connection that cannot be re-established (Milvus gone mid-run) waits forever; this
+    /// bound holds whatever the SDK does.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        collection: &str,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        let patience = Duration::from_millis(self.patience_ms.load(Ordering::Relaxed)) + Duration::from_secs(2);
+        tokio::time::timeout(patience, call).await.map_err(|_| StoreError::Unanswered {
+            uri: self.uri.clone(),
+            operation,
+            collection: collection.to_string(),
+            seconds: patience.as_secs(),
+        })
     }
 
     pub fn uri(&self) -> &str {
@@ -141,7 +166,8 @@ impl MilvusStore {
     pub async fn ping(&self) -> Result<()> {
         let op = "health check";
         let request = CheckHealthRequest::builder().build().map_err(|e| self.error(op, "", e))?;
-        let health = self.client.check_health(request).await.map_err(|e| self.error(op, "", e))?;
+        let health =
+            self.bounded(op, "", self.client.check_health(request)).await?.map_err(|e| self.error(op, "", e))?;
         if !health.is_healthy() {
             return Err(StoreError::Unhealthy { uri: self.uri.clone(), reasons: health.reasons().join("; ") });
         }
@@ -154,7 +180,10 @@ impl MilvusStore {
             .collection_name(collection)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        let response = self.client.has_collection(request).await.map_err(|e| self.error(op, collection, e))?;
+        let response = self
+            .bounded(op, collection, self.client.has_collection(request))
+            .await?
+            .map_err(|e| self.error(op, collection, e))?;
         Ok(response.exists())
     }
 
@@ -202,7 +231,9 @@ impl MilvusStore {
             .consistency_level(ConsistencyLevel::Strong)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        self.client.create_collection(request).await.map_err(|e| self.error(op, collection, e))?;
+        self.bounded(op, collection, self.client.create_collection(request))
+            .await?
+            .map_err(|e| self.error(op, collection, e))?;
         tracing::info!(collection, dimension, "created Milvus collection");
         Ok(())
     }
@@ -213,7 +244,10 @@ impl MilvusStore {
             .collection_name(collection)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        let response = self.client.describe_collection(request).await.map_err(|e| self.error(op, collection, e))?;
+        let response = self
+            .bounded(op, collection, self.client.describe_collection(request))
+            .await?
+            .map_err(|e| self.error(op, collection, e))?;
         let description = response.description();
         let vector = description.get_schema().get_fields().iter().find(|f| f.get_name() == VECTOR_FIELD);
         let found = vector.map(|f| i64::from(f.get_dimension())).unwrap_or(-1);
@@ -243,7 +277,7 @@ impl MilvusStore {
                 .sync(false)
                 .build()
                 .map_err(|e| self.error(op, collection, e))?;
-            if let Err(error) = self.client.create_index(request).await {
+            if let Err(error) = self.bounded(op, collection, self.client.create_index(request)).await? {
                 // As with the collection: a concurrent shard may have just created it.
                 if self.index_state(collection).await?.is_none() {
                     return Err(self.error(op, collection, error));
@@ -277,7 +311,7 @@ impl MilvusStore {
             .field_name(VECTOR_FIELD)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        match self.client.describe_index(request).await {
+        match self.bounded(op, collection, self.client.describe_index(request)).await? {
             Ok(response) => Ok(response
                 .indexes()
                 .iter()
@@ -295,7 +329,9 @@ impl MilvusStore {
             .collection_name(collection)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        self.client.load_collection(request).await.map_err(|e| self.error(op, collection, e))
+        self.bounded(op, collection, self.client.load_collection(request))
+            .await?
+            .map_err(|e| self.error(op, collection, e))
     }
 
     /// Inserts or replaces rows by id.
@@ -316,7 +352,7 @@ impl MilvusStore {
             .map_err(|e| self.error(op, collection, e))?;
         let request =
             UpsertRequest::builder().insert(rows_request).build().map_err(|e| self.error(op, collection, e))?;
-        self.client.upsert(request).await.map_err(|e| self.error(op, collection, e))?;
+        self.bounded(op, collection, self.client.upsert(request)).await?.map_err(|e| self.error(op, collection, e))?;
         Ok(())
     }
 
@@ -332,7 +368,7 @@ impl MilvusStore {
             .filter(format!("{ID_FIELD} in [{list}]"))
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        self.client.delete(request).await.map_err(|e| self.error(op, collection, e))?;
+        self.bounded(op, collection, self.client.delete(request)).await?.map_err(|e| self.error(op, collection, e))?;
         Ok(())
     }
 
@@ -345,7 +381,10 @@ impl MilvusStore {
             .consistency_level(ConsistencyLevel::Strong)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        let response = self.client.query(request).await.map_err(|e| self.not_found_or(op, collection, e))?;
+        let response = self
+            .bounded(op, collection, self.client.query(request))
+            .await?
+            .map_err(|e| self.not_found_or(op, collection, e))?;
         let rows = response.results().rows().map_err(|e| self.error(op, collection, e))?;
         let mut count = 0;
         for row in rows {
@@ -374,7 +413,10 @@ impl MilvusStore {
             .consistency_level(ConsistencyLevel::Strong)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        let response = self.client.search(request).await.map_err(|e| self.not_found_or(op, collection, e))?;
+        let response = self
+            .bounded(op, collection, self.client.search(request))
+            .await?
+            .map_err(|e| self.not_found_or(op, collection, e))?;
         let mut hits = Vec::new();
         for result in response.results() {
             for row in result.rows().map_err(|e| self.error(op, collection, e))? {
@@ -395,7 +437,9 @@ impl MilvusStore {
             .collection_name(collection)
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        self.client.drop_collection(request).await.map_err(|e| self.error(op, collection, e))
+        self.bounded(op, collection, self.client.drop_collection(request))
+            .await?
+            .map_err(|e| self.error(op, collection, e))
     }
 
     fn error(
