@@ -48,6 +48,25 @@ fn start_controller(client: &kube::Client) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(test_context(client)))
 }
 
+/// An ImageCollection over the `photos` claim with its own Milvus collection.
+fn photos_collection(name: &str, milvus_uri: String, collection: &str, deletion_policy: &str) -> ImageCollection {
+    ImageCollection::new(
+        name,
+        spec(json!({
+            "milvus": { "uri": milvus_uri },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": deletion_policy
+        })),
+    )
+}
+
+/// Deletes the object and waits until the finalizer has let it go.
+async fn delete_and_wait(api: &Api<ImageCollection>, server: &FakeApiServer, name: &str) {
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", name).is_none().then_some(())).await;
+}
+
 fn spec(value: Value) -> ImageCollectionSpec {
     serde_json::from_value(value).expect("a valid spec")
 }
@@ -120,9 +139,7 @@ async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_serv
     eventually("the generation-2 Job", || server.object("batch/v1/jobs", "shop", "products-ingest-g2")).await;
 
     // Delete with deletionPolicy Delete: the Milvus collection goes, then the object.
-    api.delete("products", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "products").is_none().then_some(()))
-        .await;
+    delete_and_wait(&api, &server, "products").await;
     assert!(!milvus.has_collection(&collection).await.unwrap(), "the Milvus collection was dropped");
     controller.abort();
 }
@@ -163,15 +180,7 @@ async fn milvus_going_away_is_reported_and_recovered_from_without_a_restart() {
     let milvus = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
     let collection = common::unique_collection("outage");
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
-    let object = ImageCollection::new(
-        "flaky",
-        spec(json!({
-            "milvus": { "uri": milvus.uri() },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": "Delete"
-        })),
-    );
+    let object = photos_collection("flaky", milvus.uri(), &collection, "Delete");
     api.create(&PostParams::default(), &object).await.unwrap();
     let collection_ready = |wanted: &'static str| {
         let server = server.clone();
@@ -200,8 +209,7 @@ async fn milvus_going_away_is_reported_and_recovered_from_without_a_restart() {
     let (reason, _) = eventually("recovery once Milvus is back", collection_ready("True")).await;
     assert_eq!(reason, "CollectionLoaded");
 
-    api.delete("flaky", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "flaky").is_none().then_some(())).await;
+    delete_and_wait(&api, &server, "flaky").await;
     controller.abort();
 }
 
@@ -216,15 +224,7 @@ async fn a_spec_that_would_replace_an_existing_collection_is_refused_with_a_cond
     milvus.ensure_collection(&collection, 8, &IndexSpec::default()).await.unwrap();
     let controller = start_controller(&client);
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
-    let object = ImageCollection::new(
-        "clash",
-        spec(json!({
-            "milvus": { "uri": common::milvus_uri() },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": "Retain"
-        })),
-    );
+    let object = photos_collection("clash", common::milvus_uri(), &collection, "Retain");
     api.create(&PostParams::default(), &object).await.unwrap();
 
     let refused = eventually("the refusal in status", || {
@@ -268,20 +268,11 @@ async fn deleting_with_retain_keeps_the_milvus_collection() {
     let controller = start_controller(&client);
     let collection = common::unique_collection("retain");
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
-    let object = ImageCollection::new(
-        "kept",
-        spec(json!({
-            "milvus": { "uri": common::milvus_uri() },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": "Retain"
-        })),
-    );
+    let object = photos_collection("kept", common::milvus_uri(), &collection, "Retain");
     api.create(&PostParams::default(), &object).await.unwrap();
     eventually("a status", || server.object(COLLECTIONS, "shop", "kept")?["status"]["phase"].as_str().map(|_| ()))
         .await;
-    api.delete("kept", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "kept").is_none().then_some(())).await;
+    delete_and_wait(&api, &server, "kept").await;
     assert!(server.object("apps/v1/deployments", "shop", "kept-search").is_none(), "children go with it");
 
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
@@ -299,15 +290,7 @@ async fn a_blocked_deletion_keeps_the_object_and_says_why_until_milvus_answers()
     let milvus = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
     let collection = common::unique_collection("blocked");
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
-    let object = ImageCollection::new(
-        "doomed",
-        spec(json!({
-            "milvus": { "uri": milvus.uri() },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": "Delete"
-        })),
-    );
+    let object = photos_collection("doomed", milvus.uri(), &collection, "Delete");
     api.create(&PostParams::default(), &object).await.unwrap();
     eventually("the collection to be ready", || {
         let object = server.object(COLLECTIONS, "shop", "doomed")?;
@@ -344,15 +327,7 @@ async fn a_restarted_controller_adopts_the_running_ingest_job_instead_of_startin
     let first = start_controller(&client);
     let collection = common::unique_collection("restart");
     let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
-    let object = ImageCollection::new(
-        "steady",
-        spec(json!({
-            "milvus": { "uri": common::milvus_uri() },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": "Delete"
-        })),
-    );
+    let object = photos_collection("steady", common::milvus_uri(), &collection, "Delete");
     api.create(&PostParams::default(), &object).await.unwrap();
     let job = eventually("the ingest Job", || server.object("batch/v1/jobs", "shop", "steady-ingest-g1")).await;
     first.abort();
@@ -377,8 +352,7 @@ async fn a_restarted_controller_adopts_the_running_ingest_job_instead_of_startin
     assert_eq!(jobs.len(), 1, "one ingest Job, not a second one: {jobs:?}");
     assert_eq!(jobs[0]["metadata"]["uid"], job["metadata"]["uid"], "the very same Job");
     assert_eq!(status_of(&server, "steady")["lastIngest"]["job"], "steady-ingest-g1", "status reports the adopted Job");
-    api.delete("steady", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "steady").is_none().then_some(())).await;
+    delete_and_wait(&api, &server, "steady").await;
     second.abort();
 }
 
@@ -435,8 +409,7 @@ async fn a_schedule_becomes_a_rescan_cronjob_that_goes_when_the_schedule_does() 
         server.object("batch/v1/cronjobs", "shop", "nightly-rescan").is_none().then_some(())
     })
     .await;
-    api.delete("nightly", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "nightly").is_none().then_some(())).await;
+    delete_and_wait(&api, &server, "nightly").await;
     controller.abort();
 }
 
@@ -463,15 +436,7 @@ async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_di
 
     let collection = common::unique_collection("leader");
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
-    let object = ImageCollection::new(
-        "elected",
-        spec(json!({
-            "milvus": { "uri": common::milvus_uri() },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": "Delete"
-        })),
-    );
+    let object = photos_collection("elected", common::milvus_uri(), &collection, "Delete");
     api.create(&PostParams::default(), &object).await.unwrap();
     eventually("a status from the leader", || status_of(&server, "elected")["phase"].as_str().map(|_| ())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -494,7 +459,6 @@ async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_di
         server.object("coordination.k8s.io/v1/leases", "imgsearch-system", "imgsearch-controller").unwrap();
     assert_eq!(lease_object["spec"]["leaseTransitions"], 1);
 
-    api.delete("elected", &DeleteParams::default()).await.unwrap();
-    eventually("the object to be gone", || server.object(COLLECTIONS, "shop", "elected").is_none().then_some(())).await;
+    delete_and_wait(&api, &server, "elected").await;
     second_task.abort();
 }

@@ -47,7 +47,7 @@ pub async fn run(context: Arc<Context>, lease: Option<LeaseSettings>) -> Result<
     let mut elector = LeaderElector::new(context.client.clone(), settings);
     tokio::select! {
         () = elector.acquire(|answered| metrics.api_reachable.store(answered, Ordering::Relaxed)) => {}
-        () = shutdown_signal() => return Ok(()),
+        () = crate::cli::shutdown_signal() => return Ok(()),
     }
     metrics.leader.set(1);
     let outcome = tokio::select! {
@@ -61,20 +61,5 @@ pub async fn run(context: Arc<Context>, lease: Option<LeaseSettings>) -> Result<
             Ok(())
         }
         Err(lost) => Err(lost.into()),
-    }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
