@@ -188,7 +188,7 @@ impl Ingestor {
 
         // Two stages overlap: while Milvus and the catalog take one batch, the model embeds the
         // next (a channel of one batch between them), so inference never waits on a write.
-        let (to_writer, mut embedded) = mpsc::channel::<(Vec<NewImage>, Vec<Vec<f32>>)>(1);
+        let (to_writer, embedded) = mpsc::channel::<(Vec<NewImage>, Vec<Vec<f32>>)>(1);
         let embedding = async {
             // Owned by this stage: dropped when it ends, however it ends, which lets the writer
             // finish what it has and stop.
@@ -224,6 +224,9 @@ impl Ingestor {
             Ok::<(), IngestError>(())
         };
         let writing = async {
+            // Owned here too: a writer that fails drops its receiver, so the embedding stage's
+            // next send fails and it stops, instead of waiting forever on a full channel.
+            let mut embedded = embedded;
             let mut written = 0u64;
             while let Some((images, vectors)) = embedded.recv().await {
                 let count = self.write_embedded(collection, images, vectors).await?.len() as u64;

@@ -2,6 +2,8 @@
 //! several moments of a run (one of them between the catalog reservation and its `indexed`
 //! mark, the window the write order exists for), rerun each time, and finally run to the end.
 //! The collection must then hold exactly one vector per image and the catalog agree with it.
+//! Likewise when Milvus goes away mid-run: the run fails within its retry budget, names the
+//! server, keeps what it wrote, and a rerun finishes the job.
 
 mod common;
 
@@ -16,10 +18,10 @@ use tokio::process::{Child, Command};
 const IMAGES: usize = 150;
 
 fn ingest(folder: &Path, collection: &str, catalog_url: &str) -> Child {
-    ingest_via(&common::milvus_uri(), folder, collection, catalog_url)
+    ingest_via(&common::milvus_uri(), folder, collection, catalog_url, Stdio::null())
 }
 
-fn ingest_via(milvus: &str, folder: &Path, collection: &str, catalog_url: &str) -> Child {
+fn ingest_via(milvus: &str, folder: &Path, collection: &str, catalog_url: &str, stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_imgsearch"))
         .arg("ingest")
         .arg(folder)
@@ -30,7 +32,7 @@ fn ingest_via(milvus: &str, folder: &Path, collection: &str, catalog_url: &str) 
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("start imgsearch ingest")
@@ -149,5 +151,50 @@ async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image() {
 
     let end = counts(&catalog, &milvus, &collection).await;
     assert_eq!((end.indexed, end.pending, end.vectors), (total, 0, IMAGES as u64), "one vector per image");
+    milvus.drop_collection(&collection).await.unwrap();
+}
+
+#[tokio::test]
+async fn milvus_going_away_mid_run_fails_clearly_and_a_rerun_finishes_the_job() {
+    let work = tempfile::tempdir().unwrap();
+    let folder = fashion_folder(work.path());
+    let collection = common::unique_collection("outage");
+    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
+    let catalog = Catalog::open(&catalog_url).await.unwrap();
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    let outage = common::outage::Outage::forward_to(common::milvus_uri().trim_start_matches("http://").into()).await;
+
+    let mut child = ingest_via(&outage.uri(), &folder, &collection, &catalog_url, Stdio::piped());
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
+        if catalog.count(&collection, ImageStatus::Indexed).await.unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    outage.cut();
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the run hung after Milvus went away")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(!output.status.success(), "the run cannot succeed without Milvus");
+    // Bounded: the 20 s retry budget of one call, plus the batch in flight; not minutes.
+    assert!(waited < Duration::from_secs(60), "gave up only after {waited:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&outage.address.to_string()), "the error names the Milvus address: {stderr}");
+    let partial = counts(&catalog, &milvus, &collection).await;
+    assert!(partial.indexed > 0 && partial.indexed < IMAGES as i64, "work done before the outage is kept");
+    assert!(partial.vectors >= partial.indexed as u64 && partial.vectors <= (partial.indexed + partial.pending) as u64);
+
+    outage.restore();
+    let output =
+        ingest_via(&outage.uri(), &folder, &collection, &catalog_url, Stdio::piped()).wait_with_output().await.unwrap();
+    assert!(output.status.success(), "the rerun failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(report["skipped"].as_i64().unwrap(), partial.indexed, "the rerun keeps the earlier work: {report}");
+    let end = counts(&catalog, &milvus, &collection).await;
+    assert_eq!((end.indexed, end.pending, end.vectors), (IMAGES as i64, 0, IMAGES as u64));
     milvus.drop_collection(&collection).await.unwrap();
 }
