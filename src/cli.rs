@@ -13,6 +13,7 @@ use crate::catalog::Catalog;
 use crate::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
 use crate::ingest::{IngestOptions, Ingestor};
 use crate::progress::Progress;
+use crate::source::{Source, SourceError, s3, urls};
 use crate::standalone::MilvusLite;
 use crate::store::{IndexSpec, MilvusStore};
 
@@ -25,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Embed the images of a folder into a Milvus collection and the catalog.
+    /// Embed the images of a folder, bucket or URL list into a Milvus collection and the catalog.
     Ingest(IngestArgs),
     /// Run the search API and web page.
     Serve(ServeArgs),
@@ -157,10 +158,52 @@ impl BatchArgs {
     }
 }
 
+/// Where `imgsearch ingest` reads images: a folder, a bucket or a URL list.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// A folder of images (searched recursively) or an S3 location, `s3://bucket/prefix`.
+    #[arg(required_unless_present = "url_list", conflicts_with = "url_list")]
+    pub source: Option<String>,
+    /// A file listing image URLs, one per line (blank lines and `#` comments are ignored).
+    #[arg(long, env = "IMGSEARCH_URL_LIST")]
+    pub url_list: Option<PathBuf>,
+    /// Internal networks URL-list fetches may reach (CIDRs, comma-separated). Private,
+    /// loopback, link-local and metadata addresses are refused unless listed here.
+    #[arg(long, env = "IMGSEARCH_ALLOW_PRIVATE_NETWORKS", value_delimiter = ',')]
+    pub allow_private_network: Vec<String>,
+    /// Time limit for fetching one URL, body included.
+    #[arg(long, env = "IMGSEARCH_URL_TIMEOUT_SECONDS", default_value_t = urls::REQUEST_TIMEOUT.as_secs())]
+    pub url_timeout_seconds: u64,
+    /// Endpoint of a non-AWS S3-compatible store, e.g. http://minio.storage:9000.
+    #[arg(long, env = "IMGSEARCH_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Region of the bucket (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+}
+
+impl SourceArgs {
+    pub fn open(&self) -> Result<Source, SourceError> {
+        if let Some(list) = &self.url_list {
+            let fetcher = urls::Fetcher::new(
+                urls::AllowedNetworks::parse(&self.allow_private_network)?,
+                std::time::Duration::from_secs(self.url_timeout_seconds.max(1)),
+            )?;
+            return Ok(Source::Urls(urls::UrlList::read(list, fetcher)?));
+        }
+        let source = self.source.as_deref().unwrap_or_default();
+        if source.starts_with("s3://") {
+            let settings = s3::S3Settings { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone() };
+            return Ok(Source::S3(s3::Bucket::connect(s3::S3Location::parse(source)?, &settings)?));
+        }
+        Source::directory(std::path::Path::new(source))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// Folder of images (searched recursively).
-    pub folder: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Collection to ingest into.
     #[arg(long, env = "IMGSEARCH_COLLECTION", default_value = "images")]
     pub collection: String,
@@ -173,7 +216,7 @@ pub struct IngestArgs {
     /// How many shards split the source, by a hash of each image's path.
     #[arg(long, env = "IMGSEARCH_SHARD_COUNT", default_value_t = 1)]
     pub shard_count: u32,
-    /// Remove images that are gone from the folder (only within it, and only in this shard).
+    /// Remove images that are gone from the source (only its own, and only in this shard).
     #[arg(long, env = "IMGSEARCH_PRUNE")]
     pub prune: bool,
     /// Also write the summary as compact JSON (≤ 4 KiB) to this file. Ingest Jobs point it at
@@ -366,9 +409,10 @@ async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) ->
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let shard = crate::source::Shard::new(args.shard_index, args.shard_count)
         .map_err(|problem| anyhow::anyhow!("--shard-index/--shard-count: {problem}"))?;
+    let source = args.source.open()?;
     let ingestor = connect(&args.backend, &args.model, &args.index).await?;
     let options = IngestOptions { shard, prune: args.prune, ..args.batch.options(&args.collection) };
-    let Some(report) = ingest_until_interrupted(&ingestor, &args.folder, &options).await? else {
+    let Some(report) = ingest_until_interrupted(&ingestor, &source, &options).await? else {
         anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
     };
     if let Some(path) = &args.summary_file {
@@ -390,12 +434,12 @@ const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 /// is safe: the write order lets a rerun finish the job (see ingest.rs).
 async fn ingest_until_interrupted(
     ingestor: &Ingestor,
-    folder: &std::path::Path,
+    source: &Source,
     options: &IngestOptions,
 ) -> anyhow::Result<Option<crate::ingest::IngestReport>> {
     let progress = Progress::visible();
     tokio::select! {
-        report = ingestor.ingest_directory(folder, options, &progress) => Ok(Some(report?)),
+        report = ingestor.ingest(source, options, &progress) => Ok(Some(report?)),
         () = shutdown_signal() => {
             progress.finish();
             Ok(None)
@@ -447,7 +491,7 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
     };
     let ingestor = connect(&backend, &args.model, &args.index).await?;
     let options = args.batch.options(&args.collection);
-    let Some(report) = ingest_until_interrupted(&ingestor, &args.images, &options).await? else {
+    let Some(report) = ingest_until_interrupted(&ingestor, &Source::directory(&args.images)?, &options).await? else {
         eprintln!("interrupted during ingest; stopping");
         return Ok(());
     };

@@ -71,15 +71,15 @@ pub fn evaluate(
     for chunk in files.chunks(batch_size.max(1)) {
         let mut prepared = Vec::new();
         for file in chunk {
-            let label = file
-                .path
+            let path = Path::new(&file.uri);
+            let label = path
                 .strip_prefix(&root)
                 .ok()
                 .and_then(|p| p.components().next())
                 .map(|c| c.as_os_str().to_string_lossy().to_string());
-            let bytes = std::fs::read(&file.path).ok();
+            let bytes = std::fs::read(path).ok();
             match (label, bytes.map(|b| preprocess::prepare(&b, limits, model.input_size()))) {
-                (Some(label), Some(Ok(image))) if file.path.parent() != Some(root.as_path()) => {
+                (Some(label), Some(Ok(image))) if path.parent() != Some(root.as_path()) => {
                     labels.push(label);
                     prepared.push(image);
                 }

@@ -1,9 +1,9 @@
-//! source → decode → embed → (Milvus, catalog).
+//! source → read → decode → embed → (Milvus, catalog).
 //!
-//! Stages run concurrently: decode workers (plain threads: decoding is CPU work) read, hash,
-//! check and preprocess files and hand them over a bounded channel, so memory stays flat however
-//! large the folder is, while this task batches them through the model; a second stage writes
-//! each embedded batch to Milvus and the catalog while the model works on the next one.
+//! Stages run concurrently over bounded channels, so memory stays flat however large the source
+//! is: reads (several in flight, for network sources), decode workers (plain threads: decoding
+//! is CPU work) that hash, check and preprocess, the model batching what they produce, and a
+//! writer taking each embedded batch to Milvus and the catalog while the model works on the next.
 //!
 //! Write order, chosen so that a run killed at any point can simply be run again:
 //! 1. catalog: reserve the image's id, status `pending` (an existing URI keeps its id);
@@ -13,11 +13,12 @@
 //! A rerun skips images whose URI and content hash are already `indexed` (or `failed`, since the
 //! same bytes fail the same way) and redoes `pending` ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use futures::StreamExt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,11 +28,10 @@ use crate::catalog::{Catalog, CatalogError, ImageStatus, KnownImage, NewImage};
 use crate::embed::preprocess::{self, DecodeLimits, PreparedImage};
 use crate::embed::{EmbedError, EmbeddingModel};
 use crate::progress::Progress;
-use crate::source::{self, Shard, SourceError, SourceImage};
+use crate::source::{ReadError, Shard, Source, SourceError, SourceImage};
 use crate::store::{IndexSpec, MAX_URI_LENGTH, MilvusStore, StoreError, VectorRow};
 
-/// Files larger than this are recorded as failed without being read whole.
-pub const MAX_FILE_BYTES: u64 = 256 << 20;
+pub use crate::source::MAX_FILE_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -143,17 +143,51 @@ impl IngestReport {
     }
 }
 
-/// What a decode worker found out about one file.
+/// One image as the reading stage hands it to the decoders.
+struct Fetched {
+    image: SourceImage,
+    bytes: Result<Vec<u8>, ReadError>,
+}
+
+/// What a decode worker found out about one image.
 enum Examined {
     Unchanged,
-    Failed { uri: String, content_hash: Option<String>, size_bytes: Option<i64>, reason: String },
-    Ready { image: NewImage, prepared: PreparedImage },
+    Failed {
+        uri: String,
+        content_hash: Option<String>,
+        size_bytes: Option<i64>,
+        reason: String,
+        /// Only unavailable for now (a timeout, a server error): an indexed copy stays indexed.
+        transient: bool,
+    },
+    Ready {
+        image: NewImage,
+        prepared: PreparedImage,
+    },
 }
 
 impl Ingestor {
+    /// Ingests a folder (see [`Ingestor::ingest`]).
     pub async fn ingest_directory(
         &self,
         root: &Path,
+        options: &IngestOptions,
+        progress: &Progress,
+    ) -> Result<IngestReport, IngestError> {
+        self.ingest(&Source::directory(root)?, options, progress).await
+    }
+
+    /// Lists the source (this run's shard of it) and brings the collection and the catalog up
+    /// to date with it.
+    ///
+    /// Four stages run at once, joined by bounded channels: reading (several reads in flight),
+    /// decoding (plain threads: CPU work), embedding (batches through the model) and writing
+    /// (Milvus, then the catalog). Each stage owns its ends of the channels, so when one stops,
+    /// on success or on an error, its neighbours see a closed channel and stop too; nothing
+    /// waits forever on a stage that is gone.
+    pub async fn ingest(
+        &self,
+        source: &Source,
         options: &IngestOptions,
         progress: &Progress,
     ) -> Result<IngestReport, IngestError> {
@@ -162,12 +196,9 @@ impl Ingestor {
         crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
         self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
 
-        let folder = root.to_path_buf();
-        let mut files = tokio::task::spawn_blocking(move || source::list_directory(&folder))
-            .await
-            .map_err(|e| IngestError::Worker(e.to_string()))??;
+        let mut files = source.list().await?;
         files.retain(|file| options.shard.contains(&file.uri));
-        let listed: std::collections::HashSet<String> =
+        let listed: HashSet<String> =
             if options.prune { files.iter().map(|f| f.uri.clone()).collect() } else { Default::default() };
         let known = self.catalog.known_images(collection).await?;
         let mut report =
@@ -175,6 +206,7 @@ impl Ingestor {
         // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
         tracing::info!(
             collection,
+            source = source.describe(),
             images = files.len(),
             shard = options.shard.index,
             shards = options.shard.count,
@@ -182,27 +214,52 @@ impl Ingestor {
         );
         progress.begin(files.len() as u64);
 
-        let (sender, mut receiver) = mpsc::channel::<Examined>(options.batch_size.max(1) * 2);
-        let workers =
-            spawn_decoders(files, known.clone(), sender, self.limits, self.model.input_size(), options.decode_workers);
+        let decode_workers = options.decode_workers.max(1);
+        let (to_decoders, fetched) = mpsc::channel::<Fetched>(decode_workers * 2);
+        let reading = async {
+            let to_decoders = to_decoders;
+            let mut reads = futures::stream::iter(files)
+                .map(|image| async move {
+                    let bytes = source.read(&image).await;
+                    Fetched { image, bytes }
+                })
+                .buffered(source.read_concurrency());
+            while let Some(fetched) = reads.next().await {
+                // The source itself is gone: stop reading; what is already read still gets
+                // written, since the later stages drain their channels before they stop.
+                if let Err(ReadError::Source(error)) = fetched.bytes {
+                    return Err(IngestError::Source(error));
+                }
+                if to_decoders.send(fetched).await.is_err() {
+                    break; // a later stage stopped; it reports why
+                }
+            }
+            Ok::<(), IngestError>(())
+        };
 
-        // Two stages overlap: while Milvus and the catalog take one batch, the model embeds the
-        // next (a channel of one batch between them), so inference never waits on a write.
+        let (to_embedder, decoded) = mpsc::channel::<Examined>(options.batch_size.max(1) * 2);
+        let workers =
+            spawn_decoders(fetched, known.clone(), to_embedder, self.limits, self.model.input_size(), decode_workers);
+
+        // Embedding and writing overlap: while Milvus and the catalog take one batch, the model
+        // embeds the next (a channel of one batch between them), so inference never waits on a
+        // write.
         let (to_writer, embedded) = mpsc::channel::<(Vec<NewImage>, Vec<Vec<f32>>)>(1);
         let embedding = async {
-            // Owned by this stage: dropped when it ends, however it ends, which lets the writer
-            // finish what it has and stop.
-            let to_writer = to_writer;
+            let (mut decoded, to_writer) = (decoded, to_writer);
             let mut batch: Vec<(NewImage, PreparedImage)> = Vec::with_capacity(options.batch_size);
-            while let Some(examined) = receiver.recv().await {
+            while let Some(examined) = decoded.recv().await {
                 match examined {
                     Examined::Unchanged => {
                         report.skipped += 1;
                         progress.advance(1);
                     }
-                    Examined::Failed { uri, content_hash, size_bytes, reason } => {
-                        self.record_failure(collection, &known, &uri, content_hash.as_deref(), size_bytes, &reason)
-                            .await?;
+                    Examined::Failed { uri, content_hash, size_bytes, reason, transient } => {
+                        let indexed = known.get(&uri).is_some_and(|k| k.status == ImageStatus::Indexed);
+                        if !(transient && indexed) {
+                            self.record_failure(collection, &known, &uri, content_hash.as_deref(), size_bytes, &reason)
+                                .await?;
+                        }
                         tracing::warn!(collection, uri, reason, "image failed");
                         report.failed += 1;
                         report.failures.push(IngestFailure { uri, reason });
@@ -224,8 +281,6 @@ impl Ingestor {
             Ok::<(), IngestError>(())
         };
         let writing = async {
-            // Owned here too: a writer that fails drops its receiver, so the embedding stage's
-            // next send fails and it stops, instead of waiting forever on a full channel.
             let mut embedded = embedded;
             let mut written = 0u64;
             while let Some((images, vectors)) = embedded.recv().await {
@@ -235,25 +290,21 @@ impl Ingestor {
             }
             Ok::<u64, IngestError>(written)
         };
-        let (embedding, writing) = tokio::join!(embedding, writing);
-        let result = match (writing, embedding) {
-            (Err(error), _) | (Ok(_), Err(error)) => Err(error),
-            (Ok(written), Ok(())) => {
-                report.indexed += written;
-                Ok(())
-            }
-        };
-        // On error the receiver is dropped here, which stops the workers at their next send.
-        drop(receiver);
+        let (reading, embedding, writing) = tokio::join!(reading, embedding, writing);
+        // The decoders have stopped too: their input is closed or their output is gone.
         for worker in workers {
             if worker.join().is_err() {
                 return Err(IngestError::Worker("a decode thread panicked".into()));
             }
         }
         progress.finish();
-        result?;
+        // The first stage to fail is the one to blame: a write error stops embedding, which
+        // stops reading, not the other way round.
+        report.indexed += writing?;
+        embedding?;
+        reading?;
         if options.prune {
-            report.pruned = self.prune(collection, root, options.shard, &known, &listed).await?;
+            report.pruned = self.prune(collection, source, options.shard, &known, &listed).await?;
         }
 
         report.seconds = started.elapsed().as_secs_f64();
@@ -271,34 +322,43 @@ impl Ingestor {
         Ok(report)
     }
 
-    /// Removes catalogued images under `root` and in `shard` that the listing no longer has:
+    /// Removes catalogued images of this source and shard that the listing no longer has:
     /// Milvus first, then the catalog, so a kill in between leaves rows the next prune finds
-    /// again (deleting an absent vector is a no-op). Images of other folders, uploads and other
+    /// again (deleting an absent vector is a no-op). Images of other sources, uploads and other
     /// shards are never touched.
     async fn prune(
         &self,
         collection: &str,
-        root: &Path,
+        source: &Source,
         shard: Shard,
         known: &HashMap<String, KnownImage>,
-        listed: &std::collections::HashSet<String>,
+        listed: &HashSet<String>,
     ) -> Result<u64, IngestError> {
-        let root =
-            root.canonicalize().map_err(|source| SourceError::Unreadable { path: root.to_path_buf(), source })?;
-        let prefix = format!("{}/", root.display());
         let gone: Vec<i64> = known
             .iter()
-            .filter(|(uri, _)| uri.starts_with(&prefix) && shard.contains(uri) && !listed.contains(*uri))
+            .filter(|(uri, _)| source.owns(uri) && shard.contains(uri) && !listed.contains(*uri))
             .map(|(_, image)| image.id)
             .collect();
         if gone.is_empty() {
+            return Ok(0);
+        }
+        // A source that lists nothing at all is far more often misconfigured (a wrong prefix, an
+        // empty mount) than emptied on purpose; emptying the collection then would be the wrong
+        // guess, and an expensive one.
+        if listed.is_empty() {
+            tracing::warn!(
+                collection,
+                source = source.describe(),
+                catalogued = gone.len(),
+                "the source listed no images; not pruning (delete the images explicitly if that is intended)"
+            );
             return Ok(0);
         }
         for chunk in gone.chunks(1000) {
             self.store.delete(collection, chunk).await?;
             self.catalog.delete_images(chunk).await?;
         }
-        tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the folder");
+        tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the source");
         Ok(gone.len() as u64)
     }
 
@@ -382,29 +442,28 @@ impl Ingestor {
 }
 
 fn spawn_decoders(
-    files: Vec<SourceImage>,
+    fetched: mpsc::Receiver<Fetched>,
     known: HashMap<String, KnownImage>,
-    sender: mpsc::Sender<Examined>,
+    to_embedder: mpsc::Sender<Examined>,
     limits: DecodeLimits,
     input_size: u32,
     workers: usize,
 ) -> Vec<std::thread::JoinHandle<()>> {
-    let files = Arc::new(files);
+    let fetched = Arc::new(Mutex::new(fetched));
     let known = Arc::new(known);
-    let next = Arc::new(AtomicUsize::new(0));
     (0..workers.max(1))
         .map(|n| {
-            let (files, known, next, sender) =
-                (Arc::clone(&files), Arc::clone(&known), Arc::clone(&next), sender.clone());
+            let (fetched, known, to_embedder) = (Arc::clone(&fetched), Arc::clone(&known), to_embedder.clone());
             std::thread::Builder::new()
                 .name(format!("decode-{n}"))
                 .spawn(move || {
                     loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(file) = files.get(index) else { break };
-                        let examined = examine(file, known.get(&file.uri), limits, input_size);
-                        if sender.blocking_send(examined).is_err() {
-                            break; // the writer stopped (error or shutdown)
+                        // The lock is held only while waiting for the next image, not while decoding.
+                        let next = fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).blocking_recv();
+                        let Some(Fetched { image, bytes }) = next else { break };
+                        let examined = examine(&image.uri, bytes, known.get(&image.uri), limits, input_size);
+                        if to_embedder.blocking_send(examined).is_err() {
+                            break; // the embedding stage stopped (error or shutdown)
                         }
                     }
                 })
@@ -413,30 +472,37 @@ fn spawn_decoders(
         .collect()
 }
 
-fn examine(file: &SourceImage, known: Option<&KnownImage>, limits: DecodeLimits, input_size: u32) -> Examined {
+fn examine(
+    uri: &str,
+    bytes: Result<Vec<u8>, ReadError>,
+    known: Option<&KnownImage>,
+    limits: DecodeLimits,
+    input_size: u32,
+) -> Examined {
     let failed = |content_hash: Option<String>, size_bytes: Option<i64>, reason: String| Examined::Failed {
-        uri: file.uri.clone(),
+        uri: uri.to_string(),
         content_hash,
         size_bytes,
         reason,
+        transient: false,
     };
-    if file.uri.len() > MAX_URI_LENGTH as usize {
-        return failed(
-            None,
-            None,
-            format!("path is {} bytes long, over the limit of {MAX_URI_LENGTH}", file.uri.len()),
-        );
+    if uri.len() > MAX_URI_LENGTH as usize {
+        return failed(None, None, format!("URI is {} bytes long, over the limit of {MAX_URI_LENGTH}", uri.len()));
     }
-    let size = match std::fs::metadata(&file.path) {
-        Ok(meta) => meta.len(),
-        Err(e) => return failed(None, None, format!("cannot read file: {e}")),
-    };
-    if size > MAX_FILE_BYTES {
-        return failed(None, Some(size as i64), format!("file is {size} bytes, over the limit of {MAX_FILE_BYTES}"));
-    }
-    let bytes = match std::fs::read(&file.path) {
+    let bytes = match bytes {
         Ok(bytes) => bytes,
-        Err(e) => return failed(None, Some(size as i64), format!("cannot read file: {e}")),
+        Err(ReadError::Unusable { reason, size_bytes }) => {
+            return failed(None, size_bytes.map(|size| size as i64), reason);
+        }
+        Err(error @ (ReadError::Unavailable { .. } | ReadError::Source(_))) => {
+            return Examined::Failed {
+                uri: uri.to_string(),
+                content_hash: None,
+                size_bytes: None,
+                reason: error.to_string(),
+                transient: true,
+            };
+        }
     };
     let content_hash = hex::encode(Sha256::digest(&bytes));
     if let Some(known) = known
@@ -448,7 +514,7 @@ fn examine(file: &SourceImage, known: Option<&KnownImage>, limits: DecodeLimits,
     match preprocess::prepare(&bytes, limits, input_size) {
         Ok(prepared) => Examined::Ready {
             image: NewImage {
-                uri: file.uri.clone(),
+                uri: uri.to_string(),
                 content_hash,
                 size_bytes: bytes.len() as i64,
                 width: i64::from(prepared.width),

@@ -1,9 +1,22 @@
-//! Where images come from. Today: a directory (a local folder or a mounted PVC).
+//! Where images come from: a directory (a local folder or a mounted PVC), an S3-compatible
+//! bucket, or a list of URLs. Each source lists its images under stable URIs (the catalog key,
+//! returned by search) and reads one image's bytes, capped at [`MAX_FILE_BYTES`].
+//!
+//! Read failures come in three kinds, because they call for different actions: an image that is
+//! unusable (too large, gone, refused) is recorded as failed; one that is only unavailable now
+//! (a timeout, a server error) fails this run but keeps what was indexed before; a source that
+//! cannot be reached at all stops the run, so an outage never marks a whole collection failed.
+
+pub mod s3;
+pub mod urls;
 
 use std::path::{Path, PathBuf};
 
 /// File extensions ingest picks up; the content is still sniffed, the name is only a filter.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+
+/// Images larger than this are recorded as failed without being read whole.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -11,6 +24,117 @@ pub enum SourceError {
     Unreadable { path: PathBuf, source: std::io::Error },
     #[error("image folder {0} is not a directory")]
     NotADirectory(PathBuf),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+    #[error("URL list {path}: {message}")]
+    UrlList { path: PathBuf, message: String },
+}
+
+/// Why one image's bytes could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The image cannot be used (too large, gone, refused): recorded as failed.
+    #[error("{reason}")]
+    Unusable { reason: String, size_bytes: Option<u64> },
+    /// The image cannot be reached right now: this run counts it failed, an indexed copy stays.
+    #[error("{reason}")]
+    Unavailable { reason: String },
+    /// The source as a whole is unreachable: the run stops with this error.
+    #[error(transparent)]
+    Source(SourceError),
+}
+
+impl ReadError {
+    fn too_large(size: u64) -> Self {
+        ReadError::Unusable {
+            reason: format!("file is {size} bytes, over the limit of {MAX_FILE_BYTES}"),
+            size_bytes: Some(size),
+        }
+    }
+}
+
+/// Where a run's images come from.
+#[derive(Debug)]
+pub enum Source {
+    /// A folder, stored canonicalised: URIs are absolute paths under it.
+    Directory(PathBuf),
+    S3(s3::Bucket),
+    Urls(urls::UrlList),
+}
+
+impl Source {
+    /// A folder source; the folder must exist.
+    pub fn directory(folder: &Path) -> Result<Self, SourceError> {
+        let root =
+            folder.canonicalize().map_err(|source| SourceError::Unreadable { path: folder.to_path_buf(), source })?;
+        if !root.is_dir() {
+            return Err(SourceError::NotADirectory(root));
+        }
+        Ok(Source::Directory(root))
+    }
+
+    /// What a log line or an error should call this source.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Directory(root) => root.display().to_string(),
+            Source::S3(bucket) => bucket.uri_prefix(),
+            Source::Urls(list) => format!("URL list {}", list.path.display()),
+        }
+    }
+
+    /// Every image the source offers, sorted by URI.
+    pub async fn list(&self) -> Result<Vec<SourceImage>, SourceError> {
+        match self {
+            Source::Directory(root) => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || list_directory(&root))
+                    .await
+                    .map_err(|e| SourceError::InvalidSpec(format!("listing thread failed: {e}")))?
+            }
+            Source::S3(bucket) => bucket.list().await,
+            Source::Urls(list) => Ok(list.images()),
+        }
+    }
+
+    /// One image's bytes, at most [`MAX_FILE_BYTES`].
+    pub async fn read(&self, image: &SourceImage) -> Result<Vec<u8>, ReadError> {
+        match self {
+            Source::Directory(_) => read_file(Path::new(&image.uri)).await,
+            Source::S3(bucket) => bucket.read(image).await,
+            Source::Urls(list) => list.fetcher.fetch(&image.uri).await,
+        }
+    }
+
+    /// How many reads a run keeps in flight: a few for local files (the decoder is the
+    /// bottleneck), more for network sources, where each read mostly waits.
+    pub fn read_concurrency(&self) -> usize {
+        match self {
+            Source::Directory(_) => 4,
+            Source::S3(_) | Source::Urls(_) => 16,
+        }
+    }
+
+    /// Whether a catalogued URI came from this source, so pruning never touches images of
+    /// other folders, buckets or uploads.
+    pub fn owns(&self, uri: &str) -> bool {
+        match self {
+            Source::Directory(root) => uri.starts_with(&format!("{}/", root.display())),
+            Source::S3(bucket) => uri.starts_with(&bucket.uri_prefix()),
+            Source::Urls(_) => uri.starts_with("http://") || uri.starts_with("https://"),
+        }
+    }
+}
+
+async fn read_file(path: &Path) -> Result<Vec<u8>, ReadError> {
+    let unusable =
+        |e: std::io::Error| ReadError::Unusable { reason: format!("cannot read file: {e}"), size_bytes: None };
+    let size = tokio::fs::metadata(path).await.map_err(unusable)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(ReadError::too_large(size));
+    }
+    tokio::fs::read(path).await.map_err(unusable)
 }
 
 /// One of `count` deterministic parts of a source, picked by a hash of each image's URI: the
@@ -47,12 +171,12 @@ impl Shard {
     }
 }
 
-/// One image the source offers: its stable URI (returned by search, used as the catalog key)
-/// and where to read it.
+/// One image the source offers: its stable URI (returned by search, used as the catalog key;
+/// for a folder, the file's absolute path) and its size when the listing tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceImage {
     pub uri: String,
-    pub path: PathBuf,
+    pub size: Option<u64>,
 }
 
 /// Every image file under `root`, recursively, sorted by path. Symbolic links are not followed,
@@ -90,7 +214,7 @@ pub fn list_directory(root: &Path) -> Result<Vec<SourceImage>, SourceError> {
                     tracing::warn!(file = %path.display(), "skipping file whose name is not valid UTF-8");
                     continue;
                 };
-                images.push(SourceImage { uri, path });
+                images.push(SourceImage { uri, size: None });
             }
         }
     }
@@ -99,9 +223,11 @@ pub fn list_directory(root: &Path) -> Result<Vec<SourceImage>, SourceError> {
 }
 
 fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|known| e.eq_ignore_ascii_case(known)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(is_image_extension)
+}
+
+fn is_image_extension(extension: &str) -> bool {
+    IMAGE_EXTENSIONS.iter().any(|known| extension.eq_ignore_ascii_case(known))
 }
 
 #[cfg(test)]
@@ -125,7 +251,7 @@ mod tests {
         let names: Vec<String> = list_directory(root)
             .unwrap()
             .into_iter()
-            .map(|i| i.path.strip_prefix(root.canonicalize().unwrap()).unwrap().display().to_string())
+            .map(|i| Path::new(&i.uri).strip_prefix(root.canonicalize().unwrap()).unwrap().display().to_string())
             .collect();
         assert_eq!(names, vec!["a.JPG", "shoes/b.png", "shoes/red/c.jpeg"]);
     }
@@ -164,4 +290,11 @@ mod shard_tests {
         assert_eq!(Shard::new(0, 0).unwrap_err(), "the shard count must be at least 1");
         assert_eq!(Shard::new(4, 4).unwrap_err(), "shard index 4 is out of range for 4 shards (0..=3)");
     }
+}
+
+/// reqwest and object_store use rustls without picking a crypto provider; this process uses
+/// ring (as kube's client does). Idempotent.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

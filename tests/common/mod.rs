@@ -14,6 +14,7 @@ use imgsearch::ingest::{IngestOptions, Ingestor};
 use imgsearch::store::{IndexSpec, MilvusStore};
 
 pub mod outage;
+pub mod s3;
 
 /// The Milvus server the test run shares (started by scripts/milvus-lite.sh, which `make test` uses).
 pub fn milvus_uri() -> String {

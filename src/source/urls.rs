@@ -1,0 +1,415 @@
+//! Images listed by URL, one per line. The list comes from users, and the URLs in it are
+//! fetched from inside the cluster, so fetching is guarded against server-side request forgery:
+//! http(s) only, a few redirects at most, timeouts, a size cap, and no private, loopback,
+//! link-local (cloud metadata) or otherwise internal address unless its network is allowed
+//! explicitly. The guard checks every address a name resolves to, at connection time (so a
+//! name cannot be re-pointed after a check), and every redirect target.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use super::{MAX_FILE_BYTES, ReadError, SourceError, SourceImage};
+
+pub const MAX_REDIRECTS: usize = 5;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default limit for a whole request, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A list longer than this is refused rather than read into memory.
+pub const MAX_LIST_BYTES: u64 = 64 << 20;
+
+/// The URLs of a list file, validated and de-duplicated, and the guarded client to fetch them.
+#[derive(Debug)]
+pub struct UrlList {
+    pub path: PathBuf,
+    urls: Vec<String>,
+    pub fetcher: Fetcher,
+}
+
+impl UrlList {
+    /// Reads a list: one URL per line; blank lines and lines starting with '#' are ignored. A
+    /// line that is not an http(s) URL fails the whole list, naming the line, since a list
+    /// with typos is better fixed than half ingested.
+    pub fn read(path: &Path, fetcher: Fetcher) -> Result<Self, SourceError> {
+        let error = |message: String| SourceError::UrlList { path: path.to_path_buf(), message };
+        let size = std::fs::metadata(path).map_err(|e| error(e.to_string()))?.len();
+        if size > MAX_LIST_BYTES {
+            return Err(error(format!("is {size} bytes, over the limit of {MAX_LIST_BYTES}")));
+        }
+        let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+        let text = String::from_utf8(text).map_err(|_| error("is not UTF-8 text".into()))?;
+        let urls = parse_list(&text).map_err(error)?;
+        Ok(Self { path: path.to_path_buf(), urls, fetcher })
+    }
+
+    pub fn images(&self) -> Vec<SourceImage> {
+        self.urls.iter().map(|uri| SourceImage { uri: uri.clone(), size: None }).collect()
+    }
+}
+
+/// The URLs of a list in normalised form (lower-case host, default port dropped), sorted and
+/// without duplicates.
+pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
+    let mut urls = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let url = parse_url(line).map_err(|why| format!("line {}: {why}", number + 1))?;
+        urls.push(url.to_string());
+    }
+    urls.sort();
+    urls.dedup();
+    Ok(urls)
+}
+
+fn parse_url(text: &str) -> Result<Url, String> {
+    let shown: String = text.chars().take(200).collect();
+    let url = Url::parse(text).map_err(|e| format!("{shown:?} is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{shown:?} is not an http(s) URL"));
+    }
+    if url.host().is_none() {
+        return Err(format!("{shown:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{shown:?} carries credentials; put them elsewhere, a URL is stored and shown"));
+    }
+    Ok(url)
+}
+
+/// Networks a fetch may reach although they are internal, e.g. an in-cluster image server's
+/// `10.0.0.0/8`. Empty by default: only public addresses.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedNetworks(Vec<(IpAddr, u8)>);
+
+impl AllowedNetworks {
+    /// Parses CIDRs such as `10.0.0.0/8`, `127.0.0.1/32` or `fd00::/8` (a bare address is /32
+    /// or /128).
+    pub fn parse(cidrs: &[String]) -> Result<Self, SourceError> {
+        let mut networks = Vec::new();
+        for cidr in cidrs.iter().map(|c| c.trim()).filter(|c| !c.is_empty()) {
+            let invalid = || SourceError::InvalidSpec(format!("{cidr:?} is not a network like 10.0.0.0/8"));
+            let (address, length) = cidr.split_once('/').unwrap_or((cidr, ""));
+            let address: IpAddr = address.parse().map_err(|_| invalid())?;
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            let length = if length.is_empty() { max } else { length.parse::<u8>().map_err(|_| invalid())? };
+            if length > max {
+                return Err(invalid());
+            }
+            networks.push((address, length));
+        }
+        Ok(Self(networks))
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|&(network, length)| match (network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_matches(&n.octets(), &a.octets(), length),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_matches(&n.octets(), &a.octets(), length),
+            _ => false,
+        })
+    }
+
+    /// Why `ip` may not be fetched, or `None` when it may.
+    pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+        let kind = internal_kind(ip)?;
+        if self.contains(ip) { None } else { Some(kind) }
+    }
+}
+
+fn prefix_matches(network: &[u8], address: &[u8], length: u8) -> bool {
+    let (whole, rest) = (usize::from(length / 8), length % 8);
+    network[..whole] == address[..whole]
+        && (rest == 0 || {
+            let mask = 0xffu8 << (8 - rest);
+            network[whole] & mask == address[whole] & mask
+        })
+}
+
+/// What kind of internal address `ip` is, if it is one.
+pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => internal_kind_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return internal_kind_v4(v4);
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("private (unique local, which includes cloud metadata fd00:ec2::254)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some("NAT64 (it can reach internal IPv4)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn internal_kind_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, _, _] = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private")
+    } else if ip.is_link_local() {
+        Some("link-local (cloud metadata lives at 169.254.169.254)")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared address space (carrier-grade NAT)")
+    } else if a == 0 || ip.is_broadcast() || ip.is_multicast() || a >= 240 {
+        Some("reserved")
+    } else if a == 198 && (b == 18 || b == 19) {
+        Some("reserved (benchmarking)")
+    } else {
+        None
+    }
+}
+
+/// A refused address; found in a failed request's error chain to tell it from a network error.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(host: &str, ip: IpAddr, kind: &str) -> Refused {
+    let what = if host == ip.to_string() { host.to_string() } else { format!("{host} ({ip})") };
+    Refused(format!("{what} is a {kind} address; refused (allow its network explicitly if it is meant to be fetched)"))
+}
+
+/// DNS resolution that refuses a name if any of its addresses is internal and not allowed.
+#[derive(Debug)]
+struct GuardedResolver {
+    allowed: AllowedNetworks,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some((ip, kind)) = addresses.iter().find_map(|a| allowed.refusal(a.ip()).map(|kind| (a.ip(), kind)))
+            {
+                return Err(Box::new(refused(&host, ip, kind)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addresses.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Checks what the resolver never sees: a URL whose host is a literal address.
+fn check_literal_host(url: &Url, allowed: &AllowedNetworks) -> Result<(), Refused> {
+    // host_str() brackets IPv6 literals; a name does not parse as an address.
+    let host = url.host_str().unwrap_or("");
+    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+        return Ok(());
+    };
+    match allowed.refusal(ip) {
+        Some(kind) => Err(refused(&ip.to_string(), ip, kind)),
+        None => Ok(()),
+    }
+}
+
+/// Fetches images over HTTP(S) within the limits above.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    allowed: AllowedNetworks,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    pub fn new(allowed: AllowedNetworks, timeout: Duration) -> Result<Self, SourceError> {
+        super::install_crypto_provider();
+        let redirect_allowed = allowed.clone();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("imgsearch/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .dns_resolver(Arc::new(GuardedResolver { allowed: allowed.clone() }))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                let url = attempt.url().clone();
+                if !matches!(url.scheme(), "http" | "https") {
+                    return attempt.error(format!("redirected to {url}, which is not http(s)"));
+                }
+                match check_literal_host(&url, &redirect_allowed) {
+                    Ok(()) => attempt.follow(),
+                    Err(refused) => attempt.error(refused),
+                }
+            }))
+            .build()
+            .map_err(|e| SourceError::InvalidSpec(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self { client, allowed, timeout })
+    }
+
+    /// The image at `url`: refused, unusable or unavailable as [`ReadError`] says.
+    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, ReadError> {
+        let unusable = |reason: String| ReadError::Unusable { reason, size_bytes: None };
+        let parsed = parse_url(url).map_err(unusable)?;
+        check_literal_host(&parsed, &self.allowed).map_err(|refused| unusable(refused.0))?;
+        let failure = |error| request_failure(error, self.timeout);
+        let mut response = self.client.get(parsed).send().await.map_err(failure)?;
+        let status = response.status();
+        if !status.is_success() {
+            let reason = format!("the server answered HTTP {status}");
+            // Worth another try later: rate limiting and server errors. The rest will not change.
+            return Err(if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                ReadError::Unavailable { reason }
+            } else {
+                unusable(reason)
+            });
+        }
+        if let Some(content_type) = response.headers().get(reqwest::header::CONTENT_TYPE) {
+            let content_type = content_type.to_str().unwrap_or("(not text)").to_ascii_lowercase();
+            let essence = content_type.split(';').next().unwrap_or("").trim();
+            if !(essence.starts_with("image/") || essence == "application/octet-stream" || essence.is_empty()) {
+                return Err(unusable(format!("the server sent Content-Type {essence}, not an image")));
+            }
+        }
+        if let Some(length) = response.content_length().filter(|&length| length > MAX_FILE_BYTES) {
+            return Err(ReadError::too_large(length));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failure)? {
+            if (bytes.len() + chunk.len()) as u64 > MAX_FILE_BYTES {
+                return Err(ReadError::Unusable {
+                    reason: format!("the body is over the limit of {MAX_FILE_BYTES} bytes"),
+                    size_bytes: None,
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Sorts a failed request: refused by the guard or a bad redirect → unusable; the network or
+/// the server's slowness → unavailable for now.
+fn request_failure(error: reqwest::Error, timeout: Duration) -> ReadError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = cause {
+        if let Some(refused) = current.downcast_ref::<Refused>() {
+            return ReadError::Unusable { reason: refused.0.clone(), size_bytes: None };
+        }
+        cause = current.source();
+    }
+    let detail = chain(&error);
+    if error.is_redirect() {
+        ReadError::Unusable { reason: detail, size_bytes: None }
+    } else if error.is_timeout() {
+        ReadError::Unavailable { reason: format!("timed out after {} s: {detail}", timeout.as_secs()) }
+    } else {
+        ReadError::Unavailable { reason: detail }
+    }
+}
+
+/// An error and its causes on one line (reqwest's own message omits the cause).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let part = current.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = current.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an IP address")
+    }
+
+    #[test]
+    fn internal_addresses_are_refused_and_public_ones_pass() {
+        let none = AllowedNetworks::default();
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(none.refusal(ip(internal)).is_some(), "{internal} must be refused");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111"] {
+            assert_eq!(none.refusal(ip(public)), None, "{public} is public");
+        }
+        assert!(none.refusal(ip("169.254.169.254")).unwrap().contains("metadata"));
+    }
+
+    #[test]
+    fn allowed_networks_open_exactly_their_range() {
+        let allowed = AllowedNetworks::parse(&["10.0.0.0/8".into(), "127.0.0.1".into(), "fd12::/16".into()]).unwrap();
+        assert_eq!(allowed.refusal(ip("10.200.0.1")), None);
+        assert_eq!(allowed.refusal(ip("127.0.0.1")), None);
+        assert!(allowed.refusal(ip("127.0.0.2")).is_some(), "a /32 is one address");
+        assert_eq!(allowed.refusal(ip("fd12:3456::1")), None);
+        assert!(allowed.refusal(ip("fd13::1")).is_some());
+        assert!(allowed.refusal(ip("192.168.0.1")).is_some());
+        let odd = AllowedNetworks::parse(&["172.16.0.0/12".into()]).unwrap();
+        assert_eq!(odd.refusal(ip("172.31.255.255")), None);
+        assert!(odd.refusal(ip("192.168.0.1")).is_some());
+        for bad in ["10.0.0.0/33", "ten/8", "10.0.0.0/x", "::/129"] {
+            let error = AllowedNetworks::parse(&[bad.into()]).unwrap_err().to_string();
+            assert!(error.contains("is not a network"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn lists_skip_comments_normalise_and_deduplicate() {
+        let urls = parse_list(
+            "# product shots\n\nhttps://Images.Example.com:443/a.jpg\n  http://example.com/b.png  \nhttps://images.example.com/a.jpg\n",
+        )
+        .unwrap();
+        assert_eq!(urls, vec!["http://example.com/b.png", "https://images.example.com/a.jpg"]);
+    }
+
+    #[test]
+    fn a_bad_line_fails_the_list_naming_it() {
+        let error = parse_list("https://example.com/a.jpg\nfile:///etc/passwd\n").unwrap_err();
+        assert_eq!(error, "line 2: \"file:///etc/passwd\" is not an http(s) URL");
+        let error = parse_list("not a url").unwrap_err();
+        assert!(error.starts_with("line 1: \"not a url\" is not a URL"), "{error}");
+        let error = parse_list("https://user:secret@example.com/a.jpg").unwrap_err();
+        assert!(error.contains("carries credentials"), "{error}");
+    }
+}

@@ -1,0 +1,349 @@
+//! Every remote source against a real server, through the real `imgsearch ingest` binary: an
+//! S3 bucket on moto's S3 server, and a URL list on a local HTTP server that the fetch guard
+//! lets through only because its network (127.0.0.1/32) is allowed explicitly.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use imgsearch::catalog::{Catalog, ImageStatus};
+use imgsearch::embed::DecodeLimits;
+use imgsearch::store::{IndexSpec, MilvusStore};
+use serde_json::Value;
+use tokio::process::Command;
+
+struct Run {
+    success: bool,
+    report: Value,
+    stderr: String,
+}
+
+/// `imgsearch ingest ARGS` into `collection`, with a catalog in `work`.
+fn ingest_command(work: &Path, collection: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgsearch"));
+    command
+        .arg("ingest")
+        .args(args)
+        .args(["--collection", collection, "--batch-size", "8", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MILVUS_URI", common::milvus_uri())
+        .env("DATABASE_URL", catalog_url(work))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn ingest(work: &Path, collection: &str, args: &[&str]) -> Run {
+    let output = ingest_command(work, collection, args).output().await.expect("run imgsearch ingest");
+    Run {
+        success: output.status.success(),
+        report: serde_json::from_slice(&output.stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn catalog_url(work: &Path) -> String {
+    format!("sqlite://{}", work.join("catalog.db").display())
+}
+
+fn failure_reason<'a>(report: &'a Value, uri: &str) -> &'a str {
+    report["failures"]
+        .as_array()
+        .and_then(|failures| failures.iter().find(|f| f["uri"] == uri))
+        .and_then(|f| f["reason"].as_str())
+        .unwrap_or_else(|| panic!("no failure recorded for {uri}: {report}"))
+}
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(common::photo(name)).expect("sample photo")
+}
+
+async fn milvus() -> MilvusStore {
+    MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to the test Milvus")
+}
+
+#[tokio::test]
+async fn a_bucket_prefix_is_ingested_with_odd_keys_incrementally_and_pruned() {
+    let moto = common::s3::MotoServer::start().await;
+    moto.create_bucket("photos").await;
+    let odd = "shop/red shoes/ünïcode #1 (copy).jpg";
+    moto.put("photos", "shop/astronaut.jpg", sample("astronaut.jpg")).await;
+    moto.put("photos", odd, sample("coffee.jpg")).await;
+    moto.put("photos", "shop/deep/moon.jpg", sample("moon.jpg")).await;
+    moto.put("photos", "shop/broken.jpg", common::corrupt_jpeg()).await;
+    moto.put("photos", "shop/notes.txt", b"not an image".to_vec()).await;
+    moto.put("photos", "shop/.thumbnails/astronaut.jpg", sample("astronaut.jpg")).await;
+    moto.put("photos", "other/camera.jpg", sample("camera.jpg")).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let collection = common::unique_collection("s3");
+    let args = ["s3://photos/shop/", "--s3-endpoint", &moto.endpoint, "--s3-region", "us-east-1"];
+    let run = ingest(work.path(), &collection, &args).await;
+    assert!(run.success, "{}", run.stderr);
+    let report = &run.report;
+    assert_eq!((report["discovered"].as_u64(), report["indexed"].as_u64()), (Some(4), Some(3)), "{report}");
+    assert_eq!(report["failed"], 1);
+    assert!(failure_reason(report, "s3://photos/shop/broken.jpg").contains("JPEG"), "{report}");
+
+    // The odd key round-trips: catalogued under its URI, and found by searching with its image.
+    let catalog = Catalog::open(&catalog_url(work.path())).await.unwrap();
+    let odd_uri = format!("s3://photos/{odd}");
+    let record = catalog.find(&collection, &odd_uri).await.unwrap().expect("catalogued under the odd key");
+    assert_eq!(record.status, ImageStatus::Indexed);
+    let store = milvus().await;
+    assert_eq!(store.count(&collection).await.unwrap(), 3);
+    let (_, query) = common::model().embed_bytes(&sample("coffee.jpg"), DecodeLimits::default()).unwrap();
+    let hits = store.search(&collection, query, 1, &IndexSpec::default()).await.unwrap();
+    assert_eq!(hits[0].uri, odd_uri);
+
+    // Unchanged objects are skipped (the broken one too: the same bytes fail the same way).
+    let rerun = ingest(work.path(), &collection, &args).await;
+    assert_eq!((rerun.report["skipped"].as_u64(), rerun.report["indexed"].as_u64()), (Some(4), Some(0)));
+
+    // An object deleted from the bucket is removed with --prune; other prefixes are untouched.
+    moto.delete("photos", "shop/deep/moon.jpg").await;
+    let pruning: Vec<&str> = args.iter().copied().chain(["--prune"]).collect();
+    let pruned = ingest(work.path(), &collection, &pruning).await;
+    assert!(pruned.success, "{}", pruned.stderr);
+    assert_eq!(pruned.report["pruned"], 1, "{}", pruned.report);
+    assert_eq!(store.count(&collection).await.unwrap(), 2);
+    assert!(catalog.find(&collection, "s3://photos/shop/deep/moon.jpg").await.unwrap().is_none());
+    store.drop_collection(&collection).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bucket_that_goes_away_mid_run_stops_the_run_without_marking_images_failed() {
+    const IMAGES: usize = 120;
+    let moto = common::s3::MotoServer::start().await;
+    moto.create_bucket("fashion").await;
+    let mut uploaded = 0;
+    for class in std::fs::read_dir(common::sample_dir().join("fashion")).unwrap() {
+        let class = class.unwrap().path();
+        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.into_iter().take(IMAGES / 10) {
+            let key = format!(
+                "{}/{}",
+                class.file_name().unwrap().to_string_lossy(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            moto.put("fashion", &key, std::fs::read(&file).unwrap()).await;
+            uploaded += 1;
+        }
+    }
+    assert_eq!(uploaded, IMAGES);
+    let outage = common::outage::Outage::forward_to(moto.endpoint.trim_start_matches("http://").to_string()).await;
+    let endpoint = outage.uri();
+    let args = ["s3://fashion", "--s3-endpoint", &endpoint];
+
+    let work = tempfile::tempdir().unwrap();
+    let collection = common::unique_collection("s3gone");
+    let catalog = Catalog::open(&catalog_url(work.path())).await.unwrap();
+    let mut child = ingest_command(work.path(), &collection, &args).spawn().expect("start ingest");
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
+        if catalog.count(&collection, ImageStatus::Indexed).await.unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    outage.cut();
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the run hung after the bucket went away")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the run cannot succeed without its bucket");
+    assert!(stderr.contains("bucket fashion") && stderr.contains(&endpoint), "names bucket and server: {stderr}");
+    // An outage is not a property of the images: none is recorded as failed.
+    assert_eq!(catalog.count(&collection, ImageStatus::Failed).await.unwrap(), 0, "{stderr}");
+    let kept = catalog.count(&collection, ImageStatus::Indexed).await.unwrap();
+    assert!(kept > 0 && kept < IMAGES as i64, "work before the outage is kept: {kept}");
+
+    outage.restore();
+    let rerun = ingest(work.path(), &collection, &args).await;
+    assert!(rerun.success, "{}", rerun.stderr);
+    assert_eq!(rerun.report["skipped"].as_i64(), Some(kept), "{}", rerun.report);
+    assert_eq!(catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), IMAGES as i64);
+    let store = milvus().await;
+    assert_eq!(store.count(&collection).await.unwrap(), IMAGES as u64);
+    store.drop_collection(&collection).await.unwrap();
+}
+
+/// A small image server with the ways a URL can go wrong.
+#[derive(Clone)]
+struct Site {
+    flaky_is_down: Arc<AtomicBool>,
+    port: u16,
+}
+
+async fn serve_image(UrlPath(name): UrlPath<String>) -> Response {
+    match std::fs::read(common::photo(&name)) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site { flaky_is_down: Arc::new(AtomicBool::new(false)), port: listener.local_addr().unwrap().port() };
+    let app = Router::new()
+        .route("/img/{name}", get(serve_image))
+        .route("/moved/moon", get(|| async { Redirect::temporary("/img/moon.jpg") }))
+        .route(
+            "/flaky.jpg",
+            get(|State(site): State<Site>| async move {
+                if site.flaky_is_down.load(Ordering::SeqCst) {
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                } else {
+                    serve_image(UrlPath("camera.jpg".into())).await
+                }
+            }),
+        )
+        .route("/page.html", get(|| async { ([(header::CONTENT_TYPE, "text/html")], "<html>hello</html>") }))
+        .route(
+            "/to-metadata",
+            get(|| async { Redirect::temporary("http://169.254.169.254/latest/meta-data/iam/security-credentials/") }),
+        )
+        .route(
+            "/to-ipv6-loopback",
+            get(|State(site): State<Site>| async move {
+                Redirect::temporary(&format!("http://[::1]:{}/img/astronaut.jpg", site.port))
+            }),
+        )
+        .route("/loop", get(|| async { Redirect::temporary("/loop") }))
+        .route(
+            "/slow.jpg",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                serve_image(UrlPath("brick.jpg".into())).await
+            }),
+        )
+        .with_state(site.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (site, task)
+}
+
+/// A server whose every answer claims a 300 MB image (axum would correct the length, so this
+/// one speaks HTTP by hand); the fetcher must refuse on the header, not read the body.
+async fn start_huge_server() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/huge.jpg", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = connection.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 314572800\r\n\r\n";
+                let _ = connection.write_all(head.as_bytes()).await;
+                let _ = connection.write_all(&[0xff, 0xd8, 0xff]).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_reason() {
+    let (site, server) = start_site().await;
+    let (huge, huge_server) = start_huge_server().await;
+    let base = format!("http://127.0.0.1:{}", site.port);
+    let work = tempfile::tempdir().unwrap();
+    let url = |path: &str| format!("{base}{path}");
+    let good =
+        [url("/img/astronaut.jpg"), url("/img/coffee.jpg?size=large&v=2"), url("/moved/moon"), url("/flaky.jpg")];
+    let not_allowed = format!("http://127.0.0.2:{}/img/astronaut.jpg", site.port);
+    let bad = [
+        (url("/page.html"), "the server sent Content-Type text/html, not an image"),
+        (url("/img/missing.jpg"), "the server answered HTTP 404 Not Found"),
+        (huge, "file is 314572800 bytes, over the limit of 268435456"),
+        (
+            url("/to-metadata"),
+            "169.254.169.254 is a link-local (cloud metadata lives at 169.254.169.254) address; refused",
+        ),
+        (url("/to-ipv6-loopback"), "::1 is a loopback address; refused"),
+        (url("/loop"), "more than 5 redirects"),
+        (not_allowed.clone(), "127.0.0.2 is a loopback address; refused"),
+        (url("/slow.jpg"), "timed out after 2 s"),
+    ];
+    let mut list = String::from("# a hand-made list, with a comment and a blank line\n\n");
+    for line in good.iter().chain(bad.iter().map(|(u, _)| u)) {
+        list.push_str(line);
+        list.push('\n');
+    }
+    let list_path = work.path().join("urls.txt");
+    std::fs::write(&list_path, list).unwrap();
+    let list_arg = list_path.to_str().unwrap();
+    let args = ["--url-list", list_arg, "--allow-private-network", "127.0.0.1/32", "--url-timeout-seconds", "2"];
+
+    let collection = common::unique_collection("urls");
+    let run = ingest(work.path(), &collection, &args).await;
+    assert!(run.success, "{}", run.stderr);
+    let report = &run.report;
+    assert_eq!(report["discovered"], good.len() + bad.len(), "{report}");
+    assert_eq!(report["indexed"], good.len(), "{report}");
+    assert_eq!(report["failed"], bad.len(), "{report}");
+    for (uri, reason) in &bad {
+        let recorded = failure_reason(report, uri);
+        assert!(recorded.contains(reason), "{uri}: expected {reason:?}, got {recorded:?}");
+    }
+    let catalog = Catalog::open(&catalog_url(work.path())).await.unwrap();
+    let store = milvus().await;
+    assert_eq!(store.count(&collection).await.unwrap(), good.len() as u64);
+    // URIs are the URLs as listed (normalised), so search results point back at them.
+    let moved = catalog.find(&collection, &url("/moved/moon")).await.unwrap().expect("catalogued by its listed URL");
+    assert_eq!(moved.status, ImageStatus::Indexed);
+
+    // A server error is "not now", not "never": the image keeps its vector and stays indexed.
+    site.flaky_is_down.store(true, Ordering::SeqCst);
+    let rerun = ingest(work.path(), &collection, &args).await;
+    assert!(failure_reason(&rerun.report, &url("/flaky.jpg")).contains("HTTP 503"), "{}", rerun.report);
+    let flaky = catalog.find(&collection, &url("/flaky.jpg")).await.unwrap().expect("still catalogued");
+    assert_eq!(flaky.status, ImageStatus::Indexed);
+    assert_eq!(store.count(&collection).await.unwrap(), good.len() as u64);
+
+    // Without the explicit allowance, the same server is out of reach.
+    let one = work.path().join("one.txt");
+    std::fs::write(&one, format!("{}\n", good[0])).unwrap();
+    let guarded_collection = common::unique_collection("guarded");
+    let guarded = ingest(work.path(), &guarded_collection, &["--url-list", one.to_str().unwrap()]).await;
+    assert!(
+        failure_reason(&guarded.report, &good[0]).contains("127.0.0.1 is a loopback address; refused"),
+        "{}",
+        guarded.report
+    );
+    store.drop_collection(&collection).await.unwrap();
+    store.drop_collection(&guarded_collection).await.unwrap();
+    server.abort();
+    huge_server.abort();
+}
+
+#[tokio::test]
+async fn a_list_with_a_bad_line_is_refused_before_anything_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("urls.txt");
+    std::fs::write(&list, "https://example.com/a.jpg\nfile:///etc/passwd\n").unwrap();
+    let collection = common::unique_collection("badlist");
+    let run = ingest(work.path(), &collection, &["--url-list", list.to_str().unwrap()]).await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("line 2: \"file:///etc/passwd\" is not an http(s) URL"), "{}", run.stderr);
+    assert!(!milvus().await.has_collection(&collection).await.unwrap(), "nothing was created");
+}
