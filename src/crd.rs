@@ -179,7 +179,13 @@ pub struct S3Source {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UrlListSource {
+    /// The ConfigMap key holding the list: one http(s) URL per line, `#` comments allowed.
     pub config_map_ref: ConfigMapKeyRef,
+    /// Internal networks the fetches may reach, as CIDRs (e.g. an in-cluster image server's
+    /// `10.0.0.0/8`). Private, loopback, link-local and cloud-metadata addresses are refused
+    /// unless listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_private_networks: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

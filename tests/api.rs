@@ -407,7 +407,7 @@ async fn a_real_http_client_can_search_over_loopback() {
         .part("image", reqwest::multipart::Part::bytes(photo_bytes("rocket.jpg")).file_name("rocket.jpg"))
         .text("top_k", "1");
     let response =
-        reqwest::Client::new().post(format!("http://{address}/v1/search")).multipart(form).send().await.unwrap();
+        common::http_client().post(format!("http://{address}/v1/search")).multipart(form).send().await.unwrap();
 
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let body: Value = response.json().await.unwrap();

@@ -93,7 +93,7 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
             reqwest::multipart::Part::bytes(std::fs::read(common::photo("coffee.jpg")).unwrap()).file_name("q.jpg"),
         )
         .text("top_k", "3");
-    let response: Value = reqwest::Client::new()
+    let response: Value = common::http_client()
         .post(format!("http://{search}/v1/search"))
         .multipart(form)
         .send()
@@ -104,7 +104,11 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
         .unwrap();
     let top = &response["results"][0];
     assert!(top["uri"].as_str().unwrap().ends_with("/catalogue/coffee.jpg"), "{response}");
-    let image = reqwest::get(format!("http://{search}{}", top["image_url"].as_str().unwrap())).await.unwrap();
+    let image = common::http_client()
+        .get(format!("http://{search}{}", top["image_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(image.status(), reqwest::StatusCode::OK, "the search pod serves the catalogued image");
 
     // deletionPolicy Delete: the Milvus collection and the catalog rows go before the object.

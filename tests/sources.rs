@@ -311,6 +311,15 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
     // URIs are the URLs as listed (normalised), so search results point back at them.
     let moved = catalog.find(&collection, &url("/moved/moon")).await.unwrap().expect("catalogued by its listed URL");
     assert_eq!(moved.status, ImageStatus::Indexed);
+    // The search server sends a browser to the listed URL; it fetches nothing itself.
+    let search = imgsearch::api::app(imgsearch::api::ServerState::new(
+        common::ingestor(work.path()).await,
+        imgsearch::api::ServeConfig::default(),
+    ));
+    let request = axum::http::Request::get(format!("/v1/images/{}", moved.id)).body(axum::body::Body::empty()).unwrap();
+    let response = tower::ServiceExt::oneshot(search, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(response.headers()[header::LOCATION], url("/moved/moon").as_str());
 
     // A server error is "not now", not "never": the image keeps its vector and stays indexed.
     site.flaky_is_down.store(true, Ordering::SeqCst);

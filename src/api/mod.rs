@@ -231,6 +231,17 @@ async fn serve_image(record: Option<ImageRecord>, what: &str) -> Result<Response
     let record = record
         .filter(|r| r.status == ImageStatus::Indexed)
         .ok_or_else(|| ApiError::NotFound(format!("no indexed image {what}")))?;
+    // Images of a URL list are the listed URLs: the browser fetches them from their origin, so
+    // this server never fetches arbitrary addresses on a client's behalf.
+    if record.uri.starts_with("https://") || record.uri.starts_with("http://") {
+        return Ok(axum::response::Redirect::temporary(&record.uri).into_response());
+    }
+    if record.uri.starts_with("s3://") {
+        return Err(ApiError::NotImplemented(format!(
+            "image {what} is in a bucket ({}); this version of the search server does not serve bucket images yet",
+            record.uri
+        )));
+    }
     let bytes = tokio::fs::read(&record.uri)
         .await
         .map_err(|_| ApiError::NotFound(format!("image {what} is catalogued but its file is no longer readable")))?;

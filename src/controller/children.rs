@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -176,6 +176,75 @@ fn source_volume(ic: &ImageCollection) -> Option<(Volume, VolumeMount)> {
     ))
 }
 
+/// Where a URL-list source's ConfigMap key is mounted in ingest pods.
+const URL_LIST_FILE: &str = "/etc/imgsearch/source/urls.txt";
+
+/// How an ingest pod reaches the source: the `imgsearch ingest` arguments naming it, and the
+/// environment and volumes that go with them.
+struct IngestSource {
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    volumes: Vec<(Volume, VolumeMount)>,
+}
+
+fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
+    let source = &ic.spec.source;
+    if let Some(pvc) = &source.pvc {
+        let volume = source_volume(ic).ok_or(BuildError::UnsupportedSource("the pvc source has no volume"))?;
+        let folder = format!("{IMAGES_MOUNT}{}", pvc.path.trim_end_matches('/'));
+        return Ok(IngestSource { args: vec![folder], env: Vec::new(), volumes: vec![volume] });
+    }
+    if let Some(s3) = &source.s3 {
+        let prefix = s3.prefix.trim_matches('/');
+        let mut env = Vec::new();
+        if let Some(endpoint) = &s3.endpoint {
+            env.push(plain("IMGSEARCH_S3_ENDPOINT", endpoint));
+        }
+        if let Some(region) = &s3.region {
+            env.push(plain("AWS_REGION", region));
+        }
+        // Without a Secret, credentials come from the pod's identity (e.g. IRSA on EKS).
+        if let Some(secret) = &s3.secret_ref {
+            env.push(from_secret("AWS_ACCESS_KEY_ID", &secret.name, "AWS_ACCESS_KEY_ID", false));
+            env.push(from_secret("AWS_SECRET_ACCESS_KEY", &secret.name, "AWS_SECRET_ACCESS_KEY", false));
+            env.push(from_secret("AWS_SESSION_TOKEN", &secret.name, "AWS_SESSION_TOKEN", true));
+        }
+        return Ok(IngestSource { args: vec![format!("s3://{}/{prefix}", s3.bucket)], env, volumes: Vec::new() });
+    }
+    if let Some(urls) = &source.urls {
+        let reference = &urls.config_map_ref;
+        let volume = Volume {
+            name: "url-list".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: reference.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: reference.key.clone(),
+                    path: "urls.txt".into(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let mount = VolumeMount {
+            name: "url-list".into(),
+            mount_path: "/etc/imgsearch/source".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        };
+        let mut env = Vec::new();
+        if !urls.allow_private_networks.is_empty() {
+            env.push(plain("IMGSEARCH_ALLOW_PRIVATE_NETWORKS", &urls.allow_private_networks.join(",")));
+        }
+        return Ok(IngestSource {
+            args: vec!["--url-list".into(), URL_LIST_FILE.into()],
+            env,
+            volumes: vec![(volume, mount)],
+        });
+    }
+    Err(BuildError::UnsupportedSource("set one of spec.source.pvc, s3 or urls"))
+}
+
 /// Where Kubernetes reads a container's termination message from (its default path).
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 pub const INGEST_CONTAINER: &str = "ingest";
@@ -191,37 +260,32 @@ fn ingest_labels(ic: &ImageCollection) -> Result<BTreeMap<String, String>, Build
 /// What every ingest Job runs, whether created per generation or by the rescan CronJob: an
 /// Indexed Job, one pod per shard, `parallelism` shards.
 fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec, BuildError> {
-    let pvc = ic
-        .spec
-        .source
-        .pvc
-        .as_ref()
-        .ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
+    let source = ingest_source(ic)?;
     let shards = ic.spec.ingest.parallelism.max(1);
-    let folder = format!("{IMAGES_MOUNT}{}", pvc.path.trim_end_matches('/'));
     let mut env = common_env(ic)?;
+    env.extend(source.env);
     env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
     // Kubernetes sets JOB_COMPLETION_INDEX in each pod; the shard count is the completion count.
     env.push(plain("IMGSEARCH_SHARD_COUNT", &shards.to_string()));
     env.push(plain("IMGSEARCH_PRUNE", if ic.spec.ingest.prune { "true" } else { "false" }));
     // The run's counts go to the termination message, where the controller reads them back.
     env.push(plain("IMGSEARCH_SUMMARY_FILE", TERMINATION_MESSAGE_PATH));
-    let (scratch, scratch_mount) = scratch_volume();
-    let (images, images_mount) =
-        source_volume(ic).ok_or(BuildError::UnsupportedSource("only pvc sources can be ingested by this version"))?;
+    let (volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) =
+        source.volumes.into_iter().chain([scratch_volume()]).unzip();
+    mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
 
     let container = Container {
         name: INGEST_CONTAINER.into(),
         image: Some(config.image.clone()),
         image_pull_policy: config.image_pull_policy.clone(),
-        args: Some(vec!["ingest".into(), folder]),
+        args: Some(["ingest".to_string()].into_iter().chain(source.args).collect()),
         env: Some(env),
         resources: ic.spec.ingest.resources.clone(),
         security_context: Some(restricted_container_security()),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
         // A crash leaves no summary: then the log's tail explains the failure instead.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![images_mount, scratch_mount]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     Ok(JobSpec {
@@ -237,7 +301,7 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
                 automount_service_account_token: Some(false),
                 security_context: Some(restricted_pod_security()),
                 containers: vec![container],
-                volumes: Some(vec![images, scratch]),
+                volumes: Some(volumes),
                 ..PodSpec::default()
             }),
         },
@@ -586,12 +650,53 @@ mod tests {
     }
 
     #[test]
-    fn sources_this_version_cannot_ingest_are_refused_with_a_reason() {
-        let ic = collection("  milvus: { uri: 'http://m:19530' }\n  source: { s3: { bucket: photos } }\n");
-        assert_eq!(
-            ingest_job(&ic, &config()).unwrap_err(),
-            BuildError::UnsupportedSource("only pvc sources can be ingested by this version")
+    fn bucket_sources_pass_the_location_endpoint_and_credentials_without_volumes() {
+        let ic = collection(
+            "  milvus: { uri: 'http://m:19530' }
+  source: { s3: { bucket: photos, prefix: /shop/2024/, endpoint: 'http://minio.storage:9000', region: eu-west-1, secretRef: { name: s3-keys } } }
+",
         );
+        let job = ingest_job(&ic, &config()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "s3://photos/shop/2024"]);
+        let env = container.env.as_ref().unwrap();
+        let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+        assert_eq!(value("IMGSEARCH_S3_ENDPOINT").as_deref(), Some("http://minio.storage:9000"));
+        assert_eq!(value("AWS_REGION").as_deref(), Some("eu-west-1"));
+        let key = env.iter().find(|e| e.name == "AWS_SECRET_ACCESS_KEY").unwrap();
+        let selector = key.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!(
+            (selector.name.as_str(), selector.key.as_str(), selector.optional),
+            ("s3-keys", "AWS_SECRET_ACCESS_KEY", Some(false))
+        );
+        // Only the scratch volume: nothing to mount for a bucket.
+        let volumes: Vec<&str> = pod.volumes.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(volumes, ["scratch"]);
+    }
+
+    #[test]
+    fn url_list_sources_mount_the_config_map_key_and_pass_allowed_networks() {
+        let ic = collection(
+            "  milvus: { uri: 'http://m:19530' }
+  source: { urls: { configMapRef: { name: shop-images, key: list.txt }, allowPrivateNetworks: [10.0.0.0/8, 192.168.0.0/16] } }
+",
+        );
+        let job = ingest_job(&ic, &config()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "--url-list", URL_LIST_FILE]);
+        let env = container.env.as_ref().unwrap();
+        let allowed = env.iter().find(|e| e.name == "IMGSEARCH_ALLOW_PRIVATE_NETWORKS").unwrap();
+        assert_eq!(allowed.value.as_deref(), Some("10.0.0.0/8,192.168.0.0/16"));
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "url-list").unwrap();
+        let config_map = volume.config_map.as_ref().unwrap();
+        assert_eq!(config_map.name, "shop-images");
+        let item = &config_map.items.as_ref().unwrap()[0];
+        assert_eq!((item.key.as_str(), item.path.as_str()), ("list.txt", "urls.txt"));
+        let mount = container.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "url-list").unwrap();
+        assert_eq!(format!("{}/urls.txt", mount.mount_path), URL_LIST_FILE);
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]

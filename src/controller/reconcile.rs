@@ -245,7 +245,7 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     let ingest = match latest {
         Some(job) => observe_job(context, &namespace, &job).await?,
         None if ic.spec.suspend => IngestObservation::Suspended,
-        None => IngestObservation::Unsupported { message: "only pvc sources can be ingested by this version".into() },
+        None => IngestObservation::Unsupported { message: "spec.source sets none of pvc, s3 or urls".into() },
     };
 
     let observed = Observed {

@@ -116,3 +116,10 @@ pub fn corrupt_jpeg() -> Vec<u8> {
     bytes.extend((0..2000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
     bytes
 }
+
+/// An HTTP client for tests. reqwest is built without a default TLS crypto provider (the binary
+/// installs ring at start), so tests install it too before building one.
+pub fn http_client() -> reqwest::Client {
+    imgsearch::source::install_crypto_provider();
+    reqwest::Client::new()
+}

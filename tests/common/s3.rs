@@ -15,7 +15,6 @@ pub struct MotoServer {
 
 impl MotoServer {
     pub async fn start() -> Self {
-        imgsearch::source::install_crypto_provider(); // for this file's own reqwest clients
         let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
         let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
         let child = Command::new(&binary)
@@ -25,7 +24,7 @@ impl MotoServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} ({e}): run `make setup`", binary.display()));
         let server = Self { endpoint: format!("http://127.0.0.1:{port}"), child };
-        let client = reqwest::Client::new();
+        let client = super::http_client();
         for _ in 0..300 {
             if client.get(&server.endpoint).send().await.is_ok() {
                 return server;
@@ -37,7 +36,7 @@ impl MotoServer {
 
     pub async fn create_bucket(&self, bucket: &str) {
         let response =
-            reqwest::Client::new().put(format!("{}/{bucket}", self.endpoint)).send().await.expect("PUT bucket");
+            super::http_client().put(format!("{}/{bucket}", self.endpoint)).send().await.expect("PUT bucket");
         assert!(response.status().is_success(), "creating bucket {bucket}: {}", response.status());
     }
 
@@ -45,7 +44,7 @@ impl MotoServer {
     pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
         let encoded: Vec<String> = key.split('/').map(|part| percent_encode(part)).collect();
         let url = format!("{}/{bucket}/{}", self.endpoint, encoded.join("/"));
-        let response = reqwest::Client::new().put(&url).body(body).send().await.expect("PUT object");
+        let response = super::http_client().put(&url).body(body).send().await.expect("PUT object");
         assert!(response.status().is_success(), "storing {key}: {}", response.status());
     }
 
