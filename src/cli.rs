@@ -193,7 +193,11 @@ impl SourceArgs {
         }
         let source = self.source.as_deref().unwrap_or_default();
         if source.starts_with("s3://") {
-            let settings = s3::S3Settings { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone() };
+            let settings = s3::S3Settings {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                credentials: None,
+            };
             return Ok(Source::S3(s3::Bucket::connect(s3::S3Location::parse(source)?, &settings)?));
         }
         Source::directory(std::path::Path::new(source))
@@ -250,9 +254,25 @@ pub struct ServerArgs {
     /// Image embeddings computed at once; further requests queue briefly, then get 503.
     #[arg(long, env = "IMGSEARCH_MAX_CONCURRENT_INFERENCE", default_value_t = ServeConfig::default().max_concurrent_inference)]
     pub max_concurrent_inference: usize,
+    /// The bucket search results' images are read from, `s3://bucket/prefix` (a collection
+    /// ingested from S3); credentials as for ingest.
+    #[arg(long, env = "IMGSEARCH_IMAGE_BUCKET")]
+    pub image_bucket: Option<String>,
+    /// Endpoint of a non-AWS S3-compatible store holding `--image-bucket`.
+    #[arg(long, env = "IMGSEARCH_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
 }
 
 impl ServerArgs {
+    fn image_bucket(&self) -> Result<Option<Arc<s3::Bucket>>, SourceError> {
+        let Some(location) = &self.image_bucket else { return Ok(None) };
+        let settings =
+            s3::S3Settings { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), credentials: None };
+        Ok(Some(Arc::new(s3::Bucket::connect(s3::S3Location::parse(location)?, &settings)?)))
+    }
+
     fn config(&self, collection: &str, batch: &BatchArgs) -> anyhow::Result<ServeConfig> {
         let mut load_roots = Vec::new();
         for root in self.load_roots.iter().filter(|r| !r.as_os_str().is_empty()) {
@@ -268,6 +288,7 @@ impl ServerArgs {
             max_concurrent_inference: self.max_concurrent_inference,
             batch_size: usize::from(batch.batch_size),
             decode_workers: batch.decode_workers(),
+            image_bucket: self.image_bucket()?,
             ..ServeConfig::default()
         })
     }
@@ -505,6 +526,9 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         upload_dir: data_dir.join("uploads"),
         max_body_bytes: ServeConfig::default().max_body_bytes,
         max_concurrent_inference: ServeConfig::default().max_concurrent_inference,
+        image_bucket: None,
+        s3_endpoint: None,
+        s3_region: None,
     };
     let config = server.config(&args.collection, &args.batch)?;
     serve_until_shutdown(ingestor, config, args.listen).await

@@ -110,6 +110,32 @@ async fn a_bucket_prefix_is_ingested_with_odd_keys_incrementally_and_pruned() {
     let hits = store.search(&collection, query, 1, &IndexSpec::default()).await.unwrap();
     assert_eq!(hits[0].uri, odd_uri);
 
+    // The search API serves the result image from the bucket it was given; without one it says so.
+    let bucket = imgsearch::source::s3::Bucket::connect(
+        imgsearch::source::s3::S3Location::parse("s3://photos/shop").unwrap(),
+        &imgsearch::source::s3::S3Settings {
+            endpoint: Some(moto.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("testing".into(), "testing".into())),
+        },
+    )
+    .unwrap();
+    let ingestor = common::ingestor(work.path()).await;
+    let with_bucket = imgsearch::api::ServeConfig { image_bucket: Some(Arc::new(bucket)), ..Default::default() };
+    let path = format!("/v1/images/{}", record.id);
+    let request = || axum::http::Request::get(&path).body(axum::body::Body::empty()).unwrap();
+    let search = imgsearch::api::app(imgsearch::api::ServerState::new(ingestor.clone(), with_bucket));
+    let response = tower::ServiceExt::oneshot(search, request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "image/jpeg");
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    assert_eq!(body.as_ref(), sample("coffee.jpg").as_slice(), "the object's bytes");
+    let without = imgsearch::api::app(imgsearch::api::ServerState::new(ingestor, Default::default()));
+    let response = tower::ServiceExt::oneshot(without, request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("start it with --image-bucket"));
+
     // Unchanged objects are skipped (the broken one too: the same bytes fail the same way).
     let rerun = ingest(work.path(), &collection, &args).await;
     assert_eq!((rerun.report["skipped"].as_u64(), rerun.report["indexed"].as_u64()), (Some(4), Some(0)));

@@ -148,5 +148,5 @@ async fn data(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let record = state.ingestor.catalog.find_by_uri(&query.image_path).await?;
-    serve_image(record, &format!("at {:?}", query.image_path)).await
+    serve_image(&state, record, &format!("at {:?}", query.image_path)).await
 }

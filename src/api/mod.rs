@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub queue_timeout: Duration,
     pub batch_size: usize,
     pub decode_workers: usize,
+    /// Where images catalogued as `s3://…` are read from, when the collection came from a bucket.
+    pub image_bucket: Option<Arc<crate::source::s3::Bucket>>,
 }
 
 impl Default for ServeConfig {
@@ -58,6 +60,7 @@ impl Default for ServeConfig {
             queue_timeout: Duration::from_secs(10),
             batch_size: 32,
             decode_workers: 1,
+            image_bucket: None,
         }
     }
 }
@@ -226,8 +229,8 @@ async fn store_upload(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Serves a catalogued, indexed image's bytes. Only files the catalog lists are ever read.
-async fn serve_image(record: Option<ImageRecord>, what: &str) -> Result<Response, ApiError> {
+/// Serves a catalogued, indexed image's bytes. Only images the catalog lists are ever read.
+async fn serve_image(state: &ServerState, record: Option<ImageRecord>, what: &str) -> Result<Response, ApiError> {
     let record = record
         .filter(|r| r.status == ImageStatus::Indexed)
         .ok_or_else(|| ApiError::NotFound(format!("no indexed image {what}")))?;
@@ -236,15 +239,25 @@ async fn serve_image(record: Option<ImageRecord>, what: &str) -> Result<Response
     if record.uri.starts_with("https://") || record.uri.starts_with("http://") {
         return Ok(axum::response::Redirect::temporary(&record.uri).into_response());
     }
-    if record.uri.starts_with("s3://") {
-        return Err(ApiError::NotImplemented(format!(
-            "image {what} is in a bucket ({}); this version of the search server does not serve bucket images yet",
-            record.uri
-        )));
-    }
-    let bytes = tokio::fs::read(&record.uri)
-        .await
-        .map_err(|_| ApiError::NotFound(format!("image {what} is catalogued but its file is no longer readable")))?;
+    let bytes = if record.uri.starts_with("s3://") {
+        let bucket = state.config.image_bucket.as_ref().filter(|bucket| bucket.owns(&record.uri)).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "image {what} is in a bucket ({}) this server was not given (start it with --image-bucket)",
+                record.uri
+            ))
+        })?;
+        let object = crate::source::SourceImage { uri: record.uri.clone(), size: None };
+        bucket.read(&object).await.map_err(|error| match error {
+            crate::source::ReadError::Source(error) => {
+                ApiError::unavailable("the image bucket is unreachable; try again shortly", error)
+            }
+            other => ApiError::NotFound(format!("image {what} cannot be read from its bucket: {other}")),
+        })?
+    } else {
+        tokio::fs::read(&record.uri)
+            .await
+            .map_err(|_| ApiError::NotFound(format!("image {what} is catalogued but its file is no longer readable")))?
+    };
     let mime = preprocess::sniff_format(&bytes).map(preprocess::mime_type).unwrap_or("application/octet-stream");
     Ok((
         [

@@ -99,7 +99,7 @@ async fn add_image(
 async fn image(State(state): State<AppState>, id: Result<Path<i64>, PathRejection>) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let record = state.ingestor.catalog.get(id).await?;
-    serve_image(record, &format!("with id {id}")).await
+    serve_image(&state, record, &format!("with id {id}")).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -377,6 +377,12 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     let mut env = common_env(ic)?;
     env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
     env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
+    // Result images of a bucket source are read from the bucket, with the ingest Jobs' settings.
+    if ic.spec.source.s3.is_some() {
+        let source = ingest_source(ic)?;
+        env.extend(source.env);
+        env.extend(source.args.into_iter().map(|location| plain("IMGSEARCH_IMAGE_BUCKET", &location)));
+    }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -673,6 +679,15 @@ mod tests {
         // Only the scratch volume: nothing to mount for a bucket.
         let volumes: Vec<&str> = pod.volumes.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
         assert_eq!(volumes, ["scratch"]);
+
+        // The search pods read result images from the same bucket, with the same settings.
+        let deployment = search_deployment(&ic, &config()).unwrap();
+        let search = &deployment.spec.template.spec.unwrap().containers[0];
+        let env = search.env.as_ref().unwrap();
+        let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+        assert_eq!(value("IMGSEARCH_IMAGE_BUCKET").as_deref(), Some("s3://photos/shop/2024"));
+        assert_eq!(value("IMGSEARCH_S3_ENDPOINT").as_deref(), Some("http://minio.storage:9000"));
+        assert!(env.iter().any(|e| e.name == "AWS_ACCESS_KEY_ID" && e.value_from.is_some()));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct S3Settings {
     /// Endpoint of a non-AWS store, e.g. `http://minio.storage:9000`; `http://` allows plain HTTP.
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// Access key id and secret; `None` takes them from the environment.
+    pub credentials: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -74,6 +76,9 @@ impl Bucket {
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);
         }
+        if let Some((key_id, secret)) = &settings.credentials {
+            builder = builder.with_access_key_id(key_id).with_secret_access_key(secret);
+        }
         let endpoint = match &settings.endpoint {
             Some(endpoint) => {
                 builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
@@ -95,6 +100,11 @@ impl Bucket {
         } else {
             format!("s3://{}/{}/", self.location.bucket, self.location.prefix)
         }
+    }
+
+    /// Whether `uri` names an object under this bucket's prefix.
+    pub fn owns(&self, uri: &str) -> bool {
+        uri.starts_with(&self.uri_prefix())
     }
 
     fn error(&self, message: impl std::fmt::Display) -> SourceError {
