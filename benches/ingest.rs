@@ -100,8 +100,8 @@ fn make_corpus(photos: &Path, corpus: &Path) {
         let scale = [0.8 + 0.4 * next(), 0.8 + 0.4 * next(), 0.8 + 0.4 * next()];
         let mut rgb: RgbImage = image.resize_exact(1024, 768, FilterType::Triangle).to_rgb8();
         for pixel in rgb.pixels_mut() {
-            for c in 0..3 {
-                pixel.0[c] = (f32::from(pixel.0[c]) * scale[c]).min(255.0) as u8;
+            for (channel, factor) in pixel.0.iter_mut().zip(scale) {
+                *channel = (f32::from(*channel) * factor).min(255.0) as u8;
             }
         }
         let mut bytes = Cursor::new(Vec::new());

@@ -220,7 +220,9 @@ pub struct IngestArgs {
     /// How many shards split the source, by a hash of each image's path.
     #[arg(long, env = "IMGSEARCH_SHARD_COUNT", default_value_t = 1)]
     pub shard_count: u32,
-    /// Remove images that are gone from the source (only its own, and only in this shard).
+    /// Remove images that are gone from the source (only its own, and only in this shard). For
+    /// a URL list, every http(s) image of the collection counts as the list's: feed one
+    /// collection from one list when pruning.
     #[arg(long, env = "IMGSEARCH_PRUNE")]
     pub prune: bool,
     /// Also write the summary as compact JSON (≤ 4 KiB) to this file. Ingest Jobs point it at

@@ -223,7 +223,8 @@ impl Ingestor {
                     let bytes = source.read(&image).await;
                     Fetched { image, bytes }
                 })
-                .buffered(source.read_concurrency());
+                // Unordered: one slow URL must not hold up the reads that finished behind it.
+                .buffer_unordered(source.read_concurrency());
             while let Some(fetched) = reads.next().await {
                 // The source itself is gone: stop reading; what is already read still gets
                 // written, since the later stages drain their channels before they stop.
@@ -492,7 +493,7 @@ fn examine(
     let bytes = match bytes {
         Ok(bytes) => bytes,
         Err(ReadError::Unusable { reason, size_bytes }) => {
-            return failed(None, size_bytes.map(|size| size as i64), reason);
+            return failed(None, size_bytes.and_then(|size| i64::try_from(size).ok()), reason);
         }
         Err(error @ (ReadError::Unavailable { .. } | ReadError::Source(_))) => {
             return Examined::Failed {

@@ -148,6 +148,16 @@ async fn a_bucket_prefix_is_ingested_with_odd_keys_incrementally_and_pruned() {
     assert_eq!(pruned.report["pruned"], 1, "{}", pruned.report);
     assert_eq!(store.count(&collection).await.unwrap(), 2);
     assert!(catalog.find(&collection, "s3://photos/shop/deep/moon.jpg").await.unwrap().is_none());
+
+    // A prefix may itself be hidden or hold characters a URL would encode; only the parts below
+    // it are judged hidden.
+    moto.put("photos", ".archive/#2024/moon.jpg", sample("moon.jpg")).await;
+    let archive = common::unique_collection("s3archive");
+    let archived =
+        ingest(work.path(), &archive, &["s3://photos/.archive/#2024", "--s3-endpoint", &moto.endpoint]).await;
+    assert!(archived.success, "{}", archived.stderr);
+    assert_eq!(archived.report["indexed"], 1, "{}", archived.report);
+    store.drop_collection(&archive).await.unwrap();
     store.drop_collection(&collection).await.unwrap();
 }
 
@@ -224,6 +234,11 @@ async fn serve_image(UrlPath(name): UrlPath<String>) -> Response {
     }
 }
 
+/// `n` redirects (n ≥ 1), the last to the image: `/chain/5` is exactly the most a fetch follows.
+async fn chain(UrlPath(n): UrlPath<u32>) -> Redirect {
+    if n <= 1 { Redirect::temporary("/img/gravel.jpg") } else { Redirect::temporary(&format!("/chain/{}", n - 1)) }
+}
+
 async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let site = Site { flaky_is_down: Arc::new(AtomicBool::new(false)), port: listener.local_addr().unwrap().port() };
@@ -252,6 +267,7 @@ async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
             }),
         )
         .route("/loop", get(|| async { Redirect::temporary("/loop") }))
+        .route("/chain/{n}", get(chain))
         .route(
             "/slow.jpg",
             get(|| async {
@@ -266,8 +282,9 @@ async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
     (site, task)
 }
 
-/// A server whose every answer claims a 300 MB image (axum would correct the length, so this
-/// one speaks HTTP by hand); the fetcher must refuse on the header, not read the body.
+/// A server that claims a 300 MB image (axum would correct the length, so this one speaks HTTP
+/// by hand), or at `/endless` sends an image body without end; the fetcher must refuse the
+/// first on its header and stop reading the second at the cap.
 async fn start_huge_server() -> (String, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -276,7 +293,15 @@ async fn start_huge_server() -> (String, tokio::task::JoinHandle<()>) {
         while let Ok((mut connection, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
-                let _ = connection.read(&mut request).await;
+                let read = connection.read(&mut request).await.unwrap_or(0);
+                if request[..read].starts_with(b"GET /endless") {
+                    // No length at all: the body just keeps coming until the client hangs up.
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n";
+                    let _ = connection.write_all(head.as_bytes()).await;
+                    let chunk = vec![0u8; 1 << 20];
+                    while connection.write_all(&chunk).await.is_ok() {}
+                    return;
+                }
                 let head = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 314572800\r\n\r\n";
                 let _ = connection.write_all(head.as_bytes()).await;
                 let _ = connection.write_all(&[0xff, 0xd8, 0xff]).await;
@@ -294,13 +319,20 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
     let base = format!("http://127.0.0.1:{}", site.port);
     let work = tempfile::tempdir().unwrap();
     let url = |path: &str| format!("{base}{path}");
-    let good =
-        [url("/img/astronaut.jpg"), url("/img/coffee.jpg?size=large&v=2"), url("/moved/moon"), url("/flaky.jpg")];
+    let good = [
+        url("/img/astronaut.jpg"),
+        url("/img/coffee.jpg?size=large&v=2"),
+        url("/moved/moon"),
+        url("/chain/5"),
+        url("/flaky.jpg"),
+    ];
+    let endless = huge.replace("/huge.jpg", "/endless");
     let not_allowed = format!("http://127.0.0.2:{}/img/astronaut.jpg", site.port);
     let bad = [
         (url("/page.html"), "the server sent Content-Type text/html, not an image"),
         (url("/img/missing.jpg"), "the server answered HTTP 404 Not Found"),
         (huge, "file is 314572800 bytes, over the limit of 268435456"),
+        (url("/chain/6"), "more than 5 redirects"),
         (
             url("/to-metadata"),
             "169.254.169.254 is a link-local (cloud metadata lives at 169.254.169.254) address; refused",
@@ -357,7 +389,8 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
 
     // Without the explicit allowance, the same server is out of reach.
     let one = work.path().join("one.txt");
-    std::fs::write(&one, format!("{}\n", good[0])).unwrap();
+    let by_name = format!("http://localhost:{}/img/astronaut.jpg", site.port);
+    std::fs::write(&one, format!("{}\n{by_name}\n", good[0])).unwrap();
     let guarded_collection = common::unique_collection("guarded");
     let guarded = ingest(work.path(), &guarded_collection, &["--url-list", one.to_str().unwrap()]).await;
     assert!(
@@ -365,6 +398,18 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
         "{}",
         guarded.report
     );
+    // A body without a length is cut off at the cap (its own run: reading 256 MiB must not race
+    // the 2 s limit above).
+    let endless_list = work.path().join("endless.txt");
+    std::fs::write(&endless_list, format!("{endless}\n")).unwrap();
+    let endless_collection = common::unique_collection("endless");
+    let allowed = ["--url-list", endless_list.to_str().unwrap(), "--allow-private-network", "127.0.0.1/32"];
+    let capped = ingest(work.path(), &endless_collection, &allowed).await;
+    assert_eq!(failure_reason(&capped.report, &endless), "the body is over the limit of 268435456 bytes");
+    store.drop_collection(&endless_collection).await.unwrap();
+    // A name is judged by what it resolves to, when the connection is made.
+    let reason = failure_reason(&guarded.report, &by_name);
+    assert!(reason.starts_with("localhost (") && reason.contains("is a loopback address; refused"), "{reason}");
     store.drop_collection(&collection).await.unwrap();
     store.drop_collection(&guarded_collection).await.unwrap();
     server.abort();

@@ -81,6 +81,9 @@ impl Default for Recheck {
     }
 }
 
+/// A Milvus connection's identity: URI, token, database.
+type MilvusKey = (String, Option<String>, Option<String>);
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -89,7 +92,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recheck: Recheck,
     /// One Milvus connection per (URI, token, database), reused across reconciles.
-    milvus: Mutex<HashMap<(String, Option<String>, Option<String>), MilvusStore>>,
+    milvus: Mutex<HashMap<MilvusKey, MilvusStore>>,
     /// Consecutive failed reconciles per object ("namespace/name"), for the retry backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }

@@ -498,10 +498,7 @@ mod tests {
         );
         let events = transitions(Some(&done), &lost);
         assert_eq!(events.len(), 1);
-        assert_eq!(
-            (events[0].0.clone(), events[0].1.as_str()),
-            (kube::runtime::events::EventType::Warning, "NotReady")
-        );
+        assert_eq!((events[0].0, events[0].1.as_str()), (kube::runtime::events::EventType::Warning, "NotReady"));
     }
 
     #[test]

@@ -230,6 +230,13 @@ fn is_image_extension(extension: &str) -> bool {
     IMAGE_EXTENSIONS.iter().any(|known| extension.eq_ignore_ascii_case(known))
 }
 
+/// reqwest and object_store use rustls without picking a crypto provider; this process uses
+/// ring (as kube's client does). Idempotent.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,11 +297,4 @@ mod shard_tests {
         assert_eq!(Shard::new(0, 0).unwrap_err(), "the shard count must be at least 1");
         assert_eq!(Shard::new(4, 4).unwrap_err(), "shard index 4 is out of range for 4 shards (0..=3)");
     }
-}
-
-/// reqwest and object_store use rustls without picking a crypto provider; this process uses
-/// ring (as kube's client does). Idempotent.
-pub fn install_crypto_provider() {
-    // Err only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

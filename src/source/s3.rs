@@ -116,7 +116,11 @@ impl Bucket {
 
     /// Every object under the prefix with an image extension, sorted by key.
     pub async fn list(&self) -> Result<Vec<SourceImage>, SourceError> {
-        let prefix = (!self.location.prefix.is_empty()).then(|| ObjectPath::from(self.location.prefix.as_str()));
+        // parse, not from: the prefix is a key as stored, not to be percent-encoded.
+        let prefix = match self.location.prefix.as_str() {
+            "" => None,
+            prefix => Some(ObjectPath::parse(prefix).map_err(|e| self.error(format!("invalid prefix: {e}")))?),
+        };
         let objects: Vec<_> = self
             .store
             .list(prefix.as_ref())
@@ -127,8 +131,10 @@ impl Bucket {
             .into_iter()
             .filter(|meta| {
                 let key: &str = meta.location.as_ref();
+                // Hidden parts are judged below the prefix only: the prefix itself may be hidden.
+                let below = key.strip_prefix(self.location.prefix.as_str()).unwrap_or(key);
                 key.rsplit_once('.').is_some_and(|(_, extension)| super::is_image_extension(extension))
-                    && !key.split('/').any(|part| part.starts_with('.'))
+                    && !below.split('/').any(|part| part.starts_with('.'))
             })
             .map(|meta| SourceImage {
                 uri: format!("s3://{}/{}", self.location.bucket, meta.location.as_ref()),
@@ -154,6 +160,11 @@ impl Bucket {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(ReadError::Unusable { reason: "the object no longer exists".into(), size_bytes: None });
+            }
+            // One object this reader may not read (an archived object, a KMS key it lacks):
+            // that image, not the run; an indexed copy stays.
+            Err(error @ object_store::Error::PermissionDenied { .. }) => {
+                return Err(ReadError::Unavailable { reason: format!("access denied: {error}") });
             }
             Err(e) => return Err(ReadError::Source(self.error(format!("reading {key} failed: {e}")))),
         };

@@ -139,7 +139,19 @@ pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return internal_kind_v4(v4);
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            // Forms that carry an IPv4 address inside: judged by that address.
+            if segments[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return internal_kind_v4(Ipv4Addr::new(a, b, c, d)).or(Some("IPv4-compatible (deprecated)"));
+            }
+            if first == 0x2002 {
+                let [a, b] = segments[1].to_be_bytes();
+                let [c, d] = segments[2].to_be_bytes();
+                return internal_kind_v4(Ipv4Addr::new(a, b, c, d));
+            }
             if v6.is_loopback() {
                 Some("loopback")
             } else if v6.is_unspecified() {
@@ -150,8 +162,10 @@ pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
                 Some("link-local")
             } else if v6.is_multicast() {
                 Some("multicast")
-            } else if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            } else if segments[..2] == [0x64, 0xff9b] {
                 Some("NAT64 (it can reach internal IPv4)")
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("site-local")
             } else {
                 None
             }
@@ -242,12 +256,15 @@ impl Fetcher {
         super::install_crypto_provider();
         let redirect_allowed = allowed.clone();
         let client = reqwest::Client::builder()
+            // A proxy would resolve names itself, out of the guard's sight: never use one.
+            .no_proxy()
             .user_agent(concat!("imgsearch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
             .dns_resolver(Arc::new(GuardedResolver { allowed: allowed.clone() }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
+                // previous() holds the original URL and every redirect before this one.
+                if attempt.previous().len() > MAX_REDIRECTS {
                     return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
                 }
                 let url = attempt.url().clone();
@@ -274,8 +291,9 @@ impl Fetcher {
         let status = response.status();
         if !status.is_success() {
             let reason = format!("the server answered HTTP {status}");
-            // Worth another try later: rate limiting and server errors. The rest will not change.
-            return Err(if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            // Worth another try later: server errors, rate limiting, and refusals that often
+            // pass (an expired signed URL, a firewall's 403). 404, 410 and the rest will not change.
+            return Err(if status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 408 | 429) {
                 ReadError::Unavailable { reason }
             } else {
                 unusable(reason)
@@ -284,7 +302,11 @@ impl Fetcher {
         if let Some(content_type) = response.headers().get(reqwest::header::CONTENT_TYPE) {
             let content_type = content_type.to_str().unwrap_or("(not text)").to_ascii_lowercase();
             let essence = content_type.split(';').next().unwrap_or("").trim();
-            if !(essence.starts_with("image/") || essence == "application/octet-stream" || essence.is_empty()) {
+            // Only what is clearly a document is refused here: stores often label images
+            // `binary/octet-stream` or worse, and the bytes are sniffed when decoded anyway.
+            let document = essence.starts_with("text/")
+                || matches!(essence, "application/json" | "application/xml" | "application/xhtml+xml");
+            if document {
                 return Err(unusable(format!("the server sent Content-Type {essence}, not an image")));
             }
         }
@@ -367,10 +389,15 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "::7f00:1",
+            "2002:a9fe:a9fe::1",
+            "fec0::1",
         ] {
             assert!(none.refusal(ip(internal)).is_some(), "{internal} must be refused");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111"] {
+        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "2002:5db8:d822::1"]
+        {
             assert_eq!(none.refusal(ip(public)), None, "{public} is public");
         }
         assert!(none.refusal(ip("169.254.169.254")).unwrap().contains("metadata"));

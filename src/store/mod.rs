@@ -481,6 +481,13 @@ pub fn validate_collection_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Milvus reports "no index yet" as an error: code 700 ("index not found" on Milvus 2.x,
+/// "no index on collection" on Milvus Lite).
+fn is_missing_index(error: &milvus::v2::error::Error) -> bool {
+    let text = error.to_string().to_lowercase();
+    text.contains("index not found") || text.contains("no index on collection") || text.contains("code=700")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,11 +500,4 @@ mod tests {
             assert!(validate_collection_name(bad).is_err(), "{bad:?} should be refused");
         }
     }
-}
-
-/// Milvus reports "no index yet" as an error: code 700 ("index not found" on Milvus 2.x,
-/// "no index on collection" on Milvus Lite).
-fn is_missing_index(error: &milvus::v2::error::Error) -> bool {
-    let text = error.to_string().to_lowercase();
-    text.contains("index not found") || text.contains("no index on collection") || text.contains("code=700")
 }

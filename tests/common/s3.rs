@@ -42,7 +42,7 @@ impl MotoServer {
 
     /// Stores an object; `key` is sent percent-encoded, as S3 clients do.
     pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
-        let encoded: Vec<String> = key.split('/').map(|part| percent_encode(part)).collect();
+        let encoded: Vec<String> = key.split('/').map(percent_encode).collect();
         let url = format!("{}/{bucket}/{}", self.endpoint, encoded.join("/"));
         let response = super::http_client().put(&url).body(body).send().await.expect("PUT object");
         assert!(response.status().is_success(), "storing {key}: {}", response.status());
