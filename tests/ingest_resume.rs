@@ -85,23 +85,11 @@ async fn kill_when(
 fn fashion_folder(work: &Path) -> std::path::PathBuf {
     let folder = work.join("images");
     std::fs::create_dir_all(&folder).unwrap();
-    let fashion = common::sample_dir().join("fashion");
-    let mut copied = 0;
-    for class in std::fs::read_dir(&fashion).unwrap() {
-        let class = class.unwrap().path();
-        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for file in files.into_iter().take(IMAGES / 10) {
-            let name = format!(
-                "{}-{}",
-                class.file_name().unwrap().to_string_lossy(),
-                file.file_name().unwrap().to_string_lossy()
-            );
-            std::fs::copy(&file, folder.join(name)).unwrap();
-            copied += 1;
-        }
+    let images = common::fashion_images(IMAGES / 10);
+    assert_eq!(images.len(), IMAGES);
+    for (name, file) in images {
+        std::fs::copy(&file, folder.join(name)).unwrap();
     }
-    assert_eq!(copied, IMAGES);
     folder
 }
 
@@ -165,13 +153,7 @@ async fn milvus_going_away_mid_run_fails_clearly_and_a_rerun_finishes_the_job() 
     let outage = common::outage::Outage::forward_to(common::milvus_uri().trim_start_matches("http://").into()).await;
 
     let mut child = ingest_via(&outage.uri(), &folder, &collection, &catalog_url, Stdio::piped());
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
-        if catalog.count(&collection, ImageStatus::Indexed).await.unwrap_or(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    common::wait_for_first_indexed(&mut child, &catalog, &collection).await;
     outage.cut();
     let started = std::time::Instant::now();
     let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())

@@ -166,22 +166,11 @@ async fn a_bucket_that_goes_away_mid_run_stops_the_run_without_marking_images_fa
     const IMAGES: usize = 120;
     let moto = common::s3::MotoServer::start().await;
     moto.create_bucket("fashion").await;
-    let mut uploaded = 0;
-    for class in std::fs::read_dir(common::sample_dir().join("fashion")).unwrap() {
-        let class = class.unwrap().path();
-        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for file in files.into_iter().take(IMAGES / 10) {
-            let key = format!(
-                "{}/{}",
-                class.file_name().unwrap().to_string_lossy(),
-                file.file_name().unwrap().to_string_lossy()
-            );
-            moto.put("fashion", &key, std::fs::read(&file).unwrap()).await;
-            uploaded += 1;
-        }
+    let images = common::fashion_images(IMAGES / 10);
+    assert_eq!(images.len(), IMAGES);
+    for (name, file) in images {
+        moto.put("fashion", &format!("catalogue/{name}"), std::fs::read(&file).unwrap()).await;
     }
-    assert_eq!(uploaded, IMAGES);
     let outage = common::outage::Outage::forward_to(moto.endpoint.trim_start_matches("http://").to_string()).await;
     let endpoint = outage.uri();
     let args = ["s3://fashion", "--s3-endpoint", &endpoint];
@@ -190,13 +179,7 @@ async fn a_bucket_that_goes_away_mid_run_stops_the_run_without_marking_images_fa
     let collection = common::unique_collection("s3gone");
     let catalog = Catalog::open(&catalog_url(work.path())).await.unwrap();
     let mut child = ingest_command(work.path(), &collection, &args).spawn().expect("start ingest");
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
-        if catalog.count(&collection, ImageStatus::Indexed).await.unwrap_or(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    common::wait_for_first_indexed(&mut child, &catalog, &collection).await;
     outage.cut();
     let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
         .await

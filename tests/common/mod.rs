@@ -64,6 +64,36 @@ pub fn photo(name: &str) -> PathBuf {
     sample_dir().join("photos").join(name)
 }
 
+/// The first `per_class` Fashion-MNIST sample images of every class, each with a flat name
+/// unique across classes (`class-file.png`), in a stable order.
+pub fn fashion_images(per_class: usize) -> Vec<(String, PathBuf)> {
+    let mut classes: Vec<PathBuf> =
+        std::fs::read_dir(sample_dir().join("fashion")).unwrap().map(|e| e.unwrap().path()).collect();
+    classes.sort();
+    let mut images = Vec::new();
+    for class in classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.into_iter().take(per_class) {
+            let class_name = class.file_name().unwrap().to_string_lossy().to_string();
+            images.push((format!("{class_name}-{}", file.file_name().unwrap().to_string_lossy()), file));
+        }
+    }
+    images
+}
+
+/// Waits until `child` (an `imgsearch ingest` run) has indexed its first image in `catalog`;
+/// fails the test if the run ends first.
+pub async fn wait_for_first_indexed(child: &mut tokio::process::Child, catalog: &Catalog, collection: &str) {
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before anything could be done mid-run");
+        if catalog.count(collection, imgsearch::catalog::ImageStatus::Indexed).await.unwrap_or(0) > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 pub fn encode(image: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     image.write_to(&mut out, format).expect("encode in memory");
