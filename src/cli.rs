@@ -193,15 +193,20 @@ impl SourceArgs {
         }
         let source = self.source.as_deref().unwrap_or_default();
         if source.starts_with("s3://") {
-            let settings = s3::S3Settings {
-                endpoint: self.s3_endpoint.clone(),
-                region: self.s3_region.clone(),
-                credentials: None,
-            };
-            return Ok(Source::S3(s3::Bucket::connect(s3::S3Location::parse(source)?, &settings)?));
+            return Ok(Source::S3(connect_bucket(source, &self.s3_endpoint, &self.s3_region)?));
         }
         Source::directory(std::path::Path::new(source))
     }
+}
+
+/// A bucket from `s3://bucket/prefix` and the S3 flags; credentials from the environment.
+fn connect_bucket(
+    location: &str,
+    endpoint: &Option<String>,
+    region: &Option<String>,
+) -> Result<s3::Bucket, SourceError> {
+    let settings = s3::S3Settings { endpoint: endpoint.clone(), region: region.clone(), credentials: None };
+    s3::Bucket::connect(s3::S3Location::parse(location)?, &settings)
 }
 
 #[derive(Debug, Args)]
@@ -270,9 +275,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     fn image_bucket(&self) -> Result<Option<Arc<s3::Bucket>>, SourceError> {
         let Some(location) = &self.image_bucket else { return Ok(None) };
-        let settings =
-            s3::S3Settings { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), credentials: None };
-        Ok(Some(Arc::new(s3::Bucket::connect(s3::S3Location::parse(location)?, &settings)?)))
+        Ok(Some(Arc::new(connect_bucket(location, &self.s3_endpoint, &self.s3_region)?)))
     }
 
     fn config(&self, collection: &str, batch: &BatchArgs) -> anyhow::Result<ServeConfig> {

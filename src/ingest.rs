@@ -68,7 +68,7 @@ pub struct IngestOptions {
     pub decode_workers: usize,
     /// The part of the source this run covers (an Indexed Job pod's share).
     pub shard: Shard,
-    /// Remove images that are gone from the source (within the folder and this shard).
+    /// Remove images that are gone from the source (only its own images, and only this shard's).
     pub prune: bool,
 }
 
@@ -480,29 +480,20 @@ fn examine(
     limits: DecodeLimits,
     input_size: u32,
 ) -> Examined {
-    let failed = |content_hash: Option<String>, size_bytes: Option<i64>, reason: String| Examined::Failed {
-        uri: uri.to_string(),
-        content_hash,
-        size_bytes,
-        reason,
-        transient: false,
+    let failed = |content_hash: Option<String>, size_bytes: Option<i64>, reason: String, transient: bool| {
+        Examined::Failed { uri: uri.to_string(), content_hash, size_bytes, reason, transient }
     };
     if uri.len() > MAX_URI_LENGTH as usize {
-        return failed(None, None, format!("URI is {} bytes long, over the limit of {MAX_URI_LENGTH}", uri.len()));
+        let reason = format!("URI is {} bytes long, over the limit of {MAX_URI_LENGTH}", uri.len());
+        return failed(None, None, reason, false);
     }
     let bytes = match bytes {
         Ok(bytes) => bytes,
         Err(ReadError::Unusable { reason, size_bytes }) => {
-            return failed(None, size_bytes.and_then(|size| i64::try_from(size).ok()), reason);
+            return failed(None, size_bytes.and_then(|size| i64::try_from(size).ok()), reason, false);
         }
         Err(error @ (ReadError::Unavailable { .. } | ReadError::Source(_))) => {
-            return Examined::Failed {
-                uri: uri.to_string(),
-                content_hash: None,
-                size_bytes: None,
-                reason: error.to_string(),
-                transient: true,
-            };
+            return failed(None, None, error.to_string(), true);
         }
     };
     let content_hash = hex::encode(Sha256::digest(&bytes));
@@ -523,7 +514,7 @@ fn examine(
             },
             prepared,
         },
-        Err(e) => failed(Some(content_hash), Some(bytes.len() as i64), e.to_string()),
+        Err(e) => failed(Some(content_hash), Some(bytes.len() as i64), e.to_string(), false),
     }
 }
 

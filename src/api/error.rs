@@ -26,8 +26,6 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
-    #[error("{0}")]
-    NotImplemented(String),
     /// A dependency (Milvus, the catalog, the model) is down or overloaded; the detail is logged.
     #[error("{public}")]
     Unavailable { public: String, detail: String },
@@ -46,7 +44,6 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -62,7 +59,6 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unprocessable(_) => "unprocessable_image",
-            Self::NotImplemented(_) => "not_implemented",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }

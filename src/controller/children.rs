@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use crate::crd::{ImageCollection, ServiceType};
+use crate::crd::{ImageCollection, PvcSource, S3Source, ServiceType};
 
 pub const MANAGER: &str = "imgsearch-controller";
 pub const LABEL_COLLECTION: &str = "imgsearch.io/collection";
@@ -155,10 +155,9 @@ fn scratch_volume() -> (Volume, VolumeMount) {
     )
 }
 
-/// The source's claim, mounted read-only at `/images` (pvc sources only).
-fn source_volume(ic: &ImageCollection) -> Option<(Volume, VolumeMount)> {
-    let pvc = ic.spec.source.pvc.as_ref()?;
-    Some((
+/// The source's claim, mounted read-only at `/images`.
+fn source_volume(pvc: &PvcSource) -> (Volume, VolumeMount) {
+    (
         Volume {
             name: "images".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -173,11 +172,31 @@ fn source_volume(ic: &ImageCollection) -> Option<(Volume, VolumeMount)> {
             read_only: Some(true),
             ..VolumeMount::default()
         },
-    ))
+    )
 }
 
-/// Where a URL-list source's ConfigMap key is mounted in ingest pods.
-const URL_LIST_FILE: &str = "/etc/imgsearch/source/urls.txt";
+/// Where a URL-list source's ConfigMap key is mounted in ingest pods, as `URL_LIST_FILE_NAME`.
+const URL_LIST_DIR: &str = "/etc/imgsearch/source";
+const URL_LIST_FILE_NAME: &str = "urls.txt";
+
+/// A bucket source's location (`s3://bucket/prefix`) and the environment that reaches it, for
+/// the ingest pods that read it and the search pods that serve its images.
+fn s3_access(s3: &S3Source) -> (String, Vec<EnvVar>) {
+    let mut env = Vec::new();
+    if let Some(endpoint) = &s3.endpoint {
+        env.push(plain("IMGSEARCH_S3_ENDPOINT", endpoint));
+    }
+    if let Some(region) = &s3.region {
+        env.push(plain("AWS_REGION", region));
+    }
+    // Without a Secret, credentials come from the pod's identity (e.g. IRSA on EKS).
+    if let Some(secret) = &s3.secret_ref {
+        env.push(from_secret("AWS_ACCESS_KEY_ID", &secret.name, "AWS_ACCESS_KEY_ID", false));
+        env.push(from_secret("AWS_SECRET_ACCESS_KEY", &secret.name, "AWS_SECRET_ACCESS_KEY", false));
+        env.push(from_secret("AWS_SESSION_TOKEN", &secret.name, "AWS_SESSION_TOKEN", true));
+    }
+    (format!("s3://{}/{}", s3.bucket, s3.prefix.trim_matches('/')), env)
+}
 
 /// How an ingest pod reaches the source: the `imgsearch ingest` arguments naming it, and the
 /// environment and volumes that go with them.
@@ -190,26 +209,12 @@ struct IngestSource {
 fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
     let source = &ic.spec.source;
     if let Some(pvc) = &source.pvc {
-        let volume = source_volume(ic).ok_or(BuildError::UnsupportedSource("the pvc source has no volume"))?;
         let folder = format!("{IMAGES_MOUNT}{}", pvc.path.trim_end_matches('/'));
-        return Ok(IngestSource { args: vec![folder], env: Vec::new(), volumes: vec![volume] });
+        return Ok(IngestSource { args: vec![folder], env: Vec::new(), volumes: vec![source_volume(pvc)] });
     }
     if let Some(s3) = &source.s3 {
-        let prefix = s3.prefix.trim_matches('/');
-        let mut env = Vec::new();
-        if let Some(endpoint) = &s3.endpoint {
-            env.push(plain("IMGSEARCH_S3_ENDPOINT", endpoint));
-        }
-        if let Some(region) = &s3.region {
-            env.push(plain("AWS_REGION", region));
-        }
-        // Without a Secret, credentials come from the pod's identity (e.g. IRSA on EKS).
-        if let Some(secret) = &s3.secret_ref {
-            env.push(from_secret("AWS_ACCESS_KEY_ID", &secret.name, "AWS_ACCESS_KEY_ID", false));
-            env.push(from_secret("AWS_SECRET_ACCESS_KEY", &secret.name, "AWS_SECRET_ACCESS_KEY", false));
-            env.push(from_secret("AWS_SESSION_TOKEN", &secret.name, "AWS_SESSION_TOKEN", true));
-        }
-        return Ok(IngestSource { args: vec![format!("s3://{}/{prefix}", s3.bucket)], env, volumes: Vec::new() });
+        let (location, env) = s3_access(s3);
+        return Ok(IngestSource { args: vec![location], env, volumes: Vec::new() });
     }
     if let Some(urls) = &source.urls {
         let reference = &urls.config_map_ref;
@@ -219,7 +224,7 @@ fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
                 name: reference.name.clone(),
                 items: Some(vec![KeyToPath {
                     key: reference.key.clone(),
-                    path: "urls.txt".into(),
+                    path: URL_LIST_FILE_NAME.into(),
                     ..KeyToPath::default()
                 }]),
                 ..ConfigMapVolumeSource::default()
@@ -228,7 +233,7 @@ fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
         };
         let mount = VolumeMount {
             name: "url-list".into(),
-            mount_path: "/etc/imgsearch/source".into(),
+            mount_path: URL_LIST_DIR.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         };
@@ -237,7 +242,7 @@ fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
             env.push(plain("IMGSEARCH_ALLOW_PRIVATE_NETWORKS", &urls.allow_private_networks.join(",")));
         }
         return Ok(IngestSource {
-            args: vec!["--url-list".into(), URL_LIST_FILE.into()],
+            args: vec!["--url-list".into(), format!("{URL_LIST_DIR}/{URL_LIST_FILE_NAME}")],
             env,
             volumes: vec![(volume, mount)],
         });
@@ -270,9 +275,8 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
     env.push(plain("IMGSEARCH_PRUNE", if ic.spec.ingest.prune { "true" } else { "false" }));
     // The run's counts go to the termination message, where the controller reads them back.
     env.push(plain("IMGSEARCH_SUMMARY_FILE", TERMINATION_MESSAGE_PATH));
-    let (volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) =
+    let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
         source.volumes.into_iter().chain([scratch_volume()]).unzip();
-    mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
 
     let container = Container {
         name: INGEST_CONTAINER.into(),
@@ -378,10 +382,10 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
     env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
     // Result images of a bucket source are read from the bucket, with the ingest Jobs' settings.
-    if ic.spec.source.s3.is_some() {
-        let source = ingest_source(ic)?;
-        env.extend(source.env);
-        env.extend(source.args.into_iter().map(|location| plain("IMGSEARCH_IMAGE_BUCKET", &location)));
+    if let Some(s3) = &ic.spec.source.s3 {
+        let (location, access) = s3_access(s3);
+        env.extend(access);
+        env.push(plain("IMGSEARCH_IMAGE_BUCKET", &location));
     }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -397,7 +401,7 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     let mut volume_mounts = vec![scratch_mount];
     // The same claim at the same path as in the ingest pods, read-only: the paths the catalog
     // recorded are the files the search API serves as result images.
-    if let Some((volume, mount)) = source_volume(ic) {
+    if let Some((volume, mount)) = ic.spec.source.pvc.as_ref().map(source_volume) {
         volumes.push(volume);
         volume_mounts.push(mount);
     }
@@ -700,7 +704,7 @@ mod tests {
         let job = ingest_job(&ic, &config()).unwrap();
         let pod = job.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
-        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "--url-list", URL_LIST_FILE]);
+        assert_eq!(container.args.as_ref().unwrap(), &["ingest", "--url-list", "/etc/imgsearch/source/urls.txt"]);
         let env = container.env.as_ref().unwrap();
         let allowed = env.iter().find(|e| e.name == "IMGSEARCH_ALLOW_PRIVATE_NETWORKS").unwrap();
         assert_eq!(allowed.value.as_deref(), Some("10.0.0.0/8,192.168.0.0/16"));
@@ -710,7 +714,7 @@ mod tests {
         let item = &config_map.items.as_ref().unwrap()[0];
         assert_eq!((item.key.as_str(), item.path.as_str()), ("list.txt", "urls.txt"));
         let mount = container.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "url-list").unwrap();
-        assert_eq!(format!("{}/urls.txt", mount.mount_path), URL_LIST_FILE);
+        assert_eq!(mount.mount_path, "/etc/imgsearch/source");
         assert_eq!(mount.read_only, Some(true));
     }
 

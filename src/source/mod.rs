@@ -121,7 +121,7 @@ impl Source {
     pub fn owns(&self, uri: &str) -> bool {
         match self {
             Source::Directory(root) => uri.starts_with(&format!("{}/", root.display())),
-            Source::S3(bucket) => uri.starts_with(&bucket.uri_prefix()),
+            Source::S3(bucket) => bucket.owns(uri),
             Source::Urls(_) => uri.starts_with("http://") || uri.starts_with("https://"),
         }
     }
