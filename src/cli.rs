@@ -51,9 +51,13 @@ pub struct ModelArgs {
     /// ONNX Runtime shared library (libonnxruntime.so.1.*) [default: the project's .venv].
     #[arg(long = "ort-dylib", env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,
-    /// ONNX Runtime threads; 0 uses every core.
-    #[arg(long, env = "IMGSEARCH_THREADS", default_value_t = 0)]
-    pub threads: usize,
+    /// ONNX Runtime threads per session [default: every core when serving; 1 when ingesting].
+    #[arg(long, env = "IMGSEARCH_THREADS")]
+    pub threads: Option<usize>,
+    /// ONNX Runtime sessions running batches side by side [default: 1 when serving; one per
+    /// core when ingesting].
+    #[arg(long, env = "IMGSEARCH_INFERENCE_SESSIONS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub inference_sessions: Option<u16>,
     /// Largest accepted image, in pixels (width × height).
     #[arg(long, env = "IMGSEARCH_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
     pub max_image_pixels: u64,
@@ -62,13 +66,32 @@ pub struct ModelArgs {
     pub max_image_dimension: u32,
 }
 
+/// What the model will mostly do, which decides how its cores are shared out by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Many images (ingest, eval): one single-threaded session per core, batches side by side;
+    /// they keep running at full speed while decode threads take turns on the same cores.
+    Throughput,
+    /// One image at a time (search requests): one session using every core, for latency.
+    Latency,
+}
+
 impl ModelArgs {
-    fn config(&self) -> ModelConfig {
+    fn config(&self, workload: Workload) -> ModelConfig {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (sessions, threads) = match workload {
+            Workload::Throughput => {
+                let sessions = self.inference_sessions.map_or(cores, usize::from);
+                (sessions, self.threads.unwrap_or_else(|| (cores / sessions).max(1)))
+            }
+            Workload::Latency => (self.inference_sessions.map_or(1, usize::from), self.threads.unwrap_or(0)),
+        };
         ModelConfig {
             name: self.model.clone(),
             model_dir: self.model_dir.clone(),
             ort_dylib: self.ort_dylib.clone(),
-            threads: self.threads,
+            threads,
+            sessions,
         }
     }
 
@@ -76,10 +99,17 @@ impl ModelArgs {
         DecodeLimits { max_dimension: self.max_image_dimension, max_pixels: self.max_image_pixels }
     }
 
-    async fn load(&self) -> anyhow::Result<Arc<EmbeddingModel>> {
-        let config = self.config();
+    async fn load(&self, workload: Workload) -> anyhow::Result<Arc<EmbeddingModel>> {
+        let config = self.config(workload);
+        let threads = config.threads;
         let model = tokio::task::spawn_blocking(move || EmbeddingModel::load(&config)).await??;
-        tracing::info!(model = model.spec().name, dimension = model.dimension(), "model loaded");
+        tracing::info!(
+            model = model.spec().name,
+            dimension = model.dimension(),
+            sessions = model.sessions(),
+            threads_per_session = if threads == 0 { "all cores".to_string() } else { threads.to_string() },
+            "model loaded"
+        );
         Ok(Arc::new(model))
     }
 }
@@ -139,8 +169,9 @@ impl BackendArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
-    /// Images per inference call and per database write.
-    #[arg(long, env = "IMGSEARCH_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Images per inference call and per database write (larger batches are no faster and take
+    /// more memory; see docs/benchmarks.md).
+    #[arg(long, env = "IMGSEARCH_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: u16,
     /// Threads decoding images while the model runs [default: half the cores, at least 1].
     #[arg(long, env = "IMGSEARCH_DECODE_WORKERS")]
@@ -426,17 +457,22 @@ fn default_identity() -> String {
     format!("{}-{}", if host.is_empty() { "imgsearch" } else { &host }, std::process::id())
 }
 
-async fn connect(backend: &BackendArgs, model: &ModelArgs, index: &IndexArgs) -> anyhow::Result<Ingestor> {
+async fn connect(
+    backend: &BackendArgs,
+    model: &ModelArgs,
+    index: &IndexArgs,
+    workload: Workload,
+) -> anyhow::Result<Ingestor> {
     let store = backend.milvus().await?;
     let catalog = Catalog::open(&backend.database_url).await?;
-    Ok(Ingestor { store, catalog, model: model.load().await?, index: index.spec(), limits: model.limits() })
+    Ok(Ingestor { store, catalog, model: model.load(workload).await?, index: index.spec(), limits: model.limits() })
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let shard = crate::source::Shard::new(args.shard_index, args.shard_count)
         .map_err(|problem| anyhow::anyhow!("--shard-index/--shard-count: {problem}"))?;
     let source = args.source.open()?;
-    let ingestor = connect(&args.backend, &args.model, &args.index).await?;
+    let ingestor = connect(&args.backend, &args.model, &args.index, Workload::Throughput).await?;
     let options = IngestOptions { shard, prune: args.prune, ..args.batch.options(&args.collection) };
     let Some(report) = ingest_until_interrupted(&ingestor, &source, &options).await? else {
         anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
@@ -474,7 +510,7 @@ async fn ingest_until_interrupted(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ingestor = connect(&args.backend, &args.model, &args.index).await?;
+    let ingestor = connect(&args.backend, &args.model, &args.index, Workload::Latency).await?;
     let config = args.server.config(&args.collection, &args.batch)?;
     serve_until_shutdown(ingestor, config, args.server.listen).await
 }
@@ -515,7 +551,8 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         milvus_database: None,
         database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
     };
-    let ingestor = connect(&backend, &args.model, &args.index).await?;
+    // The first ingest is usually small (a demo folder); the server then lives on.
+    let ingestor = connect(&backend, &args.model, &args.index, Workload::Latency).await?;
     let options = args.batch.options(&args.collection);
     let Some(report) = ingest_until_interrupted(&ingestor, &Source::directory(&args.images)?, &options).await? else {
         eprintln!("interrupted during ingest; stopping");
@@ -540,7 +577,8 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
 }
 
 async fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let model = args.model.load().await?;
+    // Evaluation embeds batch after batch from one thread: one session on every core is fastest.
+    let model = args.model.load(Workload::Latency).await?;
     let limits = args.model.limits();
     let root = args.labels_from_dirs.clone();
     let ks = args.k.clone();

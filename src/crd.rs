@@ -329,8 +329,11 @@ fn default_parallelism() -> i32 {
     1
 }
 
+/// Small batches on one single-threaded session per core run as fast as large ones (measured:
+/// 8 and 32 both ≈ 75 images/s on 2 cores) with a third of the memory (≈ 590 MiB against
+/// ≈ 1.9 GiB peak: ONNX Runtime's activation arena grows with the batch, once per session).
 fn default_batch_size() -> i32 {
-    32
+    8
 }
 
 fn default_history() -> i32 {

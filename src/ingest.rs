@@ -180,9 +180,9 @@ impl Ingestor {
     /// Lists the source (this run's shard of it) and brings the collection and the catalog up
     /// to date with it.
     ///
-    /// Four stages run at once, joined by bounded channels: reading (several reads in flight),
-    /// decoding (plain threads: CPU work), embedding (batches through the model) and writing
-    /// (Milvus, then the catalog). Each stage owns its ends of the channels, so when one stops,
+    /// Five stages run at once, joined by bounded channels: reading (several reads in flight),
+    /// decoding (plain threads: CPU work), batching (and recording failures), embedding (one
+    /// batch per model session at a time) and writing (Milvus, then the catalog). Each stage owns its ends of the channels, so when one stops,
     /// on success or on an error, its neighbours see a closed channel and stop too; nothing
     /// waits forever on a stage that is gone.
     pub async fn ingest(
@@ -242,12 +242,13 @@ impl Ingestor {
         let workers =
             spawn_decoders(fetched, known.clone(), to_embedder, self.limits, self.model.input_size(), decode_workers);
 
-        // Embedding and writing overlap: while Milvus and the catalog take one batch, the model
-        // embeds the next (a channel of one batch between them), so inference never waits on a
-        // write.
+        // Batching, embedding and writing overlap: the model embeds up to one batch per session
+        // at once (each on its own blocking thread) while Milvus and the catalog take the batch
+        // before, so inference never waits on a write.
+        let (to_model, batches) = mpsc::channel::<Vec<(NewImage, PreparedImage)>>(1);
         let (to_writer, embedded) = mpsc::channel::<(Vec<NewImage>, Vec<Vec<f32>>)>(1);
-        let embedding = async {
-            let (mut decoded, to_writer) = (decoded, to_writer);
+        let batching = async {
+            let (mut decoded, to_model) = (decoded, to_model);
             let mut batch: Vec<(NewImage, PreparedImage)> = Vec::with_capacity(options.batch_size);
             while let Some(examined) = decoded.recv().await {
                 match examined {
@@ -269,15 +270,28 @@ impl Ingestor {
                     Examined::Ready { image, prepared } => {
                         batch.push((image, prepared));
                         if batch.len() >= options.batch_size.max(1)
-                            && to_writer.send(self.embed(std::mem::take(&mut batch)).await?).await.is_err()
+                            && to_model.send(std::mem::take(&mut batch)).await.is_err()
                         {
-                            return Ok(()); // the writer stopped on an error; it reports it
+                            return Ok(()); // a later stage stopped on an error; it reports it
                         }
                     }
                 }
             }
             if !batch.is_empty() {
-                let _ = to_writer.send(self.embed(std::mem::take(&mut batch)).await?).await;
+                let _ = to_model.send(batch).await;
+            }
+            Ok::<(), IngestError>(())
+        };
+        let embedding = async {
+            let to_writer = to_writer;
+            let mut batches = batches;
+            let mut vectors = futures::stream::poll_fn(|cx| batches.poll_recv(cx))
+                .map(|batch| self.embed(batch))
+                .buffer_unordered(self.model.sessions());
+            while let Some(embedded) = vectors.next().await {
+                if to_writer.send(embedded?).await.is_err() {
+                    break; // the writer stopped on an error; it reports it
+                }
             }
             Ok::<(), IngestError>(())
         };
@@ -291,7 +305,7 @@ impl Ingestor {
             }
             Ok::<u64, IngestError>(written)
         };
-        let (reading, embedding, writing) = tokio::join!(reading, embedding, writing);
+        let (reading, batching, embedding, writing) = tokio::join!(reading, batching, embedding, writing);
         // The decoders have stopped too: their input is closed or their output is gone.
         for worker in workers {
             if worker.join().is_err() {
@@ -303,6 +317,7 @@ impl Ingestor {
         // stops reading, not the other way round.
         report.indexed += writing?;
         embedding?;
+        batching?;
         reading?;
         if options.prune {
             report.pruned = self.prune(collection, source, options.shard, &known, &listed).await?;

@@ -133,7 +133,7 @@ async fn an_image_collection_becomes_a_milvus_collection_a_job_and_a_search_serv
     assert_eq!(condition(&ready, "Ingested"), Some(("True".into(), "JobSucceeded".into())));
 
     // A spec change is a new generation and a new ingest Job.
-    api.patch("products", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "batchSize": 8 } } })))
+    api.patch("products", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "batchSize": 16 } } })))
         .await
         .unwrap();
     eventually("the generation-2 Job", || server.object("batch/v1/jobs", "shop", "products-ingest-g2")).await;

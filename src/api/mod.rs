@@ -58,7 +58,7 @@ impl Default for ServeConfig {
             max_top_k: 100,
             max_concurrent_inference: 2,
             queue_timeout: Duration::from_secs(10),
-            batch_size: 32,
+            batch_size: 8,
             decode_workers: 1,
             image_bucket: None,
         }

@@ -5,6 +5,7 @@ pub mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -45,12 +46,20 @@ pub enum EmbedError {
     Inference(String),
 }
 
-/// A loaded model with its ONNX Runtime session. Inference takes `&self`: callers on many
-/// threads share one model and take turns on the session (ONNX Runtime itself uses all cores).
+/// A loaded model with one or more ONNX Runtime sessions. Inference takes `&self`: callers on
+/// many threads share one model, each call taking a free session (or waiting for one).
+///
+/// Why more than one session: on a busy machine, one session spreading an operator over every
+/// core stalls whenever another thread (a JPEG decoder) takes one of those cores, since its
+/// threads wait for each other at every operator. Single-threaded sessions, one per core, run
+/// batches side by side and never wait for each other (see docs/benchmarks.md). A search
+/// request, one image at a time, is faster on one session using every core.
 pub struct EmbeddingModel {
     spec: BuiltinModel,
     path: PathBuf,
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
+    /// Where the next call starts looking for a free session, so calls spread over all of them.
+    next_session: AtomicUsize,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -65,8 +74,10 @@ pub struct ModelConfig {
     pub name: String,
     pub model_dir: Option<PathBuf>,
     pub ort_dylib: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
+    /// ONNX Runtime intra-op threads of each session; 0 lets ONNX Runtime use every core.
     pub threads: usize,
+    /// Sessions that can run batches at the same time; 0 means 1.
+    pub sessions: usize,
 }
 
 impl EmbeddingModel {
@@ -75,14 +86,38 @@ impl EmbeddingModel {
         let path = locate_model_file(config.model_dir.as_deref(), spec)?;
         let environment = runtime::environment(config.ort_dylib.as_deref())?;
         let load_error = |detail: String| EmbedError::ModelLoad { path: path.clone(), detail };
-        let mut builder = Session::builder(&environment).map_err(|e| load_error(e.to_string()))?;
-        builder =
-            builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| load_error(e.to_string()))?;
-        if config.threads > 0 {
-            builder = builder.with_intra_threads(config.threads).map_err(|e| load_error(e.to_string()))?;
+        let mut sessions = Vec::new();
+        for _ in 0..config.sessions.max(1) {
+            let mut builder = Session::builder(&environment).map_err(|e| load_error(e.to_string()))?;
+            builder = builder
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| load_error(e.to_string()))?;
+            if config.threads > 0 {
+                builder = builder.with_intra_threads(config.threads).map_err(|e| load_error(e.to_string()))?;
+            }
+            sessions.push(Mutex::new(builder.commit_from_file(&path).map_err(|e| load_error(e.to_string()))?));
         }
-        let session = builder.commit_from_file(&path).map_err(|e| load_error(e.to_string()))?;
-        Ok(Self { spec, path, session: Mutex::new(session) })
+        Ok(Self { spec, path, sessions, next_session: AtomicUsize::new(0) })
+    }
+
+    /// How many batches can run at once.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A free session if there is one, else the next in turn (waiting for it).
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        let start = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let count = self.sessions.len();
+        for offset in 0..count {
+            match self.sessions[(start + offset) % count].try_lock() {
+                Ok(session) => return session,
+                // A poisoned lock only means another inference panicked; the session is sound.
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.sessions[start % count].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn spec(&self) -> BuiltinModel {
@@ -129,8 +164,7 @@ impl EmbeddingModel {
         let shape = [images.len(), 3, side, side];
         let tensor =
             TensorRef::from_array_view((shape, input.as_slice())).map_err(|e| EmbedError::Inference(e.to_string()))?;
-        // A poisoned lock only means another inference panicked; the session itself is still sound.
-        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut session = self.session();
         let outputs = session.run(ort::inputs![tensor]).map_err(|e| EmbedError::Inference(e.to_string()))?;
         let (out_shape, values) =
             outputs[0].try_extract_tensor::<f32>().map_err(|e| EmbedError::Inference(e.to_string()))?;
