@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what imgsearch needs to build, test and run the demo. Safe to run again: each step
 # checks before it acts. Needs: Rust (cargo), Python 3 with venv and pip, and apt (as root or
-# with sudo) for the Debian package holding the sample data.
+# with sudo) for the Debian packages: the sample data, and with --test-servers the PostgreSQL and
+# MariaDB servers the tests start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 apt_install dataset-fashion-mnist
+# `--test-servers` (make test): the database servers the catalog is tested against.
+if [ "${1:-}" = "--test-servers" ]; then
+  apt_install postgresql mariadb-server mariadb-client
+fi
 
 # Python virtualenv: Milvus Lite, ONNX Runtime's shared library, sample-data tools.
 requirements=scripts/requirements.txt

@@ -1,17 +1,27 @@
 //! The SQL catalog: one row per image (where it came from, what it contained, whether it is
-//! searchable and, if not, why). SQLite today; the queries stick to SQL that PostgreSQL shares
-//! (`$n` placeholders, `ON CONFLICT`, `RETURNING`) so a second backend adds a pool, not a rewrite.
+//! searchable and, if not, why). SQLite, PostgreSQL or MySQL/MariaDB, chosen by the URL's
+//! scheme; one set of queries through sqlx's `Any` driver, written in the SQL the three share,
+//! with the two statements that differ (the upserts) written once per dialect.
+//!
+//! Several writers may share one catalog (the pods of an Indexed ingest Job, the search server):
+//! the upserts are atomic per row, every multi-row change is one transaction, and a transaction
+//! that fails for a passing reason (a deadlock, a serialisation conflict, a dropped connection)
+//! is retried whole with backoff before the error is reported.
 
 use std::collections::HashMap;
-use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow};
+use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("unsupported catalog URL {0:?}: this build supports sqlite: URLs (e.g. sqlite://data/catalog.db)")]
+    #[error(
+        "unsupported catalog URL {0:?}: use sqlite://PATH, postgres://USER:PASSWORD@HOST/DB or mysql://USER:PASSWORD@HOST/DB (MariaDB too)"
+    )]
     UnsupportedUrl(String),
     #[error("cannot open catalog {url}: {source}")]
     Open { url: String, source: sqlx::Error },
@@ -19,11 +29,45 @@ pub enum CatalogError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("catalog query failed: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("catalog {what} failed after {attempts} attempts: {source}")]
+    GaveUp { what: &'static str, attempts: u32, source: sqlx::Error },
     #[error("catalog holds an unknown status {0:?}")]
     BadStatus(String),
+    #[error("the catalog did not return the id of {0}")]
+    NoId(String),
 }
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// The SQL dialects the catalog speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Option<Self> {
+        let scheme = url.split(':').next()?;
+        match scheme {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "mysql" | "mariadb" => Some(Self::MySql),
+            _ => None,
+        }
+    }
+}
+
+/// A URL fit for logs and error messages: the password replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageStatus {
@@ -87,55 +131,84 @@ pub struct KnownImage {
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Catalog {
-    /// Opens (creating if needed) the catalog and applies pending migrations.
+    /// Opens the catalog (creating a SQLite file if needed) and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        if !url.starts_with("sqlite:") {
-            return Err(CatalogError::UnsupportedUrl(url.to_string()));
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = Backend::from_url(url).ok_or_else(|| CatalogError::UnsupportedUrl(redacted(url)))?;
+        let open_error = |source| CatalogError::Open { url: redacted(url), source };
+        let url = match backend {
+            // Create the file when missing (the default mode only opens existing ones).
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(open_error)?;
+        let mut pool_options = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            pool_options = pool_options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    // WAL lets the search server read while an ingest writes; a writer waits up
+                    // to 10 s for another's lock instead of failing at once.
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *connection).await?;
+                    Ok(())
+                })
+            });
         }
-        let open_error = |source| CatalogError::Open { url: url.to_string(), source };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_error)?
-            .create_if_missing(true)
-            // WAL lets the search server read while an ingest writes.
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
-        // SQLite has no migration lock: when two processes open a fresh catalog at once (an
-        // ingest Job and a search pod sharing a file), one loses the race to create the tables.
-        // Its transaction rolled back, so it tries again and finds the migration applied.
+        let pool = pool_options.connect_with(options).await.map_err(open_error)?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+            Backend::MySql => sqlx::migrate!("migrations/mysql"),
+        };
+        // PostgreSQL and MySQL take a lock for migrations; SQLite has none, so when two
+        // processes open a fresh catalog at once (an ingest Job and a search pod sharing a
+        // file), one loses the race to create the tables. Its transaction rolled back, so it
+        // tries again and finds the migration applied.
         let mut attempt = 0u32;
         loop {
-            match sqlx::migrate!("migrations/sqlite").run(&pool).await {
+            match migrator.run(&pool).await {
                 Ok(()) => break,
                 Err(error) if attempt < 5 => {
                     attempt += 1;
                     tracing::debug!(%error, attempt, "catalog migration raced another process; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                 }
                 Err(error) => return Err(error.into()),
             }
         }
-        Ok(Self { pool })
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn sql<'q>(&self, query: &'q str) -> std::borrow::Cow<'q, str> {
+        placeholders(self.backend, query)
     }
 
     /// Every image of a collection by URI, loaded once per ingest run.
     pub async fn known_images(&self, collection: &str) -> Result<HashMap<String, KnownImage>> {
-        let rows = sqlx::query("SELECT id, uri, content_hash, status FROM images WHERE collection = $1")
+        let rows = sqlx::query(&self.sql("SELECT id, uri, content_hash, status FROM images WHERE collection = $1"))
             .bind(collection)
             .fetch_all(&self.pool)
             .await?;
         let mut known = HashMap::with_capacity(rows.len());
         for row in rows {
             known.insert(
-                row.try_get::<String, _>("uri")?,
+                text(&row, "uri")?,
                 KnownImage {
                     id: row.try_get("id")?,
-                    content_hash: row.try_get("content_hash")?,
-                    status: ImageStatus::parse(row.try_get::<&str, _>("status")?)?,
+                    content_hash: optional_text(&row, "content_hash")?,
+                    status: ImageStatus::parse(&text(&row, "status")?)?,
                 },
             );
         }
@@ -145,47 +218,92 @@ impl Catalog {
     /// Gives each image an id (its existing one when the URI is known) and marks it pending.
     /// Returns ids in input order. One transaction for the whole batch.
     pub async fn reserve(&self, collection: &str, images: &[NewImage]) -> Result<Vec<i64>> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let mut ids = Vec::with_capacity(images.len());
-        for image in images {
-            let id: i64 = sqlx::query_scalar(
+        self.retrying("reserve", || async {
+            let now = now_ms();
+            let mut tx = self.pool.begin().await?;
+            let mut ids = Vec::with_capacity(images.len());
+            for image in images {
+                let row = Upsert {
+                    collection,
+                    uri: &image.uri,
+                    content_hash: Some(&image.content_hash),
+                    size_bytes: Some(image.size_bytes),
+                    width: Some(image.width),
+                    height: Some(image.height),
+                    status: ImageStatus::Pending,
+                    error: None,
+                    now,
+                };
+                ids.push(self.upsert(&mut tx, &row).await?);
+            }
+            tx.commit().await?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Inserts or updates one row by (collection, URI) and returns its id, in one statement
+    /// (atomic against concurrent writers of the same URI).
+    async fn upsert(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &Upsert<'_>) -> Result<i64, sqlx::Error> {
+        let query = match self.backend {
+            Backend::Sqlite | Backend::Postgres => {
                 "INSERT INTO images (collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', NULL, $7, $7)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (collection, uri) DO UPDATE SET
                      content_hash = excluded.content_hash, size_bytes = excluded.size_bytes,
-                     width = excluded.width, height = excluded.height,
-                     status = 'pending', error = NULL, updated_at_ms = excluded.updated_at_ms
-                 RETURNING id",
-            )
-            .bind(collection)
-            .bind(&image.uri)
-            .bind(&image.content_hash)
-            .bind(image.size_bytes)
-            .bind(image.width)
-            .bind(image.height)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(id);
+                     width = excluded.width, height = excluded.height, status = excluded.status,
+                     error = excluded.error, updated_at_ms = excluded.updated_at_ms
+                 RETURNING id"
+            }
+            // No RETURNING with ON DUPLICATE KEY: LAST_INSERT_ID(id) makes the statement report
+            // the existing row's id when it updates one.
+            Backend::MySql => {
+                "INSERT INTO images (collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id),
+                     content_hash = VALUES(content_hash), size_bytes = VALUES(size_bytes),
+                     width = VALUES(width), height = VALUES(height), status = VALUES(status),
+                     error = VALUES(error), updated_at_ms = VALUES(updated_at_ms)"
+            }
+        };
+        let statement = sqlx::query(query)
+            .bind(row.collection)
+            .bind(row.uri)
+            .bind(row.content_hash)
+            .bind(row.size_bytes)
+            .bind(row.width)
+            .bind(row.height)
+            .bind(row.status.as_str())
+            .bind(row.error)
+            .bind(row.now)
+            .bind(row.now);
+        match self.backend {
+            Backend::Sqlite | Backend::Postgres => statement.fetch_one(&mut **tx).await?.try_get("id"),
+            Backend::MySql => {
+                let done: AnyQueryResult = statement.execute(&mut **tx).await?;
+                done.last_insert_id().ok_or_else(|| sqlx::Error::Protocol(format!("no id returned for {}", row.uri)))
+            }
         }
-        tx.commit().await?;
-        Ok(ids)
     }
 
     /// Called once the vectors of `ids` are in Milvus.
     pub async fn mark_indexed(&self, ids: &[i64]) -> Result<()> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE images SET status = 'indexed', error = NULL, updated_at_ms = $1 WHERE id = $2")
+        self.retrying("mark indexed", || async {
+            let now = now_ms();
+            let mut tx = self.pool.begin().await?;
+            for id in ids {
+                sqlx::query(
+                    &self.sql("UPDATE images SET status = 'indexed', error = NULL, updated_at_ms = $1 WHERE id = $2"),
+                )
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records why an image cannot be indexed. Returns the row id, so a formerly indexed image
@@ -198,104 +316,227 @@ impl Catalog {
         size_bytes: Option<i64>,
         reason: &str,
     ) -> Result<i64> {
-        let now = now_ms();
-        let id = sqlx::query_scalar(
-            "INSERT INTO images (collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, NULL, NULL, 'failed', $5, $6, $6)
-             ON CONFLICT (collection, uri) DO UPDATE SET
-                 content_hash = excluded.content_hash, size_bytes = excluded.size_bytes, width = NULL, height = NULL,
-                 status = 'failed', error = excluded.error, updated_at_ms = excluded.updated_at_ms
-             RETURNING id",
-        )
-        .bind(collection)
-        .bind(uri)
-        .bind(content_hash)
-        .bind(size_bytes)
-        .bind(reason)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
+        self.retrying("record failure", || async {
+            let row = Upsert {
+                collection,
+                uri,
+                content_hash,
+                size_bytes,
+                width: None,
+                height: None,
+                status: ImageStatus::Failed,
+                error: Some(reason),
+                now: now_ms(),
+            };
+            let mut tx = self.pool.begin().await?;
+            let id = self.upsert(&mut tx, &row).await?;
+            tx.commit().await?;
+            Ok(id)
+        })
+        .await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<ImageRecord>> {
-        let row = sqlx::query(&format!("{SELECT_RECORD} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let query = self.sql(&format!("{SELECT_RECORD} WHERE id = $1")).into_owned();
+        let row = sqlx::query(&query).bind(id).fetch_optional(&self.pool).await?;
         row.map(|r| record(&r)).transpose()
     }
 
     /// Finds an image by URI in any collection (the bootcamp's `/data?image_path=`).
     pub async fn find_by_uri(&self, uri: &str) -> Result<Option<ImageRecord>> {
-        let row = sqlx::query(&format!("{SELECT_RECORD} WHERE uri = $1 ORDER BY id LIMIT 1"))
-            .bind(uri)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| record(&r)).transpose()
+        let query = self.sql(&format!("{SELECT_RECORD} WHERE uri = $1 ORDER BY id")).into_owned();
+        let rows = sqlx::query(&query).bind(uri).fetch_all(&self.pool).await?;
+        exact_uri(rows, uri)
     }
 
     pub async fn find(&self, collection: &str, uri: &str) -> Result<Option<ImageRecord>> {
-        let row = sqlx::query(&format!("{SELECT_RECORD} WHERE collection = $1 AND uri = $2"))
-            .bind(collection)
-            .bind(uri)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| record(&r)).transpose()
+        let query = self.sql(&format!("{SELECT_RECORD} WHERE collection = $1 AND uri = $2")).into_owned();
+        let rows = sqlx::query(&query).bind(collection).bind(uri).fetch_all(&self.pool).await?;
+        exact_uri(rows, uri)
     }
 
     pub async fn failures(&self, collection: &str) -> Result<Vec<ImageRecord>> {
-        let rows = sqlx::query(&format!("{SELECT_RECORD} WHERE collection = $1 AND status = 'failed' ORDER BY uri"))
-            .bind(collection)
-            .fetch_all(&self.pool)
-            .await?;
+        let query =
+            self.sql(&format!("{SELECT_RECORD} WHERE collection = $1 AND status = 'failed' ORDER BY uri")).into_owned();
+        let rows = sqlx::query(&query).bind(collection).fetch_all(&self.pool).await?;
         rows.iter().map(record).collect()
     }
 
     pub async fn count(&self, collection: &str, status: ImageStatus) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE collection = $1 AND status = $2")
+        let row = sqlx::query(&self.sql("SELECT COUNT(*) AS n FROM images WHERE collection = $1 AND status = $2"))
             .bind(collection)
             .bind(status.as_str())
             .fetch_one(&self.pool)
-            .await?)
+            .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// Removes these rows (images gone from their source); returns how many.
     pub async fn delete_images(&self, ids: &[i64]) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        let mut deleted = 0;
-        for id in ids {
-            deleted +=
-                sqlx::query("DELETE FROM images WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(deleted)
+        self.retrying("delete images", || async {
+            let mut tx = self.pool.begin().await?;
+            let mut deleted = 0;
+            for id in ids {
+                deleted += sqlx::query(&self.sql("DELETE FROM images WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Removes every row of a collection; returns how many.
     pub async fn delete_collection(&self, collection: &str) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM images WHERE collection = $1").bind(collection).execute(&self.pool).await?;
-        Ok(done.rows_affected())
+        self.retrying("delete collection", || async {
+            let done = sqlx::query(&self.sql("DELETE FROM images WHERE collection = $1"))
+                .bind(collection)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    /// Runs a write, again from the start when it failed for a passing reason (5 attempts within
+    /// about 3 s); the transaction it ran in was rolled back, so nothing is half-written.
+    async fn retrying<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        const ATTEMPTS: u32 = 5;
+        let mut delay = Duration::from_millis(100);
+        for number in 1..=ATTEMPTS {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) if number < ATTEMPTS && is_transient(&error) => {
+                    tracing::warn!(what, attempt = number, %error, "catalog write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(error) if number > 1 => return Err(CatalogError::GaveUp { what, attempts: number, source: error }),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+
+/// The query in `backend`'s dialect: MySQL numbers no placeholders, so `$1, $2, …` become `?`
+/// (every query binds its values in placeholder order, each once).
+fn placeholders(backend: Backend, query: &str) -> std::borrow::Cow<'_, str> {
+    if backend != Backend::MySql {
+        return query.into();
+    }
+    let mut out = String::with_capacity(query.len());
+    let mut chars = query.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// One row to insert or update by (collection, URI).
+struct Upsert<'a> {
+    collection: &'a str,
+    uri: &'a str,
+    content_hash: Option<&'a str>,
+    size_bytes: Option<i64>,
+    width: Option<i64>,
+    height: Option<i64>,
+    status: ImageStatus,
+    error: Option<&'a str>,
+    now: i64,
+}
+
+/// Errors a retry may cure: the connection went away, the pool had none free in time, or the
+/// database chose this transaction as a deadlock victim or serialisation loser.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(database) => {
+            // MySQL/MariaDB: deadlock victim (1213), lock wait timeout (1205).
+            if let Some(mysql) = database.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return matches!(mysql.number(), 1205 | 1213);
+            }
+            matches!(
+                database.code().as_deref(),
+                // PostgreSQL: serialization_failure, deadlock_detected, shutdowns, connection exceptions.
+                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+                // SQLite: BUSY and LOCKED, with their extended codes.
+                | Some("5" | "6" | "261" | "262" | "517" | "773")
+            )
+        }
+        _ => false,
+    }
 }
 
 const SELECT_RECORD: &str = "SELECT id, collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms FROM images";
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<ImageRecord> {
+fn record(row: &AnyRow) -> Result<ImageRecord> {
     Ok(ImageRecord {
         id: row.try_get("id")?,
-        collection: row.try_get("collection")?,
-        uri: row.try_get("uri")?,
-        content_hash: row.try_get("content_hash")?,
+        collection: text(row, "collection")?,
+        uri: text(row, "uri")?,
+        content_hash: optional_text(row, "content_hash")?,
         size_bytes: row.try_get("size_bytes")?,
         width: row.try_get("width")?,
         height: row.try_get("height")?,
-        status: ImageStatus::parse(row.try_get::<&str, _>("status")?)?,
-        error: row.try_get("error")?,
+        status: ImageStatus::parse(&text(row, "status")?)?,
+        error: optional_text(row, "error")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+/// The first row whose URI is exactly `uri`. MySQL's collations ignore trailing spaces in `=`
+/// ("/a.jpg" = "/a.jpg "), and those are two images, so the match is settled here.
+fn exact_uri(rows: Vec<AnyRow>, uri: &str) -> Result<Option<ImageRecord>> {
+    for row in &rows {
+        let record = record(row)?;
+        if record.uri == uri {
+            return Ok(Some(record));
+        }
+    }
+    Ok(None)
+}
+
+/// A text column. MySQL reports columns of a binary collation (ours, see migrations/mysql) as
+/// BLOB, so their bytes are read and checked as UTF-8 there.
+fn optional_text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(column) {
+        Ok(value) => Ok(value),
+        Err(sqlx::Error::ColumnDecode { .. }) => row
+            .try_get::<Option<Vec<u8>>, _>(column)?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|e| sqlx::Error::ColumnDecode { index: column.to_string(), source: Box::new(e) })
+            })
+            .transpose(),
+        Err(error) => Err(error),
+    }
+}
+
+fn text(row: &AnyRow, column: &str) -> Result<String, sqlx::Error> {
+    optional_text(row, column)?.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: "unexpected NULL in a NOT NULL column".into(),
     })
 }
 
@@ -307,71 +548,33 @@ fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
-    async fn catalog() -> (tempfile::TempDir, Catalog) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-        let catalog = Catalog::open(&url).await.expect("open catalog");
-        (dir, catalog)
+    #[test]
+    fn the_backend_comes_from_the_url_scheme() {
+        assert_eq!(Backend::from_url("sqlite://data/catalog.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::from_url("postgresql://u:p@db/images"), Some(Backend::Postgres));
+        assert_eq!(Backend::from_url("mariadb://u:p@db/images"), Some(Backend::MySql));
+        assert_eq!(Backend::from_url("mongodb://x"), None);
     }
 
-    fn image(uri: &str, hash: &str) -> NewImage {
-        NewImage { uri: uri.into(), content_hash: hash.into(), size_bytes: 10, width: 2, height: 3 }
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redacted("postgres://app:s3cr@t@db:5432/images"), "postgres://app:***@db:5432/images");
+        assert_eq!(redacted("mysql://app@db/images"), "mysql://app@db/images");
+        assert_eq!(redacted("sqlite://data/catalog.db"), "sqlite://data/catalog.db");
     }
 
-    #[tokio::test]
-    async fn reserving_a_known_uri_keeps_its_id_and_resets_it_to_pending() {
-        let (_dir, catalog) = catalog().await;
-        let ids = catalog.reserve("c", &[image("/a.jpg", "h1"), image("/b.jpg", "h2")]).await.unwrap();
-        catalog.mark_indexed(&ids).await.unwrap();
-        let again = catalog.reserve("c", &[image("/b.jpg", "h3")]).await.unwrap();
-        assert_eq!(again, vec![ids[1]]);
-        let b = catalog.get(ids[1]).await.unwrap().unwrap();
-        assert_eq!((b.status, b.content_hash.as_deref()), (ImageStatus::Pending, Some("h3")));
-        assert_eq!(catalog.count("c", ImageStatus::Indexed).await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn the_same_uri_in_two_collections_is_two_images() {
-        let (_dir, catalog) = catalog().await;
-        let a = catalog.reserve("one", &[image("/a.jpg", "h")]).await.unwrap();
-        let b = catalog.reserve("two", &[image("/a.jpg", "h")]).await.unwrap();
-        assert_ne!(a, b);
-        assert_eq!(catalog.delete_collection("one").await.unwrap(), 1);
-        assert!(catalog.get(a[0]).await.unwrap().is_none());
-        assert!(catalog.get(b[0]).await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn failures_keep_their_reason() {
-        let (_dir, catalog) = catalog().await;
-        let id = catalog.record_failure("c", "/bad.jpg", Some("h"), Some(0), "the file is empty").await.unwrap();
-        let row = catalog.get(id).await.unwrap().unwrap();
-        assert_eq!((row.status, row.error.as_deref()), (ImageStatus::Failed, Some("the file is empty")));
-        assert_eq!(catalog.failures("c").await.unwrap().len(), 1);
-        let known = catalog.known_images("c").await.unwrap();
-        assert_eq!(known["/bad.jpg"].status, ImageStatus::Failed);
-    }
-
-    #[tokio::test]
-    async fn several_processes_may_open_a_fresh_catalog_at_once() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("shared.db").display());
-        let opens: Vec<_> = (0..4)
-            .map(|_| {
-                tokio::spawn({
-                    let url = url.clone();
-                    async move { Catalog::open(&url).await.map(|_| ()) }
-                })
-            })
-            .collect();
-        for open in opens {
-            open.await.expect("task").expect("every concurrent open succeeds");
-        }
+    #[test]
+    fn mysql_gets_question_mark_placeholders() {
+        let query = "UPDATE images SET status = $1 WHERE id = $2 AND uri = '$x'";
+        assert_eq!(placeholders(Backend::MySql, query), "UPDATE images SET status = ? WHERE id = ? AND uri = '$x'");
+        assert_eq!(placeholders(Backend::Postgres, query), query);
     }
 
     #[tokio::test]
     async fn refuses_urls_of_other_databases_with_a_clear_message() {
-        let err = Catalog::open("mongodb://x").await.unwrap_err();
-        assert!(err.to_string().contains("supports sqlite:"), "{err}");
+        let err = Catalog::open("mongodb://app:secret@x/db").await.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("postgres://") && message.contains("mysql://"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
     }
 }

@@ -13,6 +13,7 @@ use imgsearch::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
 use imgsearch::ingest::{IngestOptions, Ingestor};
 use imgsearch::store::{IndexSpec, MilvusStore};
 
+pub mod databases;
 pub mod outage;
 pub mod s3;
 
