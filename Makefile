@@ -11,12 +11,13 @@ build: setup
 demo: build
 	target/debug/imgsearch standalone --images data/sample --data-dir data/standalone
 
-## Every test, against a real Milvus Lite, ONNX Runtime, SQLite, PostgreSQL and MariaDB. (cargo
+## Every test, against a real Milvus Lite, a real Milvus 2.3.5, ONNX Runtime, SQLite, PostgreSQL
+## and MariaDB. (cargo
 ## test builds the binary too; a separate `cargo build` first would compile the dependencies
 ## twice, since dev-dependencies change their feature sets.)
 test:
 	scripts/setup.sh --test-servers
-	scripts/test-databases.sh scripts/milvus-lite.sh cargo test --locked --all-targets
+	scripts/test-databases.sh scripts/milvus-server.sh scripts/milvus-lite.sh cargo test --locked --all-targets
 
 ## Retrieval quality of the built-in model on the labelled sample (precision@1/5/10).
 eval: build

@@ -195,9 +195,11 @@ fn python_peer(root: &Path, corpus: &Path, milvus: &str) -> (f64, f64) {
 /// (`getrusage` is no use here: a child's `ru_maxrss` starts from this process's RSS at spawn
 /// time, the loaded models and tensors of the ceiling measurement.)
 fn run_measuring_peak_rss(mut command: Command, what: &str) -> (Vec<u8>, f64) {
+    // stderr to a file: a pipe nobody reads would block a chatty child once it is full.
+    let mut stderr_file = tempfile::tempfile().expect("a temp file for the child's stderr");
     let mut child = command
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr_file.try_clone().expect("clone the stderr file"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let status_file = format!("/proc/{}/status", child.id());
@@ -218,9 +220,12 @@ fn run_measuring_peak_rss(mut command: Command, what: &str) -> (Vec<u8>, f64) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let output = child.wait_with_output().expect("collect the child's output");
+    let status = child.wait().expect("wait for the child");
     let stdout = reader.join().expect("stdout reader").expect("read stdout");
-    assert!(output.status.success(), "{what} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let mut stderr = String::new();
+    std::io::Seek::rewind(&mut stderr_file).expect("rewind the stderr file");
+    std::io::Read::read_to_string(&mut stderr_file, &mut stderr).expect("read the child's stderr");
+    assert!(status.success(), "{what} failed: {stderr}");
     assert!(peak_kib > 0, "no VmHWM reading for {what}");
     (stdout, peak_kib as f64 / 1024.0)
 }

@@ -14,7 +14,9 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$pg_bin/initdb" ] || die "PostgreSQL not installed: run scripts/setup.sh --test-servers"
 command -v mariadbd >/dev/null || die "MariaDB not installed: run scripts/setup.sh --test-servers"
 
-data=$(mktemp -d "${TMPDIR:-/tmp}/imgsearch-databases.XXXXXX")
+# As root the servers run as other users, who must reach the folder: /tmp, not a private TMPDIR.
+if [ "$(id -u)" -eq 0 ]; then tmp_root=/tmp; else tmp_root=${TMPDIR:-/tmp}; fi
+data=$(mktemp -d "$tmp_root/imgsearch-databases.XXXXXX")
 chmod 755 "$data"
 # PostgreSQL refuses to run as root: as root, its files and process belong to the postgres user.
 if [ "$(id -u)" -eq 0 ]; then
@@ -26,7 +28,7 @@ else
 fi
 
 pg_port=$(free_port)
-mysql_port=$(free_port)
+mysql_port=""
 mysql_socket="$data/mysql.sock"
 mysql_pid=""
 stop() {
@@ -49,6 +51,8 @@ as_postgres "$pg_bin/pg_ctl" -D "$data/pg" -l "$data/pg/server.log" -w -t 60 \
   { cat "$data/pg/server.log" >&2; die "PostgreSQL did not start"; }
 
 mkdir "$data/mysql"
+# Chosen now that PostgreSQL holds its port, so the two cannot be handed the same one.
+mysql_port=$(free_port)
 mariadb-install-db --no-defaults --datadir="$data/mysql" --user="$mysql_user" \
   --auth-root-authentication-method=socket --skip-test-db >"$data/mysql-install.log" 2>&1 ||
   { cat "$data/mysql-install.log" >&2; die "mariadb-install-db failed"; }

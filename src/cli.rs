@@ -55,7 +55,7 @@ pub struct ModelArgs {
     #[arg(long, env = "IMGSEARCH_THREADS")]
     pub threads: Option<usize>,
     /// ONNX Runtime sessions running batches side by side [default: 1 when serving; one per
-    /// core when ingesting].
+    /// core, at most 4, when ingesting].
     #[arg(long, env = "IMGSEARCH_INFERENCE_SESSIONS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub inference_sessions: Option<u16>,
     /// Largest accepted image, in pixels (width × height).
@@ -65,6 +65,9 @@ pub struct ModelArgs {
     #[arg(long, env = "IMGSEARCH_MAX_IMAGE_DIMENSION", default_value_t = DecodeLimits::default().max_dimension)]
     pub max_image_dimension: u32,
 }
+
+/// The most inference sessions ingest starts on its own (see [`ModelArgs::config`]).
+const MAX_DEFAULT_SESSIONS: usize = 4;
 
 /// What the model will mostly do, which decides how its cores are shared out by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +84,10 @@ impl ModelArgs {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let (sessions, threads) = match workload {
             Workload::Throughput => {
-                let sessions = self.inference_sessions.map_or(cores, usize::from);
+                // Each session holds its own copy of the model and activation arena (≈ 290 MiB
+                // at batch 8): a pod without a CPU limit on a large node would otherwise start
+                // dozens. Four keep the gain on small nodes; more is a flag away.
+                let sessions = self.inference_sessions.map_or(cores.min(MAX_DEFAULT_SESSIONS), usize::from);
                 (sessions, self.threads.unwrap_or_else(|| (cores / sessions).max(1)))
             }
             Workload::Latency => (self.inference_sessions.map_or(1, usize::from), self.threads.unwrap_or(0)),

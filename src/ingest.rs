@@ -182,9 +182,9 @@ impl Ingestor {
     ///
     /// Five stages run at once, joined by bounded channels: reading (several reads in flight),
     /// decoding (plain threads: CPU work), batching (and recording failures), embedding (one
-    /// batch per model session at a time) and writing (Milvus, then the catalog). Each stage owns its ends of the channels, so when one stops,
-    /// on success or on an error, its neighbours see a closed channel and stop too; nothing
-    /// waits forever on a stage that is gone.
+    /// batch per model session at a time) and writing (Milvus, then the catalog). Each stage
+    /// owns its ends of the channels, so when one stops, on success or on an error, its
+    /// neighbours see a closed channel and stop too; nothing waits forever on a stage that is gone.
     pub async fn ingest(
         &self,
         source: &Source,

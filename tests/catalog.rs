@@ -80,10 +80,21 @@ async fn failures_keep_their_reason_and_a_fixed_image_is_reserved_again() {
 }
 
 /// URIs are compared exactly (MySQL's default collation would make these one image) and may be
-/// long (an InnoDB index cannot hold a whole TEXT column).
+/// long and incompressible (an InnoDB index cannot hold a whole TEXT column; a PostgreSQL
+/// B-tree entry must stay under 2.7 kB).
 #[tokio::test]
 async fn uris_are_exact_and_may_be_long() {
-    let long = format!("s3://bucket/{}.jpg", "ü/deep".repeat(300));
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let random: String = (0..4000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(ALPHABET[(state % 64) as usize])
+        })
+        .collect();
+    let long = format!("s3://bucket/{random}.jpg");
     let uris = ["/A.jpg", "/a.jpg", "/a.jpg ", "/café.jpg", "/cafe\u{301}.jpg", long.as_str()];
     for backend in BACKENDS {
         let (_db, catalog) = open(backend, "uris").await;
@@ -164,8 +175,8 @@ async fn parallel_writers_produce_no_duplicates_and_lose_no_rows() {
     }
 }
 
-/// The server goes away mid-run: writes are retried with backoff, then fail with a clear error
-/// that says so; nothing half-written (the batch is one transaction); back up, writes succeed.
+/// The server goes away in the middle of a batch: the write is retried with backoff, then fails
+/// with a clear error; none of the batch is written (one transaction); back up, writes succeed.
 #[tokio::test]
 async fn a_lost_connection_is_retried_then_reported_and_nothing_is_half_written() {
     for backend in [Backend::Postgres, Backend::MySql] {
@@ -177,10 +188,15 @@ async fn a_lost_connection_is_retried_then_reported_and_nothing_is_half_written(
         let catalog = Catalog::open(&url).await.expect("open through the forwarder");
         let first = catalog.reserve("c", &[image("/before.jpg", "h")]).await.expect("write while up");
 
-        outage.cut();
+        // A batch long enough that the cut lands inside its transaction.
+        let images: Vec<NewImage> = (0..3000).map(|i| image(&format!("/during/{i}.jpg"), "h")).collect();
+        let cutting = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            outage.cut();
+        };
         let started = std::time::Instant::now();
-        let images: Vec<NewImage> = (0..8).map(|i| image(&format!("/during/{i}.jpg"), "h")).collect();
-        let error = catalog.reserve("c", &images).await.expect_err("no server, no write");
+        let (result, ()) = tokio::join!(catalog.reserve("c", &images), cutting);
+        let error = result.expect_err("the server went away mid-transaction");
         assert!(matches!(error, CatalogError::GaveUp { attempts: 5, .. }), "{backend:?}: {error}");
         assert!(error.to_string().contains("reserve failed after 5 attempts"), "{error}");
         assert!(started.elapsed() > Duration::from_millis(1400), "{backend:?}: retried with backoff");
@@ -190,6 +206,6 @@ async fn a_lost_connection_is_retried_then_reported_and_nothing_is_half_written(
         let known = catalog.known_images("c").await.unwrap();
         assert_eq!(known.keys().collect::<Vec<_>>(), vec!["/before.jpg"], "{backend:?}: nothing half-written");
         assert_eq!(known["/before.jpg"].id, first[0]);
-        assert_eq!(catalog.reserve("c", &images).await.expect("write after the outage").len(), 8);
+        assert_eq!(catalog.reserve("c", &images).await.expect("write after the outage").len(), 3000);
     }
 }

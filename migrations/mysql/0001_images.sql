@@ -3,7 +3,7 @@
 -- * binary collation: URIs and collection names compare case- and accent-sensitively, as files
 --   and object keys do (MySQL's default collation would make /A.jpg and /a.jpg one image);
 -- * uniqueness over a SHA-256 of the URI (a generated column): InnoDB cannot index a whole
---   TEXT column, and a URI may be up to 2048 bytes;
+--   TEXT column, and a URI may be up to 4096 bytes;
 -- * the URI index is on a prefix, for lookups by URI.
 CREATE TABLE images (
     id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow};
@@ -59,14 +60,32 @@ impl Backend {
     }
 }
 
-/// A URL fit for logs and error messages: the password replaced by `***`.
+/// A URL fit for logs and error messages: the password (in the user part or a `password=`
+/// parameter) replaced by `***`.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match address.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
+        Some((scheme, (userinfo, host))) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => address.to_string(),
+        },
+        None => address.to_string(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&parameters.join("&"));
     }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,10 +187,12 @@ impl Catalog {
             Backend::Postgres => sqlx::migrate!("migrations/postgres"),
             Backend::MySql => sqlx::migrate!("migrations/mysql"),
         };
-        // PostgreSQL and MySQL take a lock for migrations; SQLite has none, so when two
-        // processes open a fresh catalog at once (an ingest Job and a search pod sharing a
-        // file), one loses the race to create the tables. Its transaction rolled back, so it
-        // tries again and finds the migration applied.
+        // When several processes open a fresh catalog at once (the pods of an ingest Job, a
+        // search pod), one can lose the race to create the tables: SQLite has no migration
+        // lock, and on MySQL/MariaDB sqlx's lock still lets two record the same migration
+        // (seen in tests/catalog.rs: "Duplicate entry '1'"). The loser's work was rolled back
+        // or is already done, so it tries again and finds the migration applied. An error that
+        // is not a race (a bad checksum, no permission) fails the same way 5 times, then stops.
         let mut attempt = 0u32;
         loop {
             match migrator.run(&pool).await {
@@ -246,10 +267,20 @@ impl Catalog {
     /// (atomic against concurrent writers of the same URI).
     async fn upsert(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &Upsert<'_>) -> Result<i64, sqlx::Error> {
         let query = match self.backend {
-            Backend::Sqlite | Backend::Postgres => {
+            Backend::Sqlite => {
                 "INSERT INTO images (collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (collection, uri) DO UPDATE SET
+                     content_hash = excluded.content_hash, size_bytes = excluded.size_bytes,
+                     width = excluded.width, height = excluded.height, status = excluded.status,
+                     error = excluded.error, updated_at_ms = excluded.updated_at_ms
+                 RETURNING id"
+            }
+            // Unique over the URI's hash (see migrations/postgres), bound last.
+            Backend::Postgres => {
+                "INSERT INTO images (collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms, uri_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (collection, uri_key) DO UPDATE SET
                      content_hash = excluded.content_hash, size_bytes = excluded.size_bytes,
                      width = excluded.width, height = excluded.height, status = excluded.status,
                      error = excluded.error, updated_at_ms = excluded.updated_at_ms
@@ -266,7 +297,7 @@ impl Catalog {
                      error = VALUES(error), updated_at_ms = VALUES(updated_at_ms)"
             }
         };
-        let statement = sqlx::query(query)
+        let mut statement = sqlx::query(query)
             .bind(row.collection)
             .bind(row.uri)
             .bind(row.content_hash)
@@ -277,11 +308,17 @@ impl Catalog {
             .bind(row.error)
             .bind(row.now)
             .bind(row.now);
+        if self.backend == Backend::Postgres {
+            statement = statement.bind(hex::encode(Sha256::digest(row.uri.as_bytes())));
+        }
         match self.backend {
             Backend::Sqlite | Backend::Postgres => statement.fetch_one(&mut **tx).await?.try_get("id"),
             Backend::MySql => {
                 let done: AnyQueryResult = statement.execute(&mut **tx).await?;
-                done.last_insert_id().ok_or_else(|| sqlx::Error::Protocol(format!("no id returned for {}", row.uri)))
+                // MySQL reports 0 when the statement set no id.
+                done.last_insert_id()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| sqlx::Error::Protocol(format!("no id returned for {}", row.uri)))
             }
         }
     }
@@ -406,8 +443,10 @@ impl Catalog {
         Ok(())
     }
 
-    /// Runs a write, again from the start when it failed for a passing reason (5 attempts within
-    /// about 3 s); the transaction it ran in was rolled back, so nothing is half-written.
+    /// Runs a write, again from the start when it failed for a passing reason: 5 attempts, about
+    /// 0.1, 0.2, 0.4 and 0.8 s apart (each randomly stretched by up to half, so writers that
+    /// deadlocked on each other do not retry in step). The transaction of a failed attempt was
+    /// rolled back, so nothing is half-written.
     async fn retrying<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -420,7 +459,7 @@ impl Catalog {
                 Ok(value) => return Ok(value),
                 Err(error) if number < ATTEMPTS && is_transient(&error) => {
                     tracing::warn!(what, attempt = number, %error, "catalog write failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay + jitter(delay / 2)).await;
                     delay *= 2;
                 }
                 Err(error) if number > 1 => return Err(CatalogError::GaveUp { what, attempts: number, source: error }),
@@ -452,6 +491,13 @@ fn placeholders(backend: Backend, query: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// Up to `max`, varying from call to call (the clock's nanoseconds: spreading retries needs no
+/// better randomness).
+fn jitter(max: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    max.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
 /// One row to insert or update by (collection, URI).
 struct Upsert<'a> {
     collection: &'a str,
@@ -471,9 +517,10 @@ fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(database) => {
-            // MySQL/MariaDB: deadlock victim (1213), lock wait timeout (1205).
+            // MySQL/MariaDB: deadlock victim (1213), lock wait timeout (1205), server shutting
+            // down (1053), connection killed (MariaDB 1927), idle connection closed (MySQL 4031).
             if let Some(mysql) = database.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-                return matches!(mysql.number(), 1205 | 1213);
+                return matches!(mysql.number(), 1053 | 1205 | 1213 | 1927 | 4031);
             }
             matches!(
                 database.code().as_deref(),
@@ -561,6 +608,10 @@ mod tests {
         assert_eq!(redacted("postgres://app:s3cr@t@db:5432/images"), "postgres://app:***@db:5432/images");
         assert_eq!(redacted("mysql://app@db/images"), "mysql://app@db/images");
         assert_eq!(redacted("sqlite://data/catalog.db"), "sqlite://data/catalog.db");
+        assert_eq!(
+            redacted("mysql://db/images?user=app&password=x&ssl-mode=required"),
+            "mysql://db/images?user=app&password=***&ssl-mode=required"
+        );
     }
 
     #[test]

@@ -94,13 +94,18 @@ pub fn prepare(bytes: &[u8], limits: DecodeLimits, input_size: u32) -> Result<Pr
     Ok(PreparedImage { width, height, format, tensor: to_tensor(decoded, input_size)? })
 }
 
-/// A JPEG straight to RGB with zune-jpeg (what `image` uses inside) in strict mode, so a
-/// truncated or damaged file is an error rather than a picture with its missing part grey.
+/// A JPEG straight to RGB with zune-jpeg (what `image` uses inside). Its lenient mode decodes
+/// what browsers and libjpeg decode (stray bytes between markers, damage mid-scan), but it also
+/// "decodes" a truncated file, the missing part grey; so a file whose last scan is not followed
+/// by an end-of-image marker is refused as truncated before decoding.
 fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<image::RgbImage, String> {
     use zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    if !ends_after_last_scan(bytes) {
+        return Err("the file is truncated (no end-of-image marker after the last scan)".to_string());
+    }
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_strict_mode(true)
+        .set_strict_mode(false)
         .set_max_width(limits.max_dimension as usize)
         .set_max_height(limits.max_dimension as usize);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
@@ -110,6 +115,15 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<image::RgbImage, St
         (u32::try_from(width).map_err(|e| e.to_string())?, u32::try_from(height).map_err(|e| e.to_string())?);
     image::RgbImage::from_raw(width, height, pixels)
         .ok_or_else(|| "decoded pixel buffer does not match the image size".to_string())
+}
+
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside scan
+/// data a 0xFF byte is always followed by 0x00 or a restart marker, so neither marker can
+/// appear there by chance; an EXIF thumbnail's own markers come before the main image's scans.
+/// Bytes after the end marker (some cameras append data) are allowed.
+fn ends_after_last_scan(bytes: &[u8]) -> bool {
+    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else { return false };
+    bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn check_dimensions(width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {
@@ -215,7 +229,7 @@ mod tests {
         assert!(matches!(err, ImageError::Corrupt { format: "PNG", .. }), "{err:?}");
     }
 
-    /// A smooth photo-like 1024×768 JPEG (large enough for reduced decoding).
+    /// A smooth photo-like 1024×768 JPEG.
     fn big_jpeg() -> Vec<u8> {
         let image =
             image::RgbImage::from_fn(1024, 768, |x, y| image::Rgb([(x / 4) as u8, (y / 3) as u8, ((x + y) / 8) as u8]));
@@ -264,6 +278,13 @@ mod tests {
     }
 
     #[test]
+    fn a_jpeg_with_data_after_its_end_marker_is_accepted() {
+        let mut bytes = big_jpeg();
+        bytes.extend_from_slice(b"camera maker's trailer");
+        prepare(&bytes, DecodeLimits::default(), 224).expect("trailing data after the end marker is fine");
+    }
+
+    #[test]
     fn a_greyscale_jpeg_is_prepared_as_rgb() {
         let grey = image::GrayImage::from_fn(300, 300, |x, _| image::Luma([(x % 256) as u8]));
         let mut out = Cursor::new(Vec::new());
@@ -280,7 +301,10 @@ mod tests {
     #[test]
     fn a_truncated_large_jpeg_is_reported_as_corrupt() {
         let bytes = big_jpeg();
-        let err = prepare(&bytes[..bytes.len() / 3], DecodeLimits::default(), 224).unwrap_err();
-        assert!(matches!(err, ImageError::Corrupt { format: "JPEG", .. }), "{err:?}");
+        for cut in [bytes.len() / 3, bytes.len() - 2] {
+            let err = prepare(&bytes[..cut], DecodeLimits::default(), 224).unwrap_err();
+            assert!(matches!(err, ImageError::Corrupt { format: "JPEG", .. }), "{err:?}");
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
     }
 }

@@ -17,6 +17,8 @@ pub const ID_FIELD: &str = "id";
 pub const VECTOR_FIELD: &str = "vector";
 pub const URI_FIELD: &str = "uri";
 pub const HASH_FIELD: &str = "content_hash";
+/// The name Milvus gives a search hit's similarity.
+const SCORE_FIELD: &str = "score";
 /// Long enough for deep object-store keys and URLs; longer URIs are refused at ingest.
 pub const MAX_URI_LENGTH: u32 = 4096;
 
@@ -419,10 +421,19 @@ impl MilvusStore {
             .map_err(|e| self.not_found_or(op, collection, e))?;
         let mut hits = Vec::new();
         for result in response.results() {
+            // Milvus 2.3 does not name the primary-key and score fields in search results, and the
+            // SDK then refuses to read the rows; the names are known, so they are filled in.
+            let mut result = result.clone();
+            if result.get_primary_field_name().is_empty() {
+                result.set_primary_field_name(ID_FIELD);
+            }
+            if result.get_score_field_name().is_empty() {
+                result.set_score_field_name(SCORE_FIELD);
+            }
             for row in result.rows().map_err(|e| self.error(op, collection, e))? {
                 hits.push(Hit {
                     id: row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?,
-                    score: row.get_f32("score").map_err(|e| self.error(op, collection, e))?,
+                    score: row.get_f32(SCORE_FIELD).map_err(|e| self.error(op, collection, e))?,
                     uri: row.get_str(URI_FIELD).map_err(|e| self.error(op, collection, e))?.to_string(),
                 });
             }

@@ -1,0 +1,79 @@
+//! The Milvus store on both servers imgsearch is tested against: Milvus Lite 3.2.2 (the
+//! embedded default, scripts/milvus-lite.sh) and the real Milvus 2.3.5 standalone server
+//! (scripts/milvus-server.sh), which is what many existing clusters run. `make test` starts
+//! both; each scenario runs on each.
+
+mod common;
+
+use imgsearch::store::{IndexSpec, MilvusStore, StoreError, VectorRow};
+
+/// (name, address) of each server; the run fails, not skips, without one.
+fn servers() -> Vec<(&'static str, String)> {
+    let server = std::env::var("IMGSEARCH_TEST_MILVUS_SERVER_URI").unwrap_or_else(|_| {
+        panic!("IMGSEARCH_TEST_MILVUS_SERVER_URI is not set: run the tests with `make test` (it starts Milvus 2.3.5)")
+    });
+    vec![("Milvus Lite 3.2.2", common::milvus_uri()), ("Milvus 2.3.5", server)]
+}
+
+const DIMENSION: usize = 32;
+
+/// A deterministic unit vector per seed, far from the others.
+fn vector(seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let raw: Vec<f32> = (0..DIMENSION)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    imgsearch::embed::l2_normalised(&raw)
+}
+
+fn row(id: i64, seed: u64) -> VectorRow {
+    VectorRow { id, vector: vector(seed), uri: format!("/images/{id}.jpg"), content_hash: format!("hash-{seed}") }
+}
+
+#[tokio::test]
+async fn create_write_search_replace_delete_and_drop_on_every_server() {
+    for (name, uri) in servers() {
+        let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        let collection = common::unique_collection("store");
+        let index = IndexSpec::default();
+        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap_or_else(|e| panic!("{name}: again: {e}"));
+        assert!(store.has_collection(&collection).await.unwrap(), "{name}");
+
+        let rows: Vec<VectorRow> = (1..=20).map(|id| row(id, id as u64)).collect();
+        store.upsert(&collection, &rows).await.unwrap_or_else(|e| panic!("{name}: upsert: {e}"));
+        assert_eq!(store.count(&collection).await.unwrap(), 20, "{name}");
+
+        let hits =
+            store.search(&collection, vector(7), 5, &index).await.unwrap_or_else(|e| panic!("{name}: search: {e}"));
+        assert_eq!(hits.len(), 5, "{name}: {hits:?}");
+        assert_eq!((hits[0].id, hits[0].uri.as_str()), (7, "/images/7.jpg"), "{name}: {hits:?}");
+        assert!((hits[0].score - 1.0).abs() < 1e-3, "{name}: cosine of a vector with itself: {hits:?}");
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "{name}: best first: {hits:?}");
+
+        // Upsert replaces: id 7 gets another vector, the count stays.
+        store.upsert(&collection, &[row(7, 1007)]).await.unwrap();
+        assert_eq!(store.count(&collection).await.unwrap(), 20, "{name}: replaced, not added");
+        let hits = store.search(&collection, vector(1007), 1, &index).await.unwrap();
+        assert_eq!(hits[0].id, 7, "{name}: {hits:?}");
+
+        store.delete(&collection, &[1, 2, 3]).await.unwrap_or_else(|e| panic!("{name}: delete: {e}"));
+        assert_eq!(store.count(&collection).await.unwrap(), 17, "{name}");
+        let hits = store.search(&collection, vector(1), 3, &index).await.unwrap();
+        assert!(hits.iter().all(|h| ![1, 2, 3].contains(&h.id)), "{name}: deleted rows found: {hits:?}");
+
+        let mismatch = store.ensure_collection(&collection, DIMENSION * 2, &index).await.unwrap_err();
+        assert!(
+            matches!(mismatch, StoreError::DimensionMismatch { found: 32, expected: 64, .. }),
+            "{name}: {mismatch}"
+        );
+
+        store.drop_collection(&collection).await.unwrap_or_else(|e| panic!("{name}: drop: {e}"));
+        assert!(!store.has_collection(&collection).await.unwrap(), "{name}");
+    }
+}
