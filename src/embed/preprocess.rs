@@ -121,9 +121,14 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<image::RgbImage, St
 /// data a 0xFF byte is always followed by 0x00 or a restart marker, so neither marker can
 /// appear there by chance; an EXIF thumbnail's own markers come before the main image's scans.
 /// Bytes after the end marker (some cameras append data) are allowed.
+///
+/// Checked from the end marker outwards, since it runs for every image: the last FF D9 sits at
+/// or near the end of a whole file, and the first scan near its start, so neither search walks
+/// the compressed data.
 fn ends_after_last_scan(bytes: &[u8]) -> bool {
-    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else { return false };
-    bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
+    const SCAN: [u8; 2] = [0xFF, 0xDA];
+    let Some(end) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return false };
+    !bytes[end..].windows(2).any(|w| w == SCAN) && bytes[..end].windows(2).any(|w| w == SCAN)
 }
 
 fn check_dimensions(width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {
