@@ -36,11 +36,11 @@ pub const VERSION: &str = "v1alpha1";
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "self.model.name == oldSelf.model.name",
-        "message": "spec.model.name is immutable: vectors of different models cannot share a collection; create a new ImageCollection instead"
+        "message": rules::MODEL_IMMUTABLE
     },
     {
         "rule": "has(self.collectionName) == has(oldSelf.collectionName) && (!has(self.collectionName) || self.collectionName == oldSelf.collectionName)",
-        "message": "spec.collectionName is immutable: renaming would orphan the existing Milvus collection"
+        "message": rules::COLLECTION_IMMUTABLE
     }
 ]))]
 pub struct ImageCollectionSpec {
@@ -83,7 +83,7 @@ pub struct ImageCollectionSpec {
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "has(self.uri) != has(self.milvusRef)",
-        "message": "set exactly one of spec.milvus.uri or spec.milvus.milvusRef"
+        "message": rules::ONE_MILVUS
     }
 ]))]
 pub struct MilvusSpec {
@@ -128,7 +128,7 @@ pub struct LocalSecretRef {
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "[has(self.pvc), has(self.s3), has(self.urls)].filter(x, x).size() == 1",
-        "message": "set exactly one of spec.source.pvc, spec.source.s3 or spec.source.urls"
+        "message": rules::ONE_SOURCE
     }
 ]))]
 pub struct SourceSpec {
@@ -503,6 +503,47 @@ impl ImageCollection {
     }
 }
 
+/// The schema's CEL rules (`x-kubernetes-validations`), each as its message and the same
+/// condition written in Rust. The API server evaluates the CEL; nothing here can run CEL
+/// offline, so these mirror it for the tests: each broken sample is refused with the message
+/// the API server would give, and a test checks that the two lists agree message for message.
+pub mod rules {
+    use super::ImageCollectionSpec;
+
+    pub const ONE_SOURCE: &str = "set exactly one of spec.source.pvc, spec.source.s3 or spec.source.urls";
+    pub const ONE_MILVUS: &str = "set exactly one of spec.milvus.uri or spec.milvus.milvusRef";
+    pub const MODEL_IMMUTABLE: &str = "spec.model.name is immutable: vectors of different models cannot share a collection; create a new ImageCollection instead";
+    pub const COLLECTION_IMMUTABLE: &str =
+        "spec.collectionName is immutable: renaming would orphan the existing Milvus collection";
+
+    /// Every rule's message, in the order the schema lists them (spec, milvus, source).
+    pub const ALL: [&str; 4] = [MODEL_IMMUTABLE, COLLECTION_IMMUTABLE, ONE_MILVUS, ONE_SOURCE];
+
+    /// The messages of the rules `spec` breaks; `old` is the stored spec on an update (the
+    /// transition rules only apply then).
+    pub fn violations(spec: &ImageCollectionSpec, old: Option<&ImageCollectionSpec>) -> Vec<&'static str> {
+        let mut broken = Vec::new();
+        if let Some(old) = old {
+            if spec.model.name != old.model.name {
+                broken.push(MODEL_IMMUTABLE);
+            }
+            if spec.collection_name != old.collection_name {
+                broken.push(COLLECTION_IMMUTABLE);
+            }
+        }
+        if spec.milvus.uri.is_some() == spec.milvus.milvus_ref.is_some() {
+            broken.push(ONE_MILVUS);
+        }
+        let source = &spec.source;
+        if [source.pvc.is_some(), source.s3.is_some(), source.urls.is_some()].into_iter().filter(|set| *set).count()
+            != 1
+        {
+            broken.push(ONE_SOURCE);
+        }
+        broken
+    }
+}
+
 /// The CRD as YAML, as `imgsearch crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
@@ -597,5 +638,55 @@ spec:
         assert_eq!(columns, ["Phase", "Images", "Failed", "Ready", "Endpoint", "Age"]);
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "imgc");
         assert!(version["subresources"]["status"].is_object());
+    }
+
+    /// Every CEL rule in the schema, collected from wherever it sits.
+    fn cel_messages(schema: &serde_json::Value, found: &mut Vec<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                for rule in map.get("x-kubernetes-validations").and_then(|r| r.as_array()).into_iter().flatten() {
+                    found.push(rule["message"].as_str().unwrap_or_default().to_string());
+                }
+                map.values().for_each(|v| cel_messages(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| cel_messages(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_cel_rule_in_the_schema_has_its_rust_mirror() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(ImageCollection::crd()).expect("CRD as JSON");
+        let mut messages = Vec::new();
+        cel_messages(&crd, &mut messages);
+        assert_eq!(messages, rules::ALL, "a CEL rule was added or changed without its mirror in crd::rules");
+    }
+
+    fn spec_of(value: serde_json::Value) -> ImageCollectionSpec {
+        serde_json::from_value(value).expect("spec parses")
+    }
+
+    #[test]
+    fn the_rust_mirror_breaks_where_the_cel_rules_do() {
+        let valid =
+            serde_json::json!({ "milvus": { "uri": "http://m:19530" }, "source": { "pvc": { "claimName": "p" } } });
+        assert!(rules::violations(&spec_of(valid.clone()), None).is_empty());
+        let mut two_sources = valid.clone();
+        two_sources["source"]["s3"] = serde_json::json!({ "bucket": "photos" });
+        assert_eq!(rules::violations(&spec_of(two_sources), None), [rules::ONE_SOURCE]);
+        let mut no_source = valid.clone();
+        no_source["source"] = serde_json::json!({});
+        assert_eq!(rules::violations(&spec_of(no_source), None), [rules::ONE_SOURCE]);
+        let mut both_milvus = valid.clone();
+        both_milvus["milvus"]["milvusRef"] = serde_json::json!({ "name": "m" });
+        assert_eq!(rules::violations(&spec_of(both_milvus), None), [rules::ONE_MILVUS]);
+        let mut renamed = valid.clone();
+        renamed["collectionName"] = serde_json::json!("other");
+        assert_eq!(
+            rules::violations(&spec_of(renamed.clone()), Some(&spec_of(valid.clone()))),
+            [rules::COLLECTION_IMMUTABLE]
+        );
+        assert!(rules::violations(&spec_of(renamed.clone()), Some(&spec_of(renamed))).is_empty(), "unchanged name");
     }
 }

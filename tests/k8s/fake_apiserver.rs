@@ -26,13 +26,21 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-/// One API call, for checking what the controller did (and, later, that RBAC allows it).
+/// One API call, for checking what the controller did and that RBAC allows it (tests/rbac.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
+    /// Who called: the bearer token, which this server takes as the user name (the real API
+    /// server maps a ServiceAccount token to `system:serviceaccount:<namespace>:<name>`), or
+    /// `system:anonymous` without one.
+    pub user: String,
     pub verb: String,
     pub group: String,
     pub resource: String,
     pub subresource: Option<String>,
+    /// None for cluster-wide calls (e.g. a watch over all namespaces).
+    pub namespace: Option<String>,
+    /// The object's name, for calls on one object (get, update, patch, delete).
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +123,20 @@ impl FakeApiServer {
         let url: axum::http::Uri = format!("http://{address}").parse().expect("valid URL");
         let config = kube::Config::new(url);
         kube::Client::try_from(config).expect("kube client for the fake API server")
+    }
+
+    /// A kubeconfig file pointing at this server as `user` (its bearer token), for running the
+    /// real `imgsearch controller` binary against it.
+    pub fn kubeconfig(address: SocketAddr, user: &str, namespace: &str) -> String {
+        serde_json::to_string_pretty(&json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "fake", "cluster": { "server": format!("http://{address}") } }],
+            "users": [{ "name": "fake", "user": { "token": user } }],
+            "contexts": [{ "name": "fake", "context": { "cluster": "fake", "user": "fake", "namespace": namespace } }],
+            "current-context": "fake",
+        }))
+        .expect("kubeconfig JSON")
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -284,11 +306,20 @@ async fn handle(
         (&Method::DELETE, _, _) => "delete",
         _ => return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", method.to_string()),
     };
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("system:anonymous")
+        .to_string();
     server.lock().calls.push(Call {
+        user,
         verb: verb.to_string(),
         group: target.group.clone(),
         resource: target.resource.clone(),
         subresource: target.subresource.clone(),
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
     });
     match verb {
         "watch" => watch(server, target, query).await,
