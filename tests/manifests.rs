@@ -96,19 +96,34 @@ fn same_numbers_as_floats(value: &Value) -> Value {
     }
 }
 
-#[test]
-fn the_kustomize_manifests_render_and_validate_strictly() {
+fn kustomize(folder: &str) -> Vec<Value> {
     let output = Command::new("kubectl")
-        .args(["kustomize", "manifests"])
+        .args(["kustomize", folder])
         .current_dir(root())
         .output()
         .expect("kubectl not found: it renders manifests/ (kubectl kustomize); install kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl kustomize manifests failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rendered = documents(&String::from_utf8_lossy(&output.stdout), "kubectl kustomize output");
+    assert!(output.status.success(), "kubectl kustomize {folder} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    documents(&String::from_utf8_lossy(&output.stdout), "kubectl kustomize output")
+}
+
+/// The controller container's image in a rendered install, and the image it passes to its children.
+fn controller_images(rendered: &[Value]) -> (String, String) {
+    let deployment = rendered.iter().find(|o| o["kind"] == "Deployment").expect("the controller Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env_image = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "IMGSEARCH_IMAGE").unwrap();
+    (container["image"].as_str().unwrap().to_string(), env_image["value"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn the_kind_overlay_installs_the_local_image_and_passes_it_on() {
+    let rendered = kustomize("manifests/overlays/kind");
+    assert_eq!(controller_images(&rendered), ("imgsearch:e2e".to_string(), "imgsearch:e2e".to_string()));
+    validate_builtin(&rendered);
+}
+
+#[test]
+fn the_kustomize_manifests_render_and_validate_strictly() {
+    let rendered = kustomize("manifests");
     let mut kinds: Vec<String> = rendered.iter().map(kind_name).collect();
     kinds.sort();
     assert_eq!(
@@ -134,11 +149,9 @@ fn the_kustomize_manifests_render_and_validate_strictly() {
         "manifests install a CRD other than crds/"
     );
     // The image the controller gives its Jobs is its own (kustomize copies it over).
-    let deployment = rendered.iter().find(|o| o["kind"] == "Deployment").expect("the controller Deployment");
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let env_image = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "IMGSEARCH_IMAGE").unwrap();
-    assert_eq!(env_image["value"], container["image"]);
-    assert!(container["image"].as_str().unwrap().contains(':'), "a tagged image, not latest");
+    let (image, passed_on) = controller_images(&rendered);
+    assert_eq!(image, passed_on);
+    assert_eq!(image, "ghcr.io/imgsearch/imgsearch:v0.1.0", "a tagged image, not latest");
     // Every object except cluster-scoped ones lands in the controller's namespace.
     for object in &rendered {
         let cluster_scoped = ["Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"]
