@@ -307,9 +307,32 @@ pub struct ServerArgs {
     pub s3_endpoint: Option<String>,
     #[arg(long, env = "AWS_REGION")]
     pub s3_region: Option<String>,
+    /// A file holding the bearer token that write routes (uploads, loads, drops) require.
+    #[arg(long, env = "IMGSEARCH_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    pub auth_token_file: Option<PathBuf>,
+    /// The same token given directly, for an environment variable set from a Secret (a token
+    /// on a command line is visible to every user of the machine).
+    #[arg(long, env = "IMGSEARCH_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Require the token on searches, counts and image bytes too (probes and the page stay open).
+    #[arg(long, env = "IMGSEARCH_AUTH_READS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub auth_reads: bool,
 }
 
 impl ServerArgs {
+    fn auth(&self) -> anyhow::Result<Option<crate::api::auth::AuthConfig>> {
+        let token = match (&self.auth_token_file, &self.auth_token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the auth token file {}", path.display()))?,
+            (None, Some(token)) => token.clone(),
+            (None, None) if self.auth_reads => {
+                anyhow::bail!("--auth-reads needs a token (--auth-token-file or IMGSEARCH_AUTH_TOKEN)")
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(crate::api::auth::AuthConfig::new(&token, self.auth_reads)?))
+    }
+
     fn image_bucket(&self) -> Result<Option<Arc<s3::Bucket>>, SourceError> {
         let Some(location) = &self.image_bucket else { return Ok(None) };
         Ok(Some(Arc::new(connect_bucket(location, &self.s3_endpoint, &self.s3_region)?)))
@@ -331,6 +354,7 @@ impl ServerArgs {
             batch_size: usize::from(batch.batch_size),
             decode_workers: batch.decode_workers(),
             image_bucket: self.image_bucket()?,
+            auth: self.auth()?,
             ..ServeConfig::default()
         })
     }
@@ -389,7 +413,8 @@ pub struct ControllerArgs {
     /// Container image the ingest Jobs and search Deployments run (this binary's image).
     #[arg(long, env = "IMGSEARCH_IMAGE")]
     pub image: String,
-    #[arg(long, env = "IMGSEARCH_IMAGE_PULL_POLICY")]
+    /// imagePullPolicy of the ingest and search containers (default: Kubernetes' own).
+    #[arg(long, env = "IMGSEARCH_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
     pub image_pull_policy: Option<String>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "IMGSEARCH_CONTROLLER_LISTEN", default_value = "0.0.0.0:8080")]
@@ -516,8 +541,12 @@ async fn ingest_until_interrupted(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let ingestor = connect(&args.backend, &args.model, &args.index, Workload::Latency).await?;
+    // Settings first: a bad flag or token file is reported at once, not after Milvus answers.
     let config = args.server.config(&args.collection, &args.batch)?;
+    let ingestor = connect(&args.backend, &args.model, &args.index, Workload::Latency).await?;
+    if config.auth.is_some() {
+        tracing::info!(protect_reads = args.server.auth_reads, "bearer token required on write routes");
+    }
     serve_until_shutdown(ingestor, config, args.server.listen).await
 }
 
@@ -577,6 +606,10 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         image_bucket: None,
         s3_endpoint: None,
         s3_region: None,
+        // One machine, loopback by default: no token.
+        auth_token_file: None,
+        auth_token: None,
+        auth_reads: false,
     };
     let config = server.config(&args.collection, &args.batch)?;
     serve_until_shutdown(ingestor, config, args.listen).await

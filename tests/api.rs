@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
+use imgsearch::api::auth::AuthConfig;
 use imgsearch::api::{AppState, ServeConfig, ServerState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -21,6 +22,10 @@ struct Fixture {
 
 /// A server whose default collection is fresh, with `photos` copied into an allowed load root.
 async fn fixture(photos: &[&str], max_body_bytes: usize) -> Fixture {
+    fixture_with_auth(photos, max_body_bytes, None).await
+}
+
+async fn fixture_with_auth(photos: &[&str], max_body_bytes: usize, auth: Option<AuthConfig>) -> Fixture {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -36,6 +41,7 @@ async fn fixture(photos: &[&str], max_body_bytes: usize) -> Fixture {
         upload_dir: uploads.clone(),
         max_body_bytes,
         batch_size: 8,
+        auth,
         ..ServeConfig::default()
     };
     let state = ServerState::new(common::ingestor(work.path()).await, config);
@@ -357,6 +363,71 @@ async fn v1_images_adds_an_upload_and_v1_count_counts_it() {
     let (status, count) = f.json(Request::get("/v1/count").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(count, json!({ "collection": f.collection, "count": 1 }));
+}
+
+fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
+    request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn with_a_token_writes_need_it_reads_do_not_and_a_refused_write_stores_nothing() {
+    let auth = AuthConfig::new("correct-horse-battery-staple", false).unwrap();
+    let f = fixture_with_auth(&["coffee.jpg"], 20 << 20, Some(auth)).await;
+    let bytes = photo_bytes("astronaut.jpg");
+    let upload = || multipart("/v1/images", &[("image", "a.jpg", &bytes)], &[]);
+    let bootcamp_upload = || multipart("/img/upload", &[("image", "a.jpg", &bytes)], &[]);
+    let load = || post_json("/img/load", json!({ "File": f.images }));
+    let drop = || Request::post("/img/drop").body(Body::empty()).unwrap();
+    for (what, request) in [
+        ("no header", upload()),
+        ("a wrong token", with_token(upload(), "correct-horse-battery-stapl")),
+        ("a longer token", with_token(upload(), "correct-horse-battery-staple-")),
+        ("another scheme", {
+            let mut r = upload();
+            r.headers_mut().insert(header::AUTHORIZATION, "Basic Y29ycmVjdA==".parse().unwrap());
+            r
+        }),
+        ("bootcamp upload, no header", bootcamp_upload()),
+        ("bootcamp load, wrong token", with_token(load(), "guess")),
+        ("bootcamp drop, no header", drop()),
+    ] {
+        let response = app(f.state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"imgsearch\"", "{what}");
+        let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(error_code(&body), "unauthorized", "{what}: {body}");
+    }
+    assert!(f.stored_uploads().is_empty(), "a refused upload stores nothing");
+    assert_eq!(f.count().await, 0, "a refused load indexes nothing");
+
+    let (status, body) = f.json(with_token(upload(), "correct-horse-battery-staple")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = f.json(with_token(load(), "correct-horse-battery-staple")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Reads stay open by default.
+    let (status, body) = f.json(multipart("/v1/search", &[("image", "q.jpg", &bytes)], &[])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(f.count().await, 2);
+}
+
+#[tokio::test]
+async fn with_protected_reads_searches_need_the_token_but_probes_and_the_page_do_not() {
+    let auth = AuthConfig::new("reader-token", true).unwrap();
+    let f = fixture_with_auth(&[], 20 << 20, Some(auth)).await;
+    let bytes = photo_bytes("coffee.jpg");
+    let search = || multipart("/v1/search", &[("image", "q.jpg", &bytes)], &[]);
+    let (status, body) = f.json(search()).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (status, _) = f.call(Request::get("/v1/count").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for open in ["/healthz", "/readyz", "/"] {
+        let (status, _) = f.call(Request::get(open).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{open} stays open for probes and browsers");
+    }
+    let (status, _) = f.call(with_token(Request::get("/v1/count").body(Body::empty()).unwrap(), "reader-token")).await;
+    // The collection does not exist yet: past the token check, the route's own answer.
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The search API (axum): a versioned JSON API under `/v1`, the Milvus bootcamp's routes for
 //! existing scripts and web clients, health probes and the web page.
 
+pub mod auth;
 mod bootcamp;
 pub mod error;
 mod page;
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     pub decode_workers: usize,
     /// Where images catalogued as `s3://…` are read from, when the collection came from a bucket.
     pub image_bucket: Option<Arc<crate::source::s3::Bucket>>,
+    /// A bearer token for write routes (and reads, if it says so); `None`: everything open.
+    pub auth: Option<auth::AuthConfig>,
 }
 
 impl Default for ServeConfig {
@@ -61,6 +64,7 @@ impl Default for ServeConfig {
             batch_size: 8,
             decode_workers: 1,
             image_bucket: None,
+            auth: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub fn app(state: AppState) -> Router {
         .merge(page::router())
         .merge(v1::router())
         .merge(bootcamp::router())
+        // Checked before any body is read: a refused upload costs nothing.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

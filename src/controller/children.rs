@@ -387,6 +387,11 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         env.extend(access);
         env.push(plain("IMGSEARCH_IMAGE_BUCKET", &location));
     }
+    // Write routes need the Secret's `token`; the pod does not start without it (not optional),
+    // rather than serve unprotected.
+    if let Some(auth) = &ic.spec.search.auth {
+        env.push(from_secret("IMGSEARCH_AUTH_TOKEN", &auth.secret_ref.name, "token", false));
+    }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -648,6 +653,25 @@ mod tests {
         );
         assert_eq!(service_spec.ports.unwrap()[0].port, 9000);
         assert_eq!(search_endpoint(&ic).unwrap(), "http://products-search.shop.svc:9000");
+    }
+
+    #[test]
+    fn search_auth_passes_the_secrets_token_to_the_search_pods_only() {
+        let ic = collection(
+            "  milvus: { uri: 'http://m:19530' }\n  source: { pvc: { claimName: c } }\n  search: { auth: { secretRef: { name: search-token } } }\n",
+        );
+        let deployment = search_deployment(&ic, &config()).unwrap();
+        let container = &deployment.spec.template.spec.unwrap().containers[0];
+        assert_eq!(env(container)["IMGSEARCH_AUTH_TOKEN"], "secret:search-token/token");
+        let token = container.env.iter().flatten().find(|e| e.name == "IMGSEARCH_AUTH_TOKEN").unwrap();
+        let selector = token.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).unwrap();
+        assert_eq!(selector.optional, Some(false), "no token, no pod: never serve unprotected by accident");
+        let job = ingest_job(&ic, &config()).unwrap();
+        let ingest = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert!(!env(ingest).contains_key("IMGSEARCH_AUTH_TOKEN"));
+        let open = collection("  milvus: { uri: 'http://m:19530' }\n  source: { pvc: { claimName: c } }\n");
+        let deployment = search_deployment(&open, &config()).unwrap();
+        assert!(!env(&deployment.spec.template.spec.unwrap().containers[0]).contains_key("IMGSEARCH_AUTH_TOKEN"));
     }
 
     #[test]

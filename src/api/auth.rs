@@ -1,0 +1,135 @@
+//! Bearer-token access control. With a token configured, the routes that change data (uploads,
+//! folder loads, drops) require `Authorization: Bearer <token>`; searches, counts and image
+//! bytes do too when reads are protected. Probes and the page itself stay open, so Kubernetes
+//! can probe the pod and a browser can load the page (whose calls then need the token).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+
+/// The token and what it guards.
+#[derive(Clone)]
+pub struct AuthConfig {
+    token: Arc<str>,
+    /// Searches, counts and image bytes need the token too.
+    pub protect_reads: bool,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token itself.
+        f.debug_struct("AuthConfig").field("token", &"<redacted>").field("protect_reads", &self.protect_reads).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthConfigError {
+    #[error("the auth token is empty (a Secret key or token file with no content?)")]
+    Empty,
+    #[error("the auth token contains whitespace or control characters inside it; HTTP clients cannot send it")]
+    Unsendable,
+}
+
+impl AuthConfig {
+    /// A token as read from a file or a Secret: surrounding whitespace (a trailing newline) is
+    /// dropped; an empty token or one no client could put in a header is refused at start.
+    pub fn new(token: &str, protect_reads: bool) -> Result<Self, AuthConfigError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthConfigError::Empty);
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AuthConfigError::Unsendable);
+        }
+        Ok(Self { token: token.into(), protect_reads })
+    }
+
+    /// Compared as SHA-256 digests, byte by byte without an early exit, so the time taken says
+    /// nothing about how much of a guess was right (not even its length).
+    fn accepts(&self, presented: &str) -> bool {
+        let expected = Sha256::digest(self.token.as_bytes());
+        let presented = Sha256::digest(presented.as_bytes());
+        expected.iter().zip(presented.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Probes and the page: always open.
+    Open,
+    Read,
+    Write,
+}
+
+/// Every route of the server, classified. Unknown paths count as reads (they 404 anyway, and
+/// a protected server should not say which paths exist).
+pub fn access(method: &Method, path: &str) -> Access {
+    match (method, path) {
+        (_, "/healthz" | "/readyz" | "/") => Access::Open,
+        (&Method::POST, "/v1/images" | "/img/upload" | "/img/load" | "/img/drop") => Access::Write,
+        _ => Access::Read,
+    }
+}
+
+pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(auth) = &state.config.auth else { return Ok(next.run(request).await) };
+    let needed = match access(request.method(), request.uri().path()) {
+        Access::Open => false,
+        Access::Read => auth.protect_reads,
+        Access::Write => true,
+    };
+    if needed {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match presented {
+            None => return Err(ApiError::Unauthorized("this route needs `Authorization: Bearer <token>`".into())),
+            Some(token) if !auth.accepts(token.trim()) => {
+                tracing::warn!(path = %request.uri().path(), "request with a wrong bearer token refused");
+                return Err(ApiError::Unauthorized("the bearer token is not valid".into()));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let auth = AuthConfig::new("s3cret-token\n", false).expect("valid");
+        assert!(auth.accepts("s3cret-token"));
+        assert!(!auth.accepts("s3cret-toke"));
+        assert!(!auth.accepts("s3cret-token2"));
+        assert!(!auth.accepts(""));
+        assert!(!format!("{auth:?}").contains("s3cret"), "Debug never shows the token");
+    }
+
+    #[test]
+    fn empty_or_unsendable_tokens_are_refused_at_start() {
+        assert_eq!(AuthConfig::new(" \n", false).unwrap_err(), AuthConfigError::Empty);
+        assert_eq!(AuthConfig::new("two words", false).unwrap_err(), AuthConfigError::Unsendable);
+    }
+
+    #[test]
+    fn writes_reads_and_open_routes_are_told_apart() {
+        assert_eq!(access(&Method::POST, "/v1/images"), Access::Write);
+        assert_eq!(access(&Method::POST, "/img/drop"), Access::Write);
+        assert_eq!(access(&Method::POST, "/v1/search"), Access::Read);
+        assert_eq!(access(&Method::GET, "/data"), Access::Read);
+        assert_eq!(access(&Method::GET, "/readyz"), Access::Open);
+        assert_eq!(access(&Method::GET, "/nope"), Access::Read);
+    }
+}
