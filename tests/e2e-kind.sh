@@ -100,7 +100,7 @@ spec: { selector: { app: postgres }, ports: [{ port: 5432 }] }
 apiVersion: v1
 kind: Secret
 metadata: { name: imgsearch-catalog }
-stringData: { DATABASE_URL: "postgres://postgres:e2e@postgres:5432/imgsearch" }
+stringData: { DATABASE_URL: "postgres://postgres:e2e@postgres.imgsearch-demo.svc:5432/imgsearch" }  # the controller (another namespace) purges rows on delete
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim

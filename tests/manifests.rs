@@ -118,6 +118,22 @@ fn controller_images(rendered: &[Value]) -> (String, String) {
 fn the_kind_overlay_installs_the_local_image_and_passes_it_on() {
     let rendered = kustomize("manifests/overlays/kind");
     assert_eq!(controller_images(&rendered), ("imgsearch:e2e".to_string(), "imgsearch:e2e".to_string()));
+    // The whole environment: a replacement aimed at one variable must not hit another.
+    let deployment = rendered.iter().find(|o| o["kind"] == "Deployment").expect("the controller Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let plain: Vec<(String, String)> = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect();
+    let expected = [
+        ("IMGSEARCH_IMAGE", "imgsearch:e2e"),
+        ("IMGSEARCH_CONTROLLER_LISTEN", "0.0.0.0:8080"),
+        ("RUST_LOG", "info"),
+        ("IMGSEARCH_IMAGE_PULL_POLICY", "Never"),
+    ];
+    assert_eq!(plain, expected.map(|(k, v)| (k.to_string(), v.to_string())), "{env}");
     validate_builtin(&rendered);
 }
 

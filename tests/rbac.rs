@@ -1,8 +1,9 @@
 //! Least privilege, proven: the real `imgsearch controller` binary runs against the fake API
 //! server under its ServiceAccount's name through a whole collection lifecycle (create, ingest,
 //! rescan schedule, spec change, old Job pruned, schedule removed, delete with cleanup, shutdown
-//! with the lease released). Every call it makes must be granted by the committed RBAC in
-//! manifests/base/rbac.yaml, and every grant there must be used by some call.
+//! with the lease released). Every call it makes must be granted by the RBAC that
+//! `kubectl kustomize manifests` renders (from manifests/base/rbac.yaml), and every grant there
+//! must be used by some call.
 //!
 //! The search and ingest pods get no API rights at all: nothing in the manifests binds a role
 //! to anything but the controller's ServiceAccount, and the pods the controller creates do not
@@ -51,10 +52,16 @@ struct Grant {
 /// One (role, rule, group, resource, verb) a role grants: the unit that must be used.
 type Permission = (String, usize, String, String, String);
 
-fn manifest_documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|document| Value::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+/// The objects `kubectl apply -k manifests/` would install.
+fn installed_objects() -> Vec<Value> {
+    let output = std::process::Command::new("kubectl")
+        .args(["kustomize", "manifests"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("kubectl not found: it renders manifests/ (kubectl kustomize); install kubectl");
+    assert!(output.status.success(), "kubectl kustomize manifests: {}", String::from_utf8_lossy(&output.stderr));
+    serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&output.stdout))
+        .map(|document| Value::deserialize(document).expect("rendered YAML"))
         .filter(|document| !document.is_null())
         .collect()
 }
@@ -159,8 +166,7 @@ async fn eventually<T>(what: &str, log: &Path, mut check: impl FnMut() -> Option
 
 #[tokio::test]
 async fn the_controller_calls_only_what_its_rbac_grants_and_uses_every_grant() {
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/rbac.yaml");
-    let grants = controller_grants(&manifest_documents(&manifests));
+    let grants = controller_grants(&installed_objects());
     assert!(!grants.is_empty(), "manifests/base/rbac.yaml binds no role to the controller");
 
     let work = tempfile::tempdir().unwrap();

@@ -451,9 +451,14 @@ fn patch(
     if applying && query.get("fieldManager").is_none_or(|m| m.is_empty()) {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "fieldManager is required for apply patch".into());
     }
-    // Server-side apply creates what does not exist yet (not for subresources).
+    // Server-side apply creates what does not exist yet (not for subresources). The real API
+    // server then also authorizes the caller for `create` on the resource (apiserver
+    // handlers/patch.go), so the call is recorded as a create as well, for the RBAC check.
     if applying && target.subresource.is_none() && server.object(&target.key(), &namespace, &name).is_none() {
         let mut store = server.lock();
+        if let Some(patching) = store.calls.last().cloned() {
+            store.calls.push(Call { verb: "create".into(), ..patching });
+        }
         let mut object = patch.clone();
         object["metadata"]["name"] = json!(name);
         initialise(&mut store, &mut object, target, &namespace);
