@@ -431,6 +431,58 @@ async fn with_protected_reads_searches_need_the_token_but_probes_and_the_page_do
 }
 
 #[tokio::test]
+async fn metrics_count_every_route_by_status_time_the_search_stages_and_answers_carry_a_request_id() {
+    let f = fixture(&["coffee.jpg"], 20 << 20).await;
+    f.load().await;
+    let query = photo_bytes("coffee.jpg");
+    let (status, _) = f.call(multipart("/v1/search", &[("image", "q.jpg", &query)], &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = f.call(multipart("/v1/search", &[("image", "q.jpg", b"not an image")], &[])).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, _) = f.call(Request::get("/v1/images/987654321").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = f.call(Request::get("/no/such/route").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A sane client id is echoed (and logged); anything else is replaced by one of ours.
+    let with_id = |id: &str| {
+        let mut request = Request::get("/healthz").body(Body::empty()).unwrap();
+        request.headers_mut().insert("x-request-id", id.parse().unwrap());
+        request
+    };
+    let response = app(f.state.clone()).oneshot(with_id("trace-42.a_b")).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-42.a_b");
+    let response = app(f.state.clone()).oneshot(with_id("two words; <script>")).await.unwrap();
+    let ours = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!ours.is_empty() && !ours.contains(' '), "{ours}");
+    let first = app(f.state.clone()).oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    let second = app(f.state.clone()).oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_ne!(first.headers()["x-request-id"], second.headers()["x-request-id"], "ids are unique");
+
+    let (status, text) = f.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(text).unwrap();
+    for line in [
+        r#"imgsearch_http_requests_total{method="POST",route="/v1/search",status="200"} 1"#,
+        r#"imgsearch_http_requests_total{method="POST",route="/v1/search",status="415"} 1"#,
+        r#"imgsearch_http_requests_total{method="GET",route="/v1/images/{id}",status="404"} 1"#,
+        r#"imgsearch_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"imgsearch_http_requests_total{method="GET",route="/healthz",status="200"} 4"#,
+        r#"imgsearch_http_request_duration_seconds_count{method="POST",route="/v1/search"} 2"#,
+        r#"imgsearch_search_stage_duration_seconds_count{stage="milvus_search"} 1"#,
+        r#"imgsearch_search_stage_duration_seconds_count{stage="catalog_lookup"} 1"#,
+        // Both searches got a slot and were embedded (the second failed in decoding).
+        r#"imgsearch_search_stage_duration_seconds_count{stage="queue"} 2"#,
+        r#"imgsearch_search_stage_duration_seconds_count{stage="embed"} 2"#,
+        // This very request.
+        "imgsearch_http_requests_in_flight 1",
+        r#"imgsearch_model_info{model="efficientnet-lite0",dimension="1280","#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn probes_and_page_answer() {
     let f = fixture(&[], 20 << 20).await;
     let (status, body) = f.call(Request::get("/healthz").body(Body::empty()).unwrap()).await;

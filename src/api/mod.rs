@@ -4,6 +4,7 @@
 pub mod auth;
 mod bootcamp;
 pub mod error;
+pub mod metrics;
 mod page;
 mod v1;
 
@@ -76,6 +77,7 @@ pub struct ServerState {
     pub config: ServeConfig,
     /// Progress of the current or last `/img/load`, for `GET /progress`.
     pub progress: Progress,
+    pub metrics: metrics::ApiMetrics,
     inference: Semaphore,
     /// One `/img/load` at a time: two loads of one collection would race on the same rows.
     load: tokio::sync::Mutex<()>,
@@ -84,7 +86,10 @@ pub struct ServerState {
 impl ServerState {
     pub fn new(ingestor: Ingestor, config: ServeConfig) -> AppState {
         let permits = config.max_concurrent_inference.max(1);
+        let model = &ingestor.model;
+        let metrics = metrics::ApiMetrics::new(model.spec().name, model.dimension(), model.sessions());
         Arc::new(Self {
+            metrics,
             ingestor,
             config,
             progress: Progress::silent(),
@@ -100,9 +105,12 @@ pub fn app(state: AppState) -> Router {
         .merge(page::router())
         .merge(v1::router())
         .merge(bootcamp::router())
+        .route("/metrics", axum::routing::get(metrics::metrics_text))
         // Checked before any body is read: a refused upload costs nothing.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(limit))
+        // Outermost, so refusals by the layers above are counted and logged too.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
 
@@ -171,21 +179,28 @@ async fn search_by_image(
         )));
     }
     let vector = embed_query(state, bytes).await?;
-    Ok(state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await?)
+    let started = std::time::Instant::now();
+    let hits = state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await?;
+    state.metrics.stage("milvus_search", started.elapsed());
+    Ok(hits)
 }
 
 async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, ApiError> {
+    let queued = std::time::Instant::now();
     let _permit = tokio::time::timeout(state.config.queue_timeout, state.inference.acquire())
         .await
         .map_err(|_| {
             ApiError::unavailable("the server is busy embedding other images; retry shortly", "inference queue timeout")
         })?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.metrics.stage("queue", queued.elapsed());
     let model = Arc::clone(&state.ingestor.model);
     let limits = state.ingestor.limits;
+    let started = std::time::Instant::now();
     let embedded = tokio::task::spawn_blocking(move || model.embed_bytes(&bytes, limits))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.metrics.stage("embed", started.elapsed());
     match embedded {
         Ok((_, vector)) => Ok(vector),
         Err(crate::embed::EmbedBytesError::Image(e)) => Err(e.into()),
