@@ -483,6 +483,31 @@ async fn metrics_count_every_route_by_status_time_the_search_stages_and_answers_
 }
 
 #[tokio::test]
+async fn max_distance_cuts_off_results_that_are_not_close_enough() {
+    let f = fixture(&["coffee.jpg", "rocket.jpg", "astronaut.jpg"], 20 << 20).await;
+    f.load().await;
+    let query = photo_bytes("coffee.jpg");
+    let search = |fields: &[(&str, &str)]| multipart("/v1/search", &[("image", "q.jpg", &query)], fields);
+    let (status, all) = f.json(search(&[])).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let distances: Vec<f64> =
+        all["results"].as_array().unwrap().iter().map(|r| r["distance"].as_f64().unwrap()).collect();
+    assert_eq!(distances.len(), 3);
+    // A cut-off between the best (the photo itself, ≈ 0) and the rest keeps only the best.
+    let cut = (distances[0] + distances[1]) / 2.0;
+    let (status, near) = f.json(search(&[("max_distance", &cut.to_string())])).await;
+    assert_eq!(status, StatusCode::OK, "{near}");
+    let kept: Vec<&str> = near["results"].as_array().unwrap().iter().map(|r| r["uri"].as_str().unwrap()).collect();
+    assert_eq!(kept.len(), 1, "{near}");
+    assert!(kept[0].ends_with("/coffee.jpg"));
+    for bad in ["-0.1", "2.5", "close", "NaN"] {
+        let (status, body) = f.json(search(&[("max_distance", bad)])).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "bad_request"), "{bad}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("max_distance"), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn probes_and_page_answer() {
     let f = fixture(&[], 20 << 20).await;
     let (status, body) = f.call(Request::get("/healthz").body(Body::empty()).unwrap()).await;

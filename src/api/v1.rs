@@ -48,7 +48,18 @@ pub struct SearchResult {
     pub image_url: String,
 }
 
-/// `POST /v1/search?collection=` with a multipart `image` file and an optional `top_k` field.
+/// The optional relevance cut-off: results farther than this (cosine distance, 0 = identical,
+/// 2 = opposite) are dropped, so a query with no good match can come back empty.
+fn max_distance(requested: Option<&str>) -> Result<Option<f32>, ApiError> {
+    let Some(text) = requested.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(None) };
+    match text.parse::<f32>() {
+        Ok(value) if (0.0..=2.0).contains(&value) => Ok(Some(value)),
+        _ => Err(ApiError::BadRequest(format!("max_distance must be a number from 0 to 2, got {text:?}"))),
+    }
+}
+
+/// `POST /v1/search?collection=` with a multipart `image` file and optional `top_k` and
+/// `max_distance` fields.
 async fn search(
     State(state): State<AppState>,
     query: Result<Query<CollectionQuery>, QueryRejection>,
@@ -59,10 +70,12 @@ async fn search(
     let collection = collection_or_default(&state, query.collection.as_deref())?;
     let form = read_form(multipart?).await?;
     let top_k = top_k(&state, form.field("top_k"))?;
+    let max_distance = max_distance(form.field("max_distance"))?;
     let image = form.image()?.to_vec();
     let hits = search_by_image(&state, &collection, image, top_k).await?;
     let results = hits
         .into_iter()
+        .filter(|hit| max_distance.is_none_or(|max| 1.0 - hit.score <= max))
         .map(|hit| SearchResult {
             id: hit.id,
             image_url: format!("/v1/images/{}", hit.id),
