@@ -313,10 +313,28 @@ pub struct ServerArgs {
     /// The same token given directly, for an environment variable set from a Secret (a token
     /// on a command line is visible to every user of the machine).
     #[arg(long, env = "IMGSEARCH_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Redacted>,
     /// Require the token on searches, counts and image bytes too (probes and the page stay open).
     #[arg(long, env = "IMGSEARCH_AUTH_READS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub auth_reads: bool,
+}
+
+/// A secret given as a flag or environment variable, kept out of `Debug` output (the argument
+/// structs derive it).
+#[derive(Clone)]
+pub struct Redacted(String);
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl ServerArgs {
@@ -324,7 +342,7 @@ impl ServerArgs {
         let token = match (&self.auth_token_file, &self.auth_token) {
             (Some(path), _) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the auth token file {}", path.display()))?,
-            (None, Some(token)) => token.clone(),
+            (None, Some(token)) => token.0.clone(),
             (None, None) if self.auth_reads => {
                 anyhow::bail!("--auth-reads needs a token (--auth-token-file or IMGSEARCH_AUTH_TOKEN)")
             }

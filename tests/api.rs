@@ -365,8 +365,12 @@ async fn v1_images_adds_an_upload_and_v1_count_counts_it() {
     assert_eq!(count, json!({ "collection": f.collection, "count": 1 }));
 }
 
-fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
-    request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+fn with_token(request: Request<Body>, token: &str) -> Request<Body> {
+    with_token_scheme(request, "Bearer", token)
+}
+
+fn with_token_scheme(mut request: Request<Body>, scheme: &str, token: &str) -> Request<Body> {
+    request.headers_mut().insert(header::AUTHORIZATION, format!("{scheme} {token}").parse().unwrap());
     request
 }
 
@@ -400,9 +404,21 @@ async fn with_a_token_writes_need_it_reads_do_not_and_a_refused_write_stores_not
     }
     assert!(f.stored_uploads().is_empty(), "a refused upload stores nothing");
     assert_eq!(f.count().await, 0, "a refused load indexes nothing");
-
-    let (status, body) = f.json(with_token(upload(), "correct-horse-battery-staple")).await;
+    // Refused before its body is read: a body that fails when read would otherwise turn the
+    // answer into a 400 (bad multipart), and a huge upload would cost its transfer.
+    let unreadable = Body::from_stream(futures::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other("this body must not be read"))
+    }));
+    let request = Request::post("/v1/images")
+        .header(header::CONTENT_TYPE, "multipart/form-data; boundary=x")
+        .body(unreadable)
+        .unwrap();
+    let (status, body) = f.json(request).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{body}");
+    // The scheme name is case-insensitive (RFC 7235).
+    let (status, body) = f.json(with_token_scheme(upload(), "bearer", "correct-horse-battery-staple")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
     let (status, body) = f.json(with_token(load(), "correct-horse-battery-staple")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Reads stay open by default.

@@ -24,6 +24,8 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUST_LOG", "info")
+        // A pipe, not a terminal: the structured (JSON) log a pod would write.
+        .env("IMGSEARCH_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -45,10 +47,10 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
     let lite_pid: i32 = text
         .lines()
         .find(|l| l.contains("Milvus Lite is listening"))
-        .and_then(|l| l.split("pid=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no Milvus Lite pid in the log:\n{text}"));
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|entry| entry["fields"]["pid"].as_i64())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .unwrap_or_else(|| panic!("no Milvus Lite pid in the JSON log:\n{text}"));
     // Keep draining its log so it never blocks on a full pipe.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 

@@ -32,7 +32,7 @@ impl std::fmt::Debug for AuthConfig {
 pub enum AuthConfigError {
     #[error("the auth token is empty (a Secret key or token file with no content?)")]
     Empty,
-    #[error("the auth token contains whitespace or control characters inside it; HTTP clients cannot send it")]
+    #[error("the auth token must be printable ASCII without spaces (HTTP headers carry nothing else reliably)")]
     Unsendable,
 }
 
@@ -44,7 +44,7 @@ impl AuthConfig {
         if token.is_empty() {
             return Err(AuthConfigError::Empty);
         }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
             return Err(AuthConfigError::Unsendable);
         }
         Ok(Self { token: token.into(), protect_reads })
@@ -68,14 +68,24 @@ pub enum Access {
     Write,
 }
 
-/// Every route of the server, classified. Unknown paths count as reads (they 404 anyway, and
-/// a protected server should not say which paths exist).
+/// Every route of the server, classified; closed by default: any method but GET and HEAD is a
+/// write unless it is one of the POST routes that only read (a search uploads its query image).
+/// Unknown GET paths count as reads (they 404 anyway, and a protected server should not say
+/// which paths exist).
 pub fn access(method: &Method, path: &str) -> Access {
     match (method, path) {
-        (_, "/healthz" | "/readyz" | "/") => Access::Open,
-        (&Method::POST, "/v1/images" | "/img/upload" | "/img/load" | "/img/drop") => Access::Write,
-        _ => Access::Read,
+        (&Method::GET | &Method::HEAD, "/healthz" | "/readyz" | "/") => Access::Open,
+        (&Method::GET | &Method::HEAD, _) => Access::Read,
+        (&Method::POST, "/v1/search" | "/img/search" | "/img/count") => Access::Read,
+        _ => Access::Write,
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme name is
+/// case-insensitive (RFC 7235).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -86,14 +96,11 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
         Access::Write => true,
     };
     if needed {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+        let presented =
+            request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(bearer);
         match presented {
             None => return Err(ApiError::Unauthorized("this route needs `Authorization: Bearer <token>`".into())),
-            Some(token) if !auth.accepts(token.trim()) => {
+            Some(token) if !auth.accepts(token) => {
                 tracing::warn!(path = %request.uri().path(), "request with a wrong bearer token refused");
                 return Err(ApiError::Unauthorized("the bearer token is not valid".into()));
             }
@@ -121,6 +128,7 @@ mod tests {
     fn empty_or_unsendable_tokens_are_refused_at_start() {
         assert_eq!(AuthConfig::new(" \n", false).unwrap_err(), AuthConfigError::Empty);
         assert_eq!(AuthConfig::new("two words", false).unwrap_err(), AuthConfigError::Unsendable);
+        assert_eq!(AuthConfig::new("jeton-été", false).unwrap_err(), AuthConfigError::Unsendable);
     }
 
     #[test]
@@ -131,5 +139,19 @@ mod tests {
         assert_eq!(access(&Method::GET, "/data"), Access::Read);
         assert_eq!(access(&Method::GET, "/readyz"), Access::Open);
         assert_eq!(access(&Method::GET, "/nope"), Access::Read);
+        assert_eq!(access(&Method::POST, "/img/count"), Access::Read);
+        // Closed by default: a route added later with another method needs the token.
+        assert_eq!(access(&Method::DELETE, "/v1/images/7"), Access::Write);
+        assert_eq!(access(&Method::POST, "/v1/something-new"), Access::Write);
+        assert_eq!(access(&Method::POST, "/healthz"), Access::Write);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_counts() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 }

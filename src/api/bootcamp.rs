@@ -147,6 +147,9 @@ async fn data(
     query: Result<Query<DataQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let record = state.ingestor.catalog.find_by_uri(&query.image_path).await?;
+    let started = std::time::Instant::now();
+    let record = state.ingestor.catalog.find_by_uri(&query.image_path).await;
+    state.metrics.stage("catalog_lookup", started.elapsed());
+    let record = record?;
     serve_image(&state, record, &format!("at {:?}", query.image_path)).await
 }

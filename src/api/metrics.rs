@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,8 +38,9 @@ pub struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
-    /// `queue` (waiting for an inference slot), `embed` (decode, resize, inference),
-    /// `milvus_search`, `catalog_lookup`.
+    /// `milvus_check` (does the collection exist), `queue` (waiting for an inference slot),
+    /// `embed` (decode, resize, inference), `milvus_search`, `catalog_lookup`. Recorded
+    /// whatever the outcome.
     pub stage: &'static str,
 }
 
@@ -57,6 +58,9 @@ pub struct ApiMetrics {
     in_flight: Gauge,
     stages: Family<StageLabels, Histogram>,
     next_request: AtomicU64,
+    /// Random per process: in a container the server is pid 1 in every replica and after every
+    /// restart, so the pid alone would repeat ids across pods.
+    instance: u64,
 }
 
 /// 1 ms … 30 s: a cached probe to a large upload queued behind others.
@@ -83,7 +87,14 @@ impl ApiMetrics {
             sessions: sessions.to_string(),
         })
         .set(1);
-        Self { registry, requests, latency, in_flight, stages, next_request: AtomicU64::new(1) }
+        let instance = {
+            use std::hash::{BuildHasher, Hasher};
+            // std's hasher keys are random per process: 64 random bits without a new dependency.
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.finish()
+        };
+        Self { registry, requests, latency, in_flight, stages, next_request: AtomicU64::new(1), instance }
     }
 
     pub fn stage(&self, stage: &'static str, took: Duration) {
@@ -104,7 +115,7 @@ impl ApiMetrics {
         });
         match sent {
             Some(id) => id.to_string(),
-            None => format!("{:x}-{:x}", std::process::id(), self.next_request.fetch_add(1, Ordering::Relaxed)),
+            None => format!("{:016x}-{:x}", self.instance, self.next_request.fetch_add(1, Ordering::Relaxed)),
         }
     }
 }
@@ -115,11 +126,18 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let metrics = &state.metrics;
     let started = Instant::now();
     let id = metrics.request_id(&request);
-    let method = request.method().to_string();
+    // A fixed set: any other method name a client invents becomes OTHER, not a new series.
+    let method = match *request.method() {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::OPTIONS => {
+            request.method().to_string()
+        }
+        _ => "OTHER".to_string(),
+    };
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     // Probes and scrapes come every few seconds and would drown the log: counted, logged at debug.
     let routine = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    // At ERROR level, so the span (and its request id) exists whenever any line is logged.
+    let span = tracing::error_span!("request", request_id = %id, %method, %route);
     let in_flight = InFlight::enter(&metrics.in_flight);
     let mut response = next.run(request).instrument(span.clone()).await;
     drop(in_flight);
@@ -164,5 +182,19 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not encode metrics").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_differ_between_server_processes_even_with_the_same_pid() {
+        // Two servers stand for two pods whose processes are both pid 1.
+        let (a, b) = (ApiMetrics::new("m", 1, 1), ApiMetrics::new("m", 1, 1));
+        let request = || Request::new(axum::body::Body::empty());
+        assert_ne!(a.request_id(&request()), b.request_id(&request()));
+        assert_ne!(a.request_id(&request()), a.request_id(&request()), "and within one server");
     }
 }

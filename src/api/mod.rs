@@ -173,27 +173,32 @@ async fn search_by_image(
     bytes: Vec<u8>,
     top_k: usize,
 ) -> Result<Vec<Hit>, ApiError> {
-    if !state.ingestor.store.has_collection(collection).await? {
+    let started = std::time::Instant::now();
+    let exists = state.ingestor.store.has_collection(collection).await;
+    state.metrics.stage("milvus_check", started.elapsed());
+    if !exists? {
         return Err(ApiError::NotFound(format!(
             "collection {collection:?} does not exist; load or upload images first"
         )));
     }
     let vector = embed_query(state, bytes).await?;
+    // Timed whatever the outcome: a slow failure is exactly what the histogram is for.
     let started = std::time::Instant::now();
-    let hits = state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await?;
+    let hits = state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await;
     state.metrics.stage("milvus_search", started.elapsed());
-    Ok(hits)
+    Ok(hits?)
 }
 
 async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, ApiError> {
     let queued = std::time::Instant::now();
-    let _permit = tokio::time::timeout(state.config.queue_timeout, state.inference.acquire())
-        .await
+    let permit = tokio::time::timeout(state.config.queue_timeout, state.inference.acquire()).await;
+    // Recorded before the outcome is judged: waits that end in a 503 are the ones to see.
+    state.metrics.stage("queue", queued.elapsed());
+    let _permit = permit
         .map_err(|_| {
             ApiError::unavailable("the server is busy embedding other images; retry shortly", "inference queue timeout")
         })?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.metrics.stage("queue", queued.elapsed());
     let model = Arc::clone(&state.ingestor.model);
     let limits = state.ingestor.limits;
     let started = std::time::Instant::now();

@@ -112,8 +112,9 @@ async fn add_image(
 async fn image(State(state): State<AppState>, id: Result<Path<i64>, PathRejection>) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let started = Instant::now();
-    let record = state.ingestor.catalog.get(id).await?;
+    let record = state.ingestor.catalog.get(id).await;
     state.metrics.stage("catalog_lookup", started.elapsed());
+    let record = record?;
     serve_image(&state, record, &format!("with id {id}")).await
 }
 
