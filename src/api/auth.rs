@@ -3,8 +3,6 @@
 //! bytes do too when reads are protected. Probes and the page itself stay open, so Kubernetes
 //! can probe the pod and a browser can load the page (whose calls then need the token).
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
@@ -13,10 +11,10 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
 
-/// The token and what it guards.
+/// The token (kept only as its SHA-256 digest) and what it guards.
 #[derive(Clone)]
 pub struct AuthConfig {
-    token: Arc<str>,
+    digest: [u8; 32],
     /// Searches, counts and image bytes need the token too.
     pub protect_reads: bool,
 }
@@ -47,15 +45,14 @@ impl AuthConfig {
         if !token.chars().all(|c| c.is_ascii_graphic()) {
             return Err(AuthConfigError::Unsendable);
         }
-        Ok(Self { token: token.into(), protect_reads })
+        Ok(Self { digest: Sha256::digest(token.as_bytes()).into(), protect_reads })
     }
 
-    /// Compared as SHA-256 digests, byte by byte without an early exit, so the time taken says
+    /// Compared as SHA-256 digests (the expected one computed once, at start), byte by byte without an early exit, so the time taken says
     /// nothing about how much of a guess was right (not even its length).
     fn accepts(&self, presented: &str) -> bool {
-        let expected = Sha256::digest(self.token.as_bytes());
         let presented = Sha256::digest(presented.as_bytes());
-        expected.iter().zip(presented.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+        self.digest.iter().zip(presented.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
     }
 }
 
