@@ -36,6 +36,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Print the ImageCollection CustomResourceDefinition as YAML.
     Crd,
+    /// Print the search API's OpenAPI document (what `serve` answers at /openapi.json).
+    Openapi,
     /// Run the Kubernetes operator that reconciles ImageCollections.
     Controller(ControllerArgs),
 }
@@ -317,6 +319,19 @@ pub struct ServerArgs {
     /// Require the token on searches, counts and image bytes too (probes and the page stay open).
     #[arg(long, env = "IMGSEARCH_AUTH_READS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub auth_reads: bool,
+    /// Allow searching by the URL of an image on the web (`url` form field). Off by default:
+    /// it makes the server fetch addresses a client chooses.
+    #[arg(long, env = "IMGSEARCH_SEARCH_BY_URL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub search_by_url: bool,
+    /// Internal networks searches by URL may reach (CIDRs, comma-separated). Private, loopback,
+    /// link-local and metadata addresses are refused unless listed here.
+    #[arg(
+        long = "search-url-allow-network",
+        env = "IMGSEARCH_SEARCH_URL_ALLOW_NETWORKS",
+        value_delimiter = ',',
+        requires = "search_by_url"
+    )]
+    pub search_url_allow_networks: Vec<String>,
 }
 
 /// A secret given as a flag or environment variable, kept out of `Debug` output (the argument
@@ -338,6 +353,15 @@ impl std::fmt::Debug for Redacted {
 }
 
 impl ServerArgs {
+    fn url_fetcher(&self) -> anyhow::Result<Option<Arc<urls::Fetcher>>> {
+        if !self.search_by_url {
+            return Ok(None);
+        }
+        let allowed = urls::AllowedNetworks::parse(&self.search_url_allow_networks)?;
+        // Shorter than an ingest's limit: someone is waiting for the answer.
+        Ok(Some(Arc::new(urls::Fetcher::new(allowed, std::time::Duration::from_secs(10))?)))
+    }
+
     fn auth(&self) -> anyhow::Result<Option<crate::api::auth::AuthConfig>> {
         let token = match (&self.auth_token_file, &self.auth_token) {
             (Some(path), _) => std::fs::read_to_string(path)
@@ -373,6 +397,7 @@ impl ServerArgs {
             decode_workers: batch.decode_workers(),
             image_bucket: self.image_bucket()?,
             auth: self.auth()?,
+            url_fetcher: self.url_fetcher()?,
             ..ServeConfig::default()
         })
     }
@@ -495,6 +520,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Crd => {
             print!("{}", crate::crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", crate::api::openapi().to_pretty_json()?);
             Ok(())
         }
     }
@@ -628,6 +657,9 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         auth_token_file: None,
         auth_token: None,
         auth_reads: false,
+        // The demo's page and tests upload images; fetching URLs is a server feature to opt into.
+        search_by_url: false,
+        search_url_allow_networks: Vec::new(),
     };
     let config = server.config(&args.collection, &args.batch)?;
     serve_until_shutdown(ingestor, config, args.listen).await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::databases::{BACKENDS, fresh_database};
 use common::outage::Outage;
-use imgsearch::catalog::{Backend, Catalog, CatalogError, ImageStatus, NewImage};
+use imgsearch::catalog::{Backend, Catalog, CatalogError, ImageStatus, ListFilter, NewImage};
 
 async fn open(backend: Backend, purpose: &str) -> (common::databases::TestDatabase, Catalog) {
     let database = fresh_database(backend, purpose).await;
@@ -207,5 +207,64 @@ async fn a_lost_connection_is_retried_then_reported_and_nothing_is_half_written(
         assert_eq!(known.keys().collect::<Vec<_>>(), vec!["/before.jpg"], "{backend:?}: nothing half-written");
         assert_eq!(known["/before.jpg"].id, first[0]);
         assert_eq!(catalog.reserve("c", &images).await.expect("write after the outage").len(), 3000);
+    }
+}
+
+#[tokio::test]
+async fn listings_page_in_id_order_and_filter_by_byte_prefix_and_status() {
+    for backend in BACKENDS {
+        let (db, catalog) = open(backend, "listing").await;
+        if backend == Backend::Postgres {
+            // A linguistic collation, as many databases have by default: "/p/A_B/" sorts between
+            // "/p/a_b/" and "/p/a_b0" there. Prefixes must still mean bytes.
+            let pool = sqlx::postgres::PgPool::connect(&db.url).await.unwrap();
+            sqlx::query(r#"ALTER TABLE images ALTER COLUMN uri TYPE TEXT COLLATE "und-x-icu""#)
+                .execute(&pool)
+                .await
+                .expect("PostgreSQL with ICU collations");
+        }
+        let uris = ["/p/a-b/1.jpg", "/p/ab/2.jpg", "/p/a_b/3.jpg", "/p/A_B/4.jpg", "/p/a%b/5.jpg", "/q/6.jpg"];
+        let images: Vec<NewImage> = uris.iter().map(|uri| image(uri, "h")).collect();
+        let ids = catalog.reserve("c", &images).await.unwrap();
+        catalog.mark_indexed(&ids[..5]).await.unwrap();
+        catalog.reserve("other", &[image("/p/a_b/other.jpg", "h")]).await.unwrap();
+        let failed = catalog.record_failure("c", "/p/a_b/bad.jpg", None, None, "corrupt").await.unwrap();
+
+        let list = |prefix: Option<&str>, status: Option<ImageStatus>, after: i64, limit: u32| {
+            let filter = ListFilter { status, uri_prefix: prefix.map(str::to_string) };
+            let catalog = &catalog;
+            async move {
+                let rows = catalog.list("c", &filter, after, limit).await.unwrap();
+                rows.iter().map(|r| r.uri.clone()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list(Some("/p/a_b/"), None, 0, 100).await, vec!["/p/a_b/3.jpg", "/p/a_b/bad.jpg"], "{backend:?}");
+        assert_eq!(
+            list(Some("/p/a_b/"), Some(ImageStatus::Indexed), 0, 100).await,
+            vec!["/p/a_b/3.jpg"],
+            "{backend:?}"
+        );
+        assert_eq!(list(Some("/p/a%b/"), None, 0, 100).await, vec!["/p/a%b/5.jpg"], "{backend:?}");
+        assert_eq!(list(Some("/p/a"), None, 0, 100).await.len(), 5, "{backend:?}: not /p/A_B/");
+        assert_eq!(list(Some("/p/A"), None, 0, 100).await, vec!["/p/A_B/4.jpg"], "{backend:?}");
+        assert_eq!(list(None, Some(ImageStatus::Pending), 0, 100).await, vec!["/q/6.jpg"], "{backend:?}");
+
+        // Pages by id: two at a time, every row once, in id order.
+        let mut after = 0;
+        let mut paged = Vec::new();
+        loop {
+            let page = catalog.list("c", &ListFilter::default(), after, 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            paged.extend(page.iter().map(|r| r.id));
+        }
+        let mut expected = ids.clone();
+        expected.push(failed);
+        assert_eq!(paged, expected, "{backend:?}");
+
+        let collections = catalog.collections().await.unwrap();
+        let summary: Vec<(String, i64, i64, i64)> =
+            collections.into_iter().map(|c| (c.name, c.indexed, c.pending, c.failed)).collect();
+        assert_eq!(summary, vec![("c".into(), 5, 1, 1), ("other".into(), 0, 1, 0)], "{backend:?}");
     }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use imgsearch::store::{IndexSpec, MilvusStore, StoreError, VectorRow};
+use imgsearch::store::{IndexSpec, MilvusStore, SearchFilter, StoreError, VectorRow};
 
 /// (name, address) of each server; the run fails, not skips, without one.
 fn servers() -> Vec<(&'static str, String)> {
@@ -75,5 +75,58 @@ async fn create_write_search_replace_delete_and_drop_on_every_server() {
 
         store.drop_collection(&collection).await.unwrap_or_else(|e| panic!("{name}: drop: {e}"));
         assert!(!store.has_collection(&collection).await.unwrap(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn stored_vectors_read_back_and_filtered_multi_vector_searches_on_every_server() {
+    for (name, uri) in servers() {
+        let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        let collection = common::unique_collection("filter");
+        let index = IndexSpec::default();
+        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap();
+        // URIs with the characters a filter expression or LIKE pattern could trip on.
+        let uris = ["/p/a_b/1.jpg", "/p/axb/2.jpg", "/p/a%b/3.jpg", "/p/a\"b/4.jpg", "/p/a\\b/5.jpg", "/p/é/6.jpg"];
+        let rows: Vec<VectorRow> = uris
+            .iter()
+            .enumerate()
+            .map(|(i, uri)| VectorRow { uri: uri.to_string(), ..row(i as i64 + 1, i as u64 + 1) })
+            .collect();
+        store.upsert(&collection, &rows).await.unwrap();
+
+        let vectors = store.vectors(&collection, &[2, 5, 99]).await.unwrap_or_else(|e| panic!("{name}: vectors: {e}"));
+        assert_eq!(vectors.len(), 2, "{name}: the missing id is absent, not an error");
+        for id in [2, 5] {
+            let expected = &rows[id as usize - 1].vector;
+            assert!(vectors[&id].iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{name}: id {id}");
+        }
+
+        for (prefix, expected) in [
+            ("/p/a_b/", vec![1]),
+            ("/p/a%b/", vec![3]),
+            ("/p/a\"b/", vec![4]),
+            ("/p/a\\b/", vec![5]),
+            ("/p/é/", vec![6]),
+            ("/p/a", vec![1, 2, 3, 4, 5]),
+        ] {
+            let filter = SearchFilter { uri_prefix: Some(prefix.into()), exclude_ids: Vec::new() };
+            let hits = store
+                .search_many(&collection, vec![vector(1)], 10, &filter, &index)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {prefix:?}: {e}"));
+            let mut found: Vec<i64> = hits[0].iter().map(|h| h.id).collect();
+            found.sort();
+            assert_eq!(found, expected, "{name}: prefix {prefix:?}");
+        }
+
+        // Several query vectors in one request: one result list each, in order; exclusions hold.
+        let filter = SearchFilter { uri_prefix: None, exclude_ids: vec![1] };
+        let results =
+            store.search_many(&collection, vec![vector(1), vector(3), vector(6)], 2, &filter, &index).await.unwrap();
+        assert_eq!(results.len(), 3, "{name}");
+        assert!(results[0].iter().all(|h| h.id != 1), "{name}: {results:?}");
+        assert_eq!(results[1][0].id, 3, "{name}: {results:?}");
+        assert_eq!(results[2][0].id, 6, "{name}: {results:?}");
+        store.drop_collection(&collection).await.unwrap();
     }
 }

@@ -59,7 +59,7 @@ impl AuthConfig {
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Probes and the page: always open.
+    /// Probes, the page and the API's description: always open.
     Open,
     Read,
     Write,
@@ -71,7 +71,7 @@ pub enum Access {
 /// which paths exist).
 pub fn access(method: &Method, path: &str) -> Access {
     match (method, path) {
-        (&Method::GET | &Method::HEAD, "/healthz" | "/readyz" | "/") => Access::Open,
+        (&Method::GET | &Method::HEAD, "/healthz" | "/readyz" | "/" | "/openapi.json") => Access::Open,
         (&Method::GET | &Method::HEAD, _) => Access::Read,
         (&Method::POST, "/v1/search" | "/img/search" | "/img/count") => Access::Read,
         _ => Access::Write,

@@ -2,47 +2,84 @@
 //! send and expect: `table_name` picks the collection, search answers `[[path, distance], …]`
 //! best first, count answers a bare number, progress a `"current: N, total: M"` string.
 
+use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Multipart, Query, State};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{
-    ApiError, AppState, allowed_folder, collection_or_default, read_form, search_by_image, serve_image, top_k,
+    ApiError, AppState, ErrorBody, allowed_folder, collection_or_default, read_form, search_by_image, serve_image,
+    top_k,
 };
 use crate::ingest::IngestOptions;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/img/load", post(load))
-        .route("/img/upload", post(upload))
-        .route("/img/search", post(search))
-        .route("/img/count", post(count))
-        .route("/img/drop", post(drop_collection))
-        .route("/progress", get(progress))
-        .route("/data", get(data))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(load))
+        .routes(routes!(upload))
+        .routes(routes!(search))
+        .routes(routes!(count))
+        .routes(routes!(drop_collection))
+        .routes(routes!(progress))
+        .routes(routes!(data))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TableQuery {
+    /// Collection (default: the server's `--collection`).
     table_name: Option<String>,
     /// The bootcamp can upload by URL; fetching arbitrary URLs is refused here.
     url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The bootcamp's search form.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+struct BootcampSearchForm {
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// Results wanted (default 10).
+    topk: Option<u32>,
+}
+
+/// The bootcamp's upload form.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+struct BootcampUploadForm {
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 struct LoadRequest {
     #[serde(rename = "Table")]
     table: Option<String>,
+    /// An absolute folder under one of the server's `--load-root`s.
     #[serde(rename = "File")]
     file: String,
 }
 
+const BOOTCAMP: &str = "bootcamp";
+
 /// `POST /img/load` `{"Table": optional, "File": "/folder"}`: ingests a folder under a load root.
+#[utoipa::path(
+    post, path = "/img/load", tag = BOOTCAMP, operation_id = "img_load",
+    request_body = LoadRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{status, msg, report}`", body = serde_json::Value),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "The folder is not under a load root", body = ErrorBody),
+        (status = 409, description = "Another load is running", body = ErrorBody),
+    )
+)]
 async fn load(
     State(state): State<AppState>,
     body: Result<Json<LoadRequest>, JsonRejection>,
@@ -59,6 +96,18 @@ async fn load(
 }
 
 /// `POST /img/upload?table_name=` with a multipart `image` file.
+#[utoipa::path(
+    post, path = "/img/upload", tag = BOOTCAMP, operation_id = "img_upload",
+    params(TableQuery),
+    request_body(content = inline(BootcampUploadForm), content_type = "multipart/form-data"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{status, msg, id}`", body = serde_json::Value),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 415, description = "Not an image format the server reads", body = ErrorBody),
+        (status = 422, description = "Corrupt or oversized image", body = ErrorBody),
+    )
+)]
 async fn upload(
     State(state): State<AppState>,
     query: Result<Query<TableQuery>, QueryRejection>,
@@ -78,6 +127,18 @@ async fn upload(
 }
 
 /// `POST /img/search?table_name=` with a multipart `image` and form field `topk`.
+#[utoipa::path(
+    post, path = "/img/search", tag = BOOTCAMP, operation_id = "img_search",
+    params(TableQuery),
+    request_body(content = inline(BootcampSearchForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "`[[path, distance], …]`, best first", body = Vec<(String, f32)>),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 415, description = "Not an image format the server reads", body = ErrorBody),
+        (status = 422, description = "Corrupt or oversized image", body = ErrorBody),
+        (status = 503, description = "Busy or Milvus unavailable", body = ErrorBody),
+    )
+)]
 async fn search(
     State(state): State<AppState>,
     query: Result<Query<TableQuery>, QueryRejection>,
@@ -94,6 +155,11 @@ async fn search(
 }
 
 /// `POST /img/count?table_name=`: a bare number; 0 for a collection not created yet.
+#[utoipa::path(
+    post, path = "/img/count", tag = BOOTCAMP, operation_id = "img_count",
+    params(TableQuery),
+    responses((status = 200, description = "The number of vectors", body = u64))
+)]
 async fn count(
     State(state): State<AppState>,
     query: Result<Query<TableQuery>, QueryRejection>,
@@ -108,6 +174,17 @@ async fn count(
 
 /// `POST /img/drop?table_name=`: removes the collection's vectors and catalog rows. Image files
 /// themselves are left alone: they belong to the user's folders.
+#[utoipa::path(
+    post, path = "/img/drop", tag = BOOTCAMP, operation_id = "img_drop",
+    params(TableQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A message", body = String),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 409, description = "A load is running", body = ErrorBody),
+    )
+)]
 async fn drop_collection(
     State(state): State<AppState>,
     query: Result<Query<TableQuery>, QueryRejection>,
@@ -131,17 +208,28 @@ async fn drop_collection(
 }
 
 /// `GET /progress`: the current (or last) load.
+#[utoipa::path(get, path = "/progress", tag = BOOTCAMP, responses((status = 200, description = "`\"current: N, total: M\"`", body = String)))]
 async fn progress(State(state): State<AppState>) -> Json<String> {
     let (current, total) = state.progress.snapshot();
     Json(format!("current: {current}, total: {total}"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DataQuery {
+    /// The image's path as search results give it.
     image_path: String,
 }
 
 /// `GET /data?image_path=`: the bytes of a catalogued image, never of an arbitrary file.
+#[utoipa::path(
+    get, path = "/data", tag = BOOTCAMP,
+    params(DataQuery),
+    responses(
+        (status = 200, description = "The image", content_type = "image/*", body = super::ImageBytes),
+        (status = 404, description = "No such indexed image", body = ErrorBody),
+    )
+)]
 async fn data(
     State(state): State<AppState>,
     query: Result<Query<DataQuery>, QueryRejection>,

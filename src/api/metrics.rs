@@ -39,7 +39,8 @@ pub struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     /// `milvus_check` (does the collection exist), `queue` (waiting for an inference slot),
-    /// `embed` (decode, resize, inference), `milvus_search`, `catalog_lookup`. Recorded
+    /// `embed` (decode, resize, inference), `fetch_url` (a search by URL's download),
+    /// `milvus_search`, `catalog_lookup`. Recorded
     /// whatever the outcome.
     pub stage: &'static str,
 }
@@ -176,7 +177,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
+/// Prometheus metrics: requests by route and status, latency histograms, per-stage timings,
+/// requests in flight, the model loaded.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)

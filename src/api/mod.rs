@@ -26,7 +26,9 @@ use crate::catalog::{ImageRecord, ImageStatus, NewImage};
 use crate::embed::preprocess;
 use crate::ingest::Ingestor;
 use crate::progress::Progress;
-use crate::store::Hit;
+use crate::store::{Hit, SearchFilter};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Settings of the search server that are not connections.
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ pub struct ServeConfig {
     pub image_bucket: Option<Arc<crate::source::s3::Bucket>>,
     /// A bearer token for write routes (and reads, if it says so); `None`: everything open.
     pub auth: Option<auth::AuthConfig>,
+    /// Fetches query images for searches by URL; `None`: searching by URL is refused.
+    pub url_fetcher: Option<Arc<crate::source::urls::Fetcher>>,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +70,7 @@ impl Default for ServeConfig {
             decode_workers: 1,
             image_bucket: None,
             auth: None,
+            url_fetcher: None,
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct ServerState {
     /// Progress of the current or last `/img/load`, for `GET /progress`.
     pub progress: Progress,
     pub metrics: metrics::ApiMetrics,
+    /// The OpenAPI document, serialised once.
+    openapi_json: String,
     inference: Semaphore,
     /// One `/img/load` at a time: two loads of one collection would race on the same rows.
     load: tokio::sync::Mutex<()>,
@@ -90,6 +97,7 @@ impl ServerState {
         let metrics = metrics::ApiMetrics::new(model.spec().name, model.dimension(), model.sessions());
         Arc::new(Self {
             metrics,
+            openapi_json: openapi().to_pretty_json().unwrap_or_default(),
             ingestor,
             config,
             progress: Progress::silent(),
@@ -99,13 +107,77 @@ impl ServerState {
     }
 }
 
-pub fn app(state: AppState) -> Router {
-    let limit = state.config.max_body_bytes;
-    Router::new()
+/// Every route, each registered together with its OpenAPI description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(page::router())
         .merge(v1::router())
         .merge(bootcamp::router())
-        .route("/metrics", axum::routing::get(metrics::metrics_text))
+        .routes(routes!(metrics::metrics_text))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI 3.1 document of the whole server (`imgsearch openapi` prints it).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let mut document = routes().into_openapi();
+    document.info = utoipa::openapi::InfoBuilder::new()
+        .title("imgsearch search API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Reverse image search over a Milvus collection: search by image, URL or id, near-duplicates, \
+             listings, uploads. `/v1` is the versioned API; `/img/*`, `/progress` and `/data` keep the \
+             Milvus bootcamp's shapes for its scripts and web client.",
+        ))
+        .license(Some(utoipa::openapi::LicenseBuilder::new().name("Apache-2.0").build()))
+        .build();
+    let components = document.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "Needed on write routes when the server has a token (`--auth-token-file`), and on reads too with `--auth-reads`.",
+                ))
+                .build(),
+        ),
+    );
+    document
+}
+
+/// The OpenAPI document of this server.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", body = serde_json::Value)))]
+async fn openapi_json(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], state.openapi_json.clone()).into_response()
+}
+
+/// An image's bytes, in the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // documentation only
+pub struct ImageBytes(Vec<u8>);
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `unprocessable_image`,
+    /// `unavailable`, `internal`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    let (router, _) = routes().split_for_parts();
+    router
         // Checked before any body is read: a refused upload costs nothing.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(limit))
@@ -166,13 +238,8 @@ async fn read_form(mut multipart: Multipart) -> Result<UploadForm, ApiError> {
     Ok(form)
 }
 
-/// Image bytes → nearest images, holding an inference permit for the embedding only.
-async fn search_by_image(
-    state: &ServerState,
-    collection: &str,
-    bytes: Vec<u8>,
-    top_k: usize,
-) -> Result<Vec<Hit>, ApiError> {
+/// A 404 naming the collection unless Milvus has it.
+async fn require_collection(state: &ServerState, collection: &str) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     let exists = state.ingestor.store.has_collection(collection).await;
     state.metrics.stage("milvus_check", started.elapsed());
@@ -181,12 +248,74 @@ async fn search_by_image(
             "collection {collection:?} does not exist; load or upload images first"
         )));
     }
+    Ok(())
+}
+
+/// Image bytes → nearest images, holding an inference permit for the embedding only.
+async fn search_by_image(
+    state: &ServerState,
+    collection: &str,
+    bytes: Vec<u8>,
+    top_k: usize,
+) -> Result<Vec<Hit>, ApiError> {
+    require_collection(state, collection).await?;
     let vector = embed_query(state, bytes).await?;
+    search_by_vector(state, collection, vector, top_k, &SearchFilter::default()).await
+}
+
+async fn search_by_vector(
+    state: &ServerState,
+    collection: &str,
+    vector: Vec<f32>,
+    top_k: usize,
+    filter: &SearchFilter,
+) -> Result<Vec<Hit>, ApiError> {
     // Timed whatever the outcome: a slow failure is exactly what the histogram is for.
     let started = std::time::Instant::now();
-    let hits = state.ingestor.store.search(collection, vector, top_k, &state.ingestor.index).await;
+    let hits = state.ingestor.store.search_many(collection, vec![vector], top_k, filter, &state.ingestor.index).await;
     state.metrics.stage("milvus_search", started.elapsed());
-    Ok(hits?)
+    Ok(hits?.pop().unwrap_or_default())
+}
+
+/// The query image of a search by URL, through the SSRF-guarded fetcher (no private, loopback
+/// or link-local addresses unless allowed, http(s) only, size and time limits, redirects
+/// checked again).
+async fn fetch_query_image(state: &ServerState, url: &str) -> Result<Vec<u8>, ApiError> {
+    let fetcher = state.config.url_fetcher.as_ref().ok_or_else(|| {
+        ApiError::Forbidden(
+            "searching by URL is disabled on this server (start it with --search-by-url); upload the image instead"
+                .into(),
+        )
+    })?;
+    let started = std::time::Instant::now();
+    let fetched = fetcher.fetch(url).await;
+    state.metrics.stage("fetch_url", started.elapsed());
+    fetched.map_err(|error| match error {
+        crate::source::ReadError::Unavailable { reason } => {
+            ApiError::Unavailable { public: format!("cannot fetch {url:?} right now: {reason}"), detail: reason }
+        }
+        other => ApiError::Unprocessable(format!("cannot search by url {url:?}: {other}")),
+    })
+}
+
+/// Removes an image from Milvus first, then from the catalog: if Milvus fails nothing changed;
+/// if the catalog fails after, the row is still there and a retry finishes the job. An
+/// uploaded file goes too once no catalog row names it.
+async fn delete_image(state: &ServerState, record: &ImageRecord) -> Result<(), ApiError> {
+    match state.ingestor.store.delete(&record.collection, &[record.id]).await {
+        Ok(()) | Err(crate::store::StoreError::CollectionNotFound { .. }) => {}
+        Err(error) => return Err(error.into()),
+    }
+    state.ingestor.catalog.delete_images(&[record.id]).await?;
+    let path = Path::new(&record.uri);
+    if path.starts_with(&state.config.upload_dir)
+        && state.ingestor.catalog.find_by_uri(&record.uri).await?.is_none()
+        && let Err(error) = tokio::fs::remove_file(path).await
+    {
+        tracing::warn!(path = %path.display(), %error, "deleted image's upload file could not be removed");
+    }
+    tracing::info!(id = record.id, collection = %record.collection, uri = %record.uri, "deleted image");
+    Ok(())
 }
 
 async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, ApiError> {

@@ -1,18 +1,20 @@
 //! The web page: one self-contained HTML file compiled into the binary.
 
-use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/", get(index))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(index))
 }
 
+/// The web page: search by dropping or picking an image, results as a grid.
+#[utoipa::path(get, path = "/", tag = "operations", responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 async fn index() -> impl IntoResponse {
     (
         [

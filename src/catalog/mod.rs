@@ -97,7 +97,7 @@ pub enum ImageStatus {
 }
 
 impl ImageStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Indexed => "indexed",
@@ -128,6 +128,23 @@ pub struct ImageRecord {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// Which rows a listing returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    pub status: Option<ImageStatus>,
+    /// Only URIs starting with this (a folder, a bucket prefix).
+    pub uri_prefix: Option<String>,
+}
+
+/// A collection's images by status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectionCounts {
+    pub name: String,
+    pub indexed: i64,
+    pub pending: i64,
+    pub failed: i64,
 }
 
 /// What ingest knows about an image before it is embedded.
@@ -406,6 +423,71 @@ impl Catalog {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("n")?)
+    }
+
+    /// One page of a collection's images in id order: those after `after` (0 for the first
+    /// page) that pass `filter`, at most `limit`. Paging by id (keyset) stays correct while
+    /// images are added or removed between pages, unlike an offset.
+    pub async fn list(
+        &self,
+        collection: &str,
+        filter: &ListFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ImageRecord>> {
+        let mut sql = format!("{SELECT_RECORD} WHERE collection = $1 AND id > $2");
+        let mut next = 3;
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(status) = filter.status {
+            sql += &format!(" AND status = ${next}");
+            next += 1;
+            binds.push(status.as_str().to_string());
+        }
+        if let Some(prefix) = filter.uri_prefix.as_deref().filter(|p| !p.is_empty()) {
+            // A range, not LIKE: `%` and `_` are common in file names, and LIKE's escaping differs
+            // between the three databases. PostgreSQL compares in the database's collation,
+            // which need not be byte order, so the comparison names "C" there.
+            let uri = if self.backend == Backend::Postgres { "uri COLLATE \"C\"" } else { "uri" };
+            sql += &format!(" AND {uri} >= ${next}");
+            next += 1;
+            binds.push(prefix.to_string());
+            if let Some(upper) = crate::store::prefix_successor(prefix) {
+                sql += &format!(" AND {uri} < ${next}");
+                binds.push(upper);
+            }
+        }
+        sql += &format!(" ORDER BY id LIMIT {limit}");
+        let sql = self.sql(&sql).into_owned();
+        let mut query = sqlx::query(&sql).bind(collection).bind(after);
+        for value in &binds {
+            query = query.bind(value.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// Every collection the catalog knows, with its images counted by status, by name.
+    pub async fn collections(&self) -> Result<Vec<CollectionCounts>> {
+        let rows = sqlx::query(
+            "SELECT collection, status, COUNT(*) AS n FROM images GROUP BY collection, status ORDER BY collection",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut collections: Vec<CollectionCounts> = Vec::new();
+        for row in rows {
+            let name = text(&row, "collection")?;
+            let count: i64 = row.try_get("n")?;
+            if collections.last().is_none_or(|c| c.name != name) {
+                collections.push(CollectionCounts { name, ..Default::default() });
+            }
+            let Some(counts) = collections.last_mut() else { continue };
+            match ImageStatus::parse(&text(&row, "status")?)? {
+                ImageStatus::Indexed => counts.indexed = count,
+                ImageStatus::Pending => counts.pending = count,
+                ImageStatus::Failed => counts.failed = count,
+            }
+        }
+        Ok(collections)
     }
 
     /// Removes these rows (images gone from their source); returns how many.

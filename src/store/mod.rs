@@ -89,6 +89,61 @@ pub struct Hit {
     pub uri: String,
 }
 
+/// Which rows a search may return.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchFilter {
+    /// Only images whose URI starts with this (a folder, a bucket prefix, a site).
+    pub uri_prefix: Option<String>,
+    /// Never these ids (the query image itself, for "more like this").
+    pub exclude_ids: Vec<i64>,
+}
+
+impl SearchFilter {
+    /// The Milvus boolean expression, or `None` for no filter.
+    ///
+    /// The prefix is a range on the VARCHAR field (`uri >= p and uri < successor(p)`), not
+    /// `like "p%"`: `like` treats `%` and `_` in file names as wildcards and its escaping differs
+    /// between Milvus versions, while string comparison is byte order everywhere (tested on
+    /// Milvus Lite and Milvus 2.3.5).
+    pub fn expression(&self) -> Option<String> {
+        let mut terms = Vec::new();
+        if let Some(prefix) = self.uri_prefix.as_deref().filter(|p| !p.is_empty()) {
+            terms.push(format!("{URI_FIELD} >= {}", string_literal(prefix)));
+            if let Some(upper) = prefix_successor(prefix) {
+                terms.push(format!("{URI_FIELD} < {}", string_literal(&upper)));
+            }
+        }
+        if !self.exclude_ids.is_empty() {
+            let list = self.exclude_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            terms.push(format!("{ID_FIELD} not in [{list}]"));
+        }
+        (!terms.is_empty()).then(|| terms.join(" and "))
+    }
+}
+
+/// A Milvus expression string literal: double quotes, with `\` and `"` escaped.
+fn string_literal(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The least string greater than every string that starts with `prefix` (its last character
+/// that can be incremented, incremented; the ones after it dropped), or `None` if there is none.
+pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // Skips the surrogate gap, which no `char` can hold.
+        let next = match u32::from(last) + 1 {
+            0xD800 => Some('\u{E000}'),
+            code => char::from_u32(code),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 #[derive(Clone)]
 pub struct MilvusStore {
     client: ClientV2,
@@ -370,7 +425,9 @@ impl MilvusStore {
             .filter(format!("{ID_FIELD} in [{list}]"))
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.delete(request)).await?.map_err(|e| self.error(op, collection, e))?;
+        self.bounded(op, collection, self.client.delete(request))
+            .await?
+            .map_err(|e| self.not_found_or(op, collection, e))?;
         Ok(())
     }
 
@@ -403,24 +460,44 @@ impl MilvusStore {
         top_k: usize,
         index: &IndexSpec,
     ) -> Result<Vec<Hit>> {
+        let mut results = self.search_many(collection, vec![vector], top_k, &SearchFilter::default(), index).await?;
+        Ok(results.pop().unwrap_or_default())
+    }
+
+    /// For each vector, the `top_k` nearest rows that pass `filter`, best first; one Milvus
+    /// request for all of them.
+    pub async fn search_many(
+        &self,
+        collection: &str,
+        vectors: Vec<Vec<f32>>,
+        top_k: usize,
+        filter: &SearchFilter,
+        index: &IndexSpec,
+    ) -> Result<Vec<Vec<Hit>>> {
         let op = "search";
+        if vectors.is_empty() {
+            return Ok(Vec::new());
+        }
         let ef = index.ef.max(top_k as u32);
-        let request = SearchRequest::builder()
+        let mut request = SearchRequest::builder()
             .collection_name(collection)
             .vector_field(VECTOR_FIELD)
-            .vectors(SearchVectors::Float(vec![vector]))
+            .vectors(SearchVectors::Float(vectors))
             .output_fields([URI_FIELD])
             .limit(top_k as i64)
             .extra_params(HashMap::from([("ef".to_string(), ef.to_string())]))
-            .consistency_level(ConsistencyLevel::Strong)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
+            .consistency_level(ConsistencyLevel::Strong);
+        if let Some(expression) = filter.expression() {
+            request = request.filter(expression);
+        }
+        let request = request.build().map_err(|e| self.error(op, collection, e))?;
         let response = self
             .bounded(op, collection, self.client.search(request))
             .await?
             .map_err(|e| self.not_found_or(op, collection, e))?;
-        let mut hits = Vec::new();
-        for result in response.results() {
+        let mut all = Vec::new();
+        // One result per query vector, in the order they were sent.
+        for result in response.results().iter() {
             // Milvus 2.3 does not name the primary-key and score fields in search results, and the
             // SDK then refuses to read the rows; the names are known, so they are filled in.
             let mut result = result.clone();
@@ -430,6 +507,7 @@ impl MilvusStore {
             if result.get_score_field_name().is_empty() {
                 result.set_score_field_name(SCORE_FIELD);
             }
+            let mut hits = Vec::new();
             for row in result.rows().map_err(|e| self.error(op, collection, e))? {
                 hits.push(Hit {
                     id: row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?,
@@ -437,9 +515,37 @@ impl MilvusStore {
                     uri: row.get_str(URI_FIELD).map_err(|e| self.error(op, collection, e))?.to_string(),
                 });
             }
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+            all.push(hits);
         }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(hits)
+        Ok(all)
+    }
+
+    /// The stored vectors of these ids (ids not in the collection are absent from the map).
+    pub async fn vectors(&self, collection: &str, ids: &[i64]) -> Result<HashMap<i64, Vec<f32>>> {
+        let op = "query vectors";
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let request = QueryRequest::builder()
+            .collection_name(collection)
+            .filter(format!("{ID_FIELD} in [{list}]"))
+            .output_fields([ID_FIELD, VECTOR_FIELD])
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let response = self
+            .bounded(op, collection, self.client.query(request))
+            .await?
+            .map_err(|e| self.not_found_or(op, collection, e))?;
+        let mut vectors = HashMap::new();
+        for row in response.results().rows().map_err(|e| self.error(op, collection, e))? {
+            let id = row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?;
+            let vector = row.get_float_vector(VECTOR_FIELD).map_err(|e| self.error(op, collection, e))?;
+            vectors.insert(id, vector.to_vec());
+        }
+        Ok(vectors)
     }
 
     pub async fn drop_collection(&self, collection: &str) -> Result<()> {
@@ -502,6 +608,40 @@ fn is_missing_index(error: &milvus::v2::error::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_become_milvus_expressions() {
+        assert_eq!(SearchFilter::default().expression(), None);
+        let filter = SearchFilter { uri_prefix: Some("/photos/a_b/".into()), exclude_ids: vec![3, 4] };
+        assert_eq!(
+            filter.expression().as_deref(),
+            Some(r#"uri >= "/photos/a_b/" and uri < "/photos/a_b0" and id not in [3, 4]"#)
+        );
+        // Quotes and backslashes cannot end the literal early.
+        let hostile = SearchFilter { uri_prefix: Some(r#"x" or id > 0 or uri == "\"#.into()), ..Default::default() };
+        assert_eq!(
+            hostile.expression().as_deref(),
+            Some(r#"uri >= "x\" or id > 0 or uri == \"\\" and uri < "x\" or id > 0 or uri == \"]""#)
+        );
+    }
+
+    #[test]
+    fn prefix_successor_bounds_every_extension() {
+        assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        for prefix in ["s3://bucket/a", "/é/", "x"] {
+            let upper = prefix_successor(prefix).expect("has a successor");
+            for extension in ["", "z", "\u{10FFFF}\u{10FFFF}", "/deep/file.jpg"] {
+                let text = format!("{prefix}{extension}");
+                assert!(
+                    text.as_str() >= prefix && text.as_str() < upper.as_str(),
+                    "{text:?} not in [{prefix:?}, {upper:?})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn collection_names_follow_milvus_rules() {
