@@ -32,6 +32,8 @@ apt_install dataset-fashion-mnist
 # `--test-servers` (make test): the database servers the catalog is tested against.
 if [ "${1:-}" = "--test-servers" ]; then
   apt_install postgresql mariadb-server mariadb-client
+  # tests/web_page.rs drives the search page in headless Chromium through ChromeDriver.
+  apt_install chromium chromium-driver
   # tests/manifests.rs renders manifests/ with `kubectl kustomize` (offline; no cluster).
   command -v kubectl >/dev/null || die "kubectl not found: make test renders manifests/ with it; install kubectl (https://kubernetes.io/docs/tasks/tools/)"
 fi
