@@ -242,95 +242,266 @@ async fn upload_stores_under_the_content_hash_never_the_client_name() {
     assert_eq!(f.count().await, 1);
 }
 
+/// A JPEG header announcing `width`×`height` pixels (an SOF0 segment) and nothing decodable.
+fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
+    bytes.extend_from_slice(&height.to_be_bytes());
+    bytes.extend_from_slice(&width.to_be_bytes());
+    bytes.extend_from_slice(&[0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
+    bytes.extend_from_slice(&[0xFF, 0xD9]);
+    bytes
+}
+
+/// Every hostile input the issue lists, in one table: the status and error code each gets, and
+/// afterwards, proof that none of them stored, indexed or wrote anything.
 #[tokio::test]
-async fn bad_uploads_get_specific_errors_and_store_nothing() {
-    let f = fixture(&["astronaut.jpg"], 2 << 20).await;
-    f.load().await;
+async fn hostile_inputs_get_specific_errors_and_store_nothing() {
+    const TOKEN: &str = "hostile-table-token";
+    let f = fixture_with(&["astronaut.jpg"], |config| {
+        config.max_body_bytes = 2 << 20;
+        config.auth = Some(AuthConfig::new(TOKEN, false).unwrap());
+        // Searching by URL on, with the default guard: only public addresses.
+        let fetcher = Fetcher::new(AllowedNetworks::parse(&[]).unwrap(), std::time::Duration::from_secs(5)).unwrap();
+        config.url_fetcher = Some(std::sync::Arc::new(fetcher));
+    })
+    .await;
+    let (status, body) = f.json(with_token(post_json("/img/load", json!({ "File": f.images })), TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let photo = photo_bytes("rocket.jpg");
+    let truncated = photo[..photo.len() / 2].to_vec();
     let big = vec![0xFFu8; 3 << 20];
-    let bomb = common::png_claiming(100_000, 100_000);
+    let png_bomb = common::png_claiming(100_000, 100_000);
+    let jpeg_bomb = jpeg_claiming(65_000, 65_000);
     let corrupt = common::corrupt_jpeg();
-    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+    // A GIF whose bytes are also a script: GIF is not a format the server reads.
+    let polyglot = b"GIF89a/*\x01\x00\x01\x00\x00\x00\x00*/=1;alert(document.domain);".to_vec();
+    let svg = br#"<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>"#.to_vec();
+    let pdf = b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF".to_vec();
+    let html_in_png_clothes = b"\x89PNG\r\n\x1a\n<html><script>alert(1)</script></html>".to_vec();
+    let long_field = "x".repeat(2000);
+    let upload = |name: &str, bytes: &[u8]| with_token(multipart("/v1/images", &[("image", name, bytes)], &[]), TOKEN);
+    let search = |fields: &[(&str, &str)]| multipart("/v1/search", &[], fields);
+
+    type Case = (&'static str, Request<Body>, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
+        // Files that are not (usable) images.
+        ("0-byte file", upload("empty.jpg", b""), StatusCode::BAD_REQUEST, "bad_request"),
         (
-            "text file",
-            multipart("/img/upload", &[("image", "notes.jpg", b"just text")], &[]),
+            "text named .jpg",
+            upload("notes.jpg", b"just text"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         ),
+        ("truncated JPEG", upload("half.jpg", &truncated), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        ("corrupt JPEG", upload("c.jpg", &corrupt), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        ("PNG bomb 100000²", upload("bomb.png", &png_bomb), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
         (
-            "empty file",
-            multipart("/img/upload", &[("image", "empty.jpg", b"")], &[]),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            "JPEG claiming 65000²",
+            upload("bomb.jpg", &jpeg_bomb),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
         ),
         (
-            "over the body limit",
-            multipart("/img/upload", &[("image", "big.jpg", &big)], &[]),
+            "GIF/JavaScript polyglot",
+            upload("p.gif", &polyglot),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        ("SVG with a script", upload("x.svg", &svg), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("PDF", upload("x.pdf", &pdf), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (
+            "HTML behind a PNG signature",
+            upload("x.png", &html_in_png_clothes),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "traversal filename, text",
+            upload("../../../../etc/passwd", b"root:x:0:0"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        // Bodies and forms.
+        ("body over the limit", upload("big.jpg", &big), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        (
+            "search body over the limit",
+            multipart("/v1/search", &[("image", "big.jpg", &big)], &[]),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
         (
-            "decompression bomb",
-            multipart("/img/upload", &[("image", "bomb.png", &bomb)], &[]),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_image",
-        ),
-        (
-            "corrupt JPEG",
-            multipart("/img/upload", &[("image", "c.jpg", &corrupt)], &[]),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_image",
-        ),
-        (
             "no image field",
-            multipart("/img/upload", &[("photo", "x.jpg", b"x")], &[]),
+            with_token(multipart("/v1/images", &[("photo", "x.jpg", &photo)], &[]), TOKEN),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
-            "not multipart",
-            post_json("/img/upload", json!({"image": "x"})),
+            "JSON, not multipart",
+            with_token(post_json("/v1/images", json!({"image": "x"})), TOKEN),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         ),
+        ("text field over 1 KiB", search(&[("url", &long_field)]), StatusCode::BAD_REQUEST, "bad_request"),
+        // Parameters.
         (
-            "upload by URL",
-            multipart("/img/upload?url=http://169.254.169.254/latest", &[], &[]),
+            "collection with ../",
+            with_token(multipart("/v1/images?collection=../x", &[("image", "a.jpg", &photo)], &[]), TOKEN),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
-            "bad table name",
-            multipart("/img/upload?table_name=../x", &[("image", "a.jpg", b"x")], &[]),
+            "collection with NUL",
+            Request::get("/v1/count?collection=a%00b").body(Body::empty()).unwrap(),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
-            "search with a text file",
-            multipart("/img/search", &[("image", "a.jpg", b"text")], &[]),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        ),
-        (
-            "search with topk 0",
-            multipart("/img/search", &[("image", "a.jpg", b"x")], &[("topk", "0")]),
+            "top_k 0",
+            multipart("/v1/search", &[("image", "a.jpg", &photo)], &[("top_k", "0")]),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
-            "search with topk abc",
-            multipart("/v1/search", &[("image", "a.jpg", b"x")], &[("top_k", "abc")]),
+            "top_k 10^20",
+            multipart("/v1/search", &[("image", "a.jpg", &photo)], &[("top_k", "100000000000000000000")]),
             StatusCode::BAD_REQUEST,
             "bad_request",
+        ),
+        (
+            "max_distance NaN",
+            multipart("/v1/search", &[("image", "a.jpg", &photo)], &[("max_distance", "NaN")]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "id beyond i64",
+            Request::get("/v1/images/99999999999999999999").body(Body::empty()).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "page_token forged",
+            Request::get("/v1/images?page_token=abc").body(Body::empty()).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bootcamp folder outside the roots",
+            with_token(post_json("/img/load", json!({ "File": "/etc" })), TOKEN),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "bootcamp upload by URL",
+            with_token(multipart("/img/upload?url=http://169.254.169.254/latest", &[], &[]), TOKEN),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        // URLs a search by URL must not fetch.
+        (
+            "file: URL",
+            search(&[("url", "file:///etc/passwd")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "loopback URL",
+            search(&[("url", "http://127.0.0.1:9/x.jpg")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "IPv6 loopback URL",
+            search(&[("url", "http://[::1]/x.jpg")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "metadata URL",
+            search(&[("url", "http://169.254.169.254/latest/meta-data/")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "decimal-encoded loopback",
+            search(&[("url", "http://2130706433/x.jpg")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "URL with credentials",
+            search(&[("url", "https://user:pw@example.com/x.jpg")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        // Tokens.
+        (
+            "write without a token",
+            multipart("/v1/images", &[("image", "a.jpg", &photo)], &[]),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "write with a wrong token",
+            with_token(multipart("/v1/images", &[("image", "a.jpg", &photo)], &[]), "guess"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "write with the token as Basic",
+            with_token_scheme(multipart("/v1/images", &[("image", "a.jpg", &photo)], &[]), "Basic", TOKEN),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "write with the token plus a byte",
+            with_token(multipart("/v1/images", &[("image", "a.jpg", &photo)], &[]), &format!("{TOKEN}x")),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "delete without a token",
+            Request::delete("/v1/images/1").body(Body::empty()).unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "drop with a wrong token",
+            with_token(Request::post("/img/drop").body(Body::empty()).unwrap(), "guess"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
         ),
     ];
+    let mut failures = Vec::new();
     for (what, request, expected_status, expected_code) in cases {
-        let (status, body) = f.json(request).await;
-        assert_eq!(status, expected_status, "{what}: {body}");
-        assert_eq!(error_code(&body), expected_code, "{what}: {body}");
-        assert!(!body["error"]["message"].as_str().unwrap().is_empty(), "{what}");
+        let (status, body) = f.call(request).await;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("(no error body)");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        if status != expected_status || code != expected_code || message.is_empty() {
+            failures.push(format!("{what}: expected {expected_status} {expected_code}, got {status} {body}"));
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // A prefix built to break out of the filter expression matches nothing, rather than everything.
+    let (status, body) = f
+        .json(multipart("/v1/search", &[("image", "q.jpg", &photo)], &[("prefix", r#"x" or id > 0 or uri == ""#)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"], json!([]), "{body}");
+
+    // Nothing stored, indexed or written by any of it.
     assert_eq!(f.count().await, 1, "nothing was added");
     assert!(f.stored_uploads().is_empty(), "nothing was written: {:?}", f.stored_uploads());
+    let (_, listing) = f.get("/v1/images").await;
+    assert_eq!(listing["images"].as_array().unwrap().len(), 1, "{listing}");
+    // An image with an absolute or traversing name is stored under its hash, inside the upload folder.
+    let (status, body) = f.json(upload("/etc/cron.d/evil.jpg", &photo)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&photo));
+    assert_eq!(f.stored_uploads(), vec![format!("{hash}.jpg")]);
+    assert!(!Path::new("/etc/cron.d/evil.jpg").exists());
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The `standalone` command as a user runs it: the real binary starts Milvus Lite, ingests a
-//! folder, serves search, and on Ctrl-C (SIGINT) stops everything it started.
+//! folder, serves search, and on Ctrl-C (SIGINT) stops everything it started. And `serve` as
+//! Kubernetes stops it: SIGTERM mid-request.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -72,6 +73,86 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
     let lite_alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lite_pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{lite_pid}/stat")).unwrap_or_default().contains(") Z ");
     assert!(!lite_alive, "Milvus Lite (pid {lite_pid}) outlived imgsearch");
+}
+
+/// Kubernetes sends SIGTERM and waits: the server must stop accepting at once, finish the upload
+/// it is receiving (the client gets its answer, the image is stored), then exit 0.
+#[test]
+fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cleanly() {
+    use std::io::{Read, Write};
+    let work = tempfile::tempdir().unwrap();
+    let uploads = work.path().join("uploads");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MILVUS_URI", common::milvus_uri())
+        .env("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display()))
+        .env("IMGSEARCH_COLLECTION", common::unique_collection("sigterm"))
+        .env("IMGSEARCH_UPLOAD_DIR", &uploads)
+        .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .env("IMGSEARCH_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start imgsearch serve");
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited before listening");
+        assert!(Instant::now() < deadline, "serve did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // An upload whose body is only half sent when the signal arrives.
+    let photo = std::fs::read(common::photo("coffee.jpg")).unwrap();
+    let boundary = "sigterm-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"c.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&photo);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "POST /v1/images HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    stream.write_all(first).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // the server is reading the body now
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "exited with a request in flight");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting new connections after SIGTERM"
+    );
+
+    stream.write_all(rest).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("the answer to the request in flight");
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1, "the upload was stored");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit within 30 s of finishing its last request");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = log.join().unwrap().join("\n");
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(log.contains("search API stopped"), "{log}");
 }
 
 /// A plain HTTP/1.1 GET over loopback, returning the whole response.
