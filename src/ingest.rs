@@ -322,6 +322,10 @@ impl Ingestor {
         if options.prune {
             report.pruned = self.prune(collection, source, options.shard, &known, &listed).await?;
         }
+        if report.indexed > 0 || report.pruned > 0 {
+            // Sealed segments get indexed; left growing, every search scans them in full.
+            self.store.flush(collection).await?;
+        }
 
         report.seconds = started.elapsed().as_secs_f64();
         report.images_per_second = (report.indexed as f64) / report.seconds.max(1e-9);

@@ -961,7 +961,8 @@ async fn photo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let address = listener.local_addr().unwrap();
     let routes = axum::Router::new()
         .route("/photo.jpg", axum::routing::get(|| async { photo_bytes("coffee.jpg") }))
-        .route("/page.html", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "text/html")], "<html></html>") }));
+        .route("/page.html", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "text/html")], "<html></html>") }))
+        .route("/huge.jpg", axum::routing::get(|| async { vec![0xFFu8; 3 << 20] }));
     let server = tokio::spawn(async move {
         axum::serve(listener, routes).await.ok();
     });
@@ -1006,8 +1007,8 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
     // Loopback allowed explicitly: the photo is fetched and found; a web page is not an image.
     let allowed = fixture_with(&["coffee.jpg", "rocket.jpg"], |config| {
         let networks = AllowedNetworks::parse(&["127.0.0.1".into()]).unwrap();
-        config.url_fetcher =
-            Some(std::sync::Arc::new(Fetcher::new(networks, std::time::Duration::from_secs(5)).unwrap()));
+        let fetcher = Fetcher::new(networks, std::time::Duration::from_secs(5)).unwrap().with_max_bytes(2 << 20);
+        config.url_fetcher = Some(std::sync::Arc::new(fetcher));
     })
     .await;
     allowed.load().await;
@@ -1022,6 +1023,11 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
         allowed.json(multipart("/v1/search", &[], &[("url", &format!("http://{address}/missing.jpg"))])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("404"), "{body}");
+    // No more from a URL than an upload may carry.
+    let (status, body) =
+        allowed.json(multipart("/v1/search", &[], &[("url", &format!("http://{address}/huge.jpg"))])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("over the limit of 2097152"), "{body}");
     server.abort();
 }
 

@@ -75,8 +75,9 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
     assert!(!lite_alive, "Milvus Lite (pid {lite_pid}) outlived imgsearch");
 }
 
-/// Kubernetes sends SIGTERM and waits: the server must stop accepting at once, finish the upload
-/// it is receiving (the client gets its answer, the image is stored), then exit 0.
+/// Kubernetes sends SIGTERM and waits: the server keeps answering for its drain time with
+/// readiness failing (so the Service stops routing to it), then stops accepting, finishes the
+/// upload it is receiving (the client gets its answer, the image is stored) and exits 0.
 #[test]
 fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cleanly() {
     use std::io::{Read, Write};
@@ -91,6 +92,7 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
         .env("IMGSEARCH_COLLECTION", common::unique_collection("sigterm"))
         .env("IMGSEARCH_UPLOAD_DIR", &uploads)
         .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("IMGSEARCH_SHUTDOWN_DRAIN_SECONDS", "1")
         .env("RUST_LOG", "info")
         .env("IMGSEARCH_LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -128,12 +130,19 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
     stream.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300)); // the server is reading the body now
 
+    assert!(http_get(port, "/readyz").starts_with("HTTP/1.1 200"), "ready before the signal");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    // Draining: still answering, but not ready.
+    let readiness = http_get(port, "/readyz");
+    assert!(readiness.starts_with("HTTP/1.1 503") && readiness.contains("shutting down"), "{readiness}");
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"), "still alive while draining");
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(signalled.elapsed()));
     assert!(child.try_wait().unwrap().is_none(), "exited with a request in flight");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "still accepting new connections after SIGTERM"
+        "still accepting new connections after the drain time"
     );
 
     stream.write_all(rest).unwrap();

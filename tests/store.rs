@@ -109,7 +109,7 @@ async fn stored_vectors_read_back_and_filtered_multi_vector_searches_on_every_se
             ("/p/é/", vec![6]),
             ("/p/a", vec![1, 2, 3, 4, 5]),
         ] {
-            let filter = SearchFilter { uri_prefix: Some(prefix.into()), exclude_ids: Vec::new() };
+            let filter = SearchFilter { uri_prefix: Some(prefix.into()), ..SearchFilter::default() };
             let hits = store
                 .search_many(&collection, vec![vector(1)], 10, &filter, &index)
                 .await
@@ -120,11 +120,20 @@ async fn stored_vectors_read_back_and_filtered_multi_vector_searches_on_every_se
         }
 
         // Several query vectors in one request: one result list each, in order; exclusions hold.
-        let filter = SearchFilter { uri_prefix: None, exclude_ids: vec![1] };
+        let filter = SearchFilter { exclude_ids: vec![1], ..SearchFilter::default() };
         let results =
             store.search_many(&collection, vec![vector(1), vector(3), vector(6)], 2, &filter, &index).await.unwrap();
         assert_eq!(results.len(), 3, "{name}");
+        assert_eq!(results[0].len(), 2, "{name}: {results:?}");
         assert!(results[0].iter().all(|h| h.id != 1), "{name}: {results:?}");
+        let forward = SearchFilter { min_id: Some(4), ..SearchFilter::default() };
+        let onward = store.search_many(&collection, vec![vector(1)], 10, &forward, &index).await.unwrap();
+        let mut found: Vec<i64> = onward[0].iter().map(|h| h.id).collect();
+        found.sort();
+        assert_eq!(found, vec![4, 5, 6], "{name}: ids from 4 up");
+        // Written rows can be sealed for indexing.
+        store.flush(&collection).await.unwrap_or_else(|e| panic!("{name}: flush: {e}"));
+        assert_eq!(store.count(&collection).await.unwrap(), 6, "{name}");
         assert_eq!(results[1][0].id, 3, "{name}: {results:?}");
         assert_eq!(results[2][0].id, 6, "{name}: {results:?}");
         store.drop_collection(&collection).await.unwrap();

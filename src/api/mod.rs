@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub auth: Option<auth::AuthConfig>,
     /// Fetches query images for searches by URL; `None`: searching by URL is refused.
     pub url_fetcher: Option<Arc<crate::source::urls::Fetcher>>,
+    /// How long to keep answering after a shutdown signal before the listener closes.
+    pub shutdown_drain: Duration,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +73,7 @@ impl Default for ServeConfig {
             image_bucket: None,
             auth: None,
             url_fetcher: None,
+            shutdown_drain: Duration::ZERO,
         }
     }
 }
@@ -88,6 +91,11 @@ pub struct ServerState {
     inference: Semaphore,
     /// One `/img/load` at a time: two loads of one collection would race on the same rows.
     load: tokio::sync::Mutex<()>,
+    /// Uploads and deletes one at a time: an upload of bytes already stored reuses the file, so
+    /// a delete removing it "because no row names it" must not run between the two steps.
+    uploads: tokio::sync::Mutex<()>,
+    /// Set on a shutdown signal: readiness fails so load balancers stop sending.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl ServerState {
@@ -103,6 +111,8 @@ impl ServerState {
             progress: Progress::silent(),
             inference: Semaphore::new(permits),
             load: Default::default(),
+            uploads: Default::default(),
+            draining: Default::default(),
         })
     }
 }
@@ -290,29 +300,35 @@ async fn fetch_query_image(state: &ServerState, url: &str) -> Result<Vec<u8>, Ap
     let started = std::time::Instant::now();
     let fetched = fetcher.fetch(url).await;
     state.metrics.stage("fetch_url", started.elapsed());
-    fetched.map_err(|error| match error {
-        crate::source::ReadError::Unavailable { reason } => {
-            ApiError::Unavailable { public: format!("cannot fetch {url:?} right now: {reason}"), detail: reason }
-        }
-        other => ApiError::Unprocessable(format!("cannot search by url {url:?}: {other}")),
-    })
+    // Whatever went wrong over there (refused address, 404, a down or slow host) is the URL's
+    // problem, not this server's: a 422 with the reason, never a 5xx of ours.
+    fetched.map_err(|error| ApiError::Unprocessable(format!("cannot search by url {url:?}: {error}")))
 }
 
 /// Removes an image from Milvus first, then from the catalog: if Milvus fails nothing changed;
 /// if the catalog fails after, the row is still there and a retry finishes the job. An
 /// uploaded file goes too once no catalog row names it.
 async fn delete_image(state: &ServerState, record: &ImageRecord) -> Result<(), ApiError> {
+    let _no_upload_meanwhile = state.uploads.lock().await;
     match state.ingestor.store.delete(&record.collection, &[record.id]).await {
         Ok(()) | Err(crate::store::StoreError::CollectionNotFound { .. }) => {}
         Err(error) => return Err(error.into()),
     }
     state.ingestor.catalog.delete_images(&[record.id]).await?;
+    // The image is deleted; the file is tidying-up, and its failure is logged, not answered.
     let path = Path::new(&record.uri);
-    if path.starts_with(&state.config.upload_dir)
-        && state.ingestor.catalog.find_by_uri(&record.uri).await?.is_none()
-        && let Err(error) = tokio::fs::remove_file(path).await
-    {
-        tracing::warn!(path = %path.display(), %error, "deleted image's upload file could not be removed");
+    if path.starts_with(&state.config.upload_dir) {
+        match state.ingestor.catalog.find_by_uri(&record.uri).await {
+            Ok(None) => {
+                if let Err(error) = tokio::fs::remove_file(path).await {
+                    tracing::warn!(path = %path.display(), %error, "deleted image's upload file could not be removed");
+                }
+            }
+            Ok(Some(_)) => {} // another collection holds the same upload
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "deleted image's upload file left: catalog lookup failed");
+            }
+        }
     }
     tracing::info!(id = record.id, collection = %record.collection, uri = %record.uri, "deleted image");
     Ok(())
@@ -354,6 +370,7 @@ async fn add_upload(state: &ServerState, collection: &str, bytes: Vec<u8>) -> Re
     let content_hash = hex::encode(Sha256::digest(&bytes));
     let extension = prepared.format.extensions_str().first().copied().unwrap_or("img");
     let path = state.config.upload_dir.join(format!("{content_hash}.{extension}"));
+    let _no_delete_meanwhile = state.uploads.lock().await;
     store_upload(&path, &bytes).await?;
     let uri =
         path.to_str().ok_or_else(|| ApiError::Internal("upload directory is not valid UTF-8".into()))?.to_string();

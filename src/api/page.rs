@@ -19,10 +19,11 @@ async fn index() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // Everything the page needs is inline or same-origin.
+            // Everything the page needs is inline or same-origin, except the thumbnails of a
+            // URL-list collection: those are its images' own URLs, on other hosts.
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                "default-src 'self'; img-src 'self' blob: data: https: http:; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
             ),
         ],
         INDEX_HTML,

@@ -10,6 +10,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -121,13 +122,26 @@ impl SearchOptions {
         Ok(Self {
             top_k: top_k(state, top_k_text)?,
             max_distance: max_distance(max_distance_text)?,
-            prefix: prefix.filter(|p| !p.is_empty()).map(str::to_string),
+            prefix: uri_prefix(prefix)?,
         })
     }
 
     fn keep(&self, hit: &Hit) -> bool {
         self.max_distance.is_none_or(|max| 1.0 - hit.score <= max)
     }
+}
+
+/// A URI prefix filter: no control characters (no URI has them, and Milvus cannot carry a line
+/// break in a string literal), at most a URI's length.
+fn uri_prefix(requested: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(prefix) = requested.filter(|p| !p.is_empty()) else { return Ok(None) };
+    if prefix.chars().any(char::is_control) || prefix.len() > crate::store::MAX_URI_LENGTH as usize {
+        return Err(ApiError::BadRequest(format!(
+            "prefix must be at most {} bytes without control characters",
+            crate::store::MAX_URI_LENGTH
+        )));
+    }
+    Ok(Some(prefix.to_string()))
 }
 
 /// The optional relevance cut-off: results farther than this (cosine distance, 0 = identical,
@@ -164,22 +178,23 @@ async fn search(
     let started = Instant::now();
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.collection.as_deref())?;
-    let form = read_form(multipart?).await?;
+    let mut form = read_form(multipart?).await?;
     let options = SearchOptions::parse(&state, form.field("top_k"), form.field("max_distance"), form.field("prefix"))?;
-    let url = form.field("url").map(str::trim).filter(|u| !u.is_empty());
-    let image = match (form.image.clone(), url) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest("send either an `image` file or a `url`, not both".into()));
-        }
-        (Some(bytes), None) => bytes,
-        (None, Some(url)) => super::fetch_query_image(&state, url).await?,
+    let url = form.field("url").map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
+    if form.image.is_some() && url.is_some() {
+        return Err(ApiError::BadRequest("send either an `image` file or a `url`, not both".into()));
+    }
+    // Before any download: a search of a collection that does not exist fetches nothing.
+    super::require_collection(&state, &collection).await?;
+    let image = match (form.image.take(), url) {
+        (Some(bytes), _) => bytes,
+        (None, Some(url)) => super::fetch_query_image(&state, &url).await?,
         (None, None) => {
             return Err(ApiError::BadRequest("the form has no `image` file field (or `url` field)".into()));
         }
     };
-    super::require_collection(&state, &collection).await?;
     let vector = super::embed_query(&state, image).await?;
-    let filter = SearchFilter { uri_prefix: options.prefix.clone(), exclude_ids: Vec::new() };
+    let filter = SearchFilter { uri_prefix: options.prefix.clone(), ..SearchFilter::default() };
     let hits = search_by_vector(&state, &collection, vector, options.top_k, &filter).await?;
     let results = hits.into_iter().filter(|hit| options.keep(hit)).map(SearchResult::from_hit).collect();
     Ok(Json(SearchResponse {
@@ -195,8 +210,10 @@ async fn search(
 #[into_params(parameter_in = Query)]
 pub struct SimilarQuery {
     /// Results wanted, 1 to the server's maximum (default 10).
+    #[param(value_type = Option<u32>)]
     pub top_k: Option<String>,
     /// Drop results farther than this cosine distance (0–2).
+    #[param(value_type = Option<f32>)]
     pub max_distance: Option<String>,
     /// Only images whose URI starts with this.
     pub prefix: Option<String>,
@@ -224,7 +241,7 @@ async fn similar(
     let options =
         SearchOptions::parse(&state, query.top_k.as_deref(), query.max_distance.as_deref(), query.prefix.as_deref())?;
     let (record, vector) = indexed_vector(&state, id).await?;
-    let filter = SearchFilter { uri_prefix: options.prefix.clone(), exclude_ids: vec![id] };
+    let filter = SearchFilter { uri_prefix: options.prefix.clone(), exclude_ids: vec![id], min_id: None };
     let hits = search_by_vector(&state, &record.collection, vector, options.top_k, &filter).await?;
     let results = hits.into_iter().filter(|hit| options.keep(hit)).map(SearchResult::from_hit).collect();
     Ok(Json(SearchResponse {
@@ -259,8 +276,10 @@ async fn indexed_vector(state: &super::ServerState, id: i64) -> Result<(ImageRec
 #[into_params(parameter_in = Query)]
 pub struct DuplicateQuery {
     /// Largest cosine distance that counts as a duplicate (default 0.1).
+    #[param(value_type = Option<f32>)]
     pub max_distance: Option<String>,
     /// Most duplicates returned (1 to the server's maximum top_k; default: that maximum).
+    #[param(value_type = Option<u32>)]
     pub limit: Option<String>,
 }
 
@@ -299,12 +318,20 @@ async fn image_duplicates(
     let Path(id) = id?;
     let Query(query) = query?;
     let max_distance = duplicate_distance(query.max_distance.as_deref())?;
-    let limit = match query.limit.as_deref() {
+    let limit = match query.limit.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
         None => state.config.max_top_k,
-        limit => top_k(&state, limit)?,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if (1..=state.config.max_top_k).contains(&limit) => limit,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "limit must be a whole number from 1 to {}, got {text:?}",
+                    state.config.max_top_k
+                )));
+            }
+        },
     };
     let (record, vector) = indexed_vector(&state, id).await?;
-    let filter = SearchFilter { uri_prefix: None, exclude_ids: vec![id] };
+    let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
     let hits = search_by_vector(&state, &record.collection, vector, limit, &filter).await?;
     let duplicates: Vec<SearchResult> =
         hits.into_iter().filter(|hit| 1.0 - hit.score <= max_distance).map(SearchResult::from_hit).collect();
@@ -324,8 +351,10 @@ pub struct ReportQuery {
     /// Collection to report on (default: the server's `--collection`).
     pub collection: Option<String>,
     /// Largest cosine distance that counts as a duplicate (default 0.1).
+    #[param(value_type = Option<f32>)]
     pub max_distance: Option<String>,
     /// Images examined in this page (1–1000, default 100).
+    #[param(value_type = Option<u32>)]
     pub limit: Option<String>,
     /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
@@ -338,6 +367,8 @@ pub struct DuplicateGroup {
     /// Its near-duplicates with a higher id (so each pair is reported once, on the page of its
     /// lower id), closest first; at most 10 per image.
     pub duplicates: Vec<SearchResult>,
+    /// True when 10 were found: there may be more (ask `/v1/images/{id}/duplicates`).
+    pub truncated: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -380,33 +411,40 @@ async fn duplicates_report(
     // Images catalogued but without a vector (an interrupted ingest) are skipped, not failed on.
     let examined: Vec<(&ImageRecord, Vec<f32>)> =
         page.iter().filter_map(|record| vectors.remove(&record.id).map(|vector| (record, vector))).collect();
-    let queries = examined.iter().map(|(_, vector)| vector.clone()).collect();
-    // +1: the image itself comes back as its own nearest match.
-    let matches = state
-        .ingestor
-        .store
-        .search_many(
-            &collection,
-            queries,
-            REPORT_MATCHES_PER_IMAGE + 1,
-            &SearchFilter::default(),
-            &state.ingestor.index,
-        )
-        .await?;
-    let groups = examined
-        .iter()
-        .zip(matches)
-        .filter_map(|((record, _), hits)| {
-            let duplicates: Vec<SearchResult> = hits
-                .into_iter()
-                .filter(|hit| hit.id > record.id && 1.0 - hit.score <= max_distance)
-                .map(SearchResult::from_hit)
-                .collect();
-            (!duplicates.is_empty()).then(|| DuplicateGroup { id: record.id, uri: record.uri.clone(), duplicates })
+    // Each image against the images after it (a higher id) only: every pair is found from its
+    // lower id, however many closer matches the higher one has among lower ids. A few searches
+    // at a time.
+    let examined_count = examined.len();
+    let searches: Vec<_> = examined
+        .into_iter()
+        .map(|(record, vector)| {
+            let (state, collection) = (state.clone(), collection.clone());
+            let (id, uri) = (record.id, record.uri.clone());
+            async move {
+                let filter = SearchFilter { min_id: Some(id + 1), ..SearchFilter::default() };
+                let hits = search_by_vector(&state, &collection, vector, REPORT_MATCHES_PER_IMAGE, &filter).await?;
+                let truncated =
+                    hits.len() == REPORT_MATCHES_PER_IMAGE && hits.iter().all(|hit| 1.0 - hit.score <= max_distance);
+                let duplicates: Vec<SearchResult> = hits
+                    .into_iter()
+                    .filter(|hit| 1.0 - hit.score <= max_distance)
+                    .map(SearchResult::from_hit)
+                    .collect();
+                Ok::<_, ApiError>((!duplicates.is_empty()).then_some(DuplicateGroup { id, uri, duplicates, truncated }))
+            }
         })
         .collect();
+    let groups: Vec<DuplicateGroup> = futures::stream::iter(searches)
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let next_page_token = (page.len() == limit as usize).then(|| page.last().map(|r| r.id.to_string())).flatten();
-    Ok(Json(DuplicatesReport { collection, max_distance, examined: examined.len(), groups, next_page_token }))
+    Ok(Json(DuplicatesReport { collection, max_distance, examined: examined_count, groups, next_page_token }))
 }
 
 fn page_limit(requested: Option<&str>) -> Result<u32, ApiError> {
@@ -438,6 +476,7 @@ pub struct ListQuery {
     /// Only images whose URI starts with this.
     pub prefix: Option<String>,
     /// Images per page (1–1000, default 100).
+    #[param(value_type = Option<u32>)]
     pub limit: Option<String>,
     /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
@@ -519,7 +558,7 @@ async fn list_images(
     };
     let limit = page_limit(query.limit.as_deref())?;
     let after = page_token(query.page_token.as_deref())?;
-    let filter = ListFilter { status, uri_prefix: query.prefix.filter(|p| !p.is_empty()) };
+    let filter = ListFilter { status, uri_prefix: uri_prefix(query.prefix.as_deref())? };
     let page = state.ingestor.catalog.list(&collection, &filter, after, limit).await?;
     let next_page_token = (page.len() == limit as usize).then(|| page.last().map(|r| r.id.to_string())).flatten();
     Ok(Json(ImageList { collection, images: page.into_iter().map(ImageInfo::from).collect(), next_page_token }))
@@ -683,8 +722,13 @@ pub struct CollectionList {
     )
 )]
 async fn collections(State(state): State<AppState>) -> Result<Json<CollectionList>, ApiError> {
-    let counts = state.ingestor.catalog.collections().await?;
+    let mut counts = state.ingestor.catalog.collections().await?;
     let default = &state.config.default_collection;
+    // The default collection is listed even before it holds anything: it is the one searched.
+    if !counts.iter().any(|c| &c.name == default) {
+        counts.push(crate::catalog::CollectionCounts { name: default.clone(), ..Default::default() });
+        counts.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     let collections = counts
         .into_iter()
         .map(|c| CollectionInfo {
@@ -704,7 +748,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: Milvus and the catalog answer (the model is loaded before the server starts).
+/// Readiness: Milvus and the catalog answer (the model is loaded before the server starts), and
+/// the server is not shutting down.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -713,6 +758,9 @@ async fn healthz() -> &'static str {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::unavailable("shutting down", "readiness refused while draining"));
+    }
     state.ingestor.store.ping().await?;
     state.ingestor.catalog.ping().await?;
     Ok(Json(serde_json::json!({ "status": "ready", "model": state.ingestor.model.spec().name })))

@@ -7,9 +7,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
-    VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,9 +21,8 @@ pub const LABEL_COLLECTION: &str = "imgsearch.io/collection";
 pub const LABEL_GENERATION: &str = "imgsearch.io/generation";
 const IMAGES_MOUNT: &str = "/images";
 const SCRATCH_MOUNT: &str = "/var/lib/imgsearch";
-/// Seconds a search pod keeps serving after Kubernetes starts terminating it (see the preStop
-/// hook); well inside the default 30 s grace period, which also covers finishing requests.
-const SEARCH_DRAIN_SECONDS: i64 = 5;
+/// Seconds a search pod keeps serving after SIGTERM (see `IMGSEARCH_SHUTDOWN_DRAIN_SECONDS`).
+const SEARCH_DRAIN_SECONDS: u64 = 5;
 
 /// Settings of the controller itself that shape every child.
 #[derive(Debug, Clone, PartialEq)]
@@ -384,6 +382,11 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     let port = ic.spec.search.port;
     let mut env = common_env(ic)?;
     env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
+    // Kubernetes takes a terminating pod out of the Service's endpoints while it signals it, and
+    // proxies learn of it a moment later: the server keeps answering (readiness failing) for
+    // this long after SIGTERM before it stops accepting. In-process, so no shell or newer
+    // kubelet (a preStop sleep) is needed; well inside the default 30 s grace period.
+    env.push(plain("IMGSEARCH_SHUTDOWN_DRAIN_SECONDS", &SEARCH_DRAIN_SECONDS.to_string()));
     env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
     // Result images of a bucket source are read from the bucket, with the ingest Jobs' settings.
     if let Some(s3) = &ic.spec.source.s3 {
@@ -427,16 +430,6 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         }]),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
-        // Kubernetes removes a terminating pod from the Service's endpoints while it signals
-        // the pod; proxies learn of it a moment later. Waiting before SIGTERM keeps that
-        // moment's new connections from being refused. (The kubelet sleeps: the image has no shell.)
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction { seconds: SEARCH_DRAIN_SECONDS }),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
         resources: ic.spec.search.resources.clone(),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(volume_mounts),
@@ -666,8 +659,7 @@ mod tests {
             Some("/readyz")
         );
         assert_eq!(service_spec.ports.unwrap()[0].port, 9000);
-        let pre_stop = container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|p| p.sleep.as_ref());
-        assert_eq!(pre_stop.map(|sleep| sleep.seconds), Some(SEARCH_DRAIN_SECONDS), "drains before SIGTERM");
+        assert_eq!(env(container)["IMGSEARCH_SHUTDOWN_DRAIN_SECONDS"], "5", "drains before it stops accepting");
         assert_eq!(search_endpoint(&ic).unwrap(), "http://products-search.shop.svc:9000");
     }
 

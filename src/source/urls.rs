@@ -249,6 +249,8 @@ pub struct Fetcher {
     client: reqwest::Client,
     allowed: AllowedNetworks,
     timeout: Duration,
+    /// Largest body accepted.
+    max_bytes: u64,
 }
 
 impl Fetcher {
@@ -278,7 +280,14 @@ impl Fetcher {
             }))
             .build()
             .map_err(|e| SourceError::InvalidSpec(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Self { client, allowed, timeout })
+        Ok(Self { client, allowed, timeout, max_bytes: MAX_FILE_BYTES })
+    }
+
+    /// Accepts bodies up to `max_bytes` instead of the ingest limit (a search server takes no
+    /// more from a URL than it would take in an upload).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The image at `url`: refused, unusable or unavailable as [`ReadError`] says.
@@ -310,14 +319,18 @@ impl Fetcher {
                 return Err(unusable(format!("the server sent Content-Type {essence}, not an image")));
             }
         }
-        if let Some(length) = response.content_length().filter(|&length| length > MAX_FILE_BYTES) {
-            return Err(ReadError::too_large(length));
+        let limit = self.max_bytes;
+        if let Some(length) = response.content_length().filter(|&length| length > limit) {
+            return Err(ReadError::Unusable {
+                reason: format!("file is {length} bytes, over the limit of {limit}"),
+                size_bytes: Some(length),
+            });
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(failure)? {
-            if (bytes.len() + chunk.len()) as u64 > MAX_FILE_BYTES {
+            if (bytes.len() + chunk.len()) as u64 > limit {
                 return Err(ReadError::Unusable {
-                    reason: format!("the body is over the limit of {MAX_FILE_BYTES} bytes"),
+                    reason: format!("the body is over the limit of {limit} bytes"),
                     size_bytes: None,
                 });
             }
