@@ -151,7 +151,14 @@ async fn search(
     let image = form.image()?.to_vec();
     let hits = search_by_image(&state, &collection, image, top_k).await?;
     // Hits come best first; distance = 1 − cosine similarity keeps that order ascending.
-    Ok(Json(hits.into_iter().map(|hit| (hit.uri, 1.0 - hit.score)).collect()))
+    Ok(Json(
+        hits.into_iter()
+            .map(|hit| {
+                let distance = hit.distance();
+                (hit.uri, distance)
+            })
+            .collect(),
+    ))
 }
 
 /// `POST /img/count?table_name=`: a bare number; 0 for a collection not created yet.

@@ -79,7 +79,7 @@ pub struct SearchResult {
 
 impl SearchResult {
     fn from_hit(hit: Hit) -> Self {
-        Self { id: hit.id, image_url: image_url(hit.id), uri: hit.uri, score: hit.score, distance: 1.0 - hit.score }
+        Self { id: hit.id, image_url: image_url(hit.id), distance: hit.distance(), score: hit.score, uri: hit.uri }
     }
 }
 
@@ -127,7 +127,7 @@ impl SearchOptions {
     }
 
     fn keep(&self, hit: &Hit) -> bool {
-        self.max_distance.is_none_or(|max| 1.0 - hit.score <= max)
+        self.max_distance.is_none_or(|max| hit.distance() <= max)
     }
 }
 
@@ -334,7 +334,7 @@ async fn image_duplicates(
     let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
     let hits = search_by_vector(&state, &record.collection, vector, limit, &filter).await?;
     let duplicates: Vec<SearchResult> =
-        hits.into_iter().filter(|hit| 1.0 - hit.score <= max_distance).map(SearchResult::from_hit).collect();
+        hits.into_iter().filter(|hit| hit.distance() <= max_distance).map(SearchResult::from_hit).collect();
     Ok(Json(DuplicatesResponse {
         id,
         uri: record.uri,
@@ -424,12 +424,9 @@ async fn duplicates_report(
                 let filter = SearchFilter { min_id: Some(id + 1), ..SearchFilter::default() };
                 let hits = search_by_vector(&state, &collection, vector, REPORT_MATCHES_PER_IMAGE, &filter).await?;
                 let truncated =
-                    hits.len() == REPORT_MATCHES_PER_IMAGE && hits.iter().all(|hit| 1.0 - hit.score <= max_distance);
-                let duplicates: Vec<SearchResult> = hits
-                    .into_iter()
-                    .filter(|hit| 1.0 - hit.score <= max_distance)
-                    .map(SearchResult::from_hit)
-                    .collect();
+                    hits.len() == REPORT_MATCHES_PER_IMAGE && hits.iter().all(|hit| hit.distance() <= max_distance);
+                let duplicates: Vec<SearchResult> =
+                    hits.into_iter().filter(|hit| hit.distance() <= max_distance).map(SearchResult::from_hit).collect();
                 Ok::<_, ApiError>((!duplicates.is_empty()).then_some(DuplicateGroup { id, uri, duplicates, truncated }))
             }
         })
@@ -443,7 +440,7 @@ async fn duplicates_report(
         .into_iter()
         .flatten()
         .collect();
-    let next_page_token = (page.len() == limit as usize).then(|| page.last().map(|r| r.id.to_string())).flatten();
+    let next_page_token = next_page_token(&page, limit);
     Ok(Json(DuplicatesReport { collection, max_distance, examined: examined_count, groups, next_page_token }))
 }
 
@@ -453,6 +450,11 @@ fn page_limit(requested: Option<&str>) -> Result<u32, ApiError> {
         Ok(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
         _ => Err(ApiError::BadRequest(format!("limit must be a whole number from 1 to {MAX_PAGE}, got {text:?}"))),
     }
+}
+
+/// A full page may have a next one, which starts after its last id; a short page is the last.
+fn next_page_token(page: &[ImageRecord], limit: u32) -> Option<String> {
+    (page.len() == limit as usize).then(|| page.last().map(|r| r.id.to_string())).flatten()
 }
 
 /// Page tokens are the last id of the previous page; anything else was not issued here.
@@ -560,7 +562,7 @@ async fn list_images(
     let after = page_token(query.page_token.as_deref())?;
     let filter = ListFilter { status, uri_prefix: uri_prefix(query.prefix.as_deref())? };
     let page = state.ingestor.catalog.list(&collection, &filter, after, limit).await?;
-    let next_page_token = (page.len() == limit as usize).then(|| page.last().map(|r| r.id.to_string())).flatten();
+    let next_page_token = next_page_token(&page, limit);
     Ok(Json(ImageList { collection, images: page.into_iter().map(ImageInfo::from).collect(), next_page_token }))
 }
 

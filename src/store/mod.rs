@@ -92,6 +92,13 @@ pub struct Hit {
     pub uri: String,
 }
 
+impl Hit {
+    /// Cosine distance: 0 identical, 2 opposite.
+    pub fn distance(&self) -> f32 {
+        1.0 - self.score
+    }
+}
+
 /// Which rows a search may return.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchFilter {
@@ -258,22 +265,7 @@ impl MilvusStore {
 
     /// (indexed rows, total rows) of the vector index, as Milvus reports them.
     pub async fn index_progress(&self, collection: &str) -> Result<(i64, i64)> {
-        let op = "describe index";
-        let request = DescribeIndexRequest::builder()
-            .collection_name(collection)
-            .field_name(VECTOR_FIELD)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        let response = self
-            .bounded(op, collection, self.client.describe_index(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
-        Ok(response
-            .indexes()
-            .iter()
-            .find(|i| i.get_field_name() == VECTOR_FIELD)
-            .map(|i| (i.get_indexed_rows(), i.get_total_rows()))
-            .unwrap_or((0, 0)))
+        Ok(self.vector_index(collection).await?.map(|i| (i.get_indexed_rows(), i.get_total_rows())).unwrap_or((0, 0)))
     }
 
     /// A cheap round trip for readiness probes: the server answers and says it is healthy.
@@ -420,6 +412,11 @@ impl MilvusStore {
 
     /// `None` when the vector field has no index yet.
     async fn index_state(&self, collection: &str) -> Result<Option<(IndexStateCode, String)>> {
+        Ok(self.vector_index(collection).await?.map(|i| (i.get_state(), i.get_failure_reason().to_string())))
+    }
+
+    /// The vector field's index as Milvus describes it; `None` when there is none yet.
+    async fn vector_index(&self, collection: &str) -> Result<Option<IndexDesc>> {
         let op = "describe index";
         let request = DescribeIndexRequest::builder()
             .collection_name(collection)
@@ -427,14 +424,10 @@ impl MilvusStore {
             .build()
             .map_err(|e| self.error(op, collection, e))?;
         match self.bounded(op, collection, self.client.describe_index(request)).await? {
-            Ok(response) => Ok(response
-                .indexes()
-                .iter()
-                .find(|i| i.get_field_name() == VECTOR_FIELD)
-                .map(|i| (i.get_state(), i.get_failure_reason().to_string()))),
+            Ok(response) => Ok(response.indexes().iter().find(|i| i.get_field_name() == VECTOR_FIELD).cloned()),
             // Milvus answers "index not found" as an error status rather than an empty list.
             Err(e) if is_missing_index(&e) => Ok(None),
-            Err(e) => Err(self.error(op, collection, e)),
+            Err(e) => Err(self.not_found_or(op, collection, e)),
         }
     }
 
