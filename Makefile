@@ -19,9 +19,12 @@ test:
 	scripts/setup.sh --test-servers
 	scripts/test-databases.sh scripts/milvus-server.sh scripts/milvus-lite.sh cargo test --locked --all-targets
 
-## Retrieval quality of the built-in model on the labelled sample (precision@1/5/10).
-eval: build
-	target/debug/imgsearch eval --labels-from-dirs data/sample/fashion
+## Retrieval quality of the built-in model: precision@1/5/10 on the labelled Fashion-MNIST sample,
+## and recall@1, MRR and distances per kind of copy on the near-duplicate photo benchmark.
+eval:
+	scripts/setup.sh --eval-data
+	cargo build --locked
+	target/debug/imgsearch eval --labels-from-dirs data/sample/fashion --near-duplicates data/near-duplicates
 
 # Benchmarks, not tests: release build, figures printed as a table (see docs/benchmarks.md).
 bench-ingest: setup

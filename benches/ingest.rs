@@ -127,7 +127,8 @@ fn model_ceiling(files: &[PathBuf], cores: usize) -> (f64, f64) {
         .take(256)
         .map(|p| {
             let bytes = std::fs::read(p).expect("read image");
-            preprocess::prepare(&bytes, DecodeLimits::default(), 224).expect("prepare")
+            preprocess::prepare(&bytes, DecodeLimits::default(), imgsearch::embed::EFFICIENTNET_LITE0.input)
+                .expect("prepare")
         })
         .collect();
     let rounds = 3;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what imgsearch needs to build, test and run the demo. Safe to run again: each step
 # checks before it acts. Needs: Rust (cargo), Python 3 with venv and pip, and apt (as root or
-# with sudo) for the Debian packages: the sample data, and with --test-servers the PostgreSQL and
-# MariaDB servers the tests start.
+# with sudo) for the Debian packages: the sample data; with --eval-data the wallpaper packages
+# whose photographs make the near-duplicate benchmark; with --test-servers (make test) those and
+# the PostgreSQL and MariaDB servers the tests start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,11 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 apt_install dataset-fashion-mnist
+eval_data=false
+case "${1:-}" in --eval-data | --test-servers) eval_data=true ;; esac
+# The near-duplicate benchmark's real photographs (make eval, make test): full-size wallpapers.
+wallpaper_packages=(plasma-workspace-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds gnome-backgrounds)
+$eval_data && apt_install "${wallpaper_packages[@]}"
 # `--test-servers` (make test): the database servers the catalog is tested against.
 if [ "${1:-}" = "--test-servers" ]; then
   apt_install postgresql mariadb-server mariadb-client
@@ -51,7 +57,7 @@ fi
 
 # The committed model must be the exported one (a partial clone or LFS pointer would not be).
 model=model/efficientnet-lite0.onnx
-expected_model=eb9ef611902175db09a811b2050b18349b2e262c16135872e7cec319a2a9af89
+expected_model=f7df88c51e392e668f97072b12c5694677b41e35314fa87542595317c147a18d
 [ -f "$model" ] || die "$model is missing from the checkout"
 [ "$(sha256sum "$model" | cut -d' ' -f1)" = "$expected_model" ] || die "$model does not have the expected sha256 (see model/README.md)"
 
@@ -61,6 +67,17 @@ if [ ! -f data/sample/.complete ]; then
   rm -rf data/sample
   .venv/bin/python scripts/make_sample_data.py --out data/sample
   touch data/sample/.complete
+fi
+
+# The near-duplicate benchmark: ~50 photos and their altered copies, remade when its script changes.
+if $eval_data; then
+  near_duplicates=data/near-duplicates
+  wanted_set=$(cat scripts/make_near_duplicates.py "$requirements" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$near_duplicates/.complete" 2>/dev/null)" != "$wanted_set" ]; then
+    say "building the near-duplicate benchmark in $near_duplicates (about a minute)"
+    .venv/bin/python scripts/make_near_duplicates.py --out "$near_duplicates"
+    echo "$wanted_set" > "$near_duplicates/.complete"
+  fi
 fi
 
 say "setup complete"

@@ -494,10 +494,15 @@ pub struct ControllerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("benchmark").required(true).multiple(true).args(["labels_from_dirs", "near_duplicates"])))]
 pub struct EvalArgs {
-    /// Root whose sub-folders are the labels (e.g. data/sample/fashion).
+    /// Root whose sub-folders are the labels (e.g. data/sample/fashion): precision@k, leave-one-out.
     #[arg(long)]
-    pub labels_from_dirs: PathBuf,
+    pub labels_from_dirs: Option<PathBuf>,
+    /// A near-duplicate set (originals/, distractors/, queries/<kind>/; e.g.
+    /// data/sample/near-duplicates): recall@1, MRR and distances per kind of copy.
+    #[arg(long)]
+    pub near_duplicates: Option<PathBuf>,
     /// Cut-offs to report.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 5, 10])]
     pub k: Vec<usize>,
@@ -704,15 +709,30 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
 
 async fn eval(args: EvalArgs) -> anyhow::Result<()> {
     // Evaluation embeds batch after batch from one thread: one session on every core is fastest.
-    let model = args.model.load(Workload::Latency).await?;
+    let model = std::sync::Arc::new(args.model.load(Workload::Latency).await?);
     let limits = args.model.limits();
-    let root = args.labels_from_dirs.clone();
-    let ks = args.k.clone();
-    let report = tokio::task::spawn_blocking(move || crate::eval::evaluate(&model, &root, &ks, limits, 32)).await??;
+    let mut json = serde_json::Map::new();
+    if let Some(root) = args.labels_from_dirs.clone() {
+        let (model, ks) = (model.clone(), args.k.clone());
+        let report =
+            tokio::task::spawn_blocking(move || crate::eval::evaluate(&model, &root, &ks, limits, 32)).await??;
+        if !args.json {
+            println!("{report}");
+        }
+        json.insert("labelled".into(), serde_json::to_value(&report)?);
+    }
+    if let Some(root) = args.near_duplicates.clone() {
+        let model = model.clone();
+        let report =
+            tokio::task::spawn_blocking(move || crate::eval::evaluate_near_duplicates(&model, &root, limits, 32))
+                .await??;
+        if !args.json {
+            println!("{report}");
+        }
+        json.insert("near_duplicates".into(), serde_json::to_value(&report)?);
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{report}");
+        println!("{}", serde_json::to_string_pretty(&json)?);
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, CatalogError, ImageStatus, KnownImage, NewImage};
-use crate::embed::preprocess::{self, DecodeLimits, PreparedImage};
+use crate::embed::preprocess::{self, DecodeLimits, ModelInput, PreparedImage};
 use crate::embed::{EmbedError, EmbeddingModel};
 use crate::progress::Progress;
 use crate::source::{ReadError, Shard, Source, SourceError, SourceImage};
@@ -240,7 +240,7 @@ impl Ingestor {
 
         let (to_embedder, decoded) = mpsc::channel::<Examined>(options.batch_size.max(1) * 2);
         let workers =
-            spawn_decoders(fetched, known.clone(), to_embedder, self.limits, self.model.input_size(), decode_workers);
+            spawn_decoders(fetched, known.clone(), to_embedder, self.limits, self.model.input(), decode_workers);
 
         // Batching, embedding and writing overlap: the model embeds up to one batch per session
         // at once (each on its own blocking thread) while Milvus and the catalog take the batch
@@ -466,7 +466,7 @@ fn spawn_decoders(
     known: HashMap<String, KnownImage>,
     to_embedder: mpsc::Sender<Examined>,
     limits: DecodeLimits,
-    input_size: u32,
+    input: ModelInput,
     workers: usize,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let fetched = Arc::new(Mutex::new(fetched));
@@ -481,7 +481,7 @@ fn spawn_decoders(
                         // The lock is held only while waiting for the next image, not while decoding.
                         let next = fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).blocking_recv();
                         let Some(Fetched { image, bytes }) = next else { break };
-                        let examined = examine(&image.uri, bytes, known.get(&image.uri), limits, input_size);
+                        let examined = examine(&image.uri, bytes, known.get(&image.uri), limits, input);
                         if to_embedder.blocking_send(examined).is_err() {
                             break; // the embedding stage stopped (error or shutdown)
                         }
@@ -497,7 +497,7 @@ fn examine(
     bytes: Result<Vec<u8>, ReadError>,
     known: Option<&KnownImage>,
     limits: DecodeLimits,
-    input_size: u32,
+    input: ModelInput,
 ) -> Examined {
     let failed = |content_hash: Option<String>, size_bytes: Option<i64>, reason: String, transient: bool| {
         Examined::Failed { uri: uri.to_string(), content_hash, size_bytes, reason, transient }
@@ -522,7 +522,7 @@ fn examine(
     {
         return Examined::Unchanged;
     }
-    match preprocess::prepare(&bytes, limits, input_size) {
+    match preprocess::prepare(&bytes, limits, input) {
         Ok(prepared) => Examined::Ready {
             image: NewImage {
                 uri: uri.to_string(),

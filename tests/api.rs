@@ -273,8 +273,14 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
     let png_bomb = common::png_claiming(100_000, 100_000);
     let jpeg_bomb = jpeg_claiming(65_000, 65_000);
     let corrupt = common::corrupt_jpeg();
-    // A GIF whose bytes are also a script: GIF is not a format the server reads.
+    // A GIF whose bytes are also a script: read as a GIF, it has no image data.
     let polyglot = b"GIF89a/*\x01\x00\x01\x00\x00\x00\x00*/=1;alert(document.domain);".to_vec();
+    let webp = common::formats::encode_rgb(&common::formats::upright(), image::ImageFormat::WebP, None);
+    let truncated_webp = webp[..webp.len() / 2].to_vec();
+    let gif = common::formats::encode_rgb(&common::formats::upright(), image::ImageFormat::Gif, None);
+    let truncated_gif = gif[..gif.len() / 2].to_vec();
+    let tiff = common::formats::encode_rgb(&common::formats::upright(), image::ImageFormat::Tiff, None);
+    let truncated_tiff = tiff[..tiff.len() / 2].to_vec();
     let svg = br#"<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>"#.to_vec();
     let pdf = b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF".to_vec();
     let html_in_png_clothes = b"\x89PNG\r\n\x1a\n<html><script>alert(1)</script></html>".to_vec();
@@ -304,6 +310,51 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
         (
             "GIF/JavaScript polyglot",
             upload("p.gif", &polyglot),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        ("truncated WebP", upload("t.webp", &truncated_webp), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        (
+            "WebP claiming 16000²",
+            upload("bomb.webp", &common::formats::webp_claiming_16000()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        ("truncated GIF", upload("t.gif", &truncated_gif), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        (
+            "GIF claiming 65000²",
+            upload("bomb.gif", &common::formats::gif_claiming(65_000)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "BMP claiming 60000²",
+            upload("bomb.bmp", &common::formats::bmp_claiming(60_000, 60_000)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        ("truncated TIFF", upload("t.tif", &truncated_tiff), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        (
+            "TIFF claiming 100000²",
+            upload("bomb.tif", &common::formats::tiff_claiming(100_000)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "TIFF with 200 million strips",
+            upload("strips.tif", &common::formats::tiff_with_absurd_strip_count()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
+        (
+            "HEIC (no pure-Rust decoder)",
+            upload("IMG_0001.HEIC", &common::formats::iso_bmff_with_brand(b"heic")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "AVIF (no pure-Rust decoder)",
+            upload("a.avif", &common::formats::iso_bmff_with_brand(b"avif")),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         ),
@@ -1080,4 +1131,56 @@ fn the_openapi_document_is_valid_openapi() {
         .expect("openapi-spec-validator runs (installed by scripts/setup.sh)");
     let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && said.contains("OK"), "{said}");
+}
+
+/// Uploads as phones and web pages send them: a photo stored sideways with its EXIF orientation
+/// is indexed upright and described at its displayed size; WebP, GIF, BMP and TIFF are accepted
+/// and served back with their own content type.
+#[tokio::test]
+async fn uploads_are_indexed_as_displayed_in_every_supported_format() {
+    use common::formats::{encode_rgb, exif_orientation, stored_for};
+    let f = fixture(&[], 20 << 20).await;
+    let chelsea = image::load_from_memory(&photo_bytes("chelsea.jpg")).expect("decodes").to_rgb8();
+    for orientation in [6u8, 8, 3] {
+        let phone = encode_rgb(
+            &stored_for(orientation, &chelsea),
+            image::ImageFormat::Jpeg,
+            Some(exif_orientation(orientation.into())),
+        );
+        let (status, body) = f.json(multipart("/v1/images", &[("image", "IMG.jpg", &phone)], &[])).await;
+        assert_eq!(status, StatusCode::CREATED, "orientation {orientation}: {body}");
+        let (_, info) = f.get(&format!("/v1/images/{}/info", body["id"])).await;
+        assert_eq!((&info["width"], &info["height"]), (&json!(chelsea.width()), &json!(chelsea.height())), "{info}");
+    }
+    // Each of the three is its upright original to the model.
+    let (status, body) =
+        f.json(multipart("/v1/search", &[("image", "q.jpg", &photo_bytes("chelsea.jpg"))], &[("top_k", "3")])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for result in body["results"].as_array().expect("results") {
+        assert!(result["distance"].as_f64().unwrap() < 0.02, "an oriented upload is not upright: {body}");
+    }
+
+    for (format, mime) in [
+        (image::ImageFormat::WebP, "image/webp"),
+        (image::ImageFormat::Gif, "image/gif"),
+        (image::ImageFormat::Bmp, "image/bmp"),
+        (image::ImageFormat::Tiff, "image/tiff"),
+    ] {
+        let bytes = encode_rgb(&chelsea, format, None);
+        let (status, body) = f.json(multipart("/v1/images", &[("image", "upload", &bytes)], &[])).await;
+        assert_eq!(status, StatusCode::CREATED, "{format:?}: {body}");
+        let response = app(f.state.clone())
+            .oneshot(Request::get(format!("/v1/images/{}", body["id"])).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{format:?}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], mime, "{format:?}");
+    }
+
+    // HEIC is refused with a message that names it and says what to do.
+    let heic = common::formats::iso_bmff_with_brand(b"heic");
+    let (status, body) = f.json(multipart("/v1/images", &[("image", "IMG_0001.HEIC", &heic)], &[])).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HEIC") && message.contains("convert it to JPEG"), "{message}");
 }

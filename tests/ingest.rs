@@ -247,3 +247,57 @@ async fn prune_removes_only_images_gone_from_the_folder() {
     let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
     assert!(hits.iter().all(|h| !h.uri.ends_with("coffee.jpg")), "{hits:?}");
 }
+
+/// What phones and web pages produce: a photo stored sideways with its EXIF orientation, WebP,
+/// GIF, BMP and TIFF copies, and an iPhone HEIC that cannot be read here.
+#[tokio::test]
+async fn phone_photos_are_indexed_upright_and_every_supported_format_is_ingested() {
+    use common::formats::{encode_rgb, exif_orientation, iso_bmff_with_brand, stored_for};
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let upright = |name: &str| image::open(common::photo(name)).expect("open sample photo").to_rgb8();
+    let chelsea = upright("chelsea.jpg");
+    // Turned a quarter clockwise by the viewer (orientation 6), as most phones store portraits.
+    std::fs::write(
+        images.join("IMG_0001.jpg"),
+        encode_rgb(&stored_for(6, &chelsea), ImageFormat::Jpeg, Some(exif_orientation(6))),
+    )
+    .unwrap();
+    std::fs::write(images.join("coffee.webp"), encode_rgb(&upright("coffee.jpg"), ImageFormat::WebP, None)).unwrap();
+    std::fs::write(images.join("rocket.gif"), encode_rgb(&upright("rocket.jpg"), ImageFormat::Gif, None)).unwrap();
+    std::fs::write(images.join("astronaut.bmp"), encode_rgb(&upright("astronaut.jpg"), ImageFormat::Bmp, None))
+        .unwrap();
+    std::fs::write(images.join("camera.TIFF"), encode_rgb(&upright("camera.jpg"), ImageFormat::Tiff, None)).unwrap();
+    std::fs::write(images.join("IMG_0002.HEIC"), iso_bmff_with_brand(b"heic")).unwrap();
+    let ingestor = common::ingestor(work.path()).await;
+    let collection = common::unique_collection("formats");
+
+    let report =
+        ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+
+    assert_eq!((report.discovered, report.indexed, report.failed), (6, 5, 1), "{report:?}");
+    let heic = &report.failures[0];
+    assert!(heic.uri.ends_with("IMG_0002.HEIC") && heic.reason.contains("HEIC"), "{heic:?}");
+
+    let phone_uri = images.canonicalize().unwrap().join("IMG_0001.jpg").display().to_string();
+    let phone = ingestor.catalog.find(&collection, &phone_uri).await.unwrap().expect("catalogued");
+    assert_eq!(
+        (phone.width, phone.height),
+        (Some(i64::from(chelsea.width())), Some(i64::from(chelsea.height()))),
+        "the catalog holds the size as displayed"
+    );
+    // Searching with the upright original finds the sideways-stored copy as (nearly) itself.
+    let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("chelsea.jpg")).unwrap()).await;
+    assert_eq!(hits[0].uri, phone_uri, "{hits:?}");
+    assert!(hits[0].distance() < 0.02, "the phone photo is {:.3} from its upright original", hits[0].distance());
+    for (name, original) in [
+        ("coffee.webp", "coffee.jpg"),
+        ("rocket.gif", "rocket.jpg"),
+        ("astronaut.bmp", "astronaut.jpg"),
+        ("camera.TIFF", "camera.jpg"),
+    ] {
+        let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo(original)).unwrap()).await;
+        assert!(hits[0].uri.ends_with(name), "{original} should find {name} first: {hits:?}");
+    }
+}

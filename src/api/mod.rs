@@ -361,11 +361,10 @@ async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, Ap
 /// Validates, stores (under its content hash, never a client-chosen name) and indexes an upload.
 async fn add_upload(state: &ServerState, collection: &str, bytes: Vec<u8>) -> Result<i64, ApiError> {
     let limits = state.ingestor.limits;
-    let input_size = state.ingestor.model.input_size();
-    let (prepared, bytes) =
-        tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input_size), bytes))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let input = state.ingestor.model.input();
+    let (prepared, bytes) = tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input), bytes))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let prepared = prepared?;
     let content_hash = hex::encode(Sha256::digest(&bytes));
     let extension = prepared.format.extensions_str().first().copied().unwrap_or("img");

@@ -91,7 +91,7 @@ fn image_url(id: i64) -> String {
 #[derive(ToSchema)]
 #[allow(dead_code)] // documentation only; the handler reads the form field by field
 struct SearchForm {
-    /// The query image (JPEG or PNG; the type is read from the bytes, not the header).
+    /// The query image (JPEG, PNG, WebP, GIF, BMP or TIFF; the type is read from the bytes, not the header; EXIF orientation applied).
     #[schema(value_type = Option<String>, format = Binary)]
     image: Option<Vec<u8>>,
     /// Search by an image on the web instead (only when the server was started with
@@ -577,7 +577,7 @@ pub struct AddImageResponse {
 #[derive(ToSchema)]
 #[allow(dead_code)] // documentation only
 struct UploadForm {
-    /// The image (JPEG or PNG; the type is read from the bytes, not the header).
+    /// The image (JPEG, PNG, WebP, GIF, BMP or TIFF; the type is read from the bytes, not the header; EXIF orientation applied).
     #[schema(value_type = String, format = Binary)]
     image: Vec<u8>,
 }

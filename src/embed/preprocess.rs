@@ -5,11 +5,18 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
-/// ImageNet statistics the EfficientNet-Lite0 weights were trained with.
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// What a model's input looks like: a square RGB picture of `size` pixels a side, each channel
+/// scaled to [0, 1] and then normalised as `(value - mean) / std`, laid out CHW. The statistics
+/// are the ones the model was trained with; anything else shifts every embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelInput {
+    pub size: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
 
 /// Bounds applied before a single pixel is decoded.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +40,7 @@ impl Default for DecodeLimits {
 pub enum ImageError {
     #[error("the file is empty")]
     Empty,
-    #[error("not a supported image: {0} (supported: JPEG, PNG)")]
+    #[error("not a supported image: {0} (supported: {SUPPORTED_FORMATS})")]
     UnsupportedFormat(String),
     #[error("image is {width}×{height} pixels, over the limit of {limit}")]
     TooLarge { width: u32, height: u32, limit: String },
@@ -41,7 +48,8 @@ pub enum ImageError {
     Corrupt { format: &'static str, detail: String },
 }
 
-/// One image, ready for the model: its original size and a CHW float tensor of side `input_size`.
+/// One image, ready for the model: its size as displayed (after its EXIF orientation) and a CHW
+/// float tensor of the model's input.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
     pub width: u32,
@@ -50,15 +58,43 @@ pub struct PreparedImage {
     pub tensor: Vec<f32>,
 }
 
+/// Formats decoded here, all by pure-Rust decoders (no C library parses untrusted bytes).
+pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, GIF, BMP, TIFF";
+
 /// Identifies the format from the bytes themselves; a file name or Content-Type header is never trusted.
 pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
+    if let Some(family) = heif_family(bytes) {
+        return Err(ImageError::UnsupportedFormat(format!(
+            "{family} (its decoders are C libraries, which imgsearch does not run on untrusted input; convert it to JPEG or WebP)"
+        )));
+    }
     match image::guess_format(bytes) {
-        Ok(format @ (ImageFormat::Jpeg | ImageFormat::Png)) => Ok(format),
+        Ok(
+            format @ (ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff),
+        ) => Ok(format),
         Ok(other) => Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
         Err(_) => Err(ImageError::UnsupportedFormat("unrecognised content".to_string())),
+    }
+}
+
+/// HEIC (what iPhones save) and AVIF share the ISO base media file layout: a `ftyp` box whose
+/// brand names the family. Named, so the refusal says what the file is.
+fn heif_family(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.get(4..8)? != b"ftyp" {
+        return None;
+    }
+    match bytes.get(8..12)? {
+        b"avif" | b"avis" => Some("AVIF"),
+        b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"mif1" | b"msf1" => Some("HEIC/HEIF"),
+        _ => None,
     }
 }
 
@@ -67,7 +103,7 @@ pub fn mime_type(format: ImageFormat) -> &'static str {
     format.to_mime_type()
 }
 
-pub fn prepare(bytes: &[u8], limits: DecodeLimits, input_size: u32) -> Result<PreparedImage, ImageError> {
+pub fn prepare(bytes: &[u8], limits: DecodeLimits, input: ModelInput) -> Result<PreparedImage, ImageError> {
     let format = sniff_format(bytes)?;
     let format_name = format_name(format);
     let corrupt = |e: image::ImageError| ImageError::Corrupt { format: format_name, detail: e.to_string() };
@@ -76,29 +112,45 @@ pub fn prepare(bytes: &[u8], limits: DecodeLimits, input_size: u32) -> Result<Pr
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(corrupt)?;
     check_dimensions(width, height, limits)?;
 
-    if format == ImageFormat::Jpeg {
-        let decoded =
-            decode_jpeg(bytes, limits).map_err(|detail| ImageError::Corrupt { format: format_name, detail })?;
-        return Ok(PreparedImage { width, height, format, tensor: to_tensor(decoded.into(), input_size)? });
+    let (decoded, orientation) = if format == ImageFormat::Jpeg {
+        decode_jpeg(bytes, limits).map_err(|detail| ImageError::Corrupt { format: format_name, detail })?
+    } else {
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        let mut decoder_limits = Limits::default();
+        decoder_limits.max_image_width = Some(limits.max_dimension);
+        decoder_limits.max_image_height = Some(limits.max_dimension);
+        // RGBA16 is the widest buffer of the common formats: 8 bytes a pixel, plus headroom for
+        // the decoder's own buffers. (A float TIFF at the pixel limit would need more and is
+        // refused by this allowance rather than given a gigabyte.)
+        decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+        reader.limits(decoder_limits);
+        let mut decoder = reader.into_decoder().map_err(corrupt)?;
+        // A damaged metadata block must not cost the picture: it is then shown as stored.
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        // GIF: the first frame, whatever follows it.
+        (DynamicImage::from_decoder(decoder).map_err(corrupt)?, orientation)
+    };
+
+    let (width, height) = displayed_size(width, height, orientation);
+    Ok(PreparedImage { width, height, format, tensor: to_tensor(decoded, orientation, input)? })
+}
+
+/// Width and height as a viewer shows them: swapped by the orientations that turn a quarter.
+fn displayed_size(width: u32, height: u32, orientation: Orientation) -> (u32, u32) {
+    match orientation {
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH => {
+            (height, width)
+        }
+        _ => (width, height),
     }
-
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut decoder_limits = Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_dimension);
-    decoder_limits.max_image_height = Some(limits.max_dimension);
-    // RGBA16 is the widest buffer a PNG can decode to: 8 bytes a pixel, plus headroom for the decoder.
-    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    reader.limits(decoder_limits);
-    let decoded = reader.decode().map_err(corrupt)?;
-
-    Ok(PreparedImage { width, height, format, tensor: to_tensor(decoded, input_size)? })
 }
 
 /// A JPEG straight to RGB with zune-jpeg (what `image` uses inside). Its lenient mode decodes
 /// what browsers and libjpeg decode (stray bytes between markers, damage mid-scan), but it also
 /// "decodes" a truncated file, the missing part grey; so a file whose last scan is not followed
-/// by an end-of-image marker is refused as truncated before decoding.
-fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<image::RgbImage, String> {
+/// by an end-of-image marker is refused as truncated before decoding. Also returns the EXIF
+/// orientation the camera wrote (phones store pixels as the sensor saw them).
+fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<(DynamicImage, Orientation), String> {
     use zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
     if !ends_after_last_scan(bytes) {
         return Err("the file is truncated (no end-of-image marker after the last scan)".to_string());
@@ -113,8 +165,11 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<image::RgbImage, St
     let (width, height) = decoder.dimensions().ok_or("the decoder reported no image size")?;
     let (width, height) =
         (u32::try_from(width).map_err(|e| e.to_string())?, u32::try_from(height).map_err(|e| e.to_string())?);
-    image::RgbImage::from_raw(width, height, pixels)
-        .ok_or_else(|| "decoded pixel buffer does not match the image size".to_string())
+    let orientation =
+        decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif)).unwrap_or(Orientation::NoTransforms);
+    let image = image::RgbImage::from_raw(width, height, pixels)
+        .ok_or_else(|| "decoded pixel buffer does not match the image size".to_string())?;
+    Ok((image.into(), orientation))
 }
 
 /// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside scan
@@ -148,20 +203,38 @@ fn format_name(format: ImageFormat) -> &'static str {
     match format {
         ImageFormat::Jpeg => "JPEG",
         ImageFormat::Png => "PNG",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::Tiff => "TIFF",
         _ => "image",
     }
 }
 
-/// RGB, squashed to `size`×`size` (the whole picture is kept: a crop would drop the object users
-/// photographed off-centre), scaled to [0, 1] and normalised with ImageNet mean/std, laid out CHW.
-fn to_tensor(image: DynamicImage, size: u32) -> Result<Vec<f32>, ImageError> {
-    let rgb = resize_rgb(image.into_rgb8(), size)?;
+/// RGB, squashed to the model's square (the whole picture is kept: a crop would drop the object
+/// users photographed off-centre), turned upright, scaled to [0, 1] and normalised with the
+/// model's mean/std, laid out CHW.
+///
+/// The orientation is applied after resizing, to 224×224 pixels instead of 12 million: a
+/// squash scales each axis on its own and a quarter turn swaps the axes, so turning the square
+/// result equals squashing the turned picture.
+fn to_tensor(image: DynamicImage, orientation: Orientation, input: ModelInput) -> Result<Vec<f32>, ImageError> {
+    let size = input.size;
+    let mut square = resize_rgb(image.into_rgb8(), size)?;
+    if orientation != Orientation::NoTransforms {
+        let mut turned = DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(size, size, square)
+                .ok_or_else(|| ImageError::Corrupt { format: "image", detail: "resized buffer size".into() })?,
+        );
+        turned.apply_orientation(orientation);
+        square = turned.into_rgb8().into_raw();
+    }
     let plane = (size * size) as usize;
     let mut tensor = vec![0.0f32; 3 * plane];
-    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
+    for (i, pixel) in square.chunks_exact(3).enumerate() {
         for channel in 0..3 {
             let value = f32::from(pixel[channel]) / 255.0;
-            tensor[channel * plane + i] = (value - MEAN[channel]) / STD[channel];
+            tensor[channel * plane + i] = (value - input.mean[channel]) / input.std[channel];
         }
     }
     Ok(tensor)
@@ -189,6 +262,10 @@ fn resize_rgb(image: image::RgbImage, size: u32) -> Result<Vec<u8>, ImageError> 
 mod tests {
     use super::*;
 
+    const INPUT: ModelInput = crate::embed::EFFICIENTNET_LITE0.input;
+    const MEAN: [f32; 3] = INPUT.mean;
+    const STD: [f32; 3] = INPUT.std;
+
     fn png(width: u32, height: u32) -> Vec<u8> {
         let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 128]));
         let mut out = Cursor::new(Vec::new());
@@ -198,39 +275,39 @@ mod tests {
 
     #[test]
     fn prepares_a_png_into_a_normalised_chw_tensor() {
-        let prepared = prepare(&png(300, 200), DecodeLimits::default(), 224).expect("valid PNG");
+        let prepared = prepare(&png(300, 200), DecodeLimits::default(), INPUT).expect("valid PNG");
         assert_eq!((prepared.width, prepared.height), (300, 200));
         assert_eq!(prepared.tensor.len(), 3 * 224 * 224);
-        // Blue channel is constant 128 → (128/255 - 0.406) / 0.225.
-        let expected_blue = (128.0 / 255.0 - 0.406) / 0.225;
+        // Blue channel is constant 128 → (128/255 - mean) / std.
+        let expected_blue = (128.0 / 255.0 - MEAN[2]) / STD[2];
         assert!((prepared.tensor[2 * 224 * 224 + 1000] - expected_blue).abs() < 1e-4);
     }
 
     #[test]
     fn refuses_an_empty_file() {
-        assert_eq!(prepare(&[], DecodeLimits::default(), 224).unwrap_err(), ImageError::Empty);
+        assert_eq!(prepare(&[], DecodeLimits::default(), INPUT).unwrap_err(), ImageError::Empty);
     }
 
     #[test]
     fn refuses_text_pretending_to_be_an_image() {
-        let err = prepare(b"hello, I am a text file named photo.jpg", DecodeLimits::default(), 224).unwrap_err();
+        let err = prepare(b"hello, I am a text file named photo.jpg", DecodeLimits::default(), INPUT).unwrap_err();
         assert!(matches!(err, ImageError::UnsupportedFormat(_)), "{err:?}");
     }
 
     #[test]
     fn refuses_dimensions_over_the_limit_before_decoding() {
         let limits = DecodeLimits { max_dimension: 100, max_pixels: 1_000_000 };
-        let err = prepare(&png(101, 10), limits, 224).unwrap_err();
+        let err = prepare(&png(101, 10), limits, INPUT).unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { width: 101, height: 10, .. }), "{err:?}");
         let limits = DecodeLimits { max_dimension: 1000, max_pixels: 5_000 };
-        let err = prepare(&png(100, 100), limits, 224).unwrap_err();
+        let err = prepare(&png(100, 100), limits, INPUT).unwrap_err();
         assert!(err.to_string().contains("5000 pixels"), "{err}");
     }
 
     #[test]
     fn reports_a_truncated_png_as_corrupt() {
         let bytes = png(64, 64);
-        let err = prepare(&bytes[..bytes.len() / 2], DecodeLimits::default(), 224).unwrap_err();
+        let err = prepare(&bytes[..bytes.len() / 2], DecodeLimits::default(), INPUT).unwrap_err();
         assert!(matches!(err, ImageError::Corrupt { format: "PNG", .. }), "{err:?}");
     }
 
@@ -251,7 +328,7 @@ mod tests {
     #[test]
     fn a_large_photo_is_area_averaged_like_the_reference_thumbnail() {
         let bytes = big_jpeg();
-        let prepared = prepare(&bytes, DecodeLimits::default(), 224).expect("prepares");
+        let prepared = prepare(&bytes, DecodeLimits::default(), INPUT).expect("prepares");
         assert_eq!((prepared.width, prepared.height), (1024, 768), "the original size is reported");
         let decoded = image::load_from_memory(&bytes).expect("decodes");
         let reference = decoded.thumbnail_exact(224, 224).to_rgb8();
@@ -274,7 +351,7 @@ mod tests {
             );
         let mut out = Cursor::new(Vec::new());
         stripes.write_to(&mut out, ImageFormat::Png).expect("encoding a PNG in memory");
-        let prepared = prepare(&out.into_inner(), DecodeLimits::default(), 224).expect("prepares");
+        let prepared = prepare(&out.into_inner(), DecodeLimits::default(), INPUT).expect("prepares");
         // A box window of non-integer width (1000/224 ≈ 4.5 px) covers 2 or 3 white stripes, so
         // averages land within about ±26 levels of mid grey; sampling gives 0 or 255.
         for level in red_levels(&prepared.tensor) {
@@ -286,7 +363,7 @@ mod tests {
     fn a_jpeg_with_data_after_its_end_marker_is_accepted() {
         let mut bytes = big_jpeg();
         bytes.extend_from_slice(b"camera maker's trailer");
-        prepare(&bytes, DecodeLimits::default(), 224).expect("trailing data after the end marker is fine");
+        prepare(&bytes, DecodeLimits::default(), INPUT).expect("trailing data after the end marker is fine");
     }
 
     #[test]
@@ -294,7 +371,7 @@ mod tests {
         let grey = image::GrayImage::from_fn(300, 300, |x, _| image::Luma([(x % 256) as u8]));
         let mut out = Cursor::new(Vec::new());
         grey.write_to(&mut out, ImageFormat::Jpeg).expect("encoding a JPEG in memory");
-        let prepared = prepare(&out.into_inner(), DecodeLimits::default(), 224).expect("prepares");
+        let prepared = prepare(&out.into_inner(), DecodeLimits::default(), INPUT).expect("prepares");
         let plane = 224 * 224;
         // Grey: the three channels hold the same level (up to normalisation).
         let level = |channel: usize, i: usize| prepared.tensor[channel * plane + i] * STD[channel] + MEAN[channel];
@@ -307,7 +384,7 @@ mod tests {
     fn a_truncated_large_jpeg_is_reported_as_corrupt() {
         let bytes = big_jpeg();
         for cut in [bytes.len() / 3, bytes.len() - 2] {
-            let err = prepare(&bytes[..cut], DecodeLimits::default(), 224).unwrap_err();
+            let err = prepare(&bytes[..cut], DecodeLimits::default(), INPUT).unwrap_err();
             assert!(matches!(err, ImageError::Corrupt { format: "JPEG", .. }), "{err:?}");
             assert!(err.to_string().contains("truncated"), "{err}");
         }

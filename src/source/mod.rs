@@ -13,7 +13,10 @@ pub mod urls;
 use std::path::{Path, PathBuf};
 
 /// File extensions ingest picks up; the content is still sniffed, the name is only a filter.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+/// HEIC and AVIF are listed too, so they are recorded as failed with the reason (no decoder)
+/// instead of being silently left out of a collection.
+pub const IMAGE_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"];
 
 /// Images larger than this are recorded as failed without being read whole.
 pub const MAX_FILE_BYTES: u64 = 256 << 20;

@@ -14,6 +14,7 @@ use imgsearch::ingest::{IngestOptions, Ingestor};
 use imgsearch::store::{IndexSpec, MilvusStore};
 
 pub mod databases;
+pub mod formats;
 pub mod outage;
 pub mod s3;
 

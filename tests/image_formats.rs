@@ -1,0 +1,156 @@
+//! What reaches the model from each format people upload: EXIF orientation applied (all eight
+//! values, in every format that carries it), WebP, GIF, BMP and TIFF decoded like PNG, and each
+//! format's hostile shapes refused with the right error before they cost memory.
+//!
+//! These call `preprocess::prepare`, the one function every image passes through on its way to
+//! the model (ingest, upload, search), so they hold for all three.
+
+mod common;
+
+use common::formats::*;
+use image::ImageFormat;
+use imgsearch::embed::preprocess::{self, DecodeLimits, ImageError, PreparedImage};
+
+const INPUT: imgsearch::embed::ModelInput = imgsearch::embed::EFFICIENTNET_LITE0.input;
+
+fn prepare(bytes: &[u8]) -> Result<PreparedImage, ImageError> {
+    preprocess::prepare(bytes, DecodeLimits::default(), INPUT)
+}
+
+fn mean_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+#[test]
+fn every_exif_orientation_is_applied_before_embedding() {
+    let upright = upright();
+    for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+        let reference = prepare(&encode_rgb(&upright, format, None)).expect("the upright picture prepares");
+        // JPEG re-encodes the turned pixels differently; the others are lossless.
+        let tolerance = if format == ImageFormat::Jpeg { 0.03 } else { 0.01 };
+        for orientation in 1..=8u8 {
+            let stored = stored_for(orientation, &upright);
+            let tagged = encode_rgb(&stored, format, Some(exif_orientation(u16::from(orientation))));
+            let prepared = prepare(&tagged).unwrap_or_else(|e| panic!("{format:?} orientation {orientation}: {e}"));
+            assert_eq!(
+                (prepared.width, prepared.height),
+                (240, 160),
+                "{format:?} orientation {orientation}: the displayed size is reported"
+            );
+            let difference = mean_difference(&prepared.tensor, &reference.tensor);
+            assert!(
+                difference < tolerance,
+                "{format:?} orientation {orientation}: {difference} from the upright picture"
+            );
+            // The check can fail: without the tag the same pixels are far from upright.
+            if orientation != 1 {
+                let untagged = prepare(&encode_rgb(&stored, format, None)).expect("prepares");
+                let ignored = mean_difference(&untagged.tensor, &reference.tensor);
+                assert!(ignored > 0.1, "{format:?} orientation {orientation} is indistinguishable ({ignored})");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_damaged_exif_block_is_ignored_not_fatal() {
+    let upright = upright();
+    let reference = prepare(&encode_rgb(&upright, ImageFormat::Jpeg, None)).expect("prepares");
+    let mut far_offset = exif_orientation(6);
+    far_offset[4..8].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes()); // IFD offset far past the end
+    for exif in [far_offset, exif_orientation(0), exif_orientation(9), b"II*\0".to_vec(), vec![0xFF; 300]] {
+        let bytes = encode_rgb(&upright, ImageFormat::Jpeg, Some(exif.clone()));
+        let prepared = prepare(&bytes).unwrap_or_else(|e| panic!("EXIF {exif:02x?}: {e}"));
+        assert_eq!((prepared.width, prepared.height), (240, 160));
+        assert!(mean_difference(&prepared.tensor, &reference.tensor) < 0.01, "EXIF {exif:02x?} turned the picture");
+    }
+}
+
+#[test]
+fn every_supported_format_prepares_like_png() {
+    let upright = upright();
+    let reference = prepare(&encode_rgb(&upright, ImageFormat::Png, None)).expect("PNG");
+    for (format, tolerance) in [
+        (ImageFormat::WebP, 0.001),
+        (ImageFormat::Bmp, 0.001),
+        (ImageFormat::Tiff, 0.001),
+        // GIF has a 256-colour palette: the gradient is quantised.
+        (ImageFormat::Gif, 0.1),
+        (ImageFormat::Jpeg, 0.03),
+    ] {
+        let bytes = encode_rgb(&upright, format, None);
+        assert_eq!(preprocess::sniff_format(&bytes), Ok(format), "recognised from its bytes");
+        let prepared = prepare(&bytes).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert_eq!((prepared.width, prepared.height, prepared.format), (240, 160, format));
+        let difference = mean_difference(&prepared.tensor, &reference.tensor);
+        assert!(difference < tolerance, "{format:?}: {difference} from the PNG");
+    }
+}
+
+#[test]
+fn truncated_files_of_every_format_are_corrupt() {
+    let upright = upright();
+    for (format, name) in [
+        (ImageFormat::Png, "PNG"),
+        (ImageFormat::WebP, "WebP"),
+        (ImageFormat::Gif, "GIF"),
+        (ImageFormat::Bmp, "BMP"),
+        (ImageFormat::Tiff, "TIFF"),
+    ] {
+        let bytes = encode_rgb(&upright, format, None);
+        // Cut inside the pixel data (a PNG missing only its end chunk still holds every pixel).
+        for cut in [bytes.len() / 2, bytes.len() * 9 / 10] {
+            let error = prepare(&bytes[..cut])
+                .err()
+                .unwrap_or_else(|| panic!("{name} cut to {cut} of {} bytes was accepted", bytes.len()));
+            assert!(
+                matches!(&error, ImageError::Corrupt { format: f, .. } if *f == name),
+                "{name} cut at {cut}: {error:?}"
+            );
+        }
+    }
+}
+
+/// Headers claiming canvases far beyond the pixel limit, with no pixels behind them: each must
+/// be refused from the header, before a pixel buffer exists.
+#[test]
+fn bomb_dimensions_are_refused_from_the_header_in_every_format() {
+    for (name, bytes) in [
+        ("BMP 60000²", bmp_claiming(60_000, 60_000)),
+        ("BMP 60000² top-down", bmp_claiming(60_000, -60_000)),
+        ("GIF 65000²", gif_claiming(65_000)),
+        ("WebP 16000²", webp_claiming_16000()),
+        ("TIFF 100000²", tiff_claiming(100_000)),
+    ] {
+        let error = prepare(&bytes).err().unwrap_or_else(|| panic!("{name} was accepted"));
+        assert!(matches!(error, ImageError::TooLarge { .. }), "{name}: {error:?}");
+    }
+}
+
+#[test]
+fn a_tiff_claiming_a_huge_strip_count_is_refused_as_corrupt() {
+    let error = prepare(&tiff_with_absurd_strip_count()).expect_err("refused");
+    assert!(matches!(error, ImageError::Corrupt { format: "TIFF", .. }), "{error:?}");
+}
+
+#[test]
+fn an_animated_gif_is_embedded_from_its_first_frame_only() {
+    let prepared = prepare(&animated_gif(5_000)).expect("prepares");
+    assert_eq!((prepared.width, prepared.height), (16, 16));
+    let plane = 224 * 224;
+    let level = |channel: usize| {
+        (prepared.tensor[channel * plane + plane / 2] * INPUT.std[channel] + INPUT.mean[channel]) * 255.0
+    };
+    assert!(level(0) > 200.0 && level(2) < 20.0, "not the red first frame: red {} blue {}", level(0), level(2));
+}
+
+#[test]
+fn heic_and_avif_are_refused_by_name() {
+    for (brand, family) in [(b"heic", "HEIC"), (b"mif1", "HEIC"), (b"avif", "AVIF")] {
+        let error = prepare(&iso_bmff_with_brand(brand)).expect_err("refused");
+        assert!(matches!(error, ImageError::UnsupportedFormat(_)), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains(family) && message.contains("convert it to JPEG"), "{message}");
+    }
+}
