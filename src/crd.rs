@@ -30,7 +30,9 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn = r#"{"name":"Failed","type":"integer","priority":1,"jsonPath":".status.images.failed"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.searchEndpoint"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(rules::NAME_FORMAT_RULE).message(rules::NAME_FORMAT),
+    validation = Rule::new(rules::NAME_LENGTH_RULE).message(rules::NAME_LENGTH)
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -294,9 +296,26 @@ pub struct IngestConfig {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1024))]
     pub batch_size: i32,
-    /// Cron schedule for periodic rescans (a CronJob); without it, ingest runs once per spec change.
+    /// Cron schedule for periodic rescans (a CronJob): five fields (minute hour day-of-month
+    /// month day-of-week, e.g. "30 2 * * *") or a descriptor such as @hourly; without it, ingest
+    /// runs once per spec change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), extend("x-kubernetes-validations" = [
+        {
+            "rule": "!self.contains('TZ')",
+            "message": rules::SCHEDULE_TIME_ZONE
+        },
+        {
+            "rule": "self.matches('^\\\\s*(@\\\\S+( .*)?|\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+)\\\\s*$')",
+            "message": rules::SCHEDULE_FIELDS
+        }
+    ]))]
     pub schedule: Option<String>,
+    /// Time zone of the schedule, as an IANA name (e.g. Europe/Berlin); the controller's
+    /// kube-controller-manager default (usually UTC) without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"))]
+    pub time_zone: Option<String>,
     /// Finished ingest Jobs kept for inspection.
     #[serde(default = "default_history")]
     #[schemars(range(min = 0, max = 20))]
@@ -318,6 +337,7 @@ impl Default for IngestConfig {
             parallelism: default_parallelism(),
             batch_size: default_batch_size(),
             schedule: None,
+            time_zone: None,
             history_limit: default_history(),
             prune: default_prune(),
             resources: None,
@@ -503,45 +523,37 @@ impl ImageCollection {
     }
 }
 
-/// The schema's CEL rules (`x-kubernetes-validations`), each as its message and the same
-/// condition written in Rust. The API server evaluates the CEL; nothing here can run CEL
-/// offline, so these mirror it for the tests: each broken sample is refused with the message
-/// the API server would give, and a test checks that the two lists agree message for message.
+/// The messages of the schema's CEL rules (`x-kubernetes-validations`), for the tests that check
+/// each is refused with its message. The rules themselves are evaluated by the API server and,
+/// in the tests, by a real CEL engine over the committed CRD (tests/k8s/admission.rs).
 pub mod rules {
-    use super::ImageCollectionSpec;
-
     pub const ONE_SOURCE: &str = "set exactly one of spec.source.pvc, spec.source.s3 or spec.source.urls";
     pub const ONE_MILVUS: &str = "set exactly one of spec.milvus.uri or spec.milvus.milvusRef";
     pub const MODEL_IMMUTABLE: &str = "spec.model.name is immutable: vectors of different models cannot share a collection; create a new ImageCollection instead";
     pub const COLLECTION_IMMUTABLE: &str =
         "spec.collectionName is immutable: renaming would orphan the existing Milvus collection";
+    /// The search Service is `<name>-search`, and a Service's name must be a DNS-1035 label.
+    pub const NAME_FORMAT_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+    pub const NAME_FORMAT: &str = "metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' (not at the end): it names the search Service, which Kubernetes requires to be a DNS-1035 label";
+    /// `controller::children::MAX_NAME_LENGTH`, which says where 44 comes from.
+    pub const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 44";
+    pub const NAME_LENGTH: &str = "metadata.name may have at most 44 characters: the rescan CronJob's Job pods are named <name>-rescan-<minutes>-<shard>, which Kubernetes limits to 63";
+    pub const SCHEDULE_TIME_ZONE: &str =
+        "spec.ingest.schedule may not contain TZ= or CRON_TZ= (Kubernetes refuses them): set spec.ingest.timeZone";
+    pub const SCHEDULE_FIELDS: &str = "spec.ingest.schedule needs 5 fields (minute hour day-of-month month day-of-week, e.g. '30 2 * * *') or a descriptor such as @hourly";
 
-    /// Every rule's message, in the order the schema lists them (spec, milvus, source).
-    pub const ALL: [&str; 4] = [MODEL_IMMUTABLE, COLLECTION_IMMUTABLE, ONE_MILVUS, ONE_SOURCE];
-
-    /// The messages of the rules `spec` breaks; `old` is the stored spec on an update (the
-    /// transition rules only apply then).
-    pub fn violations(spec: &ImageCollectionSpec, old: Option<&ImageCollectionSpec>) -> Vec<&'static str> {
-        let mut broken = Vec::new();
-        if let Some(old) = old {
-            if spec.model.name != old.model.name {
-                broken.push(MODEL_IMMUTABLE);
-            }
-            if spec.collection_name != old.collection_name {
-                broken.push(COLLECTION_IMMUTABLE);
-            }
-        }
-        if spec.milvus.uri.is_some() == spec.milvus.milvus_ref.is_some() {
-            broken.push(ONE_MILVUS);
-        }
-        let source = &spec.source;
-        if [source.pvc.is_some(), source.s3.is_some(), source.urls.is_some()].into_iter().filter(|set| *set).count()
-            != 1
-        {
-            broken.push(ONE_SOURCE);
-        }
-        broken
-    }
+    /// Every rule's message, in the order the schema lists them (root, spec, ingest.schedule,
+    /// milvus, source).
+    pub const ALL: [&str; 8] = [
+        NAME_FORMAT,
+        NAME_LENGTH,
+        MODEL_IMMUTABLE,
+        COLLECTION_IMMUTABLE,
+        SCHEDULE_TIME_ZONE,
+        SCHEDULE_FIELDS,
+        ONE_MILVUS,
+        ONE_SOURCE,
+    ];
 }
 
 /// The CRD as YAML, as `imgsearch crd` prints it and `crds/` holds it.
@@ -655,38 +667,11 @@ spec:
     }
 
     #[test]
-    fn every_cel_rule_in_the_schema_has_its_rust_mirror() {
+    fn every_cel_rule_in_the_schema_has_its_message_constant() {
         use kube::CustomResourceExt;
         let crd = serde_json::to_value(ImageCollection::crd()).expect("CRD as JSON");
         let mut messages = Vec::new();
         cel_messages(&crd, &mut messages);
-        assert_eq!(messages, rules::ALL, "a CEL rule was added or changed without its mirror in crd::rules");
-    }
-
-    fn spec_of(value: serde_json::Value) -> ImageCollectionSpec {
-        serde_json::from_value(value).expect("spec parses")
-    }
-
-    #[test]
-    fn the_rust_mirror_breaks_where_the_cel_rules_do() {
-        let valid =
-            serde_json::json!({ "milvus": { "uri": "http://m:19530" }, "source": { "pvc": { "claimName": "p" } } });
-        assert!(rules::violations(&spec_of(valid.clone()), None).is_empty());
-        let mut two_sources = valid.clone();
-        two_sources["source"]["s3"] = serde_json::json!({ "bucket": "photos" });
-        assert_eq!(rules::violations(&spec_of(two_sources), None), [rules::ONE_SOURCE]);
-        let mut no_source = valid.clone();
-        no_source["source"] = serde_json::json!({});
-        assert_eq!(rules::violations(&spec_of(no_source), None), [rules::ONE_SOURCE]);
-        let mut both_milvus = valid.clone();
-        both_milvus["milvus"]["milvusRef"] = serde_json::json!({ "name": "m" });
-        assert_eq!(rules::violations(&spec_of(both_milvus), None), [rules::ONE_MILVUS]);
-        let mut renamed = valid.clone();
-        renamed["collectionName"] = serde_json::json!("other");
-        assert_eq!(
-            rules::violations(&spec_of(renamed.clone()), Some(&spec_of(valid.clone()))),
-            [rules::COLLECTION_IMMUTABLE]
-        );
-        assert!(rules::violations(&spec_of(renamed.clone()), Some(&spec_of(renamed))).is_empty(), "unchanged name");
+        assert_eq!(messages, rules::ALL, "a CEL rule was added or changed without its message in crd::rules");
     }
 }

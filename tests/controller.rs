@@ -420,7 +420,7 @@ async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_di
     let client = FakeApiServer::client(address);
     let lease = |identity: &str| LeaseSettings {
         lease_duration: Duration::from_secs(2),
-        renew_every: Duration::from_millis(400),
+        renew_deadline: Duration::from_millis(1200),
         retry_every: Duration::from_millis(200),
         ..LeaseSettings::new("imgsearch-system", "imgsearch-controller", identity)
     };
@@ -461,4 +461,161 @@ async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_di
 
     delete_and_wait(&api, &server, "elected").await;
     second_task.abort();
+}
+
+#[tokio::test]
+async fn after_a_lease_outage_the_old_leader_stops_before_a_standby_starts() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    // client-go's 15 s / 10 s / 2 s, five times faster; the outage is 12 s, five times faster.
+    let lease = |identity: &str| LeaseSettings {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_every: Duration::from_millis(400),
+        ..LeaseSettings::new("imgsearch-system", "imgsearch-controller", identity)
+    };
+    assert_eq!(lease("a").problem(), None);
+    let (first, second) = (test_context(&client), test_context(&client));
+    let first_task = tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a"))));
+    eventually("replica-a to lead", || (first.metrics.leader.get() == 1).then_some(())).await;
+    let second_task = tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b"))));
+    tokio::time::sleep(Duration::from_millis(500)).await; // the standby has seen the lease
+
+    server.unavailable("leases", &["update"], Duration::from_millis(2400));
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let (mut first_stopped, mut second_started) = (None, None);
+    while first_stopped.is_none() || second_started.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "within 15 s: old leader stopped {first_stopped:?}, standby started {second_started:?}"
+        );
+        if first_stopped.is_none() && first.metrics.leader.get() == 0 {
+            first_stopped = Some(started.elapsed());
+        }
+        if second_started.is_none() && second.metrics.leader.get() == 1 {
+            second_started = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (stopped, took_over) = (first_stopped.unwrap_or_default(), second_started.unwrap_or_default());
+    assert!(stopped < took_over, "two leaders: the old one stopped at {stopped:?}, the standby led from {took_over:?}");
+    let outcome = first_task.await.expect("the old leader's task ends by itself");
+    assert!(
+        matches!(outcome, Err(imgsearch::controller::RunError::LostLeadership(_))),
+        "the old leader exits to be restarted: {outcome:?}"
+    );
+    second_task.abort();
+}
+
+/// An ImageCollection of `name` with a schedule, over the `photos` claim.
+fn scheduled_collection(name: &str, collection: &str, schedule: &str) -> ImageCollection {
+    ImageCollection::new(
+        name,
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "ingest": { "schedule": schedule },
+            "deletionPolicy": "Delete"
+        })),
+    )
+}
+
+fn condition_message(object: &Value, type_: &str) -> String {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_reported_and_does_not_block_the_others() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let collection = common::unique_collection("refused");
+    // Stored before the CRD's rules existed (put bypasses admission): the schedule Kubernetes
+    // refuses must not stop the ingest Job or the search service.
+    let mut object = serde_json::to_value(scheduled_collection("zoned", &collection, "CRON_TZ=UTC 0 3 * * *")).unwrap();
+    object["metadata"]["namespace"] = json!("shop");
+    server.create_unvalidated(COLLECTIONS, object);
+
+    let stalled = eventually("Stalled naming the CronJob", || {
+        let object = server.object(COLLECTIONS, "shop", "zoned")?;
+        (condition(&object, "Stalled")? == ("True".into(), "InvalidSpec".into())).then_some(object)
+    })
+    .await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(message.starts_with("CronJob zoned-rescan: spec.ingest.schedule"), "{message}");
+    assert!(message.contains("spec.ingest.timeZone"), "it says what to do: {message}");
+    assert!(server.object("batch/v1/jobs", "shop", "zoned-ingest-g1").is_some(), "the ingest Job was still created");
+    assert!(server.object("v1/services", "shop", "zoned-search").is_some());
+    assert!(server.object("apps/v1/deployments", "shop", "zoned-search").is_some());
+    eventually("a Warning Event", || {
+        server
+            .objects("events.k8s.io/v1/events")
+            .into_iter()
+            .find(|e| e["reason"] == "InvalidSpec" && e["type"] == "Warning")
+    })
+    .await;
+
+    // A child the API server itself refuses: its 422 message reaches status.
+    let mut object =
+        serde_json::to_value(photos_collection("2024-photos", common::milvus_uri(), &collection, "Retain")).unwrap();
+    object["metadata"]["namespace"] = json!("shop");
+    server.create_unvalidated(COLLECTIONS, object);
+    let stalled = eventually("Stalled for an invalid name", || {
+        let object = server.object(COLLECTIONS, "shop", "2024-photos")?;
+        (condition(&object, "Stalled")?.0 == "True").then_some(object)
+    })
+    .await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(message.contains("Service 2024-photos-search") && message.contains("DNS-1035"), "{message}");
+    assert_eq!(condition(&stalled, "Ready").map(|c| c.0), Some("False".into()));
+    controller.abort();
+}
+
+#[tokio::test]
+async fn a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopted() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let collection = common::unique_collection("recreated");
+    // The first incarnation's Job, owned by a uid that no longer exists (its owner was deleted
+    // and the garbage collector has not got to the Job yet).
+    let stale = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": "again-ingest-g1", "namespace": "shop",
+            "labels": { "imgsearch.io/collection": "again", "imgsearch.io/generation": "1" },
+            "ownerReferences": [{ "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection", "name": "again", "uid": "00000000-0000-0000-0000-0000000000aa", "controller": true }]
+        },
+        "spec": { "template": { "spec": { "containers": [{ "name": "ingest", "image": "old" }] } } }
+    });
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &serde_json::from_value(stale).unwrap())
+        .await
+        .unwrap();
+    let controller = start_controller(&client);
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let created = api
+        .create(&PostParams::default(), &photos_collection("again", common::milvus_uri(), &collection, "Delete"))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+
+    let job = eventually("a Job of the new object", || {
+        let job = server.object("batch/v1/jobs", "shop", "again-ingest-g1")?;
+        (job["metadata"]["ownerReferences"][0]["uid"] == uid.as_str()).then_some(job)
+    })
+    .await;
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["image"], "imgsearch:test", "built from the new spec");
+    assert!(server.objects("events.k8s.io/v1/events").iter().any(|e| e["reason"] == "StaleJobDeleted"));
+    delete_and_wait(&api, &server, "again").await;
+    controller.abort();
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec, ImageCollectionStatus, Phase};
+use k8s::admission::{
+    creation_problems, dns1035_label, dns1123_label, dns1123_subdomain, label_key, label_value, update_problems,
+};
 use k8s::fake_apiserver::FakeApiServer;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -154,4 +157,232 @@ async fn deleting_an_owner_removes_what_it_owns() {
     api.delete("products", &DeleteParams::default()).await.unwrap();
 
     assert!(server.objects("batch/v1/jobs").is_empty());
+}
+
+/// Cases from apimachinery's validation_test.go (TestIsDNS1123Label, TestIsDNS1035Label,
+/// TestIsValidLabelValue).
+#[test]
+fn admission_names_and_labels_follow_apimachinery() {
+    for good in ["a", "ab", "abc", "a1", "a-1", "a--1--2--b", "0", "01", "012", "1a", "1-a", &"a".repeat(63)] {
+        assert!(dns1123_label(good).is_empty(), "{good:?} is a DNS-1123 label");
+    }
+    for bad in [
+        "",
+        "A",
+        "ABC",
+        "aBc",
+        "A1",
+        "A-1",
+        "1-A",
+        "-",
+        "a-",
+        "-a",
+        "1-",
+        "-1",
+        "_",
+        "a_",
+        "a.b",
+        "a b",
+        &"a".repeat(64),
+    ] {
+        assert!(!dns1123_label(bad).is_empty(), "{bad:?} is not a DNS-1123 label");
+    }
+    for good in ["a", "ab", "a1", "a-1", "a--1--2--b", &"a".repeat(63)] {
+        assert!(dns1035_label(good).is_empty(), "{good:?} is a DNS-1035 label");
+    }
+    for bad in ["0", "01", "1a", "1-a", "2024-photos", "photos.v2", "A", "a-", "", &"a".repeat(64)] {
+        assert!(!dns1035_label(bad).is_empty(), "{bad:?} is not a DNS-1035 label");
+    }
+    for good in ["a.b", "a.b.c", "1.a", "a-1.b-2", &format!("{}.{}", "a".repeat(63), "b".repeat(63))] {
+        assert!(dns1123_subdomain(good).is_empty(), "{good:?} is a DNS-1123 subdomain");
+    }
+    for bad in ["a.", ".a", "a..b", "A.b", &"a".repeat(254)] {
+        assert!(!dns1123_subdomain(bad).is_empty(), "{bad:?} is not a DNS-1123 subdomain");
+    }
+    for good in [
+        "simple",
+        "now-with-dashes",
+        "1-starts-with-num",
+        "end-with-num-1",
+        "1234",
+        "-starts-with-num".trim_start_matches('-'),
+        "a.b",
+        "A_B",
+        "",
+        &"a".repeat(63),
+    ] {
+        assert!(label_value(good).is_empty(), "{good:?} is a label value");
+    }
+    for bad in [
+        "nospecialchars%^=@",
+        "Tama-nui-te-rā.is_Māori.a",
+        "-starts-with-dash",
+        "ends-with-dash-",
+        ".starts.with.dot",
+        &"a".repeat(64),
+    ] {
+        assert!(!label_value(bad).is_empty(), "{bad:?} is not a label value");
+    }
+    assert!(label_key("imgsearch.io/collection").is_empty());
+    assert!(label_key("app.kubernetes.io/instance").is_empty());
+    assert!(!label_key("Imgsearch.io/collection").is_empty());
+    assert!(!label_key("imgsearch.io/").is_empty());
+}
+
+#[test]
+fn admission_an_indexed_job_whose_pod_hostnames_would_be_too_long_is_refused() {
+    let job = |name: &str, completions: i64| serde_json::json!({ "metadata": { "name": name }, "spec": { "completionMode": "Indexed", "completions": completions, "template": {} } });
+    let name = "a".repeat(61);
+    assert!(creation_problems("jobs", &job(&name, 10)).is_empty(), "{name}-9 is 63 characters");
+    let refused = creation_problems("jobs", &job(&name, 11));
+    assert!(refused.iter().any(|p| p.contains("invalid DNS label")), "{refused:?}");
+    let cronjob = serde_json::json!({ "metadata": { "name": "a".repeat(53) }, "spec": { "schedule": "@hourly" } });
+    assert!(creation_problems("cronjobs", &cronjob).iter().any(|p| p.contains("no more than 52")));
+    let zoned = serde_json::json!({ "metadata": { "name": "a" }, "spec": { "schedule": "CRON_TZ=UTC 0 * * * *" } });
+    assert!(creation_problems("cronjobs", &zoned).iter().any(|p| p.contains("cannot use TZ")));
+    let service = serde_json::json!({ "metadata": { "name": "2024-photos-search" } });
+    assert!(creation_problems("services", &service).iter().any(|p| p.contains("DNS-1035")));
+}
+
+#[test]
+fn admission_immutable_fields_cannot_change() {
+    let job = |image: &str| serde_json::json!({ "metadata": { "name": "j" }, "spec": { "template": { "spec": { "containers": [{ "image": image }] } } } });
+    assert!(update_problems("jobs", &job("a"), &job("a")).is_empty());
+    let refused = update_problems("jobs", &job("a"), &job("b"));
+    assert!(refused.iter().any(|p| p.contains("spec.template: Invalid value: field is immutable")), "{refused:?}");
+    let deployment = |app: &str| serde_json::json!({ "metadata": { "name": "d" }, "spec": { "selector": { "matchLabels": { "app": app } }, "template": { "metadata": { "labels": { "app": app } } } } });
+    assert!(
+        update_problems("deployments", &deployment("a"), &deployment("b")).iter().any(|p| p.contains("spec.selector"))
+    );
+}
+
+#[tokio::test]
+async fn the_crds_cel_rules_run_on_create_and_update_with_the_messages_of_the_committed_crd() {
+    use imgsearch::crd::rules;
+    let (server, address, _task) = FakeApiServer::start().await;
+    let api: Api<ImageCollection> = Api::namespaced(FakeApiServer::client(address), "shop");
+    let refusal = |error: kube::Error| match error {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        other => panic!("expected a 422, got {other:?}"),
+    };
+
+    for (name, message) in [
+        ("2024-photos", rules::NAME_FORMAT),
+        ("photos.v2", rules::NAME_FORMAT),
+        ("a-name-that-is-far-too-long-for-its-children-x", rules::NAME_LENGTH),
+    ] {
+        let error = api.create(&PostParams::default(), &collection(name)).await.expect_err("refused");
+        let said = refusal(error);
+        assert!(said.contains(message), "{name}: {said}");
+    }
+    let longest = "a".repeat(imgsearch::controller::children::MAX_NAME_LENGTH);
+    api.create(&PostParams::default(), &collection(&longest)).await.expect("44 characters are fine");
+
+    let mut scheduled = collection("zoned");
+    scheduled.spec.ingest.schedule = Some("CRON_TZ=Europe/Berlin 0 3 * * *".into());
+    let said = refusal(api.create(&PostParams::default(), &scheduled).await.expect_err("refused"));
+    assert!(said.contains(rules::SCHEDULE_TIME_ZONE), "{said}");
+    scheduled.spec.ingest.schedule = Some("every night".into());
+    let said = refusal(api.create(&PostParams::default(), &scheduled).await.expect_err("refused"));
+    assert!(said.contains(rules::SCHEDULE_FIELDS), "{said}");
+
+    let created = api.create(&PostParams::default(), &collection("products")).await.expect("create");
+    assert_eq!(
+        server.object("imgsearch.io/v1alpha1/imagecollections", "shop", "products").unwrap()["spec"]["deletionPolicy"],
+        "Retain",
+        "schema defaults are stored"
+    );
+    let mut renamed = created.clone();
+    renamed.spec.collection_name = Some("elsewhere".into());
+    let said = refusal(api.replace("products", &PostParams::default(), &renamed).await.expect_err("refused"));
+    assert!(said.contains(rules::COLLECTION_IMMUTABLE), "transition rules see the stored object: {said}");
+}
+
+#[tokio::test]
+async fn children_a_real_cluster_would_refuse_are_refused_with_422() {
+    let (_server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let params = PatchParams::apply("imgsearch-controller").force();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "shop");
+    let service =
+        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "2024-photos-search" }, "spec": {} });
+    let error = services.patch("2024-photos-search", &params, &Patch::Apply(&service)).await.expect_err("refused");
+    assert!(matches!(&error, kube::Error::Api(s) if s.code == 422 && s.message.contains("DNS-1035")), "{error:?}");
+
+    let jobs: Api<Job> = Api::namespaced(client, "shop");
+    let job = |image: &str| json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "ingest" }, "spec": { "template": { "spec": { "containers": [{ "name": "c", "image": image }] } } } });
+    jobs.patch("ingest", &params, &Patch::Apply(&job("a"))).await.expect("created");
+    let error =
+        jobs.patch("ingest", &params, &Patch::Apply(&job("b"))).await.expect_err("a Job's template is immutable");
+    assert!(matches!(&error, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable")), "{error:?}");
+}
+
+/// The builders' output for the names the CRD allows, at the extremes of generation and shard
+/// count, through the API server's own name rules: nothing a real cluster would refuse.
+#[test]
+fn every_child_of_every_allowed_name_is_valid_at_any_generation_and_shard_count() {
+    use imgsearch::controller::children::{self, ChildConfig, MAX_NAME_LENGTH};
+    let config = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let longest = "a".repeat(MAX_NAME_LENGTH);
+    let dashed = format!("a{}", "-b".repeat((MAX_NAME_LENGTH - 1) / 2));
+    let mut checked = 0;
+    for name in ["a", "photos", "x1", longest.as_str(), dashed.as_str()] {
+        assert_eq!(children::name_problem(name), None, "{name:?} is allowed");
+        for generation in [1, 9, 10, 9_999_999, 10_000_000, 123_456_789_012, i64::MAX] {
+            for parallelism in [1, 10, 11, 64] {
+                let mut ic = collection(name);
+                ic.metadata.namespace = Some("shop".into());
+                ic.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+                ic.metadata.generation = Some(generation);
+                ic.spec.ingest.parallelism = parallelism;
+                ic.spec.ingest.schedule = Some("*/5 * * * *".into());
+                let cronjob = children::rescan_cronjob(&ic, &config).expect("builds").expect("scheduled");
+                // The CronJob controller names its Jobs <cronjob>-<minutes since 1970>: 8 digits until 2160.
+                let mut rescan_job = value(&cronjob)["spec"]["jobTemplate"].clone();
+                rescan_job["metadata"]["name"] =
+                    json!(format!("{}-{}", cronjob.metadata.name.clone().unwrap_or_default(), 99_999_999));
+                for (resource, object) in [
+                    ("services", value(&children::search_service(&ic).expect("builds"))),
+                    ("deployments", value(&children::search_deployment(&ic, &config).expect("builds"))),
+                    ("jobs", value(&children::ingest_job(&ic, &config).expect("builds"))),
+                    ("cronjobs", value(&cronjob)),
+                    ("jobs", rescan_job),
+                ] {
+                    let problems = creation_problems(resource, &object);
+                    assert!(
+                        problems.is_empty(),
+                        "{name:?}, generation {generation}, {parallelism} shards: {resource}: {problems:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 7 * 4 * 5);
+    let two = |g: i64| {
+        let mut ic = collection(&longest);
+        ic.metadata.namespace = Some("shop".into());
+        ic.metadata.generation = Some(g);
+        children::ingest_job_name(&ic).expect("named")
+    };
+    assert_ne!(two(i64::MAX), two(i64::MAX - 1), "shortened names stay distinct");
+
+    for (name, said) in [
+        ("2024-photos", "DNS-1035"),
+        ("photos.v2", "DNS-1035"),
+        ("Photos", "DNS-1035"),
+        ("photos-", "DNS-1035"),
+        (&"a".repeat(MAX_NAME_LENGTH + 1) as &str, "at most 44"),
+    ] {
+        let problem = children::name_problem(name).unwrap_or_else(|| panic!("{name:?} is refused"));
+        assert!(problem.contains(said), "{name:?}: {problem}");
+    }
+}
+
+/// A builder's output as the JSON the API server receives.
+fn value<T: serde::Serialize>(object: &T) -> serde_json::Value {
+    serde_json::to_value(object).expect("builder output serialises")
 }

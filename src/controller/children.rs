@@ -44,11 +44,19 @@ pub enum BuildError {
     UnknownModel(String),
     #[error("spec.milvus: set uri or milvusRef")]
     NoMilvus,
+    #[error("spec.ingest.schedule: {0}")]
+    InvalidSchedule(String),
+    #[error("{0}")]
+    InvalidName(String),
 }
 
 fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {
     let name = ic.metadata.name.clone().ok_or(BuildError::MissingMetadata("metadata.name"))?;
     let namespace = ic.metadata.namespace.clone().ok_or(BuildError::MissingMetadata("metadata.namespace"))?;
+    // The CRD refuses such names; an object stored before that rule still gets a clear reason.
+    if let Some(problem) = name_problem(&name) {
+        return Err(BuildError::InvalidName(problem));
+    }
     Ok((name, namespace))
 }
 
@@ -74,9 +82,70 @@ fn search_selector(instance: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The longest `metadata.name` whose children are all valid Kubernetes objects at every shard
+/// count the schema allows (the CRD refuses longer names; `crd::rules::NAME_LENGTH`):
+/// - the search Service `<name>-search` must be a DNS-1035 label (≤ 63);
+/// - the rescan CronJob `<name>-rescan` may have at most 52 characters (its Jobs add 11);
+/// - the Jobs it starts, `<name>-rescan-<minutes since 1970>` (8 digits until 2160), are Indexed:
+///   their pods' hostnames `<job>-<index>` (index ≤ 63) must be DNS-1123 labels (≤ 63), so
+///   44 + 7 + 9 + 3 = 63.
+///
+/// The generation Jobs' names grow with `metadata.generation`; [`ingest_job_name`] keeps them
+/// valid for every generation.
+pub const MAX_NAME_LENGTH: usize = 44;
+/// A DNS-1123 / DNS-1035 label's limit: Service names, pod hostnames, label values.
+const DNS_LABEL_MAX: usize = 63;
+
+/// Why `name` cannot name an ImageCollection's children, if it cannot: the rule the CRD's CEL
+/// enforces at admission, checked again for objects stored before it existed.
+pub fn name_problem(name: &str) -> Option<String> {
+    let dns_1035 = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.ends_with('-');
+    if !dns_1035 {
+        return Some(format!(
+            "metadata.name {name:?} must start with a lowercase letter and contain only lowercase letters, digits \
+             and '-' (not ending in '-'): it names the search Service, which Kubernetes requires to be a \
+             DNS-1035 label"
+        ));
+    }
+    (name.len() > MAX_NAME_LENGTH).then(|| {
+        format!(
+            "metadata.name {name:?} has {} characters; at most {MAX_NAME_LENGTH} fit the names Kubernetes \
+             derives from it (the rescan CronJob's Job pods <name>-rescan-<time>-<shard> must be at most 63)",
+            name.len()
+        )
+    })
+}
+
+/// The name of this generation's ingest Job: `<name>-ingest-g<generation>`. The Job controller
+/// names each pod's hostname `<job>-<index>`, which must be a DNS-1123 label; should a
+/// generation ever grow too long for that (beyond 10 million changes), the collection's name is
+/// cut and a hash of the full name keeps Jobs of different collections apart.
 pub fn ingest_job_name(ic: &ImageCollection) -> Result<String, BuildError> {
     let (name, _) = name_and_namespace(ic)?;
-    Ok(format!("{name}-ingest-g{}", ic.metadata.generation.unwrap_or(0)))
+    let suffix = format!("-ingest-g{}", ic.metadata.generation.unwrap_or(0));
+    let highest_index = ic.spec.ingest.parallelism.max(1) - 1;
+    Ok(indexed_job_name(&name, &suffix, highest_index))
+}
+
+/// `<name><suffix>`, shortened if needed so that `<job>-<highest_index>` is at most 63.
+fn indexed_job_name(name: &str, suffix: &str, highest_index: i32) -> String {
+    let room = DNS_LABEL_MAX - 1 - highest_index.to_string().len();
+    let full = format!("{name}{suffix}");
+    if full.len() <= room {
+        return full;
+    }
+    let hash = format!("{:08x}", fnv1a(full.as_bytes()) as u32);
+    let keep = room.saturating_sub(suffix.len() + 1 + hash.len()).min(name.len());
+    // Names are ASCII (the CRD's rule), so any byte index is a character boundary.
+    let head = name.get(..keep).unwrap_or_default().trim_end_matches('-');
+    if head.is_empty() { format!("{hash}{suffix}") } else { format!("{head}-{hash}{suffix}") }
+}
+
+/// FNV-1a, 64 bit: a stable hash (std's is randomised per process) for shortened names.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 pub fn search_name(name: &str) -> String {
@@ -339,6 +408,9 @@ pub fn rescan_cronjob_name(name: &str) -> String {
 /// Rescans are incremental (unchanged images are skipped), and never overlap.
 pub fn rescan_cronjob(ic: &ImageCollection, config: &ChildConfig) -> Result<Option<CronJob>, BuildError> {
     let Some(schedule) = &ic.spec.ingest.schedule else { return Ok(None) };
+    if let Some(problem) = super::schedule::schedule_problem(schedule) {
+        return Err(BuildError::InvalidSchedule(problem));
+    }
     let (name, namespace) = name_and_namespace(ic)?;
     let history = ic.spec.ingest.history_limit.max(0);
     Ok(Some(CronJob {
@@ -350,7 +422,8 @@ pub fn rescan_cronjob(ic: &ImageCollection, config: &ChildConfig) -> Result<Opti
             ..ObjectMeta::default()
         },
         spec: CronJobSpec {
-            schedule: schedule.clone(),
+            schedule: schedule.trim().to_string(),
+            time_zone: ic.spec.ingest.time_zone.clone(),
             concurrency_policy: Some("Forbid".into()),
             suspend: Some(ic.spec.suspend),
             successful_jobs_history_limit: Some(history),

@@ -1,14 +1,17 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, so two controller replicas can run and
 //! only one reconciles. The same protocol as client-go's leaderelection:
 //!
-//! - the holder renews `spec.renewTime` every `renew_every`;
+//! - the holder renews `spec.renewTime` every `retry_every` (2 s), each call bounded by what is
+//!   left of `renew_deadline`;
 //! - a candidate takes the lease when it is free (no holder) or when the lease record has not
 //!   changed for `lease_duration` *as measured by the candidate's own clock* since it first saw
 //!   that version — clocks of different nodes are never compared;
 //! - every write is an update with the observed `resourceVersion`, so two candidates racing for
 //!   an expired lease cannot both win (the loser gets 409 Conflict);
-//! - a holder that cannot renew within `lease_duration` stops leading (the process exits and is
-//!   restarted), because by then another replica may have taken over.
+//! - a holder that has not renewed for `renew_deadline` (10 s) stops leading (the process exits
+//!   and is restarted). The deadline counts from when the last successful renewal was *sent*,
+//!   and a standby waits `lease_duration` (15 s) from when it *saw* that renewal, which came
+//!   later: so the old leader has stopped at least 5 s before a standby can start.
 
 use std::time::Duration;
 
@@ -23,23 +26,45 @@ pub struct LeaseSettings {
     pub name: String,
     /// Unique per replica: the pod name in a cluster.
     pub identity: String,
+    /// How long a standby waits after the lease last changed before taking it over.
     pub lease_duration: Duration,
-    pub renew_every: Duration,
-    /// How often a standby checks whether the lease became free.
+    /// How long the leader keeps leading without a successful renewal. Must be well below
+    /// `lease_duration`: the gap is the margin against two leaders.
+    pub renew_deadline: Duration,
+    /// How often the leader renews and a standby checks whether the lease became free.
     pub retry_every: Duration,
 }
 
 impl LeaseSettings {
-    /// client-go's defaults: 15 s lease, renew every 10 s (well before expiry), retry every 2 s.
+    /// client-go's defaults (kube-controller-manager's too): 15 s lease, 10 s renew deadline,
+    /// 2 s retry period.
     pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
             identity: identity.into(),
             lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(10),
             retry_every: Duration::from_secs(2),
         }
+    }
+
+    /// Why these settings could let two replicas lead at once, if they could (client-go's
+    /// NewLeaderElector checks the same).
+    pub fn problem(&self) -> Option<String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Some(format!(
+                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.retry_every.mul_f64(1.2) >= self.renew_deadline {
+            return Some(format!(
+                "the retry period ({:?}) must be well below the renew deadline ({:?})",
+                self.retry_every, self.renew_deadline
+            ));
+        }
+        None
     }
 }
 
@@ -49,7 +74,7 @@ pub enum LeadershipLost {
     #[error("lease {lease} is now held by {holder:?}")]
     TakenOver { lease: String, holder: Option<String> },
     #[error("could not renew lease {lease} for {seconds} s: {error}")]
-    RenewFailed { lease: String, seconds: u64, error: kube::Error },
+    RenewFailed { lease: String, seconds: u64, error: String },
 }
 
 pub struct LeaderElector {
@@ -95,25 +120,36 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the lease until that fails; returns why leadership ended.
+    /// Renews the lease until that fails; returns why leadership ended: another holder, or no
+    /// successful renewal for `renew_deadline` (each attempt is cut off when the deadline
+    /// passes, so a hanging API server cannot keep this replica leading).
     pub async fn hold(&mut self) -> LeadershipLost {
         let mut last_renewed = Instant::now();
         loop {
-            tokio::time::sleep(self.settings.renew_every).await;
-            match self.try_acquire_or_renew().await {
-                Ok(Attempt::Leading) => last_renewed = Instant::now(),
-                Ok(Attempt::HeldBy(holder)) => {
+            tokio::time::sleep(self.settings.retry_every).await;
+            let sent = Instant::now();
+            let deadline = last_renewed + self.settings.renew_deadline;
+            let attempt = tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await;
+            let error = match attempt {
+                Ok(Ok(Attempt::Leading)) => {
+                    last_renewed = sent;
+                    continue;
+                }
+                Ok(Ok(Attempt::HeldBy(holder))) => {
                     return LeadershipLost::TakenOver { lease: self.settings.name.clone(), holder };
                 }
-                Err(error) if last_renewed.elapsed() >= self.settings.lease_duration => {
-                    return LeadershipLost::RenewFailed {
-                        lease: self.settings.name.clone(),
-                        seconds: last_renewed.elapsed().as_secs(),
-                        error,
-                    };
-                }
-                Err(error) => tracing::warn!(%error, "lease renewal failed; retrying while the lease lasts"),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "the API server did not answer in time".to_string(),
+            };
+            // Another attempt would end after the deadline: stop now, not later.
+            if Instant::now() + self.settings.retry_every >= deadline {
+                return LeadershipLost::RenewFailed {
+                    lease: self.settings.name.clone(),
+                    seconds: last_renewed.elapsed().as_secs(),
+                    error,
+                };
             }
+            tracing::warn!(%error, "lease renewal failed; retrying until the renew deadline");
         }
     }
 
@@ -213,4 +249,21 @@ enum Attempt {
 
 fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseSettings;
+    use std::time::Duration;
+
+    #[test]
+    fn the_defaults_leave_a_margin_against_two_leaders() {
+        let settings = LeaseSettings::new("ns", "lease", "me");
+        assert_eq!(settings.problem(), None);
+        assert!(settings.lease_duration - settings.renew_deadline >= Duration::from_secs(5));
+        let reckless = LeaseSettings { renew_deadline: Duration::from_secs(15), ..settings.clone() };
+        assert!(reckless.problem().is_some_and(|p| p.contains("shorter than the lease duration")));
+        let slow = LeaseSettings { retry_every: Duration::from_secs(10), ..settings };
+        assert!(slow.problem().is_some_and(|p| p.contains("retry period")));
+    }
 }

@@ -7,6 +7,7 @@ pub mod children;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod schedule;
 pub mod status;
 
 use std::sync::Arc;

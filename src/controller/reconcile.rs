@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use super::children::{self, BuildError, ChildConfig, LABEL_COLLECTION, LABEL_GENERATION, MANAGER};
 use super::metrics::Metrics;
-use super::status::{self, IngestObservation, MilvusObservation, Observed, SearchObservation};
+use super::status::{self, ChildFailure, IngestObservation, MilvusObservation, Observed, SearchObservation};
 use crate::crd::{DeletionPolicy, ImageCollection, ImageCollectionStatus};
 use crate::store::{IndexSpec, MilvusStore, StoreError};
 
@@ -47,6 +47,9 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("ImageCollection has no namespace")]
     NoNamespace,
+    /// A child of this name exists but belongs to an earlier object of the same name.
+    #[error("{0}; retrying")]
+    StaleChild(String),
 }
 
 impl Error {
@@ -60,6 +63,7 @@ impl Error {
             Self::Catalog(_) => "catalog",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid_spec",
+            Self::StaleChild(_) => "stale_child",
         }
     }
 }
@@ -226,19 +230,28 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         }
     };
 
+    // Each child is applied on its own: one the API server refuses (or the spec cannot produce)
+    // is reported in status and as an Event, and the others still get through.
+    let mut failures = Vec::new();
+    let search = children::search_name(&name);
     let services: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
-    services.patch(&children::search_name(&name), &params, &Patch::Apply(&children::search_service(ic)?)).await?;
+    let service = async { Ok(services.patch(&search, &params, &Patch::Apply(&children::search_service(ic)?)).await?) };
+    settle(&mut failures, format!("Service {search}"), service.await);
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
-    let deployment = deployments
-        .patch(
-            &children::search_name(&name),
-            &params,
-            &Patch::Apply(&children::search_deployment(ic, &context.children)?),
-        )
-        .await?;
-
-    ensure_rescan_cronjob(ic, context, &namespace, &params).await?;
-    let generation_job = ensure_ingest_job(ic, context, &namespace, &params).await?;
+    let deployment = async {
+        let desired = children::search_deployment(ic, &context.children)?;
+        Ok(deployments.patch(&search, &params, &Patch::Apply(&desired)).await?)
+    };
+    let deployment = settle(&mut failures, format!("Deployment {search}"), deployment.await);
+    settle(
+        &mut failures,
+        format!("CronJob {}", children::rescan_cronjob_name(&name)),
+        ensure_rescan_cronjob(ic, context, &namespace, &params).await,
+    );
+    let job_name = children::ingest_job_name(ic).unwrap_or_else(|_| "of this generation".into());
+    let generation_job =
+        settle(&mut failures, format!("Job {job_name}"), ensure_ingest_job(ic, context, &namespace, &params).await)
+            .flatten();
     let jobs = prune_jobs(ic, context, &namespace, generation).await?;
     // The newest ingest Job (this generation's, or a later scheduled rescan) is the one to report.
     let latest = jobs.into_iter().chain(generation_job).max_by(|a, b| {
@@ -248,6 +261,9 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     let ingest = match latest {
         Some(job) => observe_job(context, &namespace, &job).await?,
         None if ic.spec.suspend => IngestObservation::Suspended,
+        None if failures.iter().any(|f| f.object.starts_with("Job ")) => IngestObservation::NotCreated {
+            message: "the ingest Job could not be created (see the Stalled condition)".into(),
+        },
         None => IngestObservation::Unsupported { message: "spec.source sets none of pvc, s3 or urls".into() },
     };
 
@@ -258,9 +274,10 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         ingest,
         search: SearchObservation {
             desired: ic.spec.search.replicas,
-            available: deployment.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0),
-            endpoint: children::search_endpoint(ic)?,
+            available: deployment.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0),
+            endpoint: children::search_endpoint(ic).unwrap_or_default(),
         },
+        failures,
     };
     let status = status::compute(&observed, ic.status.as_ref(), now());
     let ready = status.phase == Some(crate::crd::Phase::Ready);
@@ -269,6 +286,25 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         publish(context, ic, type_, &reason, &message).await;
     }
     Ok(Action::requeue(if ready { context.recheck.ready } else { context.recheck.not_ready }))
+}
+
+/// The value of a child's apply, or `None` with the failure recorded for status.
+fn settle<T>(failures: &mut Vec<ChildFailure>, object: String, result: Result<T>) -> Option<T> {
+    let error = match result {
+        Ok(value) => return Some(value),
+        Err(error) => error,
+    };
+    let (reason, message) = match &error {
+        Error::Build(problem) => ("InvalidSpec", problem.to_string()),
+        Error::Kube(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+            ("ChildRejected", format!("the API server refused it ({}): {}", status.code, status.message))
+        }
+        Error::StaleChild(message) => ("StaleChild", message.clone()),
+        other => ("ApiUnavailable", other.to_string()),
+    };
+    tracing::warn!(%object, reason, %message, "child not applied");
+    failures.push(ChildFailure { object, reason, message });
+    None
 }
 
 /// Creates the Job of this generation if missing (Jobs are immutable once created).
@@ -281,7 +317,22 @@ async fn ensure_ingest_job(
     let jobs: Api<Job> = Api::namespaced(context.client.clone(), namespace);
     let job_name = children::ingest_job_name(ic)?;
     if let Some(job) = jobs.get_opt(&job_name).await? {
-        return Ok(Some(job));
+        if owned_by(&job, ic) {
+            return Ok(Some(job));
+        }
+        // A Job of the same name owned by an earlier object of this name (deleted and created
+        // again, as GitOps tools do on immutable-field changes) that the garbage collector has
+        // not removed yet: it ingested with the old spec, so it is not this generation's. It is
+        // deleted now and this generation's Job is created on the next pass.
+        if job.metadata.deletion_timestamp.is_none() {
+            jobs.delete(&job_name, &background()).await?;
+            let note = format!("deleted Job {job_name} left by an earlier ImageCollection of this name");
+            publish(context, ic, EventType::Normal, "StaleJobDeleted", &note).await;
+        }
+        return Err(Error::StaleChild(format!(
+            "Job {job_name} of an earlier ImageCollection {} is being deleted",
+            ic.name_any()
+        )));
     }
     if ic.spec.suspend {
         return Ok(None);
@@ -295,6 +346,17 @@ async fn ensure_ingest_job(
         Err(BuildError::UnsupportedSource(_)) => Ok(None),
         Err(other) => Err(other.into()),
     }
+}
+
+/// Whether `ic` (this very object, by uid) is the controller owner of `child`.
+fn owned_by(child: &impl Resource, ic: &ImageCollection) -> bool {
+    let uid = ic.metadata.uid.as_deref();
+    child
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| Some(owner.uid.as_str()) == uid && owner.controller == Some(true))
 }
 
 /// The Job's state from its conditions, and from its pods what the run reported.
@@ -369,8 +431,10 @@ async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, ge
         .cloned()
         .filter_map(|job| {
             let job_generation = job.labels().get(LABEL_GENERATION)?.parse::<i64>().ok()?;
-            let finished = job.status.as_ref().is_some_and(|s| {
-                s.completion_time.is_some() || s.failed.unwrap_or(0) > 0 && s.active.unwrap_or(0) == 0
+            // Finished means a terminal condition: `failed > 0 && active == 0` also holds
+            // between a failed pod and its retry.
+            let finished = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
+                conditions.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
             });
             (job_generation < generation && finished).then_some((job_generation, job))
         })
@@ -535,11 +599,26 @@ async fn write_status(context: &Context, ic: &ImageCollection, status: &ImageCol
     Ok(())
 }
 
+/// events.k8s.io/v1 refuses a note over 1 kB (1,024 bytes, not characters).
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
+
+/// The longest prefix of `text` within `max` bytes that ends on a character boundary.
+fn truncate_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 async fn publish(context: &Context, ic: &ImageCollection, type_: EventType, reason: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(truncate_bytes(note, EVENT_NOTE_MAX_BYTES).to_string()),
         action: "Reconcile".into(),
         secondary: None,
     };

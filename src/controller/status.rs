@@ -37,6 +37,10 @@ pub enum IngestObservation {
         job: String,
         message: String,
     },
+    /// This generation's Job could not be created; a [`ChildFailure`] says why.
+    NotCreated {
+        message: String,
+    },
     /// The spec's source cannot be ingested by this version.
     Unsupported {
         message: String,
@@ -129,6 +133,19 @@ pub struct SearchObservation {
     pub endpoint: String,
 }
 
+/// A child object the spec cannot produce or the API server refused. The other children are
+/// still applied; this one is reported until a reconcile gets it through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildFailure {
+    /// Kind and name, e.g. `Service photos-search`.
+    pub object: String,
+    /// `InvalidSpec` (the spec cannot produce it), `ChildRejected` (the API server refused it,
+    /// e.g. 422), `StaleChild` (one of the same name left by an earlier object is still being
+    /// deleted), `ApiUnavailable` (no answer): the Stalled condition's reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub generation: i64,
@@ -136,6 +153,20 @@ pub struct Observed {
     pub milvus: MilvusObservation,
     pub ingest: IngestObservation,
     pub search: SearchObservation,
+    pub failures: Vec<ChildFailure>,
+}
+
+/// One line for a condition message: each failing object with its cause; objects failing for
+/// the same cause (an invalid name breaks them all) share it.
+fn describe_failures(failures: &[ChildFailure]) -> String {
+    let mut grouped: Vec<(Vec<&str>, &str)> = Vec::new();
+    for failure in failures {
+        match grouped.iter_mut().find(|(_, message)| *message == failure.message) {
+            Some((objects, _)) => objects.push(&failure.object),
+            None => grouped.push((vec![&failure.object], &failure.message)),
+        }
+    }
+    grouped.iter().map(|(objects, message)| format!("{}: {message}", objects.join(", "))).collect::<Vec<_>>().join("; ")
 }
 
 /// The status to write. Conditions whose status did not change keep their lastTransitionTime.
@@ -172,6 +203,7 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         }
     };
 
+    let mut ingest_failure = None;
     let (ingesting, ingest_failed, last_ingest) = match &observed.ingest {
         IngestObservation::Suspended => {
             set(INGESTED, false, "Suspended", "spec.suspend is true: no ingest Job is started".into());
@@ -209,7 +241,9 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
             )
         }
         IngestObservation::Failed { job, message } => {
-            set(INGESTED, false, "JobFailed", format!("ingest Job {job} failed: {message}"));
+            let said = format!("ingest Job {job} failed: {message}");
+            ingest_failure = Some(("IngestFailed", said.clone()));
+            set(INGESTED, false, "JobFailed", said);
             (
                 false,
                 true,
@@ -221,7 +255,12 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
                 }),
             )
         }
+        IngestObservation::NotCreated { message } => {
+            set(INGESTED, false, "JobNotCreated", message.clone());
+            (false, false, None)
+        }
         IngestObservation::Unsupported { message } => {
+            ingest_failure = Some(("UnsupportedSource", message.clone()));
             set(INGESTED, false, "UnsupportedSource", message.clone());
             (false, true, None)
         }
@@ -236,30 +275,47 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         format!("{} of {} search replicas available", search.available, search.desired),
     );
 
-    let ready = milvus_ok && search_ok && search.desired > 0;
+    // A search Service or Deployment that could not be applied leaves nothing to search through.
+    let search_child_failed =
+        observed.failures.iter().any(|f| f.object.starts_with("Service ") || f.object.starts_with("Deployment "));
+    let ready = milvus_ok && search_ok && search.desired > 0 && !search_child_failed;
     let ready_message = if ready {
         format!("searchable at {}", search.endpoint)
     } else if !milvus_ok {
         "the Milvus collection is not ready".to_string()
+    } else if search_child_failed {
+        "the search Service or Deployment could not be applied (see the Stalled condition)".to_string()
     } else {
         "the search service is not available".to_string()
     };
     set(READY, ready, if ready { "Ready" } else { "NotReady" }, ready_message);
     // kstatus: Reconciling while work is in flight, Stalled when it cannot progress on its own.
-    let stalled = ingest_failed || matches!(observed.milvus, MilvusObservation::Failed { .. });
+    // Stalled says what blocks progress: children first (nothing else can fix them), then
+    // Milvus, then the ingest Job.
+    let stalled_by = if let Some(first) = observed.failures.first() {
+        Some((first.reason, describe_failures(&observed.failures)))
+    } else if let MilvusObservation::Failed { reason, message } = &observed.milvus {
+        Some((*reason, message.clone()))
+    } else {
+        ingest_failure
+    };
+    let stalled = stalled_by.is_some();
     set(
         RECONCILING,
         ingesting || (!ready && !stalled),
         if ingesting { "Ingesting" } else { "Progressing" },
         String::new(),
     );
-    set(STALLED, stalled, if stalled { "Blocked" } else { "NotBlocked" }, String::new());
+    match stalled_by {
+        Some((reason, message)) => set(STALLED, true, reason, message),
+        None => set(STALLED, false, "NotBlocked", String::new()),
+    }
 
     let phase = if !milvus_ok {
         Phase::Failed // nothing can be searched or written until Milvus answers
     } else if ingesting {
         Phase::Ingesting
-    } else if ingest_failed {
+    } else if ingest_failed || !observed.failures.is_empty() {
         if ready { Phase::Degraded } else { Phase::Failed }
     } else if ready {
         Phase::Ready
@@ -288,6 +344,9 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     }
 }
 
+/// Stalled reasons of [`ChildFailure`]s.
+pub const CHILD_REASONS: [&str; 4] = ["InvalidSpec", "ChildRejected", "ApiUnavailable", "StaleChild"];
+
 /// Events worth telling when status moves: an ingest finishing or failing, the collection
 /// becoming searchable or stopping to be. Nothing when a condition merely stays as it was.
 pub fn transitions(
@@ -314,6 +373,18 @@ pub fn transitions(
             events.push((Warning, "IngestFailed".into(), message(INGESTED).unwrap_or_default()))
         }
         _ => {}
+    }
+    // A child that cannot be applied is news each time the cause changes, not every reconcile.
+    let stalled = |status: Option<&ImageCollectionStatus>| {
+        status
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == STALLED))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((status, reason, message)) = stalled(Some(next)).filter(|now| Some(now) != stalled(previous).as_ref())
+        && status == "True"
+        && CHILD_REASONS.contains(&reason.as_str())
+    {
+        events.push((Warning, reason, message));
     }
     match changed(READY) {
         Some((status, _)) if status == "True" => {
@@ -406,7 +477,42 @@ mod tests {
                 available,
                 endpoint: "http://products-search.shop.svc:8080".into(),
             },
+            failures: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_child_that_cannot_be_applied_stalls_the_collection_with_its_name_and_the_servers_words() {
+        let mut seen = observed(
+            MilvusObservation::Ready { rows: 10 },
+            IngestObservation::Running { job: "products-ingest-g2".into(), started_at: None },
+            2,
+        );
+        seen.failures = vec![ChildFailure {
+            object: "CronJob products-rescan".into(),
+            reason: "ChildRejected",
+            message: "CronJob.batch \"products-rescan\" is invalid: [spec.schedule: Invalid value]".into(),
+        }];
+        let status = compute(&seen, None, time(100));
+        let stalled = get(&status, STALLED);
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "ChildRejected"));
+        assert!(stalled.message.starts_with("CronJob products-rescan: CronJob.batch"), "{}", stalled.message);
+        assert_eq!(get(&status, READY).status, "True", "a rescan CronJob does not stop search");
+        assert_eq!(get(&status, INGESTED).reason, "JobRunning", "nor the ingest Job");
+        let events = transitions(None, &status);
+        assert!(
+            events.iter().any(|(_, reason, message)| reason == "ChildRejected" && message.contains("products-rescan"))
+        );
+        assert!(transitions(Some(&status), &status).is_empty(), "the same failure is not told twice");
+
+        // An invalid name breaks every child for the same reason: said once, naming them all.
+        let message = "metadata.name \"2024\" must start with a lowercase letter".to_string();
+        seen.failures = ["Service 2024-search", "Deployment 2024-search"]
+            .map(|object| ChildFailure { object: object.into(), reason: "InvalidSpec", message: message.clone() })
+            .to_vec();
+        let status = compute(&seen, None, time(100));
+        assert_eq!(get(&status, STALLED).message, format!("Service 2024-search, Deployment 2024-search: {message}"));
+        assert_eq!(get(&status, READY).status, "False", "without its Service nothing can be searched");
     }
 
     fn get<'a>(status: &'a ImageCollectionStatus, type_: &str) -> &'a Condition {

@@ -7,10 +7,16 @@
 //! and the status subresource, `generation` bumped on spec changes only, a Secret's `stringData`
 //! folded into `data`, optimistic concurrency on updates (a stale resourceVersion is a 409).
 //!
+//! Admission (tests/k8s/admission.rs) refuses with 422 what kube-apiserver's validation refuses
+//! for the resources the controller writes: names and labels, Indexed Job hostnames, CronJob
+//! names and schedules, immutable fields, and an ImageCollection's CRD defaults and CEL rules.
+//! Tests can make a resource answer 503 for a while ([`FakeApiServer::unavailable`]).
+//!
 //! Simplified on purpose (documented, not hidden): server-side apply merges the applied
 //! configuration into the object instead of tracking managed fields per manager, so fields a
-//! manager stops setting are not removed; no admission, no schema validation, no label
-//! selectors beyond exact `key=value` matches, no field selectors; every object lives in memory.
+//! manager stops setting are not removed; no OpenAPI schema validation or pruning beyond the
+//! CRD's defaults and CEL rules, no label selectors beyond exact `key=value` matches, no field
+//! selectors; every object lives in memory.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,6 +31,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+
+use super::admission;
 
 /// One API call, for checking what the controller did and that RBAC allows it (tests/rbac.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +74,15 @@ struct Store {
 pub struct FakeApiServer {
     store: Arc<Mutex<Store>>,
     changed: Arc<Notify>,
+    /// Resources that answer 503 to some verbs until a deadline, as during an API outage.
+    outages: Arc<Mutex<Vec<Outage>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Outage {
+    resource: String,
+    verbs: Vec<String>,
+    until: std::time::Instant,
 }
 
 /// Where a request points: `/api/v1/...` or `/apis/{group}/{version}/...`.
@@ -139,6 +156,24 @@ impl FakeApiServer {
         .expect("kubeconfig JSON")
     }
 
+    /// Answers 503 Service Unavailable to `verbs` on `resource` (e.g. "leases") for `duration`,
+    /// as kube-apiserver does while etcd is unreachable.
+    pub fn unavailable(&self, resource: &str, verbs: &[&str], duration: Duration) {
+        let outage = Outage {
+            resource: resource.into(),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            until: std::time::Instant::now() + duration,
+        };
+        self.outages.lock().unwrap_or_else(|p| p.into_inner()).push(outage);
+    }
+
+    fn in_outage(&self, resource: &str, verb: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut outages = self.outages.lock().unwrap_or_else(|p| p.into_inner());
+        outages.retain(|o| o.until > now);
+        outages.iter().any(|o| o.resource == resource && o.verbs.iter().any(|v| v == verb))
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
@@ -165,6 +200,21 @@ impl FakeApiServer {
             return;
         }
         store.write(key, &namespace, &name, object, existing.is_none());
+        drop(store);
+        self.changed.notify_waiters();
+    }
+
+    /// Stores a new object without admission, as one stored before a validation rule existed
+    /// (e.g. by an older CRD version); the server-owned fields are set as on a create.
+    pub fn create_unvalidated(&self, key: &str, mut object: Value) {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let mut store = self.lock();
+        store.uid += 1;
+        object["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", store.uid));
+        object["metadata"]["generation"] = json!(1);
+        object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        store.write(key, &namespace, &name, object, true);
         drop(store);
         self.changed.notify_waiters();
     }
@@ -321,6 +371,13 @@ async fn handle(
         namespace: target.namespace.clone(),
         name: target.name.clone(),
     });
+    if server.in_outage(&target.resource, verb) {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".into(),
+        );
+    }
     match verb {
         "watch" => watch(server, target, query).await,
         "get" => get(&server, &target),
@@ -379,6 +436,9 @@ fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
     let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
         return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required".into());
     };
+    if let Err(refused) = admit_creation(target, &mut object) {
+        return refused;
+    }
     let mut store = server.lock();
     if store.objects.contains_key(&(target.key(), namespace.clone(), name.clone())) {
         return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", target.resource));
@@ -388,6 +448,33 @@ fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
     drop(store);
     server.changed.notify_waiters();
     ok_json(StatusCode::CREATED, &stored)
+}
+
+/// 422 Invalid, worded as kube-apiserver words it.
+fn invalid(target: &Target, name: &str, problems: &[String]) -> Response {
+    let kind = kind_of(&target.resource);
+    let group = if target.group.is_empty() { String::new() } else { format!(".{}", target.group) };
+    status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        format!("{kind}{group} \"{name}\" is invalid: [{}]", problems.join(", ")),
+    )
+}
+
+/// Validation and defaulting of a new object; the 422 to answer if it is refused.
+fn admit_creation(target: &Target, object: &mut Value) -> Result<(), Response> {
+    if target.resource == "imagecollections" {
+        *object = admission::default_imagecollection(object);
+    }
+    let mut problems = admission::creation_problems(&target.resource, object);
+    if target.resource == "imagecollections" {
+        problems.extend(admission::cel_problems(object, None));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    Err(invalid(target, &name, &problems))
 }
 
 /// Fields the API server owns on creation.
@@ -461,6 +548,10 @@ fn patch(
         }
         let mut object = patch.clone();
         object["metadata"]["name"] = json!(name);
+        if let Err(refused) = admit_creation(target, &mut object) {
+            store.calls.pop(); // not created after all
+            return refused;
+        }
         initialise(&mut store, &mut object, target, &namespace);
         let stored = store.write(&target.key(), &namespace, &name, object, true);
         drop(store);
@@ -530,6 +621,22 @@ fn write_changed(
     }
     next["apiVersion"] = current["apiVersion"].clone();
     next["kind"] = current["kind"].clone();
+    if target.subresource.is_none() {
+        if target.resource == "imagecollections" {
+            next = admission::default_imagecollection(&next);
+        }
+        let mut problems = admission::update_problems(&target.resource, &current, &next);
+        if target.resource == "imagecollections" {
+            // Ratcheting (CRDValidationRatcheting, on by default since 1.30): what was already
+            // invalid in the stored object does not block an update that leaves it as it was,
+            // e.g. adding a finalizer to an object stored before a rule existed.
+            let before = admission::cel_problems(&current, Some(&current));
+            problems.extend(admission::cel_problems(&next, Some(&current)).into_iter().filter(|p| !before.contains(p)));
+        }
+        if !problems.is_empty() {
+            return invalid(target, &name, &problems);
+        }
+    }
     let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
     next["metadata"]["generation"] =
         json!(if spec_of(&next) != spec_of(&current) { generation + 1 } else { generation });

@@ -2,5 +2,6 @@
 //! kubelet that runs the pods it is asked for as local processes.
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod fake_apiserver;
 pub mod kubelet;
