@@ -437,7 +437,7 @@ fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
         return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required".into());
     };
     if let Err(refused) = admit_creation(target, &mut object) {
-        return refused;
+        return *refused;
     }
     let mut store = server.lock();
     if store.objects.contains_key(&(target.key(), namespace.clone(), name.clone())) {
@@ -462,7 +462,7 @@ fn invalid(target: &Target, name: &str, problems: &[String]) -> Response {
 }
 
 /// Validation and defaulting of a new object; the 422 to answer if it is refused.
-fn admit_creation(target: &Target, object: &mut Value) -> Result<(), Response> {
+fn admit_creation(target: &Target, object: &mut Value) -> Result<(), Box<Response>> {
     if target.resource == "imagecollections" {
         *object = admission::default_imagecollection(object);
     }
@@ -474,7 +474,7 @@ fn admit_creation(target: &Target, object: &mut Value) -> Result<(), Response> {
         return Ok(());
     }
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    Err(invalid(target, &name, &problems))
+    Err(Box::new(invalid(target, &name, &problems)))
 }
 
 /// Fields the API server owns on creation.
@@ -550,7 +550,7 @@ fn patch(
         object["metadata"]["name"] = json!(name);
         if let Err(refused) = admit_creation(target, &mut object) {
             store.calls.pop(); // not created after all
-            return refused;
+            return *refused;
         }
         initialise(&mut store, &mut object, target, &namespace);
         let stored = store.write(&target.key(), &namespace, &name, object, true);
