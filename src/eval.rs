@@ -118,10 +118,8 @@ pub fn precision_at_k(vectors: &[Vec<f32>], labels: &[String], ks: &[usize]) -> 
     let max_k = ks.iter().copied().max().unwrap_or(0).min(n.saturating_sub(1));
     let mut sums = vec![0.0f64; ks.len()];
     for i in 0..n {
-        let mut neighbours: Vec<(f32, usize)> = (0..n)
-            .filter(|&j| j != i)
-            .map(|j| (vectors[i].iter().zip(&vectors[j]).map(|(a, b)| a * b).sum::<f32>(), j))
-            .collect();
+        let mut neighbours: Vec<(f32, usize)> =
+            (0..n).filter(|&j| j != i).map(|j| (dot(&vectors[i], &vectors[j]), j)).collect();
         neighbours.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         neighbours.truncate(max_k);
         for (slot, &k) in ks.iter().enumerate() {
@@ -469,8 +467,9 @@ fn relative(root: &Path, path: &Path) -> String {
     path.strip_prefix(&root).unwrap_or(path).display().to_string()
 }
 
-/// One L2-normalised vector per file (None where the file cannot be read or decoded), decoding
-/// on every core while the model embeds: the set's originals are full-size wallpapers.
+/// One L2-normalised vector per file (None where the file cannot be read or decoded). All
+/// files are decoded first, on every core (the set's originals are full-size wallpapers), then
+/// embedded in batches.
 fn embed_files(
     model: &EmbeddingModel,
     files: &[&PathBuf],

@@ -501,7 +501,10 @@ async fn after_a_lease_outage_the_old_leader_stops_before_a_standby_starts() {
     }
     let (stopped, took_over) = (first_stopped.unwrap_or_default(), second_started.unwrap_or_default());
     assert!(stopped < took_over, "two leaders: the old one stopped at {stopped:?}, the standby led from {took_over:?}");
-    let outcome = first_task.await.expect("the old leader's task ends by itself");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), first_task)
+        .await
+        .expect("the old leader's task ends by itself within 10 s of losing the lease")
+        .expect("the old leader's task did not panic");
     assert!(
         matches!(outcome, Err(imgsearch::controller::RunError::LostLeadership(_))),
         "the old leader exits to be restarted: {outcome:?}"

@@ -205,7 +205,7 @@ fn admission_names_and_labels_follow_apimachinery() {
         "1-starts-with-num",
         "end-with-num-1",
         "1234",
-        "-starts-with-num".trim_start_matches('-'),
+        "starts-with-num",
         "a.b",
         "A_B",
         "",

@@ -23,18 +23,22 @@ fn is_alnum(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
+/// `label` is `first` then lowercase alphanumerics and '-', ending alphanumeric: the shape of
+/// a DNS-1123 label (`first` alphanumeric) and a DNS-1035 label (`first` a letter).
+fn label_shaped(label: &str, first: fn(u8) -> bool) -> bool {
+    let bytes = label.as_bytes();
+    bytes.first().is_some_and(|b| first(*b))
+        && bytes.last().is_some_and(|b| is_alnum(*b))
+        && bytes.iter().all(|b| is_alnum(*b) || *b == b'-')
+}
+
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63.
 pub fn dns1123_label(value: &str) -> Vec<String> {
     let mut problems = Vec::new();
     if value.len() > DNS1123_LABEL_MAX {
         problems.push(format!("must be no more than {DNS1123_LABEL_MAX} characters"));
     }
-    let bytes = value.as_bytes();
-    let shaped = !bytes.is_empty()
-        && is_alnum(bytes[0])
-        && is_alnum(bytes[bytes.len() - 1])
-        && bytes.iter().all(|b| is_alnum(*b) || *b == b'-');
-    if !shaped {
+    if !label_shaped(value, is_alnum) {
         problems.push(
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start \
              and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is \
@@ -51,15 +55,7 @@ pub fn dns1123_subdomain(value: &str) -> Vec<String> {
     if value.len() > DNS1123_SUBDOMAIN_MAX {
         problems.push(format!("must be no more than {DNS1123_SUBDOMAIN_MAX} characters"));
     }
-    let shaped = !value.is_empty()
-        && value.split('.').all(|label| {
-            let bytes = label.as_bytes();
-            !bytes.is_empty()
-                && is_alnum(bytes[0])
-                && is_alnum(bytes[bytes.len() - 1])
-                && bytes.iter().all(|b| is_alnum(*b) || *b == b'-')
-        });
-    if !shaped {
+    if value.is_empty() || !value.split('.').all(|label| label_shaped(label, is_alnum)) {
         problems.push(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and \
              must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is \
@@ -76,12 +72,7 @@ pub fn dns1035_label(value: &str) -> Vec<String> {
     if value.len() > DNS1123_LABEL_MAX {
         problems.push(format!("must be no more than {DNS1123_LABEL_MAX} characters"));
     }
-    let bytes = value.as_bytes();
-    let shaped = !bytes.is_empty()
-        && bytes[0].is_ascii_lowercase()
-        && is_alnum(bytes[bytes.len() - 1])
-        && bytes.iter().all(|b| is_alnum(*b) || *b == b'-');
-    if !shaped {
+    if !label_shaped(value, |b| b.is_ascii_lowercase()) {
         problems.push(
             "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic \
              character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for \
