@@ -29,7 +29,9 @@ trap cleanup EXIT
 say "building $image"
 docker build -t "$image" .
 say "creating kind cluster $cluster"
-kind create cluster --name "$cluster" --wait 120s
+# A pinned node image: a Kubernetes version the CRD's CEL rules (ratcheting, messageExpression)
+# are written for. Override with KIND_NODE_IMAGE to try another.
+kind create cluster --name "$cluster" --image "${KIND_NODE_IMAGE:-kindest/node:v1.33.1}" --wait 120s
 kind load docker-image "$image" --name "$cluster"
 
 say "installing imgsearch (manifests/overlays/kind: manifests/ with the local image)"
@@ -133,10 +135,13 @@ spec:
   catalog: { secretRef: { name: imgsearch-catalog } }
   deletionPolicy: Delete
 EOF
-kubectl -n "$ns" wait --for=condition=Ready imagecollection/photos --timeout=600s
+# Ready says the search pods answer; it does not wait for the ingest. Wait for what the checks
+# below need: the ingest finished and every photo counted.
+kubectl -n "$ns" wait --for=condition=Ingested imagecollection/photos --timeout=600s
+kubectl -n "$ns" wait --for=jsonpath='{.status.images.indexed}'="$count" imagecollection/photos --timeout=120s \
+  || die "indexed $(kubectl -n "$ns" get imgc photos -o jsonpath='{.status.images.indexed}') of $count photos"
+kubectl -n "$ns" wait --for=condition=Ready imagecollection/photos --timeout=300s
 kubectl -n "$ns" get imgc photos -o wide
-indexed=$(kubectl -n "$ns" get imgc photos -o jsonpath='{.status.images.indexed}')
-[ "$indexed" = "$count" ] || die "indexed $indexed of $count photos"
 
 say "searching from inside the cluster through the Service"
 kubectl -n "$ns" run curl --image=curlimages/curl:8.10.1 --restart=Never --command -- sleep 600

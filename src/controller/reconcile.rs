@@ -15,7 +15,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPo
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector;
+use kube::runtime::PredicateConfig;
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -72,16 +75,32 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How often an object is looked at again when nothing announces a change. Owned objects wake
 /// the controller on change; these timers catch what nothing announces: Milvus going away or
-/// coming back.
+/// coming back, and the indexed count growing while an ingest runs (the controller's own status
+/// writes do not wake it, see [`wakes_the_controller`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Recheck {
     pub ready: Duration,
+    pub ingesting: Duration,
     pub not_ready: Duration,
 }
 
 impl Default for Recheck {
     fn default() -> Self {
-        Self { ready: Duration::from_secs(120), not_ready: Duration::from_secs(30) }
+        Self {
+            ready: Duration::from_secs(120),
+            ingesting: Duration::from_secs(10),
+            not_ready: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Recheck {
+    fn after(&self, phase: Option<&crate::crd::Phase>) -> Duration {
+        match phase {
+            Some(crate::crd::Phase::Ready) => self.ready,
+            Some(crate::crd::Phase::Ingesting) => self.ingesting,
+            _ => self.not_ready,
+        }
     }
 }
 
@@ -149,7 +168,16 @@ fn object_key(ic: &ImageCollection) -> String {
 /// Runs the controller until SIGTERM / Ctrl-C.
 pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
-    Controller::new(Api::<ImageCollection>::all(client.clone()), watcher::Config::default())
+    // The ImageCollection watch passes on only changes the controller must act on. Without the
+    // filter every status write (the indexed count rises during an ingest) came back as a watch
+    // event and started another reconcile: several a second, each a handful of API calls.
+    let (reader, writer) = reflector::store();
+    let collections = watcher(Api::<ImageCollection>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(wakes_the_controller, PredicateConfig::default());
+    Controller::for_stream(collections, reader)
         .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<CronJob>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
@@ -159,10 +187,26 @@ pub async fn run(context: Arc<Context>) {
         .for_each(|result| async move {
             match result {
                 Ok((object, action)) => tracing::debug!(%object, ?action, "reconciled"),
+                // A timer that fires after its object was deleted: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(%object, "requeued object is gone")
+                }
                 Err(error) => tracing::warn!(%error, "reconcile failed"),
             }
         })
         .await;
+}
+
+/// What of an ImageCollection wakes the controller: its spec (through the generation, which the
+/// API server also bumps when a deletion starts), its finalizers and the start of its deletion.
+/// Status and the controller's own writes do not.
+fn wakes_the_controller(ic: &ImageCollection) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ic.metadata.generation.hash(&mut hasher);
+    ic.metadata.finalizers.hash(&mut hasher);
+    ic.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 async fn reconcile(ic: Arc<ImageCollection>, context: Arc<Context>) -> Result<Action> {
@@ -280,12 +324,12 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         failures,
     };
     let status = status::compute(&observed, ic.status.as_ref(), now());
-    let ready = status.phase == Some(crate::crd::Phase::Ready);
+    let recheck = context.recheck.after(status.phase.as_ref());
     write_status(context, ic, &status).await?;
     for (type_, reason, message) in status::transitions(ic.status.as_ref(), &status) {
         publish(context, ic, type_, &reason, &message).await;
     }
-    Ok(Action::requeue(if ready { context.recheck.ready } else { context.recheck.not_ready }))
+    Ok(Action::requeue(recheck))
 }
 
 /// The value of a child's apply, or `None` with the failure recorded for status.

@@ -669,6 +669,11 @@ fn delete(server: &FakeApiServer, target: &Target) -> Response {
     let response = if has_finalizers {
         if !current["metadata"]["deletionTimestamp"].is_string() {
             current["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:01Z");
+            // As the generic registry's markAsDeleting: a graceful delete bumps the generation
+            // of objects that track one, so generation-filtered watchers see the deletion.
+            if let Some(generation) = current["metadata"]["generation"].as_i64() {
+                current["metadata"]["generation"] = json!(generation + 1);
+            }
             store.write(&key, &namespace, &name, current, false)
         } else {
             current
