@@ -77,6 +77,11 @@ pub struct ImageCollectionSpec {
     /// Stop creating ingest Jobs (running ones finish); search keeps serving.
     #[serde(default)]
     pub suspend: bool,
+    /// Secrets of type `kubernetes.io/dockerconfigjson` in this namespace that the ingest and
+    /// search pods pull the imgsearch image with, when it comes from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalSecretRef>,
 }
 
 /// Where Milvus is: an address, or a Milvus object managed by milvus-operator.

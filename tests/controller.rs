@@ -40,8 +40,12 @@ fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
 /// A context whose timers are short enough for a test to see them fire.
 fn test_context(client: &kube::Client) -> Arc<Context> {
     let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
-    let recheck =
-        Recheck { ready: Duration::from_secs(1), ingesting: Duration::from_secs(1), not_ready: Duration::from_secs(1) };
+    let recheck = Recheck {
+        ready: Duration::from_secs(1),
+        ingesting: Duration::from_secs(1),
+        not_ready: Duration::from_secs(1),
+        ..Recheck::default()
+    };
     Context::with_recheck(client.clone(), children, recheck)
 }
 
@@ -152,8 +156,12 @@ async fn status_writes_during_an_ingest_do_not_wake_the_controller_again() {
     let client = FakeApiServer::client(address);
     // The count is read every 4 s while ingesting: at most 3 timer reconciles in the 8 s below.
     let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
-    let recheck =
-        Recheck { ready: Duration::from_secs(4), ingesting: Duration::from_secs(4), not_ready: Duration::from_secs(4) };
+    let recheck = Recheck {
+        ready: Duration::from_secs(4),
+        ingesting: Duration::from_secs(4),
+        not_ready: Duration::from_secs(4),
+        ..Recheck::default()
+    };
     let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
     let collection = common::unique_collection("storm");
     let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");

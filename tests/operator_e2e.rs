@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use imgsearch::catalog::{Catalog, ImageStatus};
 use imgsearch::controller::children::ChildConfig;
-use imgsearch::controller::reconcile::{Context, run};
+use imgsearch::controller::reconcile::{Context, Recheck, run};
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
 use imgsearch::store::MilvusStore;
 use k8s::fake_apiserver::FakeApiServer;
 use k8s::kubelet::SimulatedKubelet;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -120,10 +120,158 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     }
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
     assert!(!milvus.has_collection(&collection).await.unwrap(), "the Milvus collection was dropped");
+    // In that order: every pod (the search pod drains for 5 s after SIGTERM) was gone before the
+    // collection was dropped, so nothing wrote to it or created it again afterwards.
+    let changes = server.changes();
+    let dropped = changes
+        .iter()
+        .find(|(_, kind, resource, object)| {
+            *kind == "ADDED" && resource == "events.k8s.io/v1/events" && object["reason"] == "CollectionDropped"
+        })
+        .map(|(version, ..)| *version)
+        .expect("a CollectionDropped Event");
+    let last_pod_gone = changes
+        .iter()
+        .filter(|(_, kind, resource, _)| *kind == "DELETED" && resource == "v1/pods")
+        .map(|(version, ..)| *version)
+        .max()
+        .expect("the pods were deleted");
+    assert!(
+        last_pod_gone < dropped,
+        "the collection was dropped (version {dropped}) while a pod still ran (gone at {last_pod_gone})"
+    );
+    let stopping = changes.iter().any(|(_, _, resource, object)| {
+        resource == "imgsearch.io/v1alpha1/imagecollections"
+            && object["status"]["conditions"].to_string().contains("StoppingPods")
+    });
+    assert!(stopping, "status said it was waiting for the pods to stop");
     let catalog = Catalog::open(&catalog_url).await.unwrap();
     for status in [ImageStatus::Indexed, ImageStatus::Failed, ImageStatus::Pending] {
         assert_eq!(catalog.count(&collection, status).await.unwrap(), 0, "catalog rows purged ({status:?})");
     }
     assert!(server.objects("v1/pods").is_empty(), "the Job's pods went with it");
     controller.abort();
+}
+
+/// Waits for the object's status to satisfy `check`, or fails saying what did not happen and
+/// what status there was.
+async fn status_where(server: &FakeApiServer, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let object = server.object("imgsearch.io/v1alpha1/imagecollections", "shop", name).unwrap_or(Value::Null);
+        if check(&object["status"]) {
+            return object["status"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: {what} did not happen; last status: {}",
+            object["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_)).unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn pods_that_cannot_start_are_reported_as_stalled_and_recover_once_fixed() {
+    let work = tempfile::tempdir().unwrap();
+    let photos = work.path().join("volume");
+    std::fs::create_dir_all(&photos).unwrap();
+    for name in ["astronaut.jpg", "coffee.jpg"] {
+        std::fs::copy(common::photo(name), photos.join(name)).unwrap();
+    }
+    let (server, address, _api_task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let claims = BTreeMap::from([("photos".to_string(), photos)]);
+    let (kubelet, _kubelet_task) =
+        SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
+    // The controller's image lives in a private registry: pulling it needs the `regcred` Secret.
+    kubelet.require_pull_secret("registry.example/imgsearch:private", "regcred");
+    let children = ChildConfig { image: "registry.example/imgsearch:private".into(), image_pull_policy: None };
+    let recheck = Recheck {
+        ingesting: Duration::from_secs(1),
+        not_ready: Duration::from_secs(1),
+        pod_start_grace: Duration::from_secs(2),
+        ..Recheck::default()
+    };
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
+    let collections: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
+    let create = |name: &str, extra: Value| {
+        let mut spec = json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": common::unique_collection(name),
+            "source": { "pvc": { "claimName": "photos" } },
+            "imagePullSecrets": [{ "name": "regcred" }],
+            "deletionPolicy": "Delete"
+        });
+        for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+            spec[key] = value;
+        }
+        let spec: ImageCollectionSpec = serde_json::from_value(spec).expect("valid spec");
+        let collections = collections.clone();
+        let object = ImageCollection::new(name, spec);
+        async move { collections.create(&PostParams::default(), &object).await.unwrap() }
+    };
+    // Three ways a pod never starts: no pull secret named, a claim that does not exist, a
+    // Secret without the key the spec needs.
+    let regcred: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "regcred" },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": { ".dockerconfigjson": "{\"auths\":{}}" }
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &regcred).await.unwrap();
+    let nokey: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "nokey" }, "stringData": { "URL": "x" } })).unwrap();
+    secrets.create(&PostParams::default(), &nokey).await.unwrap();
+    create("pull", json!({ "imagePullSecrets": [] })).await;
+    create("claim", json!({ "source": { "pvc": { "claimName": "elsewhere" } } })).await;
+    // Retain: deleting with Delete would need the catalog's URL from that Secret.
+    create("key", json!({ "catalog": { "secretRef": { "name": "nokey" } }, "deletionPolicy": "Retain" })).await;
+
+    let stalled = |status: &Value| condition(status, "Stalled")["reason"] == "PodNotStarting";
+    let pull = status_where(&server, "pull", "Stalled with PodNotStarting", stalled).await;
+    let message = condition(&pull, "Stalled")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("ImagePullBackOff") || message.contains("ErrImagePull"), "{message}");
+    assert!(message.contains("spec.imagePullSecrets"), "the message says what to do: {message}");
+    assert_eq!(condition(&pull, "Ingested")["reason"], "PodsNotStarting", "{pull}");
+    assert_ne!(pull["phase"], "Ingesting", "a Job whose pods cannot start is not ingesting: {pull}");
+    let claim = status_where(&server, "claim", "Stalled with PodNotStarting", stalled).await;
+    let message = condition(&claim, "Stalled")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("persistentvolumeclaim \"elsewhere\" not found"), "{message}");
+    let key = status_where(&server, "key", "Stalled with PodNotStarting", stalled).await;
+    let message = condition(&key, "Stalled")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("CreateContainerConfigError"), "{message}");
+    assert!(message.contains("couldn't find key DATABASE_URL in Secret shop/nokey"), "{message}");
+    let warning = server
+        .objects("events.k8s.io/v1/events")
+        .into_iter()
+        .find(|e| e["reason"] == "PodNotStarting" && e["regarding"]["name"] == "key");
+    assert!(warning.is_some(), "a Warning Event says it too");
+
+    // Fixed: the spec names the pull secret. The new generation's pods start, and the
+    // collection becomes Ready with its photos.
+    let patch = json!({ "spec": { "imagePullSecrets": [{ "name": "regcred" }] } });
+    collections.patch("pull", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let ready =
+        status_where(&server, "pull", "Ready with 2 photos", |s| s["phase"] == "Ready" && s["images"]["indexed"] == 2)
+            .await;
+    assert_eq!(condition(&ready, "Stalled")["status"], "False", "{ready}");
+
+    for name in ["pull", "claim", "key"] {
+        collections.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !server.objects("imgsearch.io/v1alpha1/imagecollections").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the collections were not deleted in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.objects("v1/pods").is_empty(), "pods that never started went with their collections");
+    controller.abort();
+    let kept = key["collectionName"].as_str().expect("the retained collection's name").to_string();
+    MilvusStore::connect(&common::milvus_uri(), None).await.unwrap().drop_collection(&kept).await.unwrap();
 }

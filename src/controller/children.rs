@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -62,6 +62,11 @@ fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildErr
 
 fn owner(ic: &ImageCollection) -> Result<OwnerReference, BuildError> {
     ic.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata("metadata.uid"))
+}
+
+fn image_pull_secrets(ic: &ImageCollection) -> Option<Vec<LocalObjectReference>> {
+    let secrets = &ic.spec.image_pull_secrets;
+    (!secrets.is_empty()).then(|| secrets.iter().map(|s| LocalObjectReference { name: s.name.clone() }).collect())
 }
 
 fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
@@ -374,6 +379,7 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
             spec: Some(PodSpec {
                 restart_policy: Some("Never".into()),
                 automount_service_account_token: Some(false),
+                image_pull_secrets: image_pull_secrets(ic),
                 security_context: Some(restricted_pod_security()),
                 containers: vec![container],
                 volumes: Some(volumes),
@@ -519,6 +525,7 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
+                    image_pull_secrets: image_pull_secrets(ic),
                     security_context: Some(restricted_pod_security()),
                     containers: vec![container],
                     volumes: Some(volumes),

@@ -12,13 +12,13 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::PredicateConfig;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector;
-use kube::runtime::PredicateConfig;
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -53,6 +53,10 @@ pub enum Error {
     /// A child of this name exists but belongs to an earlier object of the same name.
     #[error("{0}; retrying")]
     StaleChild(String),
+    /// Deleting with `deletionPolicy: Delete`: the collection's pods are still stopping, and
+    /// its data goes only after them (a running pod would write to it or create it again).
+    #[error("{0} pod(s) of the collection are still stopping")]
+    PodsStopping(usize),
 }
 
 impl Error {
@@ -67,6 +71,7 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid_spec",
             Self::StaleChild(_) => "stale_child",
+            Self::PodsStopping(_) => "pods_stopping",
         }
     }
 }
@@ -82,6 +87,10 @@ pub struct Recheck {
     pub ready: Duration,
     pub ingesting: Duration,
     pub not_ready: Duration,
+    /// How long a pod may wait to start (a Secret, claim or image missing) before the
+    /// collection reports it as Stalled: long enough for a retried image pull or a Secret
+    /// applied just after the collection.
+    pub pod_start_grace: Duration,
 }
 
 impl Default for Recheck {
@@ -90,6 +99,7 @@ impl Default for Recheck {
             ready: Duration::from_secs(120),
             ingesting: Duration::from_secs(10),
             not_ready: Duration::from_secs(30),
+            pod_start_grace: Duration::from_secs(120),
         }
     }
 }
@@ -238,6 +248,13 @@ async fn reconcile_once(ic: Arc<ImageCollection>, context: &Context) -> Result<A
 }
 
 fn error_policy(ic: Arc<ImageCollection>, error: &Error, context: Arc<Context>) -> Action {
+    // Waiting for pods to stop is progress, not a failure: look again soon, without backoff.
+    if let Error::Finalizer(inner) = error
+        && let kube::runtime::finalizer::Error::CleanupFailed(Error::PodsStopping(pods)) = inner.as_ref()
+    {
+        tracing::info!(name = %ic.name_any(), pods, "waiting for the collection's pods to stop before removing its data");
+        return Action::requeue(Duration::from_secs(2));
+    }
     let failures = context.failed(object_key(&ic));
     let delay = backoff(failures);
     tracing::warn!(
@@ -311,6 +328,27 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         None => IngestObservation::Unsupported { message: "spec.source sets none of pvc, s3 or urls".into() },
     };
 
+    let available = deployment.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0);
+    // Pods that cannot start (a Secret, claim or image missing) keep a Job "running" and a
+    // Deployment unavailable forever: their waiting reasons say what is wrong.
+    let mut ingest = ingest;
+    if matches!(ingest, IngestObservation::Running { .. }) || available < ic.spec.search.replicas {
+        let current_job = match &ingest {
+            IngestObservation::Running { job, .. } => Some(job.as_str()),
+            _ => None,
+        };
+        let stuck = pods_not_starting(ic, context, &namespace, current_job).await;
+        if let IngestObservation::Running { job, .. } = &ingest {
+            let of_job: Vec<&ChildFailure> =
+                stuck.iter().filter(|(job_name, _)| job_name.as_ref() == Some(job)).map(|(_, f)| f).collect();
+            if let Some(first) = of_job.first() {
+                let message = format!("{} of its pods cannot start; {}: {}", of_job.len(), first.object, first.message);
+                ingest = IngestObservation::NotStarting { job: job.clone(), message };
+            }
+        }
+        failures.extend(stuck.into_iter().map(|(_, failure)| failure));
+    }
+
     let observed = Observed {
         generation,
         collection,
@@ -318,7 +356,7 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         ingest,
         search: SearchObservation {
             desired: ic.spec.search.replicas,
-            available: deployment.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0),
+            available,
             endpoint: children::search_endpoint(ic).unwrap_or_default(),
         },
         failures,
@@ -349,6 +387,39 @@ fn settle<T>(failures: &mut Vec<ChildFailure>, object: String, result: Result<T>
     tracing::warn!(%object, reason, %message, "child not applied");
     failures.push(ChildFailure { object, reason, message });
     None
+}
+
+/// The collection's search pods and `current_job`'s pods that have not started within the grace
+/// period, each with the Job it belongs to (if any). Pods of older Jobs are not this
+/// generation's concern. A listing that fails is logged and reports nothing: the next pass
+/// looks again.
+async fn pods_not_starting(
+    ic: &ImageCollection,
+    context: &Context,
+    namespace: &str,
+    current_job: Option<&str>,
+) -> Vec<(Option<String>, ChildFailure)> {
+    let pods: Api<Pod> = Api::namespaced(context.client.clone(), namespace);
+    let selector = format!("{LABEL_COLLECTION}={}", ic.name_any());
+    let listed = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(listed) => listed.items,
+        Err(error) => {
+            tracing::warn!(name = %ic.name_any(), %error, "could not list the collection's pods");
+            return Vec::new();
+        }
+    };
+    let now = now();
+    listed
+        .iter()
+        .filter_map(|pod| {
+            let job = pod.labels().get(JOB_NAME_LABEL).cloned();
+            if job.as_deref().is_some_and(|job| Some(job) != current_job) {
+                return None;
+            }
+            let failure = status::not_starting(pod, &now, context.recheck.pod_start_grace)?;
+            Some((job, failure))
+        })
+        .collect()
 }
 
 /// Creates the Job of this generation if missing (Jobs are immutable once created).
@@ -575,6 +646,18 @@ async fn milvus_token(context: &Context, ic: &ImageCollection, secret: &str) -> 
 async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
     if ic.spec.deletion_policy == DeletionPolicy::Delete {
         let collection = ic.milvus_collection();
+        // The search and ingest pods write to the collection and would create it again if it
+        // went while they run: stop them first, and drop the data once they are gone.
+        let running = stop_workloads(ic, context).await?;
+        if running > 0 {
+            let message = format!(
+                "deletionPolicy is Delete: stopping the collection's {running} running pod(s) before dropping {collection}"
+            );
+            let status =
+                status::deleting(ic.status.as_ref(), status::Deletion::Stopping(&message), generation(ic), now());
+            write_status(context, ic, &status).await.ok();
+            return Err(Error::PodsStopping(running));
+        }
         if let Err(error) = purge(ic, context, &collection).await {
             let message = format!(
                 "deletionPolicy is Delete but the data of {collection} cannot be removed yet: {error}. \
@@ -582,13 +665,51 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
                  and let the object go)"
             );
             publish(context, ic, EventType::Warning, "CleanupBlocked", &message).await;
-            write_status(context, ic, &status::deleting(ic.status.as_ref(), Some(&message), generation(ic), now()))
-                .await
-                .ok();
+            let blocked = status::Deletion::Blocked(&message);
+            write_status(context, ic, &status::deleting(ic.status.as_ref(), blocked, generation(ic), now())).await.ok();
             return Err(error);
         }
     }
     Ok(Action::await_change())
+}
+
+/// Deletes the collection's rescan CronJob, ingest Jobs and search Deployment (those this very
+/// object owns), and returns how many of its pods are still running. The API server deletes
+/// pods gracefully, so this is asked again until none is left.
+async fn stop_workloads(ic: &ImageCollection, context: &Context) -> Result<usize> {
+    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
+    let selector = ListParams::default().labels(&format!("{LABEL_COLLECTION}={}", ic.name_any()));
+    delete_owned(Api::<CronJob>::namespaced(context.client.clone(), &namespace), ic, &selector).await?;
+    delete_owned(Api::<Job>::namespaced(context.client.clone(), &namespace), ic, &selector).await?;
+    delete_owned(Api::<Deployment>::namespaced(context.client.clone(), &namespace), ic, &selector).await?;
+    let pods: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
+    let running = pods
+        .list(&selector)
+        .await?
+        .items
+        .iter()
+        .filter(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .count();
+    Ok(running)
+}
+
+async fn delete_owned<K>(api: Api<K>, ic: &ImageCollection, selector: &ListParams) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for object in api.list(selector).await?.items {
+        if owned_by(&object, ic) && object.meta().deletion_timestamp.is_none() {
+            match api.delete(&object.name_any(), &background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Result<()> {

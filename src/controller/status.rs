@@ -41,6 +41,12 @@ pub enum IngestObservation {
     NotCreated {
         message: String,
     },
+    /// The Job exists but its pods have not started within the grace period (a missing Secret,
+    /// claim or image); a [`ChildFailure`] per pod says why.
+    NotStarting {
+        job: String,
+        message: String,
+    },
     /// The spec's source cannot be ingested by this version.
     Unsupported {
         message: String,
@@ -259,6 +265,10 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
             set(INGESTED, false, "JobNotCreated", message.clone());
             (false, false, None)
         }
+        IngestObservation::NotStarting { job, message } => {
+            set(INGESTED, false, "PodsNotStarting", format!("ingest Job {job} cannot start: {message}"));
+            (false, true, None)
+        }
         IngestObservation::Unsupported { message } => {
             ingest_failure = Some(("UnsupportedSource", message.clone()));
             set(INGESTED, false, "UnsupportedSource", message.clone());
@@ -345,7 +355,77 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
 }
 
 /// Stalled reasons of [`ChildFailure`]s.
-pub const CHILD_REASONS: [&str; 4] = ["InvalidSpec", "ChildRejected", "ApiUnavailable", "StaleChild"];
+pub const CHILD_REASONS: [&str; 5] = ["InvalidSpec", "ChildRejected", "ApiUnavailable", "StaleChild", POD_NOT_STARTING];
+
+/// The Stalled reason for a pod that has not started within the grace period.
+pub const POD_NOT_STARTING: &str = "PodNotStarting";
+
+/// Container waiting reasons that mean the container is not about to start: each needs someone
+/// to fix something (a Secret, an image reference, a registry credential, the program itself).
+/// `ContainerCreating` and `PodInitializing` are normal steps and not among them.
+const WAITING_ON_SOMEONE: [&str; 6] = [
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+];
+
+/// Why `pod` has not started, once it has been trying for `grace`: a container waiting for one
+/// of [`WAITING_ON_SOMEONE`], or the scheduler unable to place it (a missing claim, no node
+/// with room). `None` for a pod that runs, finished, is being deleted, or is still within its
+/// grace period (an image pull that fails once may succeed on the next try).
+pub fn not_starting(pod: &Pod, now: &Time, grace: std::time::Duration) -> Option<ChildFailure> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let created = pod.metadata.creation_timestamp.as_ref()?;
+    let waited = now.0.duration_since(created.0);
+    let waited = std::time::Duration::try_from(waited).unwrap_or_default();
+    if waited < grace {
+        return None;
+    }
+    let after = format!("for {} s", waited.as_secs());
+    let unschedulable = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+    if let Some(condition) = unschedulable {
+        let message = condition.message.clone().unwrap_or_default();
+        return Some(ChildFailure {
+            object: format!("Pod {name}"),
+            reason: POD_NOT_STARTING,
+            message: format!("cannot be scheduled {after}: {message}"),
+        });
+    }
+    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    for container in containers {
+        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+        let Some(reason) = waiting.reason.as_deref().filter(|r| WAITING_ON_SOMEONE.contains(r)) else { continue };
+        let hint = match reason {
+            "ErrImagePull" | "ImagePullBackOff" => " (a private registry needs its Secret in spec.imagePullSecrets)",
+            "CreateContainerConfigError" => " (a Secret or key the spec names is missing)",
+            _ => "",
+        };
+        return Some(ChildFailure {
+            object: format!("Pod {name}"),
+            reason: POD_NOT_STARTING,
+            message: format!(
+                "container {} waiting {after}: {reason}: {}{hint}",
+                container.name,
+                waiting.message.clone().unwrap_or_default()
+            ),
+        });
+    }
+    None
+}
 
 /// Events worth telling when status moves: an ingest finishing or failing, the collection
 /// becoming searchable or stopping to be. Nothing when a condition merely stays as it was.
@@ -401,28 +481,30 @@ pub fn transitions(
 
 /// Status while the object is being deleted and its data cannot be removed yet (`blocked`
 /// says why): phase Deleting, not Ready, Stalled; counts and history kept as they were.
+/// Where a deletion with `deletionPolicy: Delete` stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deletion<'a> {
+    /// Waiting for the collection's pods to stop before its data goes (they would write to it).
+    Stopping(&'a str),
+    /// The data cannot be removed yet; the message says why.
+    Blocked(&'a str),
+}
+
 pub fn deleting(
     previous: Option<&ImageCollectionStatus>,
-    blocked: Option<&str>,
+    step: Deletion<'_>,
     generation: i64,
     now: Time,
 ) -> ImageCollectionStatus {
     let mut status = previous.cloned().unwrap_or_default();
-    let (reason, message) = match blocked {
-        Some(why) => ("CleanupBlocked", why.to_string()),
-        None => ("Deleting", "removing the collection's data".to_string()),
+    let blocked = matches!(step, Deletion::Blocked(_));
+    let (reason, message) = match step {
+        Deletion::Blocked(why) => ("CleanupBlocked", why.to_string()),
+        Deletion::Stopping(what) => ("StoppingPods", what.to_string()),
     };
     let replaced = [
         condition(previous, READY, "False", reason, message.clone(), generation, &now),
-        condition(
-            previous,
-            STALLED,
-            if blocked.is_some() { "True" } else { "False" },
-            reason,
-            message,
-            generation,
-            &now,
-        ),
+        condition(previous, STALLED, if blocked { "True" } else { "False" }, reason, message, generation, &now),
         condition(previous, RECONCILING, "True", "Deleting", String::new(), generation, &now),
     ];
     status.conditions.retain(|c| !replaced.iter().any(|r| r.type_ == c.type_));
@@ -618,7 +700,7 @@ mod tests {
             None,
             time(1),
         );
-        let status = deleting(Some(&ready), Some("cannot reach Milvus at http://m:19530"), 2, time(5));
+        let status = deleting(Some(&ready), Deletion::Blocked("cannot reach Milvus at http://m:19530"), 2, time(5));
         assert_eq!(status.phase, Some(Phase::Deleting));
         let ready_condition = get(&status, READY);
         assert_eq!((ready_condition.status.as_str(), ready_condition.reason.as_str()), ("False", "CleanupBlocked"));
@@ -626,6 +708,55 @@ mod tests {
         assert_eq!(get(&status, STALLED).status, "True");
         assert_eq!(status.conditions.iter().filter(|c| c.type_ == READY).count(), 1, "replaced, not duplicated");
         assert_eq!(status.images.map(|i| i.indexed), Some(9));
+    }
+
+    /// A pod created at second 0 with this status, as the kubelet and scheduler write them.
+    fn pending_pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "photos-search-7d9f-x2x", "creationTimestamp": "1970-01-01T00:00:00Z" },
+            "status": status
+        }))
+        .expect("test pod parses")
+    }
+
+    fn waiting(reason: &str, message: &str) -> serde_json::Value {
+        serde_json::json!({ "phase": "Pending", "containerStatuses": [{
+            "name": "search", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": { "waiting": { "reason": reason, "message": message } }
+        }] })
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_is_reported_after_the_grace_period_with_the_kubelets_words() {
+        let grace = std::time::Duration::from_secs(120);
+        let pull = pending_pod(waiting("ImagePullBackOff", "Back-off pulling image \"registry.example/imgsearch:1\""));
+        assert_eq!(not_starting(&pull, &time(119), grace), None, "within the grace period a pull may still work");
+        let failure = not_starting(&pull, &time(130), grace).expect("reported after the grace period");
+        assert_eq!(failure.object, "Pod photos-search-7d9f-x2x");
+        assert_eq!(failure.reason, POD_NOT_STARTING);
+        assert!(failure.message.contains("ImagePullBackOff: Back-off pulling image"), "{}", failure.message);
+        assert!(failure.message.contains("spec.imagePullSecrets"), "{}", failure.message);
+
+        let secret =
+            pending_pod(waiting("CreateContainerConfigError", "couldn't find key token in Secret shop/milvus"));
+        let failure = not_starting(&secret, &time(130), grace).expect("a missing key is reported");
+        assert!(failure.message.contains("couldn't find key token in Secret shop/milvus"), "{}", failure.message);
+
+        let unschedulable = pending_pod(serde_json::json!({ "phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: persistentvolumeclaim \"photos\" not found."
+        }] }));
+        let failure = not_starting(&unschedulable, &time(130), grace).expect("an unschedulable pod is reported");
+        assert!(failure.message.contains("persistentvolumeclaim \"photos\" not found"), "{}", failure.message);
+
+        // Normal steps on the way to running are not failures, however long they take.
+        let creating = pending_pod(waiting("ContainerCreating", ""));
+        assert_eq!(not_starting(&creating, &time(600), grace), None);
+        let running = pending_pod(serde_json::json!({ "phase": "Running" }));
+        assert_eq!(not_starting(&running, &time(600), grace), None);
+        let mut leaving = pull.clone();
+        leaving.metadata.deletion_timestamp = Some(time(100));
+        assert_eq!(not_starting(&leaving, &time(600), grace), None, "a pod being deleted is not news");
     }
 
     fn pod(name: &str, index: &str, exit_code: i32, message: &str) -> Pod {

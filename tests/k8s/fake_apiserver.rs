@@ -204,6 +204,20 @@ impl FakeApiServer {
         self.changed.notify_waiters();
     }
 
+    /// Removes an object whose graceful deletion has finished (a pod whose containers the
+    /// kubelet stopped), with what it owns.
+    pub fn remove_now(&self, key: &str, namespace: &str, name: &str) {
+        self.lock().remove(key, namespace, name);
+        self.changed.notify_waiters();
+    }
+
+    /// Every change so far, oldest first: (resourceVersion, ADDED/MODIFIED/DELETED, resource
+    /// key, object), for tests that check the order in which things happened.
+    pub fn changes(&self) -> Vec<(u64, &'static str, String, Value)> {
+        let store = self.lock();
+        store.events.iter().map(|e| (e.resource_version, e.kind, e.resource.clone(), e.object.clone())).collect()
+    }
+
     /// Stores a new object without admission, as one stored before a validation rule existed
     /// (e.g. by an older CRD version); the server-owned fields are set as on a create.
     pub fn create_unvalidated(&self, key: &str, mut object: Value) {
@@ -223,6 +237,8 @@ impl FakeApiServer {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+const PODS: &str = "v1/pods";
 
 impl Store {
     fn next_version(&mut self) -> u64 {
@@ -260,9 +276,28 @@ impl Store {
             .map(|(k, _)| k.clone())
             .collect();
         for (k, ns, n) in owned {
-            self.remove(&k, &ns, &n);
+            if k == PODS {
+                self.mark_deleting(&k, &ns, &n);
+            } else {
+                self.remove(&k, &ns, &n);
+            }
         }
         Some(removed)
+    }
+
+    /// A graceful deletion: the object stays, with a deletionTimestamp, until whoever holds it
+    /// lets go (the kubelet, once a pod's containers stopped; a controller, by removing its
+    /// finalizer). As the generic registry does, the generation moves on.
+    fn mark_deleting(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
+        let mut object = self.objects.get(&(key.to_string(), namespace.to_string(), name.to_string())).cloned()?;
+        if object["metadata"]["deletionTimestamp"].is_string() {
+            return Some(object);
+        }
+        object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:01Z");
+        if let Some(generation) = object["metadata"]["generation"].as_i64() {
+            object["metadata"]["generation"] = json!(generation + 1);
+        }
+        Some(self.write(key, namespace, name, object, false))
     }
 
     fn remove_one(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
@@ -662,22 +697,13 @@ fn delete(server: &FakeApiServer, target: &Target) -> Response {
     let name = target.name.clone().unwrap_or_default();
     let key = target.key();
     let mut store = server.lock();
-    let Some(mut current) = store.objects.get(&(key.clone(), namespace.clone(), name.clone())).cloned() else {
+    let Some(current) = store.objects.get(&(key.clone(), namespace.clone(), name.clone())).cloned() else {
         return status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", target.resource));
     };
     let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-    let response = if has_finalizers {
-        if !current["metadata"]["deletionTimestamp"].is_string() {
-            current["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:01Z");
-            // As the generic registry's markAsDeleting: a graceful delete bumps the generation
-            // of objects that track one, so generation-filtered watchers see the deletion.
-            if let Some(generation) = current["metadata"]["generation"].as_i64() {
-                current["metadata"]["generation"] = json!(generation + 1);
-            }
-            store.write(&key, &namespace, &name, current, false)
-        } else {
-            current
-        }
+    // Pods are deleted gracefully: the kubelet stops their containers, then removes them.
+    let response = if has_finalizers || key == PODS {
+        store.mark_deleting(&key, &namespace, &name).unwrap_or(current)
     } else {
         store.remove(&key, &namespace, &name).unwrap_or(current)
     };

@@ -5,11 +5,17 @@
 //! Mounts are path translations: a PersistentVolumeClaim maps to a local folder the test names,
 //! an emptyDir to a fresh temporary folder, the container's termination-message file to a
 //! temporary file, and the container image's model folder to the checkout's `model/`; Secrets
-//! are read from `data`. Each Job pod is also
-//! written as a Pod object (labels and completion-index annotation as the Job controller sets
-//! them, and on exit the container's terminated state with its termination message). One
-//! process stands for all replicas of a Deployment (they would all bind the same port here),
-//! and no Pod objects are written for Deployments; its address is reported so a test can call it.
+//! are read from `data`. Every pod is written as a Pod object (a Job's with the labels and
+//! completion-index annotation the Job controller sets, and on exit the container's terminated
+//! state with its termination message). One process stands for all replicas of a Deployment
+//! (they would all bind the same port here); its address is reported so a test can call it.
+//!
+//! A pod that cannot start stays Pending and is retried, as on a node: a claim with no local
+//! folder leaves it unschedulable (`PodScheduled=False`, `Unschedulable`), an image registered
+//! as needing a pull secret the pod does not name gets `ErrImagePull` then `ImagePullBackOff`,
+//! and a missing Secret or key gets `CreateContainerConfigError`, each with the kubelet's
+//! message. A pod being deleted (its owner went, or it was deleted) gets SIGTERM and its object
+//! is removed once the process has exited, as the kubelet confirms a graceful deletion.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -24,6 +30,7 @@ use tokio::process::{Child, Command};
 use super::fake_apiserver::FakeApiServer;
 
 const IMAGE_MODEL_DIR: &str = "/usr/share/imgsearch/model";
+const PODS: &str = "v1/pods";
 
 /// A container running as a local process.
 struct Process {
@@ -32,15 +39,33 @@ struct Process {
     log: PathBuf,
     /// Where its termination-message path points.
     termination_message: PathBuf,
+    /// SIGTERM sent: the pod is being deleted.
+    stopping: bool,
+}
+
+/// Why a pod's container cannot start yet, as the kubelet (or the scheduler) says it.
+#[derive(Debug, Clone, PartialEq)]
+enum Waiting {
+    Unschedulable(String),
+    Container { reason: &'static str, message: String },
+}
+
+/// A pod the kubelet holds: its object and its process once started.
+struct PodRun {
+    name: String,
+    namespace: String,
+    process: Option<Process>,
+    /// Pull attempts that failed, for ErrImagePull then ImagePullBackOff.
+    pull_failures: u32,
 }
 
 #[derive(Default)]
 struct Running {
-    /// Job uid → its pods (one per completion index) with their Pod objects.
-    jobs: HashMap<String, Vec<(Process, Value)>>,
+    /// Job uid → its pods (one per completion index).
+    jobs: HashMap<String, Vec<PodRun>>,
     finished_jobs: Vec<String>,
-    /// Deployment uid → process and address.
-    deployments: HashMap<String, (Process, SocketAddr)>,
+    /// Deployment uid → its pod and the address its process serves on.
+    deployments: HashMap<String, (PodRun, SocketAddr)>,
     /// Deployment uid → logs of containers that exited and were restarted.
     previous_logs: HashMap<String, String>,
     scratch: Vec<tempfile::TempDir>,
@@ -51,6 +76,8 @@ pub struct SimulatedKubelet {
     server: FakeApiServer,
     binary: PathBuf,
     claims: BTreeMap<String, PathBuf>,
+    /// Images a registry gives out only with a pull secret: image → Secret name.
+    private_images: Arc<Mutex<BTreeMap<String, String>>>,
     running: Arc<Mutex<Running>>,
 }
 
@@ -61,7 +88,13 @@ impl SimulatedKubelet {
         binary: &Path,
         claims: BTreeMap<String, PathBuf>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let kubelet = Self { server, binary: binary.to_path_buf(), claims, running: Arc::default() };
+        let kubelet = Self {
+            server,
+            binary: binary.to_path_buf(),
+            claims,
+            private_images: Arc::default(),
+            running: Arc::default(),
+        };
         let looping = kubelet.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -72,11 +105,18 @@ impl SimulatedKubelet {
         (kubelet, task)
     }
 
+    /// From now on `image` can be pulled only by pods whose `imagePullSecrets` name `secret`
+    /// and where that Secret exists.
+    pub fn require_pull_secret(&self, image: &str, secret: &str) {
+        self.private_images.lock().unwrap_or_else(|p| p.into_inner()).insert(image.into(), secret.into());
+    }
+
     /// The address serving a Deployment, once its process is up.
     pub fn deployment_address(&self, namespace: &str, name: &str) -> Option<SocketAddr> {
         let object = self.server.object("apps/v1/deployments", namespace, name)?;
         let uid = object["metadata"]["uid"].as_str()?.to_string();
-        self.lock().deployments.get(&uid).map(|(_, address)| *address)
+        let running = self.lock();
+        running.deployments.get(&uid).filter(|(run, _)| run.process.is_some()).map(|(_, address)| *address)
     }
 
     /// What a Deployment's process wrote to stderr so far, for failure messages.
@@ -87,9 +127,9 @@ impl SimulatedKubelet {
         let uid = object["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         let running = self.lock();
         let previous = running.previous_logs.get(&uid).cloned().unwrap_or_default();
-        match running.deployments.get(&uid) {
-            Some((process, _)) => previous + &std::fs::read_to_string(&process.log).unwrap_or_default(),
-            None => "(no process started)".into(),
+        match running.deployments.get(&uid).and_then(|(run, _)| run.process.as_ref()) {
+            Some(process) => previous + &std::fs::read_to_string(&process.log).unwrap_or_default(),
+            None => format!("{previous}(no process started)"),
         }
     }
 
@@ -98,11 +138,53 @@ impl SimulatedKubelet {
     }
 
     async fn sync(&self) {
+        self.stop_deleted_pods();
         for job in self.server.objects("batch/v1/jobs") {
             self.sync_job(job).await;
         }
         for deployment in self.server.objects("apps/v1/deployments") {
             self.sync_deployment(deployment).await;
+        }
+    }
+
+    /// Graceful deletion: SIGTERM to the process of each pod marked for deletion; the object
+    /// goes once the process has exited (at once for a pod that never started or finished).
+    fn stop_deleted_pods(&self) {
+        for pod in self.server.objects(PODS) {
+            if !pod["metadata"]["deletionTimestamp"].is_string() {
+                continue;
+            }
+            let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let exited = {
+                let mut running = self.lock();
+                let Running { jobs, deployments, .. } = &mut *running;
+                let held = jobs
+                    .values_mut()
+                    .flat_map(|pods| pods.iter_mut())
+                    .chain(deployments.values_mut().map(|(pod, _)| pod))
+                    .find(|run| run.name == name && run.namespace == namespace);
+                match held.and_then(|run| run.process.as_mut()) {
+                    Some(process) => {
+                        if !process.stopping {
+                            terminate(&process.child);
+                            process.stopping = true;
+                        }
+                        matches!(process.child.try_wait(), Ok(Some(_)) | Err(_))
+                    }
+                    None => true,
+                }
+            };
+            if exited {
+                let mut running = self.lock();
+                for pods in running.jobs.values_mut() {
+                    pods.retain(|run| !(run.name == name && run.namespace == namespace));
+                }
+                running.jobs.retain(|_, pods| !pods.is_empty());
+                running.deployments.retain(|_, (run, _)| !(run.name == name && run.namespace == namespace));
+                drop(running);
+                self.server.remove_now(PODS, &namespace, &name);
+            }
         }
     }
 
@@ -112,29 +194,43 @@ impl SimulatedKubelet {
             return;
         }
         let namespace = job["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let template = job["spec"]["template"]["spec"].clone();
         let started = self.lock().jobs.contains_key(&uid);
         if !started {
+            // The Job controller creates every pod at once; pending ones count as active.
             let completions = job["spec"]["completions"].as_i64().unwrap_or(1);
             let mut pods = Vec::new();
             for index in 0..completions {
-                let extra = [("JOB_COMPLETION_INDEX".to_string(), index.to_string())];
-                match self.spawn_pod(&namespace, &job["spec"]["template"]["spec"], &extra) {
-                    Ok(process) => {
-                        let pod = job_pod(&job, index);
-                        self.server.put("v1/pods", pod.clone());
-                        pods.push((process, pod));
-                    }
-                    Err(error) => {
-                        job["status"] = failed_status(&format!("could not start pod: {error}"));
-                        self.finish_job(&uid, job);
-                        return;
-                    }
-                }
+                let pod = job_pod(&job, index);
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                self.server.put(PODS, pod);
+                pods.push(PodRun { name, namespace: namespace.clone(), process: None, pull_failures: 0 });
             }
             job["status"] = json!({ "active": completions, "startTime": "2026-01-01T00:00:00Z" });
             self.lock().jobs.insert(uid.clone(), pods);
             self.server.put("batch/v1/jobs", job);
             return;
+        }
+        // Start what has not started yet (a pod waiting for a Secret, a claim or an image).
+        let waiting: Vec<(usize, String, u32)> = {
+            let running = self.lock();
+            let Some(pods) = running.jobs.get(&uid) else { return };
+            pods.iter()
+                .enumerate()
+                .filter(|(_, run)| run.process.is_none())
+                .map(|(index, run)| (index, run.name.clone(), run.pull_failures))
+                .collect()
+        };
+        for (index, name, pull_failures) in waiting {
+            let extra = [("JOB_COMPLETION_INDEX".to_string(), index.to_string())];
+            let started = self.start_container(&namespace, &name, &template, &extra, pull_failures);
+            let mut running = self.lock();
+            let Some(run) = running.jobs.get_mut(&uid).and_then(|pods| pods.get_mut(index)) else { continue };
+            match started {
+                Ok(process) => run.process = Some(process),
+                Err(Waiting::Container { reason: "ErrImagePull" | "ImagePullBackOff", .. }) => run.pull_failures += 1,
+                Err(_) => {}
+            }
         }
         // Collect exit codes; a Job completes when every index succeeded.
         let outcome = {
@@ -143,7 +239,8 @@ impl SimulatedKubelet {
             let mut codes = Vec::new();
             let mut logs = String::new();
             let mut finished_pods = Vec::new();
-            for (process, pod) in pods.iter_mut() {
+            for run in pods.iter_mut() {
+                let Some(process) = run.process.as_mut() else { return };
                 match process.child.try_wait() {
                     Ok(Some(status)) => {
                         let code = status.code().unwrap_or(-1);
@@ -151,7 +248,7 @@ impl SimulatedKubelet {
                             logs.push_str(&tail(&process.log));
                         }
                         codes.push(code);
-                        finished_pods.push(terminated_pod(pod, code, &termination_message(process, code)));
+                        finished_pods.push((run.name.clone(), code, termination_message(process, code)));
                     }
                     Ok(None) => return,
                     Err(_) => codes.push(-1),
@@ -160,8 +257,10 @@ impl SimulatedKubelet {
             (codes, logs, finished_pods)
         };
         let (outcome, logs, finished_pods) = outcome;
-        for pod in finished_pods {
-            self.server.put("v1/pods", pod);
+        for (name, code, message) in finished_pods {
+            if let Some(pod) = self.server.object(PODS, &namespace, &name) {
+                self.server.put(PODS, terminated_pod(&pod, code, &message));
+            }
         }
         let succeeded = outcome.iter().filter(|c| **c == 0).count();
         job["status"] = if succeeded == outcome.len() {
@@ -190,36 +289,54 @@ impl SimulatedKubelet {
     async fn sync_deployment(&self, mut deployment: Value) {
         let uid = deployment["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         let namespace = deployment["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let name = deployment["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
-        let address = self.lock().deployments.get(&uid).map(|(_, address)| *address);
-        let Some(address) = address else {
+        let template = deployment["spec"]["template"]["spec"].clone();
+        let known = self.lock().deployments.get(&uid).map(|(run, address)| (run.name.clone(), *address));
+        let Some((pod_name, address)) = known else {
             if replicas == 0 {
                 return;
             }
             let port =
                 std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
             let address: SocketAddr = ([127, 0, 0, 1], port).into();
-            let extra = [("IMGSEARCH_LISTEN".to_string(), address.to_string())];
-            if let Ok(process) = self.spawn_pod(&namespace, &deployment["spec"]["template"]["spec"], &extra) {
-                self.lock().deployments.insert(uid, (process, address));
-            }
+            let pod = deployment_pod(&deployment);
+            let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            self.server.put(PODS, pod);
+            let run = PodRun { name: pod_name, namespace, process: None, pull_failures: 0 };
+            self.lock().deployments.insert(uid, (run, address));
             return;
         };
-        // restartPolicy Always: a container that exited is started again, its log kept.
-        let exited = {
+        let extra = [("IMGSEARCH_LISTEN".to_string(), address.to_string())];
+        // Not started yet (waiting for what it needs), or exited: restartPolicy Always starts
+        // it again, its log kept.
+        let (needs_start, exited, pull_failures) = {
             let mut running = self.lock();
-            running
-                .deployments
-                .get_mut(&uid)
-                .is_some_and(|(process, _)| matches!(process.child.try_wait(), Ok(Some(_))))
+            let Some((run, _)) = running.deployments.get_mut(&uid) else { return };
+            match run.process.as_mut() {
+                None => (true, false, run.pull_failures),
+                Some(process) if process.stopping => (false, false, 0),
+                Some(process) => {
+                    let exited = matches!(process.child.try_wait(), Ok(Some(_)));
+                    (exited, exited, 0)
+                }
+            }
         };
-        if exited {
-            let previous = self.deployment_log(&namespace, deployment["metadata"]["name"].as_str().unwrap_or_default());
-            let extra = [("IMGSEARCH_LISTEN".to_string(), address.to_string())];
-            if let Ok(process) = self.spawn_pod(&namespace, &deployment["spec"]["template"]["spec"], &extra) {
-                let mut running = self.lock();
+        if needs_start {
+            let previous = if exited { Some(self.deployment_log(&namespace, &name)) } else { None };
+            let started = self.start_container(&namespace, &pod_name, &template, &extra, pull_failures);
+            let mut running = self.lock();
+            if let Some((run, _)) = running.deployments.get_mut(&uid) {
+                match started {
+                    Ok(process) => run.process = Some(process),
+                    Err(Waiting::Container { reason: "ErrImagePull" | "ImagePullBackOff", .. }) => {
+                        run.pull_failures += 1
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(previous) = previous {
                 running.previous_logs.insert(uid.clone(), format!("{previous}--- container exited; restarted ---\n"));
-                running.deployments.insert(uid.clone(), (process, address));
             }
         }
         // Readiness as the kubelet's probe would see it.
@@ -231,8 +348,107 @@ impl SimulatedKubelet {
         }
     }
 
+    /// Starts the pod's container, writing the Pod object's status either way: Running, or
+    /// Pending with why it cannot start.
+    fn start_container(
+        &self,
+        namespace: &str,
+        pod_name: &str,
+        template: &Value,
+        extra_env: &[(String, String)],
+        pull_failures: u32,
+    ) -> Result<Process, Waiting> {
+        let started = self.spawn_pod(namespace, template, extra_env, pull_failures);
+        if let Some(mut pod) = self.server.object(PODS, namespace, pod_name)
+            && !pod["metadata"]["deletionTimestamp"].is_string()
+        {
+            pod["spec"] = template.clone();
+            pod["status"] = match &started {
+                Ok(_) => running_status(template),
+                Err(waiting) => waiting_status(template, waiting),
+            };
+            self.server.put(PODS, pod);
+        }
+        started
+    }
+
     /// Starts the pod's first container as a local process with its env and mounts translated.
-    fn spawn_pod(&self, namespace: &str, pod: &Value, extra_env: &[(String, String)]) -> std::io::Result<Process> {
+    fn spawn_pod(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        extra_env: &[(String, String)],
+        pull_failures: u32,
+    ) -> Result<Process, Waiting> {
+        self.admit(namespace, pod, pull_failures)?;
+        self.spawn_container(namespace, pod, extra_env).map_err(|error| Waiting::Container {
+            reason: "RunContainerError",
+            message: format!("could not start the process: {error}"),
+        })
+    }
+
+    /// What the scheduler and the kubelet check before a container runs, in their order:
+    /// claims, the image pull, then the Secrets its environment names.
+    fn admit(&self, namespace: &str, pod: &Value, pull_failures: u32) -> Result<(), Waiting> {
+        for volume in pod["volumes"].as_array().cloned().unwrap_or_default() {
+            if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str()
+                && !self.claims.contains_key(claim)
+            {
+                return Err(Waiting::Unschedulable(format!(
+                    "0/1 nodes are available: persistentvolumeclaim \"{claim}\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+                )));
+            }
+        }
+        let container = &pod["containers"][0];
+        let image = container["image"].as_str().unwrap_or_default();
+        let needed = self.private_images.lock().unwrap_or_else(|p| p.into_inner()).get(image).cloned();
+        if let Some(secret) = needed {
+            let named = pod["imagePullSecrets"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == secret));
+            if !named || self.server.object("v1/secrets", namespace, &secret).is_none() {
+                return Err(if pull_failures == 0 {
+                    Waiting::Container {
+                        reason: "ErrImagePull",
+                        message: format!(
+                            "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials"
+                        ),
+                    }
+                } else {
+                    Waiting::Container {
+                        reason: "ImagePullBackOff",
+                        message: format!("Back-off pulling image \"{image}\""),
+                    }
+                });
+            }
+        }
+        for variable in container["env"].as_array().cloned().unwrap_or_default() {
+            let reference = &variable["valueFrom"]["secretKeyRef"];
+            if !reference.is_object() || reference["optional"] == true {
+                continue;
+            }
+            let name = reference["name"].as_str().unwrap_or_default();
+            let key = reference["key"].as_str().unwrap_or_default();
+            let Some(secret) = self.server.object("v1/secrets", namespace, name) else {
+                return Err(Waiting::Container {
+                    reason: "CreateContainerConfigError",
+                    message: format!("secret \"{name}\" not found"),
+                });
+            };
+            if !secret["data"][key].is_string() {
+                return Err(Waiting::Container {
+                    reason: "CreateContainerConfigError",
+                    message: format!("couldn't find key {key} in Secret {namespace}/{name}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_container(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        extra_env: &[(String, String)],
+    ) -> std::io::Result<Process> {
         let container = &pod["containers"][0];
         let mut mounts: Vec<(String, PathBuf)> =
             vec![(IMAGE_MODEL_DIR.to_string(), Path::new(env!("CARGO_MANIFEST_DIR")).join("model"))];
@@ -305,7 +521,7 @@ impl SimulatedKubelet {
         for (name, value) in extra_env {
             command.env(name, value);
         }
-        Ok(Process { child: command.spawn()?, log, termination_message })
+        Ok(Process { child: command.spawn()?, log, termination_message, stopping: false })
     }
 
     fn secret_value(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
@@ -333,14 +549,79 @@ fn job_pod(job: &Value, index: i64) -> Value {
             "namespace": job["metadata"]["namespace"],
             "labels": labels,
             "annotations": { "batch.kubernetes.io/job-completion-index": index.to_string() },
+            "creationTimestamp": "2026-01-01T00:00:00Z",
             "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": name,
                 "uid": job["metadata"]["uid"], "controller": true
             }]
         },
         "spec": job["spec"]["template"]["spec"],
-        "status": { "phase": "Running" }
+        "status": { "phase": "Pending" }
     })
+}
+
+/// The one Pod standing for a Deployment's replicas.
+fn deployment_pod(deployment: &Value) -> Value {
+    let name = deployment["metadata"]["name"].as_str().unwrap_or_default();
+    let mut labels = deployment["spec"]["template"]["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        labels = json!({});
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{name}-sim"),
+            "namespace": deployment["metadata"]["namespace"],
+            "labels": labels,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                "uid": deployment["metadata"]["uid"], "controller": true
+            }]
+        },
+        "spec": deployment["spec"]["template"]["spec"],
+        "status": { "phase": "Pending" }
+    })
+}
+
+fn container_name(template: &Value) -> Value {
+    template["containers"][0]["name"].clone()
+}
+
+fn running_status(template: &Value) -> Value {
+    json!({
+        "phase": "Running",
+        "conditions": [{ "type": "PodScheduled", "status": "True" }],
+        "containerStatuses": [{
+            "name": container_name(template), "image": template["containers"][0]["image"], "imageID": "",
+            "ready": true, "restartCount": 0, "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } }
+        }]
+    })
+}
+
+fn waiting_status(template: &Value, waiting: &Waiting) -> Value {
+    match waiting {
+        Waiting::Unschedulable(message) => json!({
+            "phase": "Pending",
+            "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message }]
+        }),
+        Waiting::Container { reason, message } => json!({
+            "phase": "Pending",
+            "conditions": [{ "type": "PodScheduled", "status": "True" }],
+            "containerStatuses": [{
+                "name": container_name(template), "image": template["containers"][0]["image"], "imageID": "",
+                "ready": false, "restartCount": 0, "state": { "waiting": { "reason": reason, "message": message } }
+            }]
+        }),
+    }
+}
+
+/// SIGTERM, as the kubelet stops a container gracefully.
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
 }
 
 /// The pod after its container exited with `code`.
