@@ -688,3 +688,75 @@ async fn a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
     delete_and_wait(&api, &server, "again").await;
     controller.abort();
 }
+
+#[tokio::test]
+async fn a_milvus_secret_is_sent_only_to_the_address_the_secret_names() {
+    imgsearch::telemetry::init();
+    // A server of someone allowed to create ImageCollections but not to read Secrets: it counts
+    // the connections it gets.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_uri = format!("http://{}", trap.local_addr().unwrap());
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    let _trap_task = tokio::spawn(async move {
+        while let Ok((stream, _)) = trap.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    // The Secret's owner says where its token may go: the real Milvus.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "milvus-token", "annotations": { "imgsearch.io/milvus-uri": common::milvus_uri() } },
+        "stringData": { "token": "root:Milvus" }
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "shop").create(&PostParams::default(), &secret).await.unwrap();
+    let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
+    let collection = |name: &str, uri: &str, policy: &str| {
+        ImageCollection::new(
+            name,
+            spec(json!({
+                "milvus": { "uri": uri, "secretRef": { "name": "milvus-token" } },
+                "collectionName": common::unique_collection(name),
+                "source": { "pvc": { "claimName": "photos" } },
+                "deletionPolicy": policy
+            })),
+        )
+    };
+    api.create(&PostParams::default(), &collection("exfil", &trap_uri, "Retain")).await.unwrap();
+
+    let refused = eventually("the Secret refused for the other address", || {
+        let object = server.object(COLLECTIONS, "shop", "exfil")?;
+        (condition(&object, "CollectionReady")?.1 == "SecretNotBound").then_some(object)
+    })
+    .await;
+    let message = refused["status"]["conditions"].to_string();
+    assert!(message.contains("imgsearch.io/milvus-uri") && message.contains(&trap_uri), "says what to do: {message}");
+    assert_eq!(condition(&refused, "Stalled").map(|c| c.0), Some("True".into()));
+    // Neither the controller nor a pod it made could carry the token there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the controller connected to the named address"
+    );
+    for (key, name) in [("apps/v1/deployments", "exfil-search"), ("batch/v1/jobs", "exfil-ingest-g1")] {
+        assert!(server.object(key, "shop", name).is_none(), "{name} was made: its pods would get the token");
+    }
+
+    // The address the Secret names works as before.
+    api.create(&PostParams::default(), &collection("bound", &common::milvus_uri(), "Delete")).await.unwrap();
+    eventually("the collection with its own Milvus ready", || {
+        let object = server.object(COLLECTIONS, "shop", "bound")?;
+        (condition(&object, "CollectionReady")? == ("True".into(), "CollectionLoaded".into())).then_some(())
+    })
+    .await;
+    let deployment = server.object("apps/v1/deployments", "shop", "bound-search").expect("the search Deployment");
+    assert!(deployment.to_string().contains("milvus-token"), "its pods read the token through secretKeyRef");
+    delete_and_wait(&api, &server, "bound").await;
+    delete_and_wait(&api, &server, "exfil").await;
+    controller.abort();
+}

@@ -30,7 +30,13 @@ use crate::crd::{DeletionPolicy, ImageCollection, ImageCollectionStatus};
 use crate::store::{IndexSpec, MilvusStore, StoreError};
 
 pub const FINALIZER: &str = "imgsearch.io/cleanup";
+/// The annotation by which a Secret's owner names the one Milvus address its credentials may be
+/// sent to. Without it the controller would be a confused deputy: anyone allowed to create an
+/// ImageCollection, but not to read Secrets, could name any Secret of the namespace and an
+/// address of their own, and receive the token from the controller or from the pods it creates.
+pub const MILVUS_URI_ANNOTATION: &str = "imgsearch.io/milvus-uri";
 const MILVUS_PATIENCE: Duration = Duration::from_secs(8);
+const SECRET_NOT_BOUND: &str = status::SECRET_NOT_BOUND;
 /// The label the Job controller puts on a Job's pods.
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
@@ -44,6 +50,17 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("Secret {name:?} referenced by {field}: {problem}")]
     Secret { field: &'static str, name: String, problem: String },
+    /// The Milvus Secret does not name this collection's Milvus address as the one its
+    /// credentials are for ([`MILVUS_URI_ANNOTATION`]).
+    #[error(
+        "Secret {name:?} (spec.milvus.secretRef) is not for {uri}: {found}. Its credentials are sent only to the address \
+         the Secret itself names; whoever may edit the Secret can add the annotation {MILVUS_URI_ANNOTATION}: {uri}"
+    )]
+    SecretNotBound { name: String, uri: String, found: String },
+    /// A workload not applied because its pods would get credentials the Secret does not allow
+    /// for this address; the message is the [`Error::SecretNotBound`] one.
+    #[error("not applied: its pods would get the Milvus Secret's credentials. {0}")]
+    CredentialsWithheld(String),
     #[error("catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("finalizer: {0}")]
@@ -66,7 +83,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Build(_) => "invalid_spec",
             Self::Store(_) => "milvus",
-            Self::Secret { .. } => "secret",
+            Self::Secret { .. } | Self::SecretNotBound { .. } | Self::CredentialsWithheld(_) => "secret",
             Self::Catalog(_) => "catalog",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid_spec",
@@ -283,6 +300,7 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
                 Error::Store(StoreError::DimensionMismatch { .. }) => "CollectionMismatch",
                 Error::Store(StoreError::IndexFailed { .. }) => "IndexFailed",
                 Error::Secret { .. } => "SecretInvalid",
+                Error::SecretNotBound { .. } => SECRET_NOT_BOUND,
                 Error::Build(_) => "InvalidSpec",
                 _ => "MilvusUnavailable",
             };
@@ -294,25 +312,38 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     // Each child is applied on its own: one the API server refuses (or the spec cannot produce)
     // is reported in status and as an Event, and the others still get through.
     let mut failures = Vec::new();
+    // Pods get the Milvus Secret's keys and send them to spec.milvus.uri: no pod is made while
+    // the Secret does not name that address (the controller would be the confused deputy).
+    let unbound = match &milvus {
+        MilvusObservation::Failed { reason: SECRET_NOT_BOUND, message } => Some(message.clone()),
+        _ => None,
+    };
+    let workload = |result: Result<()>| match &unbound {
+        Some(message) => Err(Error::CredentialsWithheld(message.clone())),
+        None => result,
+    };
     let search = children::search_name(&name);
     let services: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
     let service = async { Ok(services.patch(&search, &params, &Patch::Apply(&children::search_service(ic)?)).await?) };
     settle(&mut failures, format!("Service {search}"), service.await);
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
     let deployment = async {
+        workload(Ok(()))?;
         let desired = children::search_deployment(ic, &context.children)?;
         Ok(deployments.patch(&search, &params, &Patch::Apply(&desired)).await?)
     };
     let deployment = settle(&mut failures, format!("Deployment {search}"), deployment.await);
-    settle(
-        &mut failures,
-        format!("CronJob {}", children::rescan_cronjob_name(&name)),
-        ensure_rescan_cronjob(ic, context, &namespace, &params).await,
-    );
+    let cronjob = match workload(Ok(())) {
+        Ok(()) => ensure_rescan_cronjob(ic, context, &namespace, &params).await,
+        Err(refused) => Err(refused),
+    };
+    settle(&mut failures, format!("CronJob {}", children::rescan_cronjob_name(&name)), cronjob);
     let job_name = children::ingest_job_name(ic).unwrap_or_else(|_| "of this generation".into());
-    let generation_job =
-        settle(&mut failures, format!("Job {job_name}"), ensure_ingest_job(ic, context, &namespace, &params).await)
-            .flatten();
+    let job = match workload(Ok(())) {
+        Ok(()) => ensure_ingest_job(ic, context, &namespace, &params).await,
+        Err(refused) => Err(refused),
+    };
+    let generation_job = settle(&mut failures, format!("Job {job_name}"), job).flatten();
     let jobs = prune_jobs(ic, context, &namespace, generation).await?;
     // The newest ingest Job (this generation's, or a later scheduled rescan) is the one to report.
     let latest = jobs.into_iter().chain(generation_job).max_by(|a, b| {
@@ -382,6 +413,7 @@ fn settle<T>(failures: &mut Vec<ChildFailure>, object: String, result: Result<T>
             ("ChildRejected", format!("the API server refused it ({}): {}", status.code, status.message))
         }
         Error::StaleChild(message) => ("StaleChild", message.clone()),
+        withheld @ Error::CredentialsWithheld(_) => (SECRET_NOT_BOUND, withheld.to_string()),
         other => ("ApiUnavailable", other.to_string()),
     };
     tracing::warn!(%object, reason, %message, "child not applied");
@@ -617,18 +649,38 @@ async fn secret_data(
         name: secret.to_string(),
         problem: "not found".into(),
     })?;
-    Ok(found
+    Ok(text_values(found))
+}
+
+fn text_values(secret: Secret) -> std::collections::BTreeMap<String, String> {
+    secret
         .data
         .unwrap_or_default()
         .into_iter()
         .map(|(key, value)| (key, String::from_utf8_lossy(&value.0).trim().to_string()))
-        .collect())
+        .collect()
 }
 
 /// `token`, or `username` + `password`, from the referenced Secret.
 async fn milvus_token(context: &Context, ic: &ImageCollection, secret: &str) -> Result<String> {
     let field = "spec.milvus.secretRef";
-    let data = secret_data(context, ic, field, secret).await?;
+    let uri = ic.milvus_uri().ok_or(BuildError::NoMilvus)?;
+    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
+    let found = secrets.get_opt(secret).await?.ok_or_else(|| Error::Secret {
+        field,
+        name: secret.to_string(),
+        problem: "not found".into(),
+    })?;
+    let bound_to = found.annotations().get(MILVUS_URI_ANNOTATION).map(|value| value.trim().to_string());
+    if bound_to.as_deref() != Some(uri.as_str()) {
+        let found = match bound_to {
+            Some(other) => format!("it names {other}"),
+            None => format!("it has no {MILVUS_URI_ANNOTATION} annotation"),
+        };
+        return Err(Error::SecretNotBound { name: secret.into(), uri, found });
+    }
+    let data = text_values(found);
     match (data.get("token"), data.get("username"), data.get("password")) {
         (Some(token), _, _) => Ok(token.clone()),
         (None, Some(user), Some(password)) => Ok(format!("{user}:{password}")),

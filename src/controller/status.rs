@@ -355,7 +355,12 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
 }
 
 /// Stalled reasons of [`ChildFailure`]s.
-pub const CHILD_REASONS: [&str; 5] = ["InvalidSpec", "ChildRejected", "ApiUnavailable", "StaleChild", POD_NOT_STARTING];
+pub const CHILD_REASONS: [&str; 6] =
+    ["InvalidSpec", "ChildRejected", "ApiUnavailable", "StaleChild", POD_NOT_STARTING, SECRET_NOT_BOUND];
+
+/// The reason for a Milvus Secret that does not name the collection's Milvus address, and for
+/// the workloads withheld because of it.
+pub const SECRET_NOT_BOUND: &str = "SecretNotBound";
 
 /// The Stalled reason for a pod that has not started within the grace period.
 pub const POD_NOT_STARTING: &str = "PodNotStarting";
