@@ -318,30 +318,29 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         MilvusObservation::Failed { reason: SECRET_NOT_BOUND, message } => Some(message.clone()),
         _ => None,
     };
-    let workload = |result: Result<()>| match &unbound {
-        Some(message) => Err(Error::CredentialsWithheld(message.clone())),
-        None => result,
-    };
+    let withheld = || unbound.clone().map(Error::CredentialsWithheld);
     let search = children::search_name(&name);
     let services: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
     let service = async { Ok(services.patch(&search, &params, &Patch::Apply(&children::search_service(ic)?)).await?) };
     settle(&mut failures, format!("Service {search}"), service.await);
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
     let deployment = async {
-        workload(Ok(()))?;
+        if let Some(refused) = withheld() {
+            return Err(refused);
+        }
         let desired = children::search_deployment(ic, &context.children)?;
         Ok(deployments.patch(&search, &params, &Patch::Apply(&desired)).await?)
     };
     let deployment = settle(&mut failures, format!("Deployment {search}"), deployment.await);
-    let cronjob = match workload(Ok(())) {
-        Ok(()) => ensure_rescan_cronjob(ic, context, &namespace, &params).await,
-        Err(refused) => Err(refused),
+    let cronjob = match withheld() {
+        None => ensure_rescan_cronjob(ic, context, &namespace, &params).await,
+        Some(refused) => Err(refused),
     };
     settle(&mut failures, format!("CronJob {}", children::rescan_cronjob_name(&name)), cronjob);
     let job_name = children::ingest_job_name(ic).unwrap_or_else(|_| "of this generation".into());
-    let job = match workload(Ok(())) {
-        Ok(()) => ensure_ingest_job(ic, context, &namespace, &params).await,
-        Err(refused) => Err(refused),
+    let job = match withheld() {
+        None => ensure_ingest_job(ic, context, &namespace, &params).await,
+        Some(refused) => Err(refused),
     };
     let generation_job = settle(&mut failures, format!("Job {job_name}"), job).flatten();
     let jobs = prune_jobs(ic, context, &namespace, generation).await?;
