@@ -68,6 +68,13 @@ struct Store {
     resource_version: u64,
     calls: Vec<Call>,
     uid: u64,
+    /// Events at or below this resourceVersion are gone, as after an etcd compaction: a watch
+    /// from an older version gets 410 Gone and the client must list again.
+    compacted: u64,
+    /// Bumped to end every open watch (as an API server restart or a watch-cache reset does).
+    watch_epoch: u64,
+    /// Watches refused with 410 Gone so far.
+    expired_watches: usize,
 }
 
 #[derive(Clone, Default)]
@@ -211,7 +218,24 @@ impl FakeApiServer {
         self.changed.notify_waiters();
     }
 
-    /// Every change so far, oldest first: (resourceVersion, ADDED/MODIFIED/DELETED, resource
+    /// Forgets the history of changes up to now, as etcd compaction does, and ends every open
+    /// watch: clients reconnect from the last version they saw, which is now too old.
+    pub fn compact_and_drop_watches(&self) {
+        let mut store = self.lock();
+        store.compacted = store.resource_version;
+        let compacted = store.compacted;
+        store.events.retain(|e| e.resource_version > compacted);
+        store.watch_epoch += 1;
+        drop(store);
+        self.changed.notify_waiters();
+    }
+
+    /// How many watches were refused with 410 Gone.
+    pub fn expired_watches(&self) -> usize {
+        self.lock().expired_watches
+    }
+
+    /// Every change so far (since the last compaction), oldest first: (resourceVersion, ADDED/MODIFIED/DELETED, resource
     /// key, object), for tests that check the order in which things happened.
     pub fn changes(&self) -> Vec<(u64, &'static str, String, Value)> {
         let store = self.lock();
@@ -719,40 +743,61 @@ async fn watch(server: FakeApiServer, target: Target, query: BTreeMap<String, St
     let selector = query.get("labelSelector").cloned();
     let key = target.key();
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-        loop {
-            // Registered before reading the store, so a change between the read and the wait
-            // still wakes us.
-            let changed = server.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            let pending: Vec<Event> = {
-                let store = server.lock();
-                store
-                    .events
-                    .iter()
-                    .filter(|e| {
-                        e.resource_version > after
-                            && e.resource == key
-                            && target.namespace.as_ref().is_none_or(|n| n == &e.namespace)
-                            && matches_labels(&e.object, selector.as_ref())
-                    })
-                    .cloned()
-                    .collect()
-            };
-            for event in pending {
-                after = after.max(event.resource_version);
-                let line = format!("{}\n", json!({ "type": event.kind, "object": event.object }));
-                if sender.send(Ok(Bytes::from(line))).await.is_err() {
-                    return; // the client went away
+    let (epoch, too_old) = {
+        let mut store = server.lock();
+        let too_old = after != 0 && after < store.compacted;
+        if too_old {
+            store.expired_watches += 1;
+        }
+        (store.watch_epoch, too_old.then_some(store.compacted))
+    };
+    if let Some(compacted) = too_old {
+        // As kube-apiserver: the watch is accepted, then ends with one ERROR event carrying 410.
+        let line = json!({ "type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("too old resource version: {after} ({compacted})"), "reason": "Expired", "code": 410
+        } });
+        let _ = sender.try_send(Ok(Bytes::from(format!("{line}\n"))));
+        drop(sender);
+    } else {
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            loop {
+                if server.lock().watch_epoch != epoch {
+                    return;
+                }
+                // Registered before reading the store, so a change between the read and the wait
+                // still wakes us.
+                let changed = server.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                let pending: Vec<Event> = {
+                    let store = server.lock();
+                    store
+                        .events
+                        .iter()
+                        .filter(|e| {
+                            e.resource_version > after
+                                && e.resource == key
+                                && target.namespace.as_ref().is_none_or(|n| n == &e.namespace)
+                                && matches_labels(&e.object, selector.as_ref())
+                        })
+                        .cloned()
+                        .collect()
+                };
+                for event in pending {
+                    after = after.max(event.resource_version);
+                    let line = format!("{}\n", json!({ "type": event.kind, "object": event.object }));
+                    if sender.send(Ok(Bytes::from(line))).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    return;
                 }
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return;
-            }
-        }
-    });
+        });
+    }
     let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
     Response::builder()
         .status(StatusCode::OK)
