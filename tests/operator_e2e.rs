@@ -275,3 +275,64 @@ async fn pods_that_cannot_start_are_reported_as_stalled_and_recover_once_fixed()
     let kept = key["collectionName"].as_str().expect("the retained collection's name").to_string();
     MilvusStore::connect(&common::milvus_uri(), None).await.unwrap().drop_collection(&kept).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_ingest_that_keeps_failing_is_retried_to_the_backoff_limit_then_reported_failed() {
+    let work = tempfile::tempdir().unwrap();
+    let photos = work.path().join("volume");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(common::photo("coffee.jpg"), photos.join("coffee.jpg")).unwrap();
+    let (server, address, _api_task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let claims = BTreeMap::from([("photos".to_string(), photos)]);
+    let (_kubelet, _kubelet_task) =
+        SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
+    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let recheck =
+        Recheck { ingesting: Duration::from_secs(1), not_ready: Duration::from_secs(1), ..Recheck::default() };
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    // A catalog the ingest pods cannot open: every attempt fails.
+    let catalog: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": "sqlite:///nonexistent-folder/imgsearch/catalog.db" }
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "shop").create(&PostParams::default(), &catalog).await.unwrap();
+    let collection = common::unique_collection("failing");
+    let spec: ImageCollectionSpec = serde_json::from_value(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": collection,
+        "source": { "pvc": { "claimName": "photos" } },
+        "catalog": { "secretRef": { "name": "catalog" } },
+        "search": { "replicas": 0 },
+        "deletionPolicy": "Retain"
+    }))
+    .unwrap();
+    let collections: Api<ImageCollection> = Api::namespaced(client, "shop");
+    collections.create(&PostParams::default(), &ImageCollection::new("failing", spec)).await.unwrap();
+
+    let status = status_where(&server, "failing", "Ingested=False JobFailed", |s| {
+        condition(s, "Ingested")["reason"] == "JobFailed"
+    })
+    .await;
+    let message = condition(&status, "Ingested")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("backoff limit"), "says the Job gave up: {message}");
+    assert!(message.contains("catalog"), "carries the pod's own error: {message}");
+    assert_eq!(status["phase"], "Failed", "{status}");
+    let job = server.object("batch/v1/jobs", "shop", "failing-ingest-g1").expect("the ingest Job");
+    let backoff_limit = job["spec"]["backoffLimit"].as_u64().expect("a backoffLimit");
+    let attempts = server
+        .objects("v1/pods")
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "failing-ingest-g1")
+        .inspect(|p| assert_eq!(p["status"]["phase"], "Failed", "every attempt failed"))
+        .count() as u64;
+    assert_eq!(attempts, backoff_limit + 1, "the first pod and one replacement per allowed retry");
+    let event = server
+        .objects("events.k8s.io/v1/events")
+        .into_iter()
+        .find(|e| e["reason"] == "IngestFailed" && e["type"] == "Warning");
+    assert!(event.is_some(), "an IngestFailed Warning Event");
+    controller.abort();
+    MilvusStore::connect(&common::milvus_uri(), None).await.unwrap().drop_collection(&collection).await.unwrap();
+}

@@ -57,12 +57,16 @@ struct PodRun {
     process: Option<Process>,
     /// Pull attempts that failed, for ErrImagePull then ImagePullBackOff.
     pull_failures: u32,
+    /// The container's exit code, once it exited.
+    exit: Option<i32>,
 }
 
 #[derive(Default)]
 struct Running {
     /// Job uid → its pods (one per completion index).
     jobs: HashMap<String, Vec<PodRun>>,
+    /// Job uid → pods of it that failed so far.
+    job_failures: HashMap<String, u64>,
     finished_jobs: Vec<String>,
     /// Deployment uid → its pod and the address its process serves on.
     deployments: HashMap<String, (PodRun, SocketAddr)>,
@@ -201,10 +205,10 @@ impl SimulatedKubelet {
             let completions = job["spec"]["completions"].as_i64().unwrap_or(1);
             let mut pods = Vec::new();
             for index in 0..completions {
-                let pod = job_pod(&job, index);
+                let pod = job_pod(&job, index, 0);
                 let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 self.server.put(PODS, pod);
-                pods.push(PodRun { name, namespace: namespace.clone(), process: None, pull_failures: 0 });
+                pods.push(PodRun { name, namespace: namespace.clone(), process: None, pull_failures: 0, exit: None });
             }
             job["status"] = json!({ "active": completions, "startTime": "2026-01-01T00:00:00Z" });
             self.lock().jobs.insert(uid.clone(), pods);
@@ -232,50 +236,87 @@ impl SimulatedKubelet {
                 Err(_) => {}
             }
         }
-        // Collect exit codes; a Job completes when every index succeeded.
-        let outcome = {
+        // Collect exits. As the Job controller does, a failed pod is replaced by a new one for
+        // its index until the Job's failures exceed `backoffLimit`; the Job completes when
+        // every index has succeeded.
+        let backoff_limit = job["spec"]["backoffLimit"].as_u64().unwrap_or(6);
+        let mut exited = Vec::new();
+        let mut replace = Vec::new();
+        let (succeeded, active, failures, logs) = {
             let mut running = self.lock();
-            let Some(pods) = running.jobs.get_mut(&uid) else { return };
-            let mut codes = Vec::new();
+            let Running { jobs, job_failures, .. } = &mut *running;
+            let Some(pods) = jobs.get_mut(&uid) else { return };
+            let failures = job_failures.entry(uid.clone()).or_default();
             let mut logs = String::new();
-            let mut finished_pods = Vec::new();
-            for run in pods.iter_mut() {
-                let Some(process) = run.process.as_mut() else { return };
-                match process.child.try_wait() {
-                    Ok(Some(status)) => {
-                        let code = status.code().unwrap_or(-1);
-                        if code != 0 {
-                            logs.push_str(&tail(&process.log));
-                        }
-                        codes.push(code);
-                        finished_pods.push((run.name.clone(), code, termination_message(process, code)));
+            for (index, run) in pods.iter_mut().enumerate() {
+                let Some(process) = run.process.as_mut() else { continue };
+                if run.exit.is_some() {
+                    continue;
+                }
+                let code = match process.child.try_wait() {
+                    Ok(Some(status)) => status.code().unwrap_or(-1),
+                    Ok(None) => continue,
+                    Err(_) => -1,
+                };
+                run.exit = Some(code);
+                exited.push((run.name.clone(), code, termination_message(process, code)));
+                if code != 0 {
+                    logs.push_str(&tail(&process.log));
+                    *failures += 1;
+                    if *failures <= backoff_limit {
+                        replace.push(index);
                     }
-                    Ok(None) => return,
-                    Err(_) => codes.push(-1),
                 }
             }
-            (codes, logs, finished_pods)
+            let succeeded = pods.iter().filter(|run| run.exit == Some(0)).count();
+            let active = pods.iter().filter(|run| run.exit.is_none()).count();
+            (succeeded, active, *failures, logs)
         };
-        let (outcome, logs, finished_pods) = outcome;
-        for (name, code, message) in finished_pods {
+        for (name, code, message) in exited {
             if let Some(pod) = self.server.object(PODS, &namespace, &name) {
                 self.server.put(PODS, terminated_pod(&pod, code, &message));
             }
         }
-        let succeeded = outcome.iter().filter(|c| **c == 0).count();
-        job["status"] = if succeeded == outcome.len() {
-            json!({
-                "succeeded": succeeded, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:00Z",
+        for index in &replace {
+            let pod = job_pod(&job, *index as i64, failures);
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            self.server.put(PODS, pod);
+            let mut running = self.lock();
+            if let Some(run) = running.jobs.get_mut(&uid).and_then(|pods| pods.get_mut(*index)) {
+                *run = PodRun { name, namespace: namespace.clone(), process: None, pull_failures: 0, exit: None };
+            }
+        }
+        let completions = job["spec"]["completions"].as_u64().unwrap_or(1) as usize;
+        let active = active + replace.len();
+        if succeeded == completions {
+            job["status"] = json!({
+                "succeeded": succeeded, "failed": failures, "startTime": "2026-01-01T00:00:00Z",
+                "completionTime": "2026-01-01T00:01:00Z",
                 "conditions": [{ "type": "Complete", "status": "True" }]
-            })
+            });
+            self.finish_job(&uid, job);
+        } else if failures > backoff_limit {
+            // The Job controller stops what still runs.
+            for run in self.lock().jobs.get_mut(&uid).into_iter().flatten() {
+                if let Some(process) = run.process.as_mut().filter(|_| run.exit.is_none()) {
+                    terminate(&process.child);
+                }
+            }
+            let mut status =
+                failed_status(&format!("Job has reached the specified backoff limit; last failures: {logs}"));
+            status["failed"] = json!(failures);
+            status["succeeded"] = json!(succeeded);
+            job["status"] = status;
+            self.finish_job(&uid, job);
         } else {
-            failed_status(&format!(
-                "{} of {} pods failed (exit codes {outcome:?}): {logs}",
-                outcome.len() - succeeded,
-                outcome.len()
-            ))
-        };
-        self.finish_job(&uid, job);
+            let counts = (job["status"]["active"].as_u64(), job["status"]["failed"].as_u64());
+            if counts != (Some(active as u64), Some(failures)) {
+                job["status"] = json!({
+                    "active": active, "succeeded": succeeded, "failed": failures, "startTime": "2026-01-01T00:00:00Z"
+                });
+                self.server.put("batch/v1/jobs", job);
+            }
+        }
     }
 
     fn finish_job(&self, uid: &str, job: Value) {
@@ -303,7 +344,7 @@ impl SimulatedKubelet {
             let pod = deployment_pod(&deployment);
             let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
             self.server.put(PODS, pod);
-            let run = PodRun { name: pod_name, namespace, process: None, pull_failures: 0 };
+            let run = PodRun { name: pod_name, namespace, process: None, pull_failures: 0, exit: None };
             self.lock().deployments.insert(uid, (run, address));
             return;
         };
@@ -531,8 +572,9 @@ impl SimulatedKubelet {
     }
 }
 
-/// The Pod the Job controller would create for completion `index`.
-fn job_pod(job: &Value, index: i64) -> Value {
+/// The Pod the Job controller would create for completion `index`, the `attempt`-th
+/// replacement after failures (0 for the first).
+fn job_pod(job: &Value, index: i64, attempt: u64) -> Value {
     let name = job["metadata"]["name"].as_str().unwrap_or_default();
     let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
     if !labels.is_object() {
@@ -545,7 +587,7 @@ fn job_pod(job: &Value, index: i64) -> Value {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": format!("{name}-{index}-sim"),
+            "name": if attempt == 0 { format!("{name}-{index}-sim") } else { format!("{name}-{index}-sim-{attempt}") },
             "namespace": job["metadata"]["namespace"],
             "labels": labels,
             "annotations": { "batch.kubernetes.io/job-completion-index": index.to_string() },
