@@ -422,3 +422,64 @@ fn every_child_of_every_allowed_name_is_valid_at_any_generation_and_shard_count(
 fn value<T: serde::Serialize>(object: &T) -> serde_json::Value {
     serde_json::to_value(object).expect("builder output serialises")
 }
+
+/// A raw write, as `kubectl` or a GitOps tool sends it, to see the status and headers.
+async fn post_collection(address: std::net::SocketAddr, query: &str, body: serde_json::Value) -> reqwest::Response {
+    imgsearch::source::install_crypto_provider();
+    reqwest::Client::new()
+        .post(format!("http://{address}/apis/imgsearch.io/v1alpha1/namespaces/shop/imagecollections{query}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("the fake API server answers")
+}
+
+#[tokio::test]
+async fn the_crd_schema_prunes_unknown_fields_with_a_warning_and_refuses_wrong_values() {
+    let (server, address, _task) = FakeApiServer::start().await;
+    let object = |name: &str, spec: serde_json::Value| json!({ "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection", "metadata": { "name": name }, "spec": spec });
+    let base = json!({ "milvus": { "uri": "http://milvus:19530" }, "source": { "pvc": { "claimName": "photos" } } });
+
+    // A misspelt field (deletionpolicy) is dropped with a warning, not stored, by default...
+    let mut typo = base.clone();
+    typo["deletionpolicy"] = json!("Delete");
+    typo["search"] = json!({ "replicas": 2, "replica": 3 });
+    let response = post_collection(address, "", object("typo", typo.clone())).await;
+    assert_eq!(response.status(), 201);
+    let warnings: Vec<String> =
+        response.headers().get_all("warning").iter().map(|v| v.to_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["299 - \"unknown field \\\"spec.deletionpolicy\\\"\"", "299 - \"unknown field \\\"spec.search.replica\\\"\""],
+        "one Warning header per unknown field"
+    );
+    let stored = server.object("imgsearch.io/v1alpha1/imagecollections", "shop", "typo").expect("stored");
+    assert!(stored["spec"].get("deletionpolicy").is_none() && stored["spec"]["search"].get("replica").is_none());
+    assert_eq!(stored["spec"]["deletionPolicy"], "Retain", "the default applies, not the misspelt value");
+    // ...and refused under fieldValidation=Strict (what kubectl sends).
+    let response = post_collection(address, "?fieldValidation=Strict", object("strict", typo)).await;
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.unwrap_or_default();
+    assert!(body.contains("strict decoding error: unknown field \\\"spec.deletionpolicy\\\""), "{body}");
+
+    // Values of the wrong type, outside an enum, a bound or a pattern: 422 in the server's words.
+    for (field, value, expected) in [
+        (
+            "search",
+            json!({ "replicas": "two" }),
+            "spec.search.replicas in body must be of type integer: \\\"string\\\"",
+        ),
+        ("search", json!({ "replicas": -1 }), "spec.search.replicas in body should be greater than or equal to 0"),
+        ("deletionPolicy", json!("Purge"), "spec.deletionPolicy: Unsupported value: \\\"Purge\\\""),
+        ("milvus", json!({ "uri": "milvus:19530" }), "spec.milvus.uri in body should match"),
+    ] {
+        let mut spec = base.clone();
+        spec[field] = value;
+        let response = post_collection(address, "", object("bad", spec)).await;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 422, "{field}: {body}");
+        assert!(body.contains(expected), "{field}: expected {expected:?} in {body}");
+    }
+    assert!(server.object("imgsearch.io/v1alpha1/imagecollections", "shop", "bad").is_none());
+}

@@ -262,3 +262,157 @@ pub fn cel_problems(object: &Value, old: Option<&Value>) -> Vec<String> {
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     }
 }
+
+/// What the CRD's structural schema made of an object, as kube-apiserver applies it before
+/// defaulting and CEL: fields the schema does not declare are pruned (and named, for the
+/// `unknown field` warning or, with `fieldValidation=Strict`, the error), and values of the
+/// wrong type or outside the schema's enums, bounds, lengths and patterns are problems in the
+/// server's wording.
+#[derive(Debug, Default)]
+pub struct SchemaOutcome {
+    pub unknown_fields: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Applies the committed CRD's openAPIV3Schema to an ImageCollection: prunes `object` in place.
+pub fn apply_imagecollection_schema(object: &mut Value) -> SchemaOutcome {
+    let mut outcome = SchemaOutcome::default();
+    let schema = imagecollection_schema();
+    let Some(fields) = object.as_object_mut() else {
+        outcome.problems.push("<root>: Invalid value: the object must be a JSON object".into());
+        return outcome;
+    };
+    // apiVersion, kind and metadata are the server's own; the schema covers spec and status.
+    let unknown: Vec<String> = fields
+        .keys()
+        .filter(|key| {
+            !["apiVersion", "kind", "metadata"].contains(&key.as_str()) && schema["properties"][key.as_str()].is_null()
+        })
+        .cloned()
+        .collect();
+    for key in unknown {
+        fields.remove(&key);
+        outcome.unknown_fields.push(key);
+    }
+    for key in ["spec", "status"] {
+        if let Some(value) = fields.get_mut(key) {
+            walk(&schema["properties"][key], value, key, &mut outcome);
+        }
+    }
+    outcome
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn walk(schema: &Value, value: &mut Value, path: &str, out: &mut SchemaOutcome) {
+    if value.is_null() && schema["nullable"] == true {
+        return;
+    }
+    let actual = json_type(value);
+    if let Some(expected) = schema["type"].as_str() {
+        let int_or_string = schema["x-kubernetes-int-or-string"] == true && matches!(actual, "integer" | "string");
+        let fits = actual == expected || (expected == "number" && actual == "integer") || int_or_string;
+        if !fits {
+            out.problems.push(format!(
+                "{path}: Invalid value: \"{actual}\": {path} in body must be of type {expected}: \"{actual}\""
+            ));
+            return;
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        let supported: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        out.problems.push(format!("{path}: Unsupported value: {value}: supported values: {}", supported.join(", ")));
+    }
+    match value {
+        Value::Object(fields) => {
+            for required in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if !fields.contains_key(required) {
+                    out.problems.push(format!("{path}.{required}: Required value"));
+                }
+            }
+            let keep_unknown = schema["x-kubernetes-preserve-unknown-fields"] == true;
+            let keys: Vec<String> = fields.keys().cloned().collect();
+            for key in keys {
+                let child_path = format!("{path}.{key}");
+                let declared = &schema["properties"][key.as_str()];
+                let extra = &schema["additionalProperties"];
+                let child_schema = if !declared.is_null() {
+                    Some(declared)
+                } else if extra.is_object() {
+                    Some(extra)
+                } else {
+                    None
+                };
+                match child_schema {
+                    Some(child_schema) => {
+                        if let Some(child) = fields.get_mut(&key) {
+                            walk(child_schema, child, &child_path, out);
+                        }
+                    }
+                    None if keep_unknown || *extra == true => {}
+                    None => {
+                        fields.remove(&key);
+                        out.unknown_fields.push(child_path);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            let count = items.len();
+            if let Some(max) = schema["maxItems"].as_u64().filter(|max| count as u64 > *max) {
+                out.problems.push(format!("{path}: Too many: {count}: must have at most {max} items"));
+            }
+            if let Some(min) = schema["minItems"].as_u64().filter(|min| (count as u64) < *min) {
+                out.problems
+                    .push(format!("{path}: Invalid value: {count}: {path} in body should have at least {min} items"));
+            }
+            for (index, item) in items.iter_mut().enumerate() {
+                walk(&schema["items"], item, &format!("{path}[{index}]"), out);
+            }
+        }
+        Value::String(text) => {
+            let length = text.chars().count() as u64;
+            if let Some(max) = schema["maxLength"].as_u64().filter(|max| length > *max) {
+                out.problems.push(format!("{path}: Too long: may not be more than {max} bytes"));
+            }
+            if let Some(min) = schema["minLength"].as_u64().filter(|min| length < *min) {
+                out.problems.push(format!(
+                    "{path}: Invalid value: \"{text}\": {path} in body should be at least {min} chars long"
+                ));
+            }
+            if let Some(pattern) = schema["pattern"].as_str() {
+                let matches = regex::Regex::new(pattern).map(|re| re.is_match(text)).unwrap_or(false);
+                if !matches {
+                    out.problems
+                        .push(format!("{path}: Invalid value: \"{text}\": {path} in body should match '{pattern}'"));
+                }
+            }
+        }
+        Value::Number(number) => {
+            let n = number.as_f64().unwrap_or(0.0);
+            if let Some(min) = schema["minimum"].as_f64().filter(|min| n < *min) {
+                out.problems.push(format!(
+                    "{path}: Invalid value: {number}: {path} in body should be greater than or equal to {min}"
+                ));
+            }
+            if let Some(max) = schema["maximum"].as_f64().filter(|max| n > *max) {
+                out.problems.push(format!(
+                    "{path}: Invalid value: {number}: {path} in body should be less than or equal to {max}"
+                ));
+            }
+        }
+        _ => {}
+    }
+}

@@ -437,8 +437,10 @@ async fn handle(
             "the server is currently unable to handle the request".into(),
         );
     }
-    match verb {
-        "watch" => watch(server, target, query).await,
+    FIELD_VALIDATION.with(|m| *m.borrow_mut() = query.get("fieldValidation").cloned().unwrap_or_default());
+    WARNINGS.with(|w| w.borrow_mut().clear());
+    let mut response = match verb {
+        "watch" => return watch(server, target, query).await,
         "get" => get(&server, &target),
         "list" => list(&server, &target, &query),
         "create" => create(&server, &target, &body),
@@ -446,7 +448,14 @@ async fn handle(
         "patch" => patch(&server, &target, &headers, &query, &body),
         "delete" => delete(&server, &target),
         _ => unreachable!("verbs are matched above"),
+    };
+    // Warnings as kube-apiserver sends them: one `Warning: 299 - "<text>"` header each.
+    for warning in WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "\\\""))) {
+            response.headers_mut().append(header::WARNING, value);
+        }
     }
+    response
 }
 
 fn get(server: &FakeApiServer, target: &Target) -> Response {
@@ -520,12 +529,49 @@ fn invalid(target: &Target, name: &str, problems: &[String]) -> Response {
     )
 }
 
+thread_local! {
+    /// The request's `fieldValidation` (Ignore, Warn: the default, Strict) and the warnings to
+    /// send back, for the request being handled on this thread (the write handlers are
+    /// synchronous, so a request never moves between threads while they run).
+    static FIELD_VALIDATION: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    static WARNINGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The CRD's structural schema on an ImageCollection write: unknown fields pruned with a
+/// warning (or refused with 400 under `fieldValidation=Strict`, as `kubectl` sends by
+/// default), and the problems of values the schema refuses.
+fn apply_schema(target: &Target, object: &mut Value) -> Result<Vec<String>, Box<Response>> {
+    if target.resource != "imagecollections" {
+        return Ok(Vec::new());
+    }
+    let outcome = admission::apply_imagecollection_schema(object);
+    if !outcome.unknown_fields.is_empty() {
+        let mode = FIELD_VALIDATION.with(|m| m.borrow().clone());
+        if mode == "Strict" {
+            let fields: Vec<String> = outcome.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+            return Err(Box::new(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("strict decoding error: {}", fields.join(", ")),
+            )));
+        }
+        if mode != "Ignore" {
+            WARNINGS.with(|w| {
+                w.borrow_mut().extend(outcome.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")))
+            });
+        }
+    }
+    Ok(outcome.problems)
+}
+
 /// Validation and defaulting of a new object; the 422 to answer if it is refused.
 fn admit_creation(target: &Target, object: &mut Value) -> Result<(), Box<Response>> {
+    let schema_problems = apply_schema(target, object)?;
     if target.resource == "imagecollections" {
         *object = admission::default_imagecollection(object);
     }
-    let mut problems = admission::creation_problems(&target.resource, object);
+    let mut problems = schema_problems;
+    problems.extend(admission::creation_problems(&target.resource, object));
     if target.resource == "imagecollections" {
         problems.extend(admission::cel_problems(object, None));
     }
@@ -680,6 +726,18 @@ fn write_changed(
     }
     next["apiVersion"] = current["apiVersion"].clone();
     next["kind"] = current["kind"].clone();
+    // Ratcheting as for CEL: a value already refused in the stored object does not block a
+    // write that leaves it as it was.
+    let schema_problems = match apply_schema(target, &mut next) {
+        Ok(problems) => {
+            let before = admission::apply_imagecollection_schema(&mut current.clone()).problems;
+            problems.into_iter().filter(|p| !before.contains(p)).collect::<Vec<_>>()
+        }
+        Err(refused) => return *refused,
+    };
+    if !schema_problems.is_empty() {
+        return invalid(target, &name, &schema_problems);
+    }
     if target.subresource.is_none() {
         if target.resource == "imagecollections" {
             next = admission::default_imagecollection(&next);
