@@ -702,7 +702,9 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
         let running = stop_workloads(ic, context).await?;
         if running > 0 {
             let message = format!(
-                "deletionPolicy is Delete: stopping the collection's {running} running pod(s) before dropping {collection}"
+                "deletionPolicy is Delete: stopping the collection's {running} running pod(s) before dropping \
+                 {collection} (a pod that cannot stop, e.g. on a lost node, holds this until it is force-deleted; \
+                 deletionPolicy: Retain lets the object go at once and keeps the data)"
             );
             let status =
                 status::deleting(ic.status.as_ref(), status::Deletion::Stopping(&message), generation(ic), now());
