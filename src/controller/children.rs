@@ -48,6 +48,8 @@ pub enum BuildError {
     InvalidSchedule(String),
     #[error("{0}")]
     InvalidName(String),
+    #[error("{}", crate::crd::rules::SHARDS_NEED_CATALOG)]
+    ShardsNeedCatalog,
 }
 
 fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {
@@ -343,6 +345,10 @@ fn ingest_labels(ic: &ImageCollection) -> Result<BTreeMap<String, String>, Build
 fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec, BuildError> {
     let source = ingest_source(ic)?;
     let shards = ic.spec.ingest.parallelism.max(1);
+    // The CRD refuses this; an object stored before that rule still gets a clear reason.
+    if shards > 1 && ic.spec.catalog.is_none() {
+        return Err(BuildError::ShardsNeedCatalog);
+    }
     let mut env = common_env(ic)?;
     env.extend(source.env);
     env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
