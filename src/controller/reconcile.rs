@@ -634,6 +634,22 @@ async fn milvus_store(ic: &ImageCollection, context: &Context) -> Result<MilvusS
     Ok(store)
 }
 
+/// The Secret `field` names, in the object's namespace.
+async fn referenced_secret(
+    context: &Context,
+    ic: &ImageCollection,
+    field: &'static str,
+    secret: &str,
+) -> Result<Secret> {
+    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
+    secrets.get_opt(secret).await?.ok_or_else(|| Error::Secret {
+        field,
+        name: secret.to_string(),
+        problem: "not found".into(),
+    })
+}
+
 /// The text values of a Secret in the object's namespace.
 async fn secret_data(
     context: &Context,
@@ -641,14 +657,7 @@ async fn secret_data(
     field: &'static str,
     secret: &str,
 ) -> Result<std::collections::BTreeMap<String, String>> {
-    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
-    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-    let found = secrets.get_opt(secret).await?.ok_or_else(|| Error::Secret {
-        field,
-        name: secret.to_string(),
-        problem: "not found".into(),
-    })?;
-    Ok(text_values(found))
+    Ok(text_values(referenced_secret(context, ic, field, secret).await?))
 }
 
 fn text_values(secret: Secret) -> std::collections::BTreeMap<String, String> {
@@ -664,13 +673,7 @@ fn text_values(secret: Secret) -> std::collections::BTreeMap<String, String> {
 async fn milvus_token(context: &Context, ic: &ImageCollection, secret: &str) -> Result<String> {
     let field = "spec.milvus.secretRef";
     let uri = ic.milvus_uri().ok_or(BuildError::NoMilvus)?;
-    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
-    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-    let found = secrets.get_opt(secret).await?.ok_or_else(|| Error::Secret {
-        field,
-        name: secret.to_string(),
-        problem: "not found".into(),
-    })?;
+    let found = referenced_secret(context, ic, field, secret).await?;
     let bound_to = found.annotations().get(MILVUS_URI_ANNOTATION).map(|value| value.trim().to_string());
     if bound_to.as_deref() != Some(uri.as_str()) {
         let found = match bound_to {

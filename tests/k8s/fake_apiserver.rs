@@ -729,6 +729,7 @@ fn write_changed(
     // Ratcheting as for CEL: a value already refused in the stored object does not block a
     // write that leaves it as it was.
     let schema_problems = match apply_schema(target, &mut next) {
+        Ok(problems) if problems.is_empty() => problems,
         Ok(problems) => {
             let before = admission::apply_imagecollection_schema(&mut current.clone()).problems;
             problems.into_iter().filter(|p| !before.contains(p)).collect::<Vec<_>>()

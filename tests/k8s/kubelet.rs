@@ -575,37 +575,28 @@ impl SimulatedKubelet {
 /// The Pod the Job controller would create for completion `index`, the `attempt`-th
 /// replacement after failures (0 for the first).
 fn job_pod(job: &Value, index: i64, attempt: u64) -> Value {
-    let name = job["metadata"]["name"].as_str().unwrap_or_default();
-    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
-    if !labels.is_object() {
-        labels = json!({});
-    }
-    labels["batch.kubernetes.io/job-name"] = json!(name);
-    labels["job-name"] = json!(name);
+    let job_name = job["metadata"]["name"].as_str().unwrap_or_default();
+    let name =
+        if attempt == 0 { format!("{job_name}-{index}-sim") } else { format!("{job_name}-{index}-sim-{attempt}") };
+    let mut pod = owned_pod(job, "batch/v1", "Job", name);
+    let labels = &mut pod["metadata"]["labels"];
+    labels["batch.kubernetes.io/job-name"] = json!(job_name);
+    labels["job-name"] = json!(job_name);
     labels["batch.kubernetes.io/job-completion-index"] = json!(index.to_string());
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": if attempt == 0 { format!("{name}-{index}-sim") } else { format!("{name}-{index}-sim-{attempt}") },
-            "namespace": job["metadata"]["namespace"],
-            "labels": labels,
-            "annotations": { "batch.kubernetes.io/job-completion-index": index.to_string() },
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-            "ownerReferences": [{
-                "apiVersion": "batch/v1", "kind": "Job", "name": name,
-                "uid": job["metadata"]["uid"], "controller": true
-            }]
-        },
-        "spec": job["spec"]["template"]["spec"],
-        "status": { "phase": "Pending" }
-    })
+    pod["metadata"]["annotations"] = json!({ "batch.kubernetes.io/job-completion-index": index.to_string() });
+    pod
 }
 
 /// The one Pod standing for a Deployment's replicas.
 fn deployment_pod(deployment: &Value) -> Value {
-    let name = deployment["metadata"]["name"].as_str().unwrap_or_default();
-    let mut labels = deployment["spec"]["template"]["metadata"]["labels"].clone();
+    let name = format!("{}-sim", deployment["metadata"]["name"].as_str().unwrap_or_default());
+    owned_pod(deployment, "apps/v1", "Deployment", name)
+}
+
+/// A Pending Pod from `owner`'s template, owned by it, created now (as the API server stamps
+/// it: the controller's start-up grace period is measured from it).
+fn owned_pod(owner: &Value, api_version: &str, kind: &str, name: String) -> Value {
+    let mut labels = owner["spec"]["template"]["metadata"]["labels"].clone();
     if !labels.is_object() {
         labels = json!({});
     }
@@ -613,16 +604,16 @@ fn deployment_pod(deployment: &Value) -> Value {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": format!("{name}-sim"),
-            "namespace": deployment["metadata"]["namespace"],
+            "name": name,
+            "namespace": owner["metadata"]["namespace"],
             "labels": labels,
-            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
             "ownerReferences": [{
-                "apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                "uid": deployment["metadata"]["uid"], "controller": true
+                "apiVersion": api_version, "kind": kind, "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"], "controller": true
             }]
         },
-        "spec": deployment["spec"]["template"]["spec"],
+        "spec": owner["spec"]["template"]["spec"],
         "status": { "phase": "Pending" }
     })
 }
