@@ -157,7 +157,9 @@ pub struct BackendArgs {
     /// Milvus database (default: the server's default database).
     #[arg(long, env = "MILVUS_DATABASE")]
     pub milvus_database: Option<String>,
-    /// Catalog database URL.
+    /// Catalog database URL: sqlite://PATH, postgres://…, mysql://… (MariaDB too), or `none`
+    /// for no SQL catalog (Milvus's own rows are then the record of what is indexed: image ids
+    /// derive from URIs, failures are reported per run but not kept).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/catalog.db", hide_env_values = true)]
     pub database_url: String,
 }
@@ -558,14 +560,17 @@ fn default_identity() -> String {
     format!("{}-{}", if host.is_empty() { "imgsearch" } else { &host }, std::process::id())
 }
 
+/// `collection` is the one this process ingests into or searches by default: without a SQL
+/// catalog, lookups by image id alone look there.
 async fn connect(
     backend: &BackendArgs,
+    collection: &str,
     model: &ModelArgs,
     index: &IndexArgs,
     workload: Workload,
 ) -> anyhow::Result<Ingestor> {
     let store = backend.milvus().await?;
-    let catalog = Catalog::open(&backend.database_url).await?;
+    let catalog = Catalog::open_or_milvus(&backend.database_url, &store, &[collection.to_string()]).await?;
     Ok(Ingestor { store, catalog, model: model.load(workload).await?, index: index.spec(), limits: model.limits() })
 }
 
@@ -573,7 +578,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let shard = crate::source::Shard::new(args.shard_index, args.shard_count)
         .map_err(|problem| anyhow::anyhow!("--shard-index/--shard-count: {problem}"))?;
     let source = args.source.open()?;
-    let ingestor = connect(&args.backend, &args.model, &args.index, Workload::Throughput).await?;
+    let ingestor = connect(&args.backend, &args.collection, &args.model, &args.index, Workload::Throughput).await?;
     let options = IngestOptions { shard, prune: args.prune, ..args.batch.options(&args.collection) };
     let Some(report) = ingest_until_interrupted(&ingestor, &source, &options).await? else {
         anyhow::bail!("interrupted; what was written is kept and a rerun continues where this one stopped");
@@ -613,7 +618,7 @@ async fn ingest_until_interrupted(
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Settings first: a bad flag or token file is reported at once, not after Milvus answers.
     let config = args.server.config(&args.collection, &args.batch)?;
-    let mut ingestor = connect(&args.backend, &args.model, &args.index, Workload::Latency).await?;
+    let mut ingestor = connect(&args.backend, &args.collection, &args.model, &args.index, Workload::Latency).await?;
     ingestor.store = ingestor.store.with_search_consistency(args.server.consistency());
     if config.auth.is_some() {
         tracing::info!(protect_reads = args.server.auth_reads, "bearer token required on write routes");
@@ -672,7 +677,7 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
     };
     // The first ingest is usually small (a demo folder); the server then lives on.
-    let ingestor = connect(&backend, &args.model, &args.index, Workload::Latency).await?;
+    let ingestor = connect(&backend, &args.collection, &args.model, &args.index, Workload::Latency).await?;
     let options = args.batch.options(&args.collection);
     let Some(report) = ingest_until_interrupted(&ingestor, &Source::directory(&args.images)?, &options).await? else {
         eprintln!("interrupted during ingest; stopping");

@@ -43,10 +43,6 @@ pub const VERSION: &str = "v1alpha1";
     {
         "rule": "has(self.collectionName) == has(oldSelf.collectionName) && (!has(self.collectionName) || self.collectionName == oldSelf.collectionName)",
         "message": rules::COLLECTION_IMMUTABLE
-    },
-    {
-        "rule": rules::SHARDS_NEED_CATALOG_RULE,
-        "message": rules::SHARDS_NEED_CATALOG
     }
 ]))]
 pub struct ImageCollectionSpec {
@@ -424,7 +420,9 @@ pub enum ServiceType {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CatalogSpec {
-    /// Secret with `DATABASE_URL`: a `postgres://` or `mysql://` DSN.
+    /// Secret with `DATABASE_URL`: a `postgres://` or `mysql://` DSN. Without a catalog,
+    /// Milvus's own rows are the record of what is indexed: ids derive from image URIs, and
+    /// why an image failed is reported per run (Job summary, status) but not kept.
     pub secret_ref: LocalSecretRef,
 }
 
@@ -547,23 +545,17 @@ pub mod rules {
     /// `controller::children::MAX_NAME_LENGTH`, which says where 44 comes from.
     pub const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 44";
     pub const NAME_LENGTH: &str = "metadata.name may have at most 44 characters: the rescan CronJob's Job pods are named <name>-rescan-<minutes>-<shard>, which Kubernetes limits to 63";
-    /// Without a shared catalog each pod numbers images in its own scratch catalog from 1: two
-    /// shards would give different images the same vector ids and overwrite each other.
-    pub const SHARDS_NEED_CATALOG_RULE: &str =
-        "has(self.catalog) || !has(self.ingest) || !has(self.ingest.parallelism) || self.ingest.parallelism <= 1";
-    pub const SHARDS_NEED_CATALOG: &str = "spec.ingest.parallelism above 1 needs spec.catalog: without a shared catalog each shard numbers its images from 1 and the shards would overwrite each other's vectors";
     pub const SCHEDULE_TIME_ZONE: &str =
         "spec.ingest.schedule may not contain TZ= or CRON_TZ= (Kubernetes refuses them): set spec.ingest.timeZone";
     pub const SCHEDULE_FIELDS: &str = "spec.ingest.schedule needs 5 fields (minute hour day-of-month month day-of-week, e.g. '30 2 * * *') or a descriptor such as @hourly";
 
     /// Every rule's message, in the order the schema lists them (root, spec, ingest.schedule,
     /// milvus, source).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 8] = [
         NAME_FORMAT,
         NAME_LENGTH,
         MODEL_IMMUTABLE,
         COLLECTION_IMMUTABLE,
-        SHARDS_NEED_CATALOG,
         SCHEDULE_TIME_ZONE,
         SCHEDULE_FIELDS,
         ONE_MILVUS,

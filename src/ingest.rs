@@ -12,6 +12,11 @@
 //!
 //! A rerun skips images whose URI and content hash are already `indexed` (or `failed`, since the
 //! same bytes fail the same way) and redoes `pending` ones.
+//!
+//! Without a SQL catalog (`DATABASE_URL=none`) steps 1 and 3 fall away: the id derives from the
+//! URI ([`crate::catalog::uri_id`]), the Milvus upsert is the record, and a rerun reads what is
+//! indexed back from Milvus. An image whose derived id another URI already holds is refused
+//! (reported as failed) rather than allowed to overwrite that image.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -247,6 +252,13 @@ impl Ingestor {
         // before, so inference never waits on a write.
         let (to_model, batches) = mpsc::channel::<Vec<(NewImage, PreparedImage)>>(1);
         let (to_writer, embedded) = mpsc::channel::<(Vec<NewImage>, Vec<Vec<f32>>)>(1);
+        // Without a SQL catalog ids derive from URIs: which URI holds each id, so that a second
+        // URI with the same id is refused instead of overwriting the first one's vector.
+        let mut holders: HashMap<i64, String> = if self.catalog.derives_ids() {
+            known.iter().map(|(uri, image)| (image.id, uri.clone())).collect()
+        } else {
+            HashMap::new()
+        };
         let batching = async {
             let (mut decoded, to_model) = (decoded, to_model);
             let mut batch: Vec<(NewImage, PreparedImage)> = Vec::with_capacity(options.batch_size);
@@ -268,6 +280,15 @@ impl Ingestor {
                         progress.advance(1);
                     }
                     Examined::Ready { image, prepared } => {
+                        if let Err(taken) = claim_id(&mut holders, &self.catalog, collection, &image.uri) {
+                            // Not recorded as this image's failure: the id's row is the other image's.
+                            let reason = taken.to_string();
+                            tracing::warn!(collection, uri = image.uri, reason, "image failed");
+                            report.failed += 1;
+                            report.failures.push(IngestFailure { uri: image.uri, reason });
+                            progress.advance(1);
+                            continue;
+                        }
                         batch.push((image, prepared));
                         if batch.len() >= options.batch_size.max(1)
                             && to_model.send(std::mem::take(&mut batch)).await.is_err()
@@ -398,6 +419,7 @@ impl Ingestor {
         {
             return Ok(existing.id);
         }
+        self.catalog.check_id_free(collection, &image.uri).await?;
         let ids = self.write_batch_ids(collection, vec![(image, prepared)]).await?;
         ids.first().copied().ok_or_else(|| IngestError::Worker("no id returned for the image".into()))
     }
@@ -458,6 +480,27 @@ impl Ingestor {
             self.store.delete(collection, &[id]).await?;
         }
         Ok(())
+    }
+}
+
+/// Claims the id `uri` derives to in `holders` (no SQL catalog); fails when another URI holds
+/// it. With a SQL catalog ids come from the database and this always succeeds.
+fn claim_id(
+    holders: &mut HashMap<i64, String>,
+    catalog: &Catalog,
+    collection: &str,
+    uri: &str,
+) -> Result<(), CatalogError> {
+    let Some(id) = catalog.derived_id(collection, uri) else { return Ok(()) };
+    match holders.get(&id) {
+        Some(holder) if holder != uri => {
+            Err(CatalogError::IdTaken { id, uri: uri.to_string(), holder: holder.clone() })
+        }
+        Some(_) => Ok(()),
+        None => {
+            holders.insert(id, uri.to_string());
+            Ok(())
+        }
     }
 }
 

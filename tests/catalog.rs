@@ -15,7 +15,7 @@ async fn open(backend: Backend, purpose: &str) -> (common::databases::TestDataba
     let database = fresh_database(backend, purpose).await;
     let catalog =
         Catalog::open(&database.url).await.unwrap_or_else(|e| panic!("{backend:?}: open {}: {e}", database.url));
-    assert_eq!(catalog.backend(), backend);
+    assert_eq!(catalog.backend(), Some(backend));
     (database, catalog)
 }
 

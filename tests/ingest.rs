@@ -301,3 +301,101 @@ async fn phone_photos_are_indexed_upright_and_every_supported_format_is_ingested
         assert!(hits[0].uri.ends_with(name), "{original} should find {name} first: {hits:?}");
     }
 }
+
+/// Without a SQL catalog (`DATABASE_URL=none`, what the operator runs when `spec.catalog` is
+/// absent) Milvus's rows are the record: two shards at once, a rerun, a changed image, a bad
+/// file, prune and a path whose derived id another image already holds, each judged by what
+/// Milvus and the catalog interface say afterwards.
+#[tokio::test]
+async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
+    use imgsearch::catalog::{CatalogError, NewImage, uri_id};
+    use imgsearch::ingest::{IngestError, IngestOptions};
+    use imgsearch::source::Shard;
+
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (name, path) in common::fashion_images(3) {
+        std::fs::copy(path, images.join(name)).unwrap();
+    }
+    copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"], &images);
+    std::fs::write(images.join("broken.jpg"), b"\xff\xd8\xff\xe0 not really a JPEG").unwrap();
+    let good = std::fs::read_dir(&images).unwrap().count() - 1;
+    let images = images.canonicalize().unwrap();
+    let uri = |name: &str| images.join(name).to_string_lossy().to_string();
+    let collection = common::unique_collection("nocatalog");
+    let ingestor = common::ingestor_without_catalog(&collection).await;
+    let sharded = |index: u32| IngestOptions {
+        shard: Shard::new(index, 2).unwrap(),
+        prune: true,
+        ..common::options(&collection)
+    };
+    let run_shards = || async {
+        let (zero, one, progress) = (sharded(0), sharded(1), Progress::silent());
+        let (first, second) = tokio::join!(
+            ingestor.ingest_directory(&images, &zero, &progress),
+            ingestor.ingest_directory(&images, &one, &progress),
+        );
+        (first.expect("shard 0"), second.expect("shard 1"))
+    };
+
+    let (first, second) = run_shards().await;
+    assert!(first.discovered > 0 && second.discovered > 0, "both shards had work: {first:?} {second:?}");
+    assert_eq!((first.indexed + second.indexed, first.failed + second.failed), (good as u64, 1));
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64, "no shard overwrote another");
+    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), good as i64);
+    for entry in std::fs::read_dir(&images).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        let found = ingestor.catalog.find(&collection, &uri(&name)).await.unwrap();
+        if name == "broken.jpg" {
+            assert!(found.is_none(), "a failed image has no row without a SQL catalog: {found:?}");
+            continue;
+        }
+        let found = found.unwrap_or_else(|| panic!("{name} is not in Milvus"));
+        assert_eq!(found.id, uri_id(&collection, &uri(&name)), "{name}: the id derives from the path");
+        let by_id = ingestor.catalog.get(found.id).await.unwrap().expect("found by id");
+        assert_eq!((by_id.uri, by_id.status), (uri(&name), ImageStatus::Indexed));
+    }
+
+    // A rerun reads what is indexed back from Milvus: nothing embedded again, the bad file
+    // tried again (nothing remembers it) and refused again.
+    let (first, second) = run_shards().await;
+    assert_eq!(
+        (first.skipped + second.skipped, first.indexed + second.indexed, first.failed + second.failed),
+        (good as u64, 0, 1),
+        "{first:?} {second:?}"
+    );
+
+    // A changed image replaces its vector under the same id; a removed one is pruned.
+    let coffee = ingestor.catalog.find(&collection, &uri("coffee.jpg")).await.unwrap().expect("coffee");
+    std::fs::copy(common::photo("camera.jpg"), images.join("coffee.jpg")).unwrap();
+    std::fs::remove_file(images.join("astronaut.jpg")).unwrap();
+    let (first, second) = run_shards().await;
+    assert_eq!((first.indexed + second.indexed, first.pruned + second.pruned), (1, 1), "{first:?} {second:?}");
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64 - 1);
+    assert!(ingestor.catalog.find(&collection, &uri("astronaut.jpg")).await.unwrap().is_none());
+    let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("camera.jpg")).unwrap()).await;
+    assert_eq!((hits[0].id, hits[0].uri.as_str()), (coffee.id, uri("coffee.jpg").as_str()), "{hits:?}");
+
+    // Another image already holds the id "clash.jpg" derives to (planted: a real clash takes
+    // ~2^26 paths): the new file is refused, by ingest and by an upload, and the holder kept.
+    let clash = uri("clash.jpg");
+    let id = uri_id(&collection, &clash);
+    let (_, vector) =
+        ingestor.model.embed_bytes(&std::fs::read(common::photo("rocket.jpg")).unwrap(), ingestor.limits).unwrap();
+    let holder =
+        imgsearch::store::VectorRow { id, vector, uri: "/elsewhere/holder.jpg".into(), content_hash: "h".into() };
+    ingestor.store.upsert(&collection, &[holder]).await.unwrap();
+    std::fs::copy(common::photo("chelsea.jpg"), images.join("clash.jpg")).unwrap();
+    let report = ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
+    let refusal = report.failures.iter().find(|f| f.uri == clash).unwrap_or_else(|| panic!("{report:?}"));
+    assert!(refusal.reason.contains("already held by \"/elsewhere/holder.jpg\""), "{}", refusal.reason);
+    let bytes = std::fs::read(common::photo("chelsea.jpg")).unwrap();
+    let prepared = imgsearch::embed::preprocess::prepare(&bytes, ingestor.limits, ingestor.model.input()).unwrap();
+    let upload = NewImage { uri: clash.clone(), content_hash: "c".into(), size_bytes: 1, width: 1, height: 1 };
+    let refused = ingestor.add_prepared(&collection, upload, prepared).await.unwrap_err();
+    assert!(matches!(refused, IngestError::Catalog(CatalogError::IdTaken { .. })), "{refused}");
+    let kept = ingestor.catalog.get(id).await.unwrap().expect("the holder is still there");
+    assert_eq!(kept.uri, "/elsewhere/holder.jpg");
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64, "the holder, nothing more");
+}

@@ -374,8 +374,6 @@ fn every_child_of_every_allowed_name_is_valid_at_any_generation_and_shard_count(
                 ic.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
                 ic.metadata.generation = Some(generation);
                 ic.spec.ingest.parallelism = parallelism;
-                // Shards need a shared catalog (a CRD rule).
-                ic.spec.catalog = Some(serde_json::from_value(json!({ "secretRef": { "name": "catalog" } })).unwrap());
                 ic.spec.ingest.schedule = Some("*/5 * * * *".into());
                 let cronjob = children::rescan_cronjob(&ic, &config).expect("builds").expect("scheduled");
                 // The CronJob controller names its Jobs <cronjob>-<minutes since 1970>: 8 digits until 2160.

@@ -336,3 +336,135 @@ async fn an_ingest_that_keeps_failing_is_retried_to_the_backoff_limit_then_repor
     controller.abort();
     MilvusStore::connect(&common::milvus_uri(), None).await.unwrap().drop_collection(&collection).await.unwrap();
 }
+
+/// Every image of a collection through the search pod's API: `/v1/images` a page at a time,
+/// URI → id.
+async fn listed_images(search: std::net::SocketAddr, collection: &str) -> BTreeMap<String, i64> {
+    let mut listed = BTreeMap::new();
+    let mut token: Option<String> = None;
+    for _page in 0..100 {
+        let mut url = format!("http://{search}/v1/images?collection={collection}&limit=7");
+        if let Some(token) = &token {
+            url.push_str(&format!("&page_token={token}"));
+        }
+        let page: Value = common::http_client().get(url).send().await.unwrap().json().await.unwrap();
+        for image in page["images"].as_array().unwrap_or_else(|| panic!("not a listing: {page}")) {
+            let (uri, id) = (image["uri"].as_str().unwrap().to_string(), image["id"].as_i64().unwrap());
+            assert!(listed.insert(uri.clone(), id).is_none(), "{uri} listed twice");
+        }
+        match page["next_page_token"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => return listed,
+        }
+    }
+    panic!("the listing did not end within 100 pages of 7");
+}
+
+/// The default configuration: no `spec.catalog`. Three ingest shards at once, then a rescan
+/// after files were added and removed. Milvus's rows are the record every pod shares, so each
+/// image is listed and served by the search pod, none overwrote another, unchanged ones keep
+/// their ids and are not embedded again, and the removed one is gone.
+#[tokio::test]
+async fn without_a_catalog_shards_and_rescans_keep_every_image_listed_served_and_found() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let fashion = common::fashion_images(4);
+    let (first, later): (Vec<_>, Vec<_>) = fashion.iter().enumerate().partition(|(n, _)| n % 4 != 3);
+    for (_, (name, path)) in &first {
+        std::fs::copy(path, volume.join(name)).unwrap();
+    }
+    let initial = first.len();
+    let (server, address, _api_task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let claims = BTreeMap::from([("photos".to_string(), volume.clone())]);
+    let (kubelet, _kubelet_task) =
+        SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
+    let controller = tokio::spawn(run(Context::new(
+        client.clone(),
+        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
+    )));
+    let collection = common::unique_collection("nocatalog");
+    let spec: ImageCollectionSpec = serde_json::from_value(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": collection,
+        "source": { "pvc": { "claimName": "photos" } },
+        "ingest": { "parallelism": 3, "prune": true, "batchSize": 8 },
+        "deletionPolicy": "Delete"
+    }))
+    .expect("a spec without a catalog and with three shards is valid");
+    let collections: Api<ImageCollection> = Api::namespaced(client, "shop");
+    collections.create(&PostParams::default(), &ImageCollection::new("photos", spec)).await.unwrap();
+
+    let status = status_where(&server, "photos", &format!("Ready with {initial} images"), |s| {
+        s["phase"] == "Ready" && s["images"]["indexed"] == initial && s["lastIngest"]["job"] == "photos-ingest-g1"
+    })
+    .await;
+    assert_eq!(status["images"]["failed"], 0, "{status}");
+    let search = kubelet.deployment_address("shop", "photos-search").expect("the search pod runs");
+    // The simulated kubelet mounts the claim's folder where it is: URIs are its paths.
+    let root = volume.canonicalize().unwrap();
+    let mount = |name: &str| root.join(name).to_string_lossy().to_string();
+    let listed = listed_images(search, &collection).await;
+    let expected: Vec<String> = first.iter().map(|(_, (name, _))| mount(name)).collect();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), {
+        let mut e = expected.clone();
+        e.sort();
+        e
+    });
+    let ids: std::collections::HashSet<i64> = listed.values().copied().collect();
+    assert_eq!(ids.len(), initial, "two images share an id: {listed:?}");
+
+    // Each image is served from the volume by its id, and finds itself: none was overwritten.
+    for (_, (name, path)) in &first {
+        let id = listed[&mount(name)];
+        let served = common::http_client().get(format!("http://{search}/v1/images/{id}")).send().await.unwrap();
+        assert_eq!(served.status(), reqwest::StatusCode::OK, "{name}");
+        assert_eq!(served.bytes().await.unwrap(), std::fs::read(path).unwrap(), "{name}: other bytes served");
+        let form = reqwest::multipart::Form::new()
+            .part("image", reqwest::multipart::Part::bytes(std::fs::read(path).unwrap()).file_name("q.png"))
+            .text("top_k", "3")
+            .text("collection", collection.clone());
+        let found: Value = common::http_client()
+            .post(format!("http://{search}/v1/search"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let itself = found["results"].as_array().and_then(|r| r.iter().find(|hit| hit["id"] == id));
+        let score = itself.and_then(|hit| hit["score"].as_f64());
+        assert!(score.is_some_and(|s| s > 0.999), "{name} does not find itself: {found}");
+    }
+
+    // A rescan (any spec change makes one) after two files were added and one removed.
+    for (_, (name, path)) in later.iter().take(2) {
+        std::fs::copy(path, volume.join(name)).unwrap();
+    }
+    let (_, (removed, _)) = first[0];
+    std::fs::remove_file(volume.join(removed)).unwrap();
+    let patch = json!({ "spec": { "ingest": { "batchSize": 16 } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let now = initial + 2 - 1;
+    let status = status_where(&server, "photos", &format!("the rescan done with {now} images"), |s| {
+        s["phase"] == "Ready" && s["lastIngest"]["job"] == "photos-ingest-g2" && s["images"]["indexed"] == now
+    })
+    .await;
+    assert_eq!(status["images"]["skipped"], initial - 1, "unchanged images are not embedded again: {status}");
+    let relisted = listed_images(search, &collection).await;
+    assert_eq!(relisted.len(), now, "{relisted:?}");
+    assert!(!relisted.contains_key(&mount(removed)), "the removed file was pruned");
+    for (uri, id) in &listed {
+        if *uri != mount(removed) {
+            assert_eq!(relisted.get(uri), Some(id), "{uri} changed id");
+        }
+    }
+    for (_, (name, path)) in later.iter().take(2) {
+        let id = relisted[&mount(name)];
+        let served = common::http_client().get(format!("http://{search}/v1/images/{id}")).send().await.unwrap();
+        assert_eq!(served.bytes().await.unwrap(), std::fs::read(path).unwrap(), "{name}: the new file is served");
+    }
+    controller.abort();
+}

@@ -118,7 +118,12 @@ impl From<StoreError> for ApiError {
 
 impl From<CatalogError> for ApiError {
     fn from(error: CatalogError) -> Self {
-        Self::unavailable("the image catalog is unavailable", error)
+        match error {
+            // Without a SQL catalog Milvus is the catalog: its errors keep their meaning.
+            CatalogError::Milvus(e) => (*e).into(),
+            CatalogError::IdTaken { .. } => Self::Conflict(error.to_string()),
+            other => Self::unavailable("the image catalog is unavailable", other),
+        }
     }
 }
 

@@ -499,9 +499,10 @@ pub struct ImageInfo {
     pub size_bytes: Option<i64>,
     pub width: Option<i64>,
     pub height: Option<i64>,
-    /// Milliseconds since the Unix epoch.
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
+    /// Milliseconds since the Unix epoch; null for a collection without a SQL catalog (Milvus,
+    /// then the record of what is indexed, keeps no times, nor sizes and dimensions).
+    pub created_at_ms: Option<i64>,
+    pub updated_at_ms: Option<i64>,
     pub image_url: String,
 }
 

@@ -48,8 +48,6 @@ pub enum BuildError {
     InvalidSchedule(String),
     #[error("{0}")]
     InvalidName(String),
-    #[error("{}", crate::crd::rules::SHARDS_NEED_CATALOG)]
-    ShardsNeedCatalog,
 }
 
 fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {
@@ -182,7 +180,8 @@ fn common_env(ic: &ImageCollection) -> Result<Vec<EnvVar>, BuildError> {
     }
     match &ic.spec.catalog {
         Some(catalog) => env.push(from_secret("DATABASE_URL", &catalog.secret_ref.name, "DATABASE_URL", false)),
-        None => env.push(plain("DATABASE_URL", &format!("sqlite://{SCRATCH_MOUNT}/catalog.db"))),
+        // No SQL catalog: Milvus's rows are the record, shared by every pod (catalog/milvus.rs).
+        None => env.push(plain("DATABASE_URL", crate::catalog::NO_DATABASE)),
     }
     Ok(env)
 }
@@ -345,10 +344,6 @@ fn ingest_labels(ic: &ImageCollection) -> Result<BTreeMap<String, String>, Build
 fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec, BuildError> {
     let source = ingest_source(ic)?;
     let shards = ic.spec.ingest.parallelism.max(1);
-    // The CRD refuses this; an object stored before that rule still gets a clear reason.
-    if shards > 1 && ic.spec.catalog.is_none() {
-        return Err(BuildError::ShardsNeedCatalog);
-    }
     let mut env = common_env(ic)?;
     env.extend(source.env);
     env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
@@ -769,11 +764,11 @@ mod tests {
     }
 
     #[test]
-    fn without_a_catalog_secret_the_catalog_is_a_local_sqlite_file() {
+    fn without_a_catalog_secret_milvus_is_the_record() {
         let ic = collection("  milvus: { uri: 'http://m:19530' }\n  source: { pvc: { claimName: c } }\n");
         let job = ingest_job(&ic, &config()).unwrap();
         let container = &job.spec.unwrap().template.spec.unwrap().containers[0];
-        assert_eq!(env(container)["DATABASE_URL"], "sqlite:///var/lib/imgsearch/catalog.db");
+        assert_eq!(env(container)["DATABASE_URL"], "none");
         assert!(!env(container).contains_key("MILVUS_TOKEN"));
     }
 

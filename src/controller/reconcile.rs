@@ -781,7 +781,7 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
         )
         .await;
     }
-    // Without spec.catalog each pod's catalog lived in its own scratch volume: nothing persists.
+    // Without spec.catalog Milvus's rows were the record: they went with the collection.
     if let Some(catalog) = &ic.spec.catalog {
         let field = "spec.catalog.secretRef";
         let name = &catalog.secret_ref.name;
@@ -791,6 +791,9 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
             name: name.clone(),
             problem: "has no DATABASE_URL key".into(),
         })?;
+        if url.trim() == crate::catalog::NO_DATABASE {
+            return Ok(()); // a Secret that says "no SQL catalog": as if spec.catalog were absent
+        }
         let rows = crate::catalog::Catalog::open(url).await?.delete_collection(collection).await?;
         publish(
             context,

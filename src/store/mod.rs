@@ -25,6 +25,10 @@ pub const MAX_URI_LENGTH: u32 = 4096;
 /// Ids per query when reading vectors back (see [`MilvusStore::vectors`]).
 const VECTORS_PER_QUERY: usize = 128;
 
+/// Rows per query when reading what is stored besides the vectors: 900 rows of the longest
+/// URI (4,096 bytes), a hash and an id stay under the 4 MiB answer the SDK accepts.
+pub const STORED_PER_QUERY: usize = 900;
+
 /// How long one Milvus call may take, retries included, unless [`MilvusStore::set_patience`]
 /// says otherwise.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(20);
@@ -84,6 +88,14 @@ pub struct VectorRow {
     pub content_hash: String,
 }
 
+/// What Milvus holds about an image besides its vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredImage {
+    pub id: i64,
+    pub uri: String,
+    pub content_hash: String,
+}
+
 /// One search result: cosine similarity in [-1, 1], higher is closer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
@@ -137,7 +149,7 @@ impl SearchFilter {
 }
 
 /// A Milvus expression string literal: double quotes, with `\` and `"` escaped.
-fn string_literal(text: &str) -> String {
+pub(crate) fn string_literal(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -598,6 +610,49 @@ impl MilvusStore {
             }
         }
         Ok(vectors)
+    }
+
+    /// Up to `limit` (at most [`STORED_PER_QUERY`]) stored images with ids in `(above, up_to]`
+    /// that match `filter` (a Milvus expression), sorted by id. Which rows a limited query
+    /// answers when more match is unspecified (measured: Milvus Lite answers in insertion
+    /// order, Milvus 2.3.5 a merge of per-segment firsts that skips ids), so a caller walking
+    /// the ids treats a full answer as "this range holds more" and narrows it, never as "the
+    /// lowest ids of the range" (see catalog/milvus.rs).
+    pub async fn stored_images(
+        &self,
+        collection: &str,
+        above: i64,
+        up_to: i64,
+        filter: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredImage>> {
+        let op = "query stored images";
+        let mut expression = format!("{ID_FIELD} > {above} and {ID_FIELD} <= {up_to}");
+        if let Some(filter) = filter.filter(|f| !f.is_empty()) {
+            expression = format!("{expression} and ({filter})");
+        }
+        let request = QueryRequest::builder()
+            .collection_name(collection)
+            .filter(expression)
+            .output_fields([ID_FIELD, URI_FIELD, HASH_FIELD])
+            .limit(limit.clamp(1, STORED_PER_QUERY) as i64)
+            .consistency_level(self.search_level())
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        let response = self
+            .bounded(op, collection, self.client.query(request))
+            .await?
+            .map_err(|e| self.not_found_or(op, collection, e))?;
+        let mut images = Vec::new();
+        for row in response.results().rows().map_err(|e| self.error(op, collection, e))? {
+            images.push(StoredImage {
+                id: row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?,
+                uri: row.get_str(URI_FIELD).map_err(|e| self.error(op, collection, e))?.to_string(),
+                content_hash: row.get_str(HASH_FIELD).map_err(|e| self.error(op, collection, e))?.to_string(),
+            });
+        }
+        images.sort_by_key(|image| image.id);
+        Ok(images)
     }
 
     /// Seals what was written so Milvus indexes it: until then new rows sit in a growing

@@ -51,6 +51,16 @@ pub async fn ingestor(dir: &Path) -> Ingestor {
     Ingestor { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
 }
 
+/// An ingestor against the shared Milvus with no SQL catalog (`DATABASE_URL=none`, the
+/// operator's default): Milvus's rows are the record, lookups by id look in `collection`.
+pub async fn ingestor_without_catalog(collection: &str) -> Ingestor {
+    let store = MilvusStore::connect(&milvus_uri(), None).await.expect("connect to the test Milvus");
+    let catalog = Catalog::open_or_milvus(imgsearch::catalog::NO_DATABASE, &store, &[collection.to_string()])
+        .await
+        .expect("a catalog of Milvus's rows");
+    Ingestor { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
+}
+
 pub fn options(collection: &str) -> IngestOptions {
     IngestOptions::new(collection, 8, 2)
 }
