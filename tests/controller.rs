@@ -689,6 +689,45 @@ async fn a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
     controller.abort();
 }
 
+/// GitOps tools delete and recreate an object whose immutable field changed; the garbage
+/// collector then has the first incarnation's children still to collect. The new object must
+/// get children of its own (a Job built from its spec, owned by it) that the collector, when it
+/// runs, leaves alone.
+#[tokio::test]
+async fn deleted_and_recreated_at_once_the_new_object_gets_children_the_collector_keeps() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let collection = common::unique_collection("recreate");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    let object = photos_collection("again", common::milvus_uri(), &collection, "Retain");
+    let first = api.create(&PostParams::default(), &object).await.unwrap().metadata.uid.unwrap();
+    let owned_by = |key: &str, name: &str, uid: &str| {
+        server.object(key, "shop", name).filter(|o| o["metadata"]["ownerReferences"][0]["uid"] == uid)
+    };
+    eventually("the first Job", || owned_by("batch/v1/jobs", "again-ingest-g1", &first)).await;
+    eventually("the first Deployment", || owned_by("apps/v1/deployments", "again-search", &first)).await;
+
+    server.pause_garbage_collection(true);
+    delete_and_wait(&api, &server, "again").await;
+    assert!(server.object("batch/v1/jobs", "shop", "again-ingest-g1").is_some(), "the collector is paused");
+    let second = api.create(&PostParams::default(), &object).await.unwrap().metadata.uid.unwrap();
+    eventually("a Job of the new object", || owned_by("batch/v1/jobs", "again-ingest-g1", &second)).await;
+    eventually("the Deployment owned by the new object", || owned_by("apps/v1/deployments", "again-search", &second))
+        .await;
+
+    server.pause_garbage_collection(false);
+    server.collect_garbage();
+    for (key, name) in
+        [("batch/v1/jobs", "again-ingest-g1"), ("apps/v1/deployments", "again-search"), ("v1/services", "again-search")]
+    {
+        assert!(owned_by(key, name, &second).is_some(), "{name} was collected with the first object's children");
+    }
+    delete_and_wait(&api, &server, "again").await;
+    controller.abort();
+}
+
 #[tokio::test]
 async fn a_milvus_secret_is_sent_only_to_the_address_the_secret_names() {
     imgsearch::telemetry::init();

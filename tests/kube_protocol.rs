@@ -179,20 +179,159 @@ async fn deleting_an_object_with_a_finalizer_waits_until_the_finalizer_is_remove
     assert!(server.objects("imgsearch.io/v1alpha1/imagecollections").is_empty());
 }
 
+/// The garbage collector as kube-controller-manager runs it with the default (background)
+/// propagation: the owner goes at once, what it owned only when the collector gets to it; a
+/// dependent with another owner still alive stays; pods are deleted gracefully.
 #[tokio::test]
-async fn deleting_an_owner_removes_what_it_owns() {
+async fn what_a_deleted_owner_owned_goes_later_by_the_garbage_collector() {
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
     let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
     let owner = api.create(&PostParams::default(), &collection("products")).await.unwrap();
+    let other = api.create(&PostParams::default(), &collection("other")).await.unwrap();
     let owner_ref = kube::Resource::controller_owner_ref(&owner, &()).unwrap();
-    let jobs: Api<Job> = Api::namespaced(client, "shop");
-    let job = json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "ingest", "ownerReferences": [owner_ref] }, "spec": { "template": {} } });
-    jobs.patch("ingest", &PatchParams::apply("t"), &Patch::Apply(&job)).await.unwrap();
+    let mut other_ref = kube::Resource::controller_owner_ref(&other, &()).unwrap();
+    other_ref.controller = None;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "shop");
+    for (name, owners) in [("ingest", vec![owner_ref.clone()]), ("shared", vec![owner_ref.clone(), other_ref])] {
+        let job = json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": name, "ownerReferences": owners }, "spec": { "template": {} } });
+        jobs.patch(name, &PatchParams::apply("t"), &Patch::Apply(&job)).await.unwrap();
+    }
+    let pod = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "ingest-0", "ownerReferences": [owner_ref] }, "spec": { "containers": [] } });
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "shop");
+    pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
 
+    server.pause_garbage_collection(true);
     api.delete("products", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(k8s::fake_apiserver::GC_PERIOD * 3).await;
+    assert!(api.get_opt("products").await.unwrap().is_none(), "the owner is gone at once");
+    assert!(jobs.get_opt("ingest").await.unwrap().is_some(), "its Job waits for the garbage collector");
 
-    assert!(server.objects("batch/v1/jobs").is_empty());
+    server.pause_garbage_collection(false);
+    server.collect_garbage();
+    assert!(jobs.get_opt("ingest").await.unwrap().is_none(), "collected once the collector ran");
+    assert!(jobs.get_opt("shared").await.unwrap().is_some(), "a dependent with a live owner stays");
+    let pod = pods.get("ingest-0").await.expect("a pod is deleted gracefully: it stays until the kubelet lets go");
+    assert!(pod.metadata.deletion_timestamp.is_some(), "{pod:?}");
+
+    // Without a test calling it, the collector runs on its own.
+    api.delete("other", &DeleteParams::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while jobs.get_opt("shared").await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the garbage collector did not run within 5 s");
+        tokio::time::sleep(k8s::fake_apiserver::GC_PERIOD).await;
+    }
+}
+
+/// Schedules as robfig/cron v3 (what kube-controller-manager parses them with) reads them:
+/// steps, ranges, lists, names, descriptors, and day-of-month OR day-of-week when both are
+/// restricted but AND when either is a star.
+#[test]
+fn the_fake_cron_controller_reads_schedules_as_robfig_cron_does() {
+    use k8s::cronjob::schedule_matches;
+    let at = |text: &str| text.parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+    let cases = [
+        ("*/15 * * * *", "2026-02-13T10:45:00Z", true),
+        ("*/15 * * * *", "2026-02-13T10:50:00Z", false),
+        ("30 2 * * *", "2026-02-13T02:30:59Z", true),
+        ("30 2 * * *", "2026-02-13T02:31:00Z", false),
+        ("0 9-17/4 * * MON-FRI", "2026-02-13T13:00:00Z", true), // Friday, 9, 13, 17
+        ("0 9-17/4 * * MON-FRI", "2026-02-08T13:00:00Z", false), // Sunday
+        ("0 0 13 * 5", "2026-02-06T00:00:00Z", true),           // a Friday, not the 13th: OR
+        ("0 0 13 * 5", "2026-01-13T00:00:00Z", true),           // the 13th, a Tuesday: OR
+        ("0 0 13 * 5", "2026-01-14T00:00:00Z", false),
+        ("0 0 13 * *", "2026-01-14T00:00:00Z", false), // a star day-of-week: AND
+        ("0 0 */2 * 5", "2026-02-13T00:00:00Z", true), // */2 is not a star: OR
+        ("0 0 * JAN,mar *", "2026-03-01T00:00:00Z", true),
+        ("0 0 * JAN,mar *", "2026-02-01T00:00:00Z", false),
+        ("@weekly", "2026-02-08T00:00:00Z", true), // Sunday midnight
+        ("@weekly", "2026-02-09T00:00:00Z", false),
+        ("@hourly", "2026-02-09T07:00:00Z", true),
+        ("@monthly", "2026-03-01T00:00:00Z", true),
+    ];
+    for (schedule, time, expected) in cases {
+        assert_eq!(schedule_matches(schedule, at(time)), Ok(expected), "{schedule} at {time}");
+    }
+    assert!(schedule_matches("0 0 * * 8", at("2026-02-09T00:00:00Z")).is_err(), "day-of-week is 0-6");
+    assert!(schedule_matches("@every 5m", at("2026-02-09T00:00:00Z")).is_err(), "not emulated, said so");
+}
+
+/// The fake's CronJob controller: a Job per fired schedule, named and owned as
+/// kube-controller-manager makes it, none while suspended or while one runs under Forbid,
+/// finished Jobs beyond the history limit deleted.
+#[tokio::test]
+async fn the_fake_cron_controller_starts_jobs_on_schedule_as_kube_controller_manager_does() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "shop");
+    let jobs: Api<Job> = Api::namespaced(client, "shop");
+    let cronjob = json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": { "name": "rescan" },
+        "spec": {
+            "schedule": "*/5 * * * *", "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 1,
+            "jobTemplate": {
+                "metadata": { "labels": { "app": "rescan" } },
+                "spec": { "template": { "spec": { "restartPolicy": "Never", "containers": [{ "name": "c", "image": "i" }] } } }
+            }
+        }
+    });
+    let created = cronjobs.create(&PostParams::default(), &serde_json::from_value(cronjob).unwrap()).await.unwrap();
+    server.run_cronjobs();
+    let names = || async {
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|j| j.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(names().await.is_empty(), "nothing before the schedule fires");
+
+    server.advance_clock(Duration::from_secs(11 * 60));
+    server.run_cronjobs();
+    let first = names().await;
+    assert_eq!(first.len(), 1, "one Job for the latest fired minute, not one per missed run: {first:?}");
+    let job = jobs.get(&first[0]).await.unwrap();
+    let minutes: i64 = first[0].strip_prefix("rescan-").and_then(|m| m.parse().ok()).expect("<cronjob>-<minutes>");
+    assert_eq!(minutes % 5, 0, "a minute the schedule names");
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("CronJob", created.metadata.uid.as_deref().unwrap(), Some(true))
+    );
+    assert_eq!(job.metadata.labels.as_ref().unwrap()["app"], "rescan");
+    let stored = cronjobs.get("rescan").await.unwrap();
+    let status = stored.status.unwrap();
+    assert_eq!(status.active.map(|a| a.len()), Some(1));
+    assert_eq!(status.last_schedule_time.map(|t| t.0.as_second() / 60), Some(minutes));
+
+    // Forbid: while it runs, a fired schedule starts nothing.
+    server.advance_clock(Duration::from_secs(5 * 60));
+    server.run_cronjobs();
+    assert_eq!(names().await, first, "Forbid: no second Job while the first runs");
+    // Finished: the missed run starts; with a history limit of 1 the older finished one goes
+    // once the newer one has finished too.
+    let complete = json!({ "status": { "conditions": [{ "type": "Complete", "status": "True" }] } });
+    jobs.patch_status(&first[0], &PatchParams::default(), &Patch::Merge(&complete)).await.unwrap();
+    server.run_cronjobs();
+    let both = names().await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    let second = both.iter().find(|n| **n != first[0]).unwrap().clone();
+    jobs.patch_status(&second, &PatchParams::default(), &Patch::Merge(&complete)).await.unwrap();
+    server.run_cronjobs();
+    assert_eq!(names().await, vec![second.clone()], "successfulJobsHistoryLimit 1 keeps the newest");
+
+    // Suspended: nothing, however long.
+    cronjobs
+        .patch("rescan", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "suspend": true } })))
+        .await
+        .unwrap();
+    server.advance_clock(Duration::from_secs(3600));
+    server.run_cronjobs();
+    assert_eq!(names().await, vec![second], "suspended: no Job");
+    assert!(server.cron_problems().is_empty(), "{:?}", server.cron_problems());
 }
 
 /// Cases from apimachinery's validation_test.go (TestIsDNS1123Label, TestIsDNS1035Label,

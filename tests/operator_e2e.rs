@@ -468,3 +468,59 @@ async fn without_a_catalog_shards_and_rescans_keep_every_image_listed_served_and
     }
     controller.abort();
 }
+
+/// A schedule: the fake's CronJob controller starts the rescan CronJob's Job when its clock
+/// passes the schedule, the simulated kubelet runs its pods, and the file added meanwhile is
+/// indexed and reported, with no spec change.
+#[tokio::test]
+async fn a_scheduled_rescan_runs_when_the_schedule_fires_and_indexes_what_was_added() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let fashion = common::fashion_images(1);
+    let (added, first) = fashion.split_last().expect("sample images");
+    for (name, path) in first {
+        std::fs::copy(path, volume.join(name)).unwrap();
+    }
+    let (server, address, _api_task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let claims = BTreeMap::from([("photos".to_string(), volume.clone())]);
+    let (_kubelet, _kubelet_task) =
+        SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
+    // Rescan Jobs do not wake the controller (they are the CronJob's); its timer reads them.
+    let recheck = Recheck { ready: Duration::from_secs(1), ..Recheck::default() };
+    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    let spec: ImageCollectionSpec = serde_json::from_value(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("scheduled"),
+        "source": { "pvc": { "claimName": "photos" } },
+        "ingest": { "schedule": "0 3 * * *" },
+        "deletionPolicy": "Delete"
+    }))
+    .unwrap();
+    let collections: Api<ImageCollection> = Api::namespaced(client, "shop");
+    collections.create(&PostParams::default(), &ImageCollection::new("photos", spec)).await.unwrap();
+    let initial = first.len();
+    status_where(&server, "photos", &format!("Ready with {initial} images"), |s| {
+        s["phase"] == "Ready" && s["images"]["indexed"] == initial
+    })
+    .await;
+    assert!(server.object("batch/v1/cronjobs", "shop", "photos-rescan").is_some(), "the rescan CronJob");
+
+    std::fs::copy(&added.1, volume.join(&added.0)).unwrap();
+    server.advance_clock(Duration::from_secs(24 * 3600));
+    server.run_cronjobs();
+    let status = status_where(&server, "photos", "the scheduled rescan reported", |s| {
+        s["lastIngest"]["job"].as_str().is_some_and(|job| job.starts_with("photos-rescan-"))
+            && s["phase"] == "Ready"
+            && s["images"]["indexed"] == initial + 1
+    })
+    .await;
+    assert_eq!(status["images"]["skipped"], initial, "the rescan skipped what was indexed: {status}");
+    let job = status["lastIngest"]["job"].as_str().unwrap_or_default();
+    let minutes: i64 = job.trim_start_matches("photos-rescan-").parse().expect("<cronjob>-<minutes>");
+    assert_eq!(minutes * 60 % 86_400, 3 * 3600, "started for 03:00, the minute the schedule names: {job}");
+    assert!(server.cron_problems().is_empty(), "{:?}", server.cron_problems());
+    controller.abort();
+}

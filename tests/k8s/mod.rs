@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod admission;
+pub mod cronjob;
 pub mod fake_apiserver;
 pub mod kubelet;
