@@ -404,6 +404,16 @@ fn admission_names_and_labels_follow_apimachinery() {
     assert!(!label_key("imgsearch.io/").is_empty());
 }
 
+/// events.k8s.io/v1 limits a note to 1,024 bytes: 600 'é' (1,200 bytes, 600 characters) are
+/// refused, 512 (1,024 bytes) pass.
+#[test]
+fn admission_an_event_note_over_1024_bytes_is_refused() {
+    let event = |note: String| json!({ "metadata": { "name": "photos.1" }, "note": note, "reason": "Ready" });
+    let refused = creation_problems("events", &event("é".repeat(600)));
+    assert!(refused.iter().any(|p| p.contains("note: Too long")), "{refused:?}");
+    assert!(creation_problems("events", &event("é".repeat(512))).is_empty());
+}
+
 #[test]
 fn admission_an_indexed_job_whose_pod_hostnames_would_be_too_long_is_refused() {
     let job = |name: &str, completions: i64| serde_json::json!({ "metadata": { "name": name }, "spec": { "completionMode": "Indexed", "completions": completions, "template": {} } });

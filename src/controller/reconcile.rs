@@ -577,12 +577,7 @@ async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, ge
         .cloned()
         .filter_map(|job| {
             let job_generation = job.labels().get(LABEL_GENERATION)?.parse::<i64>().ok()?;
-            // Finished means a terminal condition: `failed > 0 && active == 0` also holds
-            // between a failed pod and its retry.
-            let finished = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
-                conditions.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            });
-            (job_generation < generation && finished).then_some((job_generation, job))
+            (job_generation < generation && finished(&job)).then_some((job_generation, job))
         })
         .collect();
     old.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
@@ -593,6 +588,14 @@ async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, ge
         pruned.push(job.name_any());
     }
     Ok(all.into_iter().filter(|job| !pruned.contains(&job.name_any())).collect())
+}
+
+/// Whether a Job is over: a terminal condition (`Complete` or `Failed`) is True. Counts are
+/// not enough: `failed > 0 && active == 0` also holds between a failed pod and its retry.
+fn finished(job: &Job) -> bool {
+    job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
+        conditions.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+    })
 }
 
 /// The collection with its index, loaded; returns the searchable row count.
@@ -860,5 +863,35 @@ mod tests {
         let delays: Vec<u64> = (1..=9).map(|failures| backoff(failures).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(u32::MAX), Duration::from_secs(300), "no overflow however long it fails");
+    }
+
+    #[test]
+    fn a_job_between_a_failed_pod_and_its_retry_is_not_finished() {
+        let job = |status: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({ "metadata": { "name": "j" }, "status": status })).unwrap()
+        };
+        assert!(!finished(&job(serde_json::json!({ "failed": 1, "active": 0 }))), "a retry is coming");
+        assert!(!finished(&job(serde_json::json!({ "active": 1 }))));
+        let condition =
+            |type_: &str, status: &str| serde_json::json!({ "conditions": [{ "type": type_, "status": status }] });
+        assert!(finished(&job(condition("Complete", "True"))));
+        assert!(finished(&job(condition("Failed", "True"))));
+        assert!(!finished(&job(condition("Failed", "False"))));
+        assert!(!finished(&job(condition("Suspended", "True"))));
+    }
+
+    #[test]
+    fn event_notes_are_cut_to_1024_bytes_on_a_character_boundary() {
+        let ascii = "x".repeat(2000);
+        assert_eq!(truncate_bytes(&ascii, EVENT_NOTE_MAX_BYTES).len(), 1024);
+        // 'é' is 2 bytes and '€' 3: 1,023 bytes of 'x' then a character that would cross 1,024.
+        for wide in ["é", "€", "😀"] {
+            let text = format!("{}{}", "x".repeat(1023), wide.repeat(10));
+            let cut = truncate_bytes(&text, EVENT_NOTE_MAX_BYTES);
+            assert_eq!(cut, "x".repeat(1023), "{wide}: cut before the character, not inside it");
+        }
+        let many = "é".repeat(1000); // 2,000 bytes, 1,000 characters: a character limit would pass it
+        assert_eq!(truncate_bytes(&many, EVENT_NOTE_MAX_BYTES).chars().count(), 512);
+        assert_eq!(truncate_bytes("short", EVENT_NOTE_MAX_BYTES), "short");
     }
 }

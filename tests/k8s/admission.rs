@@ -142,6 +142,9 @@ fn labels_problems(field: &str, labels: &Value) -> Vec<String> {
 }
 
 /// Why the API server would refuse to create `object` as a `resource`; empty if it would not.
+/// NoteLengthLimit of events.k8s.io/v1.
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
+
 pub fn creation_problems(resource: &str, object: &Value) -> Vec<String> {
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let mut problems = match resource {
@@ -158,6 +161,13 @@ fn spec_problems(resource: &str, object: &Value) -> Vec<String> {
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let mut problems = Vec::new();
     match resource {
+        // events.k8s.io/v1 (ValidateEventCreate): the note is limited in bytes, not characters.
+        "events" => {
+            let note = object["note"].as_str().unwrap_or_default();
+            if note.len() > EVENT_NOTE_MAX_BYTES {
+                problems.push(format!("note: Too long: must have at most {EVENT_NOTE_MAX_BYTES} bytes"));
+            }
+        }
         "jobs" => problems.extend(job_problems(name, &object["spec"], "spec")),
         "cronjobs" => {
             if name.len() > CRONJOB_NAME_MAX {
