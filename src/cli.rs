@@ -343,7 +343,21 @@ pub struct ServerArgs {
         requires = "search_by_url"
     )]
     pub search_url_allow_networks: Vec<String>,
+    /// Seconds a client has to send a request's headers (from connecting, or from the previous
+    /// response); then the connection is closed. Stops clients that connect and send nothing.
+    #[arg(long, env = "IMGSEARCH_HEADER_TIMEOUT_SECONDS", default_value_t = LIMITS.header_timeout.as_secs())]
+    pub header_timeout_seconds: u64,
+    /// Seconds a request body may stop arriving before the request is answered 408 and the
+    /// connection closed (a pause between pieces, not a total: slow uploads that move are kept).
+    #[arg(long, env = "IMGSEARCH_BODY_IDLE_TIMEOUT_SECONDS", default_value_t = LIMITS.body_idle_timeout.as_secs())]
+    pub body_idle_timeout_seconds: u64,
+    /// Open connections at most; more are closed when accepted.
+    #[arg(long, env = "IMGSEARCH_MAX_CONNECTIONS", default_value_t = LIMITS.max_connections)]
+    pub max_connections: usize,
 }
+
+/// The server's connection limits by default (the flags above).
+const LIMITS: crate::api::server::ConnectionLimits = crate::api::server::ConnectionLimits::DEFAULT;
 
 /// A secret given as a flag or environment variable, kept out of `Debug` output (the argument
 /// structs derive it).
@@ -418,6 +432,11 @@ impl ServerArgs {
             auth: self.auth()?,
             url_fetcher: self.url_fetcher()?,
             shutdown_drain: std::time::Duration::from_secs(self.shutdown_drain_seconds),
+            connection_limits: crate::api::server::ConnectionLimits {
+                header_timeout: std::time::Duration::from_secs(self.header_timeout_seconds.max(1)),
+                body_idle_timeout: std::time::Duration::from_secs(self.body_idle_timeout_seconds.max(1)),
+                max_connections: self.max_connections.max(1),
+            },
             ..ServeConfig::default()
         })
     }
@@ -630,6 +649,7 @@ async fn serve_until_shutdown(ingestor: Ingestor, config: ServeConfig, listen: S
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     let drain = config.shutdown_drain;
+    let limits = config.connection_limits;
     let state = ServerState::new(ingestor, config);
     tracing::info!(%address, "search API listening");
     eprintln!("imgsearch is serving on http://{address}/  (Ctrl-C stops it)");
@@ -646,7 +666,7 @@ async fn serve_until_shutdown(ingestor: Ingestor, config: ServeConfig, listen: S
         }
         tracing::info!("shutting down: no new connections; finishing requests in flight");
     };
-    axum::serve(listener, api::app(state)).with_graceful_shutdown(shutdown).await?;
+    api::server::serve(listener, api::app(state), limits, shutdown).await?;
     tracing::info!("search API stopped");
     Ok(())
 }
@@ -705,6 +725,9 @@ async fn run_standalone(args: &StandaloneArgs, data_dir: &std::path::Path, milvu
         // The demo's page and tests upload images; fetching URLs is a server feature to opt into.
         search_by_url: false,
         search_url_allow_networks: Vec::new(),
+        header_timeout_seconds: LIMITS.header_timeout.as_secs(),
+        body_idle_timeout_seconds: LIMITS.body_idle_timeout.as_secs(),
+        max_connections: LIMITS.max_connections,
     };
     let config = server.config(&args.collection, &args.batch)?;
     let mut ingestor = ingestor;

@@ -3,6 +3,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -807,9 +808,7 @@ async fn readyz_reports_503_when_milvus_is_unreachable() {
 async fn a_real_http_client_can_search_over_loopback() {
     let f = fixture(&["astronaut.jpg", "rocket.jpg"], 20 << 20).await;
     f.load().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(axum::serve(listener, app(f.state.clone())).into_future());
+    let address = serve(&f).await;
 
     let form = reqwest::multipart::Form::new()
         .part("image", reqwest::multipart::Part::bytes(photo_bytes("rocket.jpg")).file_name("rocket.jpg"))
@@ -820,7 +819,6 @@ async fn a_real_http_client_can_search_over_loopback() {
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert!(body["results"][0]["uri"].as_str().unwrap().ends_with("/rocket.jpg"), "{body}");
-    server.abort();
 }
 
 fn urlencode(text: &str) -> String {
@@ -1183,4 +1181,108 @@ async fn uploads_are_indexed_as_displayed_in_every_supported_format() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("HEIC") && message.contains("convert it to JPEG"), "{message}");
+}
+
+/// Starts the real server loop (`api::server::serve`, what `imgsearch serve` runs) on a free
+/// loopback port with the fixture's connection limits; returns its address.
+async fn serve(f: &Fixture) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (app, limits) = (app(f.state.clone()), f.state.config.connection_limits);
+    tokio::spawn(imgsearch::api::server::serve(listener, app, limits, std::future::pending()));
+    address
+}
+
+/// Reads from `stream` until the server closes it (or sends something); what arrived, or a
+/// failure naming `what` when nothing happens within `deadline`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, deadline: Duration, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read_all = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(deadline, read_all).await.is_ok();
+    assert!(closed, "{what}: still open after {deadline:?}, having received {:?}", String::from_utf8_lossy(&received));
+    received
+}
+
+/// Slow clients (slowloris): connections that send part of their headers and then nothing are
+/// closed after the header timeout; a body that stops arriving is answered 408 and the
+/// connection closed; meanwhile, and afterwards, normal requests are served.
+#[tokio::test]
+async fn stalled_connections_are_closed_while_normal_requests_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let limits = imgsearch::api::server::ConnectionLimits {
+        header_timeout: Duration::from_secs(1),
+        body_idle_timeout: Duration::from_secs(1),
+        max_connections: 64,
+    };
+    let f = fixture_with(&[], |config| config.connection_limits = limits).await;
+    let address = serve(&f).await;
+    let mut stalled_headers = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Ty").await.unwrap();
+        stalled_headers.push(stream);
+    }
+    let mut stalled_body = tokio::net::TcpStream::connect(address).await.unwrap();
+    stalled_body
+        .write_all(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n\xff\xd8")
+        .await
+        .unwrap();
+    // Served while those connections are held.
+    let health = common::http_client().get(format!("http://{address}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+
+    let answer = read_until_closed(&mut stalled_body, Duration::from_secs(10), "a connection whose body stalled").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("request_timeout") && answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    for mut stream in stalled_headers {
+        let answer =
+            read_until_closed(&mut stream, Duration::from_secs(10), "a connection whose headers stalled").await;
+        // Closed without a request read; hyper may say 408 first.
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let health = common::http_client().get(format!("http://{address}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK, "still serving after the stalled ones went");
+}
+
+/// Beyond the connection cap a new connection is closed at once, and a slot frees when a held
+/// connection goes (here: by the header timeout).
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_until_a_slot_frees() {
+    use tokio::io::AsyncWriteExt;
+    let limits = imgsearch::api::server::ConnectionLimits {
+        header_timeout: Duration::from_secs(2),
+        body_idle_timeout: Duration::from_secs(30),
+        max_connections: 4,
+    };
+    let f = fixture_with(&[], |config| config.connection_limits = limits).await;
+    let address = serve(&f).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+        held.push(stream);
+    }
+    // Accepted (the kernel's backlog does that) and closed by the server without an answer.
+    let mut over = tokio::net::TcpStream::connect(address).await.unwrap();
+    let answer = read_until_closed(&mut over, Duration::from_secs(1), "a connection over the cap").await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    for mut stream in held {
+        read_until_closed(&mut stream, Duration::from_secs(10), "a held connection past the header timeout").await;
+    }
+    let health = common::http_client().get(format!("http://{address}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK, "slots freed once the held connections closed");
 }

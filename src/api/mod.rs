@@ -6,6 +6,7 @@ mod bootcamp;
 pub mod error;
 pub mod metrics;
 mod page;
+pub mod server;
 mod v1;
 
 use std::path::{Component, Path, PathBuf};
@@ -55,6 +56,8 @@ pub struct ServeConfig {
     pub url_fetcher: Option<Arc<crate::source::urls::Fetcher>>,
     /// How long to keep answering after a shutdown signal before the listener closes.
     pub shutdown_drain: Duration,
+    /// What one client may hold: header and body timeouts, open connections.
+    pub connection_limits: server::ConnectionLimits,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +76,7 @@ impl Default for ServeConfig {
             image_bucket: None,
             auth: None,
             url_fetcher: None,
+            connection_limits: server::ConnectionLimits::default(),
             shutdown_drain: Duration::ZERO,
         }
     }
@@ -177,7 +181,7 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable and machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `unprocessable_image`,
+    /// `conflict`, `request_timeout`, `payload_too_large`, `unsupported_media_type`, `unprocessable_image`,
     /// `unavailable`, `internal`.
     pub code: String,
     /// What went wrong, for people.
@@ -188,6 +192,8 @@ pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     let (router, _) = routes().split_for_parts();
     router
+        // Innermost: the handlers read a body that cannot stall forever.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), server::body_idle_timeout))
         // Checked before any body is read: a refused upload costs nothing.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(limit))
