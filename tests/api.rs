@@ -536,6 +536,21 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    // The URL rows above share their 422 with any fetch that fails (nothing answers here), so
+    // each must also carry the guard's own refusal: these were refused, not tried.
+    for (url, guard_says) in [
+        ("http://127.0.0.1:9/x.jpg", "127.0.0.1 is a loopback address; refused"),
+        ("http://[::1]/x.jpg", "::1 is a loopback address; refused"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local (cloud metadata"),
+        ("http://2130706433/x.jpg", "127.0.0.1 is a loopback address; refused"),
+        ("https://user:pw@example.com/x.jpg", "carries credentials"),
+        ("file:///etc/passwd", "http"),
+    ] {
+        let (status, body) = f.json(search(&[("url", url)])).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(status == StatusCode::UNPROCESSABLE_ENTITY && message.contains(guard_says), "{url}: {status} {body}");
+    }
+
     // A prefix built to break out of the filter expression matches nothing, rather than everything.
     let (status, body) = f
         .json(multipart("/v1/search", &[("image", "q.jpg", &photo)], &[("prefix", r#"x" or id > 0 or uri == ""#)]))
@@ -782,26 +797,61 @@ async fn probes_and_page_answer() {
     assert!(page.contains("<label for=\"file\">") && page.contains("/v1/search"), "page lacks its form");
 }
 
+/// `/readyz` while the server runs: 200, then 503 naming Milvus when Milvus goes away (a real
+/// outage: a forwarder to the shared Milvus is cut), 200 again when it is back; the same for the
+/// catalog (PostgreSQL behind a forwarder). Every wait has a deadline.
 #[tokio::test]
-async fn readyz_reports_503_when_milvus_is_unreachable() {
+async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_they_return() {
+    use common::outage::Outage;
+    let milvus = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
+    let database = common::databases::fresh_database(imgsearch::catalog::Backend::Postgres, "readyz").await;
+    let (user, rest) = database.url.rsplit_once('@').expect("URL with a host");
+    let (address, name) = rest.split_once('/').expect("URL with a database");
+    let catalog_link = Outage::forward_to(address.to_string()).await;
     let work = tempfile::tempdir().unwrap();
-    // A port nothing listens on: the client connects lazily, so the failure shows per request.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let store = match imgsearch::store::MilvusStore::connect(&format!("http://127.0.0.1:{closed}"), None).await {
-        Ok(store) => store,
-        Err(error) => {
-            // Connecting eagerly failed instead: the other honest outcome, with its own message.
-            assert!(error.to_string().contains("cannot reach Milvus"), "{error}");
-            return;
+    let mut ingestor = common::ingestor(work.path()).await;
+    ingestor.store =
+        imgsearch::store::MilvusStore::connect(&milvus.uri(), None).await.expect("connect through the forwarder");
+    // Readiness should answer within a probe's timeout, not after the default 20 s of retries.
+    ingestor.store.set_patience(Duration::from_secs(2));
+    ingestor.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
+        .await
+        .expect("open the catalog through the forwarder");
+    let app = app(ServerState::new(ingestor, ServeConfig::default()));
+    let readyz = || {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+            let status = response.status();
+            let body: Value =
+                serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (status, body["error"]["message"].as_str().unwrap_or_default().to_string())
         }
     };
-    let mut ingestor = common::ingestor(work.path()).await;
-    ingestor.store = store;
-    let app = app(ServerState::new(ingestor, ServeConfig::default()));
-    let response = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(body["error"]["message"], json!("the vector database (Milvus) is unavailable"));
+    let expect = |wanted: StatusCode, message: &'static str, what: &'static str| {
+        let readyz = readyz.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, said) = readyz().await;
+                if status == wanted && said == message {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{what}: last answer {status} {said:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    expect(StatusCode::OK, "", "ready at start").await;
+    milvus.cut();
+    expect(StatusCode::SERVICE_UNAVAILABLE, "the vector database (Milvus) is unavailable", "503 once Milvus is cut")
+        .await;
+    milvus.restore();
+    expect(StatusCode::OK, "", "ready again once Milvus is back").await;
+    catalog_link.cut();
+    expect(StatusCode::SERVICE_UNAVAILABLE, "the image catalog is unavailable", "503 once the catalog is cut").await;
+    catalog_link.restore();
+    expect(StatusCode::OK, "", "ready again once the catalog is back").await;
 }
 
 #[tokio::test]
