@@ -15,9 +15,13 @@ demo: build
 ## and MariaDB. (cargo
 ## test builds the binary too; a separate `cargo build` first would compile the dependencies
 ## twice, since dev-dependencies change their feature sets.)
+## Each test binary runs under a 10-minute limit (the slowest takes about one): a test that
+## hangs fails the run, naming itself in libtest's "running for over 60 seconds", instead of
+## holding CI until its own limit. (Set for this command only: `cargo run` stays unlimited.)
+TEST_RUNNER := CARGO_TARGET_$(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER
 test:
 	scripts/setup.sh --test-servers
-	scripts/test-databases.sh scripts/milvus-server.sh scripts/milvus-lite.sh cargo test --locked --all-targets
+	$(TEST_RUNNER)="timeout --kill-after=10 600" scripts/test-databases.sh scripts/milvus-server.sh scripts/milvus-lite.sh cargo test --locked --all-targets
 
 ## Retrieval quality of the built-in model: precision@1/5/10 on the labelled Fashion-MNIST sample,
 ## and recall@1, MRR and distances per kind of copy on the near-duplicate photo benchmark.

@@ -829,7 +829,7 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
         }
     };
     let expect = |wanted: StatusCode, message: &'static str, what: &'static str| {
-        let readyz = readyz.clone();
+        let readyz = readyz;
         async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {

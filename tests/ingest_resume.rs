@@ -66,10 +66,16 @@ async fn kill_when(
     when: impl Fn(i64, i64) -> bool,
 ) -> bool {
     let mut child = ingest(folder, collection, catalog_url);
+    // The run either ends or reaches the point; neither within two minutes means it is stuck.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         if child.try_wait().expect("poll the child").is_some() {
             return false;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ingest neither finished nor reached the point to kill it within 120 s"
+        );
         let indexed = catalog.count(collection, ImageStatus::Indexed).await.unwrap_or(0);
         let pending = catalog.count(collection, ImageStatus::Pending).await.unwrap_or(0);
         if when(indexed, pending) {

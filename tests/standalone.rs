@@ -32,13 +32,23 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
         .spawn()
         .expect("start imgsearch standalone");
 
-    // Read its log until it says it serves; remember the Milvus Lite pid it reports.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Read its log (on a thread, so a silent process cannot block the test) until it says it
+    // serves, for at most two minutes; remember the Milvus Lite pid it reports.
+    let stderr = child.stderr.take().unwrap();
+    let (to_test, log_lines) = std::sync::mpsc::channel::<String>();
+    let drain = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if to_test.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut log = Vec::new();
-    let started = Instant::now();
-    while let Some(Ok(line)) = lines.next() {
-        log.push(line.clone());
-        if line.contains("is serving on") || started.elapsed() > Duration::from_secs(120) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Ok(line) = log_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let serving = line.contains("is serving on");
+        log.push(line);
+        if serving {
             break;
         }
     }
@@ -52,8 +62,6 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
         .and_then(|entry| entry["fields"]["pid"].as_i64())
         .and_then(|pid| i32::try_from(pid).ok())
         .unwrap_or_else(|| panic!("no Milvus Lite pid in the JSON log:\n{text}"));
-    // Keep draining its log so it never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
     let count = http_get(port, "/v1/count");
     assert!(count.starts_with("HTTP/1.1 200") && count.contains("\"count\":2"), "{count}");
@@ -67,7 +75,15 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
         assert!(Instant::now() < deadline, "imgsearch did not exit within 30 s of Ctrl-C");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let rest = drain.join().unwrap().join("\n");
+    // The rest of its log, until the pipe closes (bounded: a leftover child holding the pipe
+    // must not hang the test; the assertions below then say what is missing).
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = log_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        rest.push(line);
+    }
+    drop(drain); // detached: it ends with the pipe
+    let rest = rest.join("\n");
     assert!(status.success(), "exit status {status}:\n{rest}");
     assert!(rest.contains("Milvus Lite stopped"), "{rest}");
     let lite_alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lite_pid), None).is_ok()

@@ -95,9 +95,11 @@ pub fn fashion_images(per_class: usize) -> Vec<(String, PathBuf)> {
 }
 
 /// Waits until `child` (an `imgsearch ingest` run) has indexed its first image in `catalog`;
-/// fails the test if the run ends first.
+/// fails the test if the run ends first or nothing is indexed within two minutes.
 pub async fn wait_for_first_indexed(child: &mut tokio::process::Child, catalog: &Catalog, collection: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
+        assert!(tokio::time::Instant::now() < deadline, "the run indexed nothing within 120 s and did not end");
         assert!(child.try_wait().unwrap().is_none(), "the run ended before anything could be done mid-run");
         if catalog.count(collection, imgsearch::catalog::ImageStatus::Indexed).await.unwrap_or(0) > 0 {
             return;
