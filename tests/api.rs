@@ -828,18 +828,15 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
             (status, body["error"]["message"].as_str().unwrap_or_default().to_string())
         }
     };
-    let expect = |wanted: StatusCode, message: &'static str, what: &'static str| {
-        let readyz = readyz;
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let (status, said) = readyz().await;
-                if status == wanted && said == message {
-                    return;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{what}: last answer {status} {said:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let expect = |wanted: StatusCode, message: &'static str, what: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, said) = readyz().await;
+            if status == wanted && said == message {
+                return;
             }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: last answer {status} {said:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     expect(StatusCode::OK, "", "ready at start").await;
