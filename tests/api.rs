@@ -1333,3 +1333,51 @@ async fn connections_beyond_the_cap_are_closed_until_a_slot_frees() {
     let health = common::http_client().get(format!("http://{address}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::OK, "slots freed once the held connections closed");
 }
+
+/// No parameter is ignored in silence: `top_k` in the query string of a search counts as in the
+/// form (and the two must agree), and a misspelt query parameter or form field is a 400 that
+/// names it, on every versioned route that takes one.
+#[tokio::test]
+async fn search_options_count_from_the_query_string_and_unknown_parameters_are_named() {
+    let f = fixture(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg", "camera.jpg"], 20 << 20).await;
+    f.load().await;
+    let photo = photo_bytes("rocket.jpg");
+    let (status, body) = f.json(multipart("/v1/search?top_k=3", &[("image", "q.jpg", &photo)], &[])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["top_k"].as_u64(), body["results"].as_array().map(Vec::len)), (Some(3), Some(3)), "{body}");
+    let (status, body) =
+        f.json(multipart("/v1/search?top_k=3", &[("image", "q.jpg", &photo)], &[("top_k", "3")])).await;
+    assert_eq!((status, body["results"].as_array().map(Vec::len)), (StatusCode::OK, Some(3)), "agreeing: {body}");
+    let (status, body) =
+        f.json(multipart("/v1/search?top_k=3", &[("image", "q.jpg", &photo)], &[("top_k", "4")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`top_k` is given twice"), "{body}");
+
+    let (status, body) = f.json(multipart("/v1/search", &[("image", "q.jpg", &photo)], &[("topk", "3")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown form field `topk`"), "{body}");
+    let (status, body) = f.json(multipart("/v1/images", &[("image", "q.jpg", &photo)], &[("collection", "x")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown form field `collection`"), "{body}");
+    for uri in [
+        "/v1/search?topk=3",
+        "/v1/images?colection=x",
+        "/v1/images/1/similar?topk=3",
+        "/v1/duplicates?max_dist=0.1",
+        "/v1/count?collections=x",
+    ] {
+        let request = if uri.starts_with("/v1/search") {
+            multipart(uri, &[("image", "q.jpg", &photo)], &[])
+        } else {
+            Request::get(uri).body(Body::empty()).unwrap()
+        };
+        let (status, body) = f.json(request).await;
+        let named = uri.split('?').nth(1).and_then(|q| q.split('=').next()).unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(&format!("unknown field `{named}`")),
+            "{uri}: {body}"
+        );
+    }
+    assert_eq!(f.count().await, 5, "nothing was added by the refused requests");
+}

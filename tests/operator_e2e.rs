@@ -423,10 +423,9 @@ async fn without_a_catalog_shards_and_rescans_keep_every_image_listed_served_and
         assert_eq!(served.bytes().await.unwrap(), std::fs::read(path).unwrap(), "{name}: other bytes served");
         let form = reqwest::multipart::Form::new()
             .part("image", reqwest::multipart::Part::bytes(std::fs::read(path).unwrap()).file_name("q.png"))
-            .text("top_k", "3")
-            .text("collection", collection.clone());
+            .text("top_k", "3");
         let found: Value = common::http_client()
-            .post(format!("http://{search}/v1/search"))
+            .post(format!("http://{search}/v1/search?collection={collection}"))
             .multipart(form)
             .send()
             .await

@@ -231,6 +231,24 @@ impl UploadForm {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
+    /// A 400 naming the text fields that are not among `known` (a misspelt option would
+    /// otherwise be ignored in silence).
+    fn refuse_fields_other_than(&self, known: &[&str]) -> Result<(), ApiError> {
+        let unknown: Vec<&str> =
+            self.fields.iter().map(|(name, _)| name.as_str()).filter(|name| !known.contains(name)).collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let quoted = |names: &[&str]| names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        let takes =
+            if known.is_empty() { "only `image`".to_string() } else { format!("`image` and {}", quoted(known)) };
+        Err(ApiError::BadRequest(format!(
+            "unknown form field{} {}; this form takes {takes}",
+            if unknown.len() == 1 { "" } else { "s" },
+            quoted(&unknown)
+        )))
+    }
+
     fn image(&self) -> Result<&[u8], ApiError> {
         self.image.as_deref().ok_or_else(|| ApiError::BadRequest("the form has no `image` file field".into()))
     }

@@ -49,6 +49,8 @@ const REPORT_MATCHES_PER_IMAGE: usize = 10;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is a 400 that names it, never silently ignored.
+#[serde(deny_unknown_fields)]
 pub struct CollectionQuery {
     /// Collection to use (default: the server's `--collection`).
     pub collection: Option<String>,
@@ -105,6 +107,37 @@ struct SearchForm {
     prefix: Option<String>,
 }
 
+/// The query string of `POST /v1/search`: the collection, and the search options, which may be
+/// given here or as form fields (not both with different values).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// Collection to search (default: the server's `--collection`).
+    pub collection: Option<String>,
+    /// Results wanted, 1 to the server's maximum (default 10).
+    #[param(value_type = Option<u32>)]
+    pub top_k: Option<String>,
+    /// Drop results farther than this cosine distance (0–2).
+    #[param(value_type = Option<f32>)]
+    pub max_distance: Option<String>,
+    /// Only images whose URI starts with this.
+    pub prefix: Option<String>,
+}
+
+/// The text fields a search form may carry (besides the `image` file).
+const SEARCH_FORM_FIELDS: [&str; 4] = ["url", "top_k", "max_distance", "prefix"];
+
+/// An option given in the query string or the form: one of them, or both if they agree.
+fn query_or_form<'a>(name: &str, query: Option<&'a str>, form: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match (query, form) {
+        (Some(q), Some(f)) if q.trim() != f.trim() => Err(ApiError::BadRequest(format!(
+            "`{name}` is given twice with different values ({q:?} in the query string, {f:?} in the form); give it once"
+        ))),
+        (q, f) => Ok(f.or(q)),
+    }
+}
+
 /// How many results, how close, and from where: shared by every kind of search.
 struct SearchOptions {
     top_k: usize,
@@ -157,7 +190,7 @@ fn max_distance(requested: Option<&str>) -> Result<Option<f32>, ApiError> {
 /// Search by an uploaded image or by the image at a URL.
 #[utoipa::path(
     post, path = "/v1/search", tag = "search",
-    params(CollectionQuery),
+    params(SearchQuery),
     request_body(content = inline(SearchForm), content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Nearest images, best first", body = SearchResponse),
@@ -172,14 +205,20 @@ fn max_distance(requested: Option<&str>) -> Result<Option<f32>, ApiError> {
 )]
 async fn search(
     State(state): State<AppState>,
-    query: Result<Query<CollectionQuery>, QueryRejection>,
+    query: Result<Query<SearchQuery>, QueryRejection>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let started = Instant::now();
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.collection.as_deref())?;
     let mut form = read_form(multipart?).await?;
-    let options = SearchOptions::parse(&state, form.field("top_k"), form.field("max_distance"), form.field("prefix"))?;
+    form.refuse_fields_other_than(&SEARCH_FORM_FIELDS)?;
+    let options = SearchOptions::parse(
+        &state,
+        query_or_form("top_k", query.top_k.as_deref(), form.field("top_k"))?,
+        query_or_form("max_distance", query.max_distance.as_deref(), form.field("max_distance"))?,
+        query_or_form("prefix", query.prefix.as_deref(), form.field("prefix"))?,
+    )?;
     let url = form.field("url").map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
     if form.image.is_some() && url.is_some() {
         return Err(ApiError::BadRequest("send either an `image` file or a `url`, not both".into()));
@@ -208,6 +247,8 @@ async fn search(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is a 400 that names it, never silently ignored.
+#[serde(deny_unknown_fields)]
 pub struct SimilarQuery {
     /// Results wanted, 1 to the server's maximum (default 10).
     #[param(value_type = Option<u32>)]
@@ -274,6 +315,8 @@ async fn indexed_vector(state: &super::ServerState, id: i64) -> Result<(ImageRec
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is a 400 that names it, never silently ignored.
+#[serde(deny_unknown_fields)]
 pub struct DuplicateQuery {
     /// Largest cosine distance that counts as a duplicate (default 0.1).
     #[param(value_type = Option<f32>)]
@@ -347,6 +390,8 @@ async fn image_duplicates(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is a 400 that names it, never silently ignored.
+#[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     /// Collection to report on (default: the server's `--collection`).
     pub collection: Option<String>,
@@ -470,6 +515,8 @@ fn page_token(requested: Option<&str>) -> Result<i64, ApiError> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is a 400 that names it, never silently ignored.
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Collection to list (default: the server's `--collection`).
     pub collection: Option<String>,
@@ -607,6 +654,7 @@ async fn add_image(
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.collection.as_deref())?;
     let form = read_form(multipart?).await?;
+    form.refuse_fields_other_than(&[])?;
     let image = form.image()?.to_vec();
     let id = super::add_upload(&state, &collection, image).await?;
     Ok((StatusCode::CREATED, Json(AddImageResponse { collection, id, image_url: image_url(id) })))
