@@ -823,6 +823,10 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
         async move {
             let response = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
             let status = response.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes().to_vec());
+                assert_eq!(retry_after.as_deref(), Some(&b"5"[..]), "a 503 says when to retry");
+            }
             let body: Value =
                 serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
             (status, body["error"]["message"].as_str().unwrap_or_default().to_string())
@@ -1380,4 +1384,33 @@ async fn search_options_count_from_the_query_string_and_unknown_parameters_are_n
         );
     }
     assert_eq!(f.count().await, 5, "nothing was added by the refused requests");
+}
+
+/// More searches at once than inference slots, with a queue wait shorter than an embedding:
+/// the ones that waited in vain get 503 `unavailable` with `Retry-After: 1`, the others their
+/// results; once the burst is over a search is answered again.
+#[tokio::test]
+async fn a_full_inference_queue_answers_503_with_retry_after_and_recovers() {
+    let f = fixture_with(&["coffee.jpg", "rocket.jpg"], |config| {
+        config.max_concurrent_inference = 1;
+        config.queue_timeout = Duration::from_millis(1);
+    })
+    .await;
+    f.load().await;
+    let photo = photo_bytes("rocket.jpg");
+    let burst = (0..6).map(|_| {
+        let app = app(f.state.clone());
+        let request = multipart("/v1/search", &[("image", "q.jpg", &photo)], &[]);
+        async move { app.oneshot(request).await.unwrap() }
+    });
+    let responses = futures::future::join_all(burst).await;
+    let served = responses.iter().filter(|r| r.status() == StatusCode::OK).count();
+    let busy: Vec<_> = responses.iter().filter(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert!(served >= 1 && !busy.is_empty(), "{served} served, {} busy, of 6", busy.len());
+    assert_eq!(served + busy.len(), 6, "only 200 or 503");
+    for response in busy {
+        assert_eq!(response.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+    }
+    let (status, body) = f.json(multipart("/v1/search", &[("image", "q.jpg", &photo)], &[])).await;
+    assert_eq!(status, StatusCode::OK, "answered again after the burst: {body}");
 }

@@ -399,3 +399,36 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     assert_eq!(kept.uri, "/elsewhere/holder.jpg");
     assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64, "the holder, nothing more");
 }
+
+/// A source that lists nothing is far more often a wrong prefix or an empty mount than emptied
+/// on purpose: prune then removes nothing. An image deleted from the index while its file stays
+/// comes back on the next ingest (the folder is the source of truth for what it holds).
+#[tokio::test]
+async fn an_empty_listing_prunes_nothing_and_a_deleted_image_comes_back_on_the_next_ingest() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &images);
+    let ingestor = common::ingestor(work.path()).await;
+    let collection = common::unique_collection("emptylisting");
+    let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
+    ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+
+    let coffee = images.canonicalize().unwrap().join("coffee.jpg").to_string_lossy().to_string();
+    let deleted = ingestor.catalog.find(&collection, &coffee).await.unwrap().expect("coffee indexed");
+    ingestor.store.delete(&collection, &[deleted.id]).await.unwrap();
+    ingestor.catalog.delete_images(&[deleted.id]).await.unwrap();
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 2);
+    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("rerun");
+    assert_eq!((report.indexed, report.skipped), (1, 2), "{}", report.summary());
+    assert!(ingestor.catalog.find(&collection, &coffee).await.unwrap().is_some(), "coffee is back");
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
+
+    for entry in std::fs::read_dir(&images).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("empty rerun");
+    assert_eq!((report.discovered, report.pruned), (0, 0), "{}", report.summary());
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3, "nothing pruned on an empty listing");
+    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
+}

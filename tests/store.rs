@@ -170,6 +170,13 @@ async fn range_walks_and_the_milvus_catalog_see_every_row_once_on_every_server()
             }
         }
 
+        // Vectors read back by id in chunks of 128 (what the duplicates report and "similar" do):
+        // 300 ids take three queries and come back whole.
+        let wanted: Vec<i64> = (1..=300).map(id_of).collect();
+        let vectors = store.vectors(&collection, &wanted).await.unwrap_or_else(|e| panic!("{name}: vectors: {e}"));
+        assert_eq!(vectors.len(), 300, "{name}");
+        assert!((1..=300).all(|n| vectors[&id_of(n)] == vector(n as u64)), "{name}: a vector misread");
+
         // A range query answers exactly the range, in id order.
         let range = store.stored_images(&collection, id_of(10), id_of(20), None, 900).await.unwrap();
         let ids: Vec<i64> = range.iter().map(|image| image.id).collect();

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// A dependency (Milvus, the catalog, the model) is down or overloaded; the detail is logged.
     #[error("{public}")]
     Unavailable { public: String, detail: String },
+    /// Every inference slot stayed taken for the whole queue wait: try again in a moment.
+    #[error("{0}")]
+    Busy(String),
     /// A bug or an unexpected state; the detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -52,7 +55,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,7 +72,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unprocessable(_) => "unprocessable_image",
-            Self::Unavailable { .. } => "unavailable",
+            Self::Unavailable { .. } | Self::Busy(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -84,10 +87,23 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(detail) => tracing::error!(%detail, "internal error"),
             Self::Unavailable { detail, .. } => tracing::warn!(%detail, "dependency unavailable"),
+            Self::Busy(_) => tracing::warn!("inference queue full: answered 503"),
             _ => tracing::debug!(error = %self, "request refused"),
         }
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (self.status(), Json(body)).into_response();
+        // RFC 9110 §10.2.3: when to try again. A full queue drains in about a second; a
+        // dependency that is down takes longer to come back.
+        let retry_after = match self {
+            Self::Busy(_) => Some("1"),
+            Self::Unavailable { .. } => Some("5"),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(seconds));
+        }
         if matches!(self, Self::Unauthorized(_)) {
             // RFC 6750: tell the client which scheme to use.
             response.headers_mut().insert(

@@ -364,9 +364,7 @@ async fn embed_query(state: &ServerState, bytes: Vec<u8>) -> Result<Vec<f32>, Ap
     // Recorded before the outcome is judged: waits that end in a 503 are the ones to see.
     state.metrics.stage("queue", queued.elapsed());
     let _permit = permit
-        .map_err(|_| {
-            ApiError::unavailable("the server is busy embedding other images; retry shortly", "inference queue timeout")
-        })?
+        .map_err(|_| ApiError::Busy("the server is busy embedding other images; retry shortly".into()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let model = Arc::clone(&state.ingestor.model);
     let limits = state.ingestor.limits;
