@@ -697,10 +697,15 @@ async fn with_protected_reads_searches_need_the_token_but_probes_and_the_page_do
     assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
     let (status, _) = f.call(Request::get("/v1/count").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    for open in ["/healthz", "/readyz", "/"] {
+    for open in ["/healthz", "/readyz", "/", "/openapi.json"] {
         let (status, _) = f.call(Request::get(open).body(Body::empty()).unwrap()).await;
-        assert_eq!(status, StatusCode::OK, "{open} stays open for probes and browsers");
+        assert_eq!(status, StatusCode::OK, "{open} stays open for probes, browsers and API clients");
     }
+    // Metrics name collections and routes: a read like any other.
+    let (status, _) = f.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "/metrics needs the token under --auth-reads");
+    let (status, _) = f.call(with_token(Request::get("/metrics").body(Body::empty()).unwrap(), "reader-token")).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = f.call(with_token(Request::get("/v1/count").body(Body::empty()).unwrap(), "reader-token")).await;
     // The collection does not exist yet: past the token check, the route's own answer.
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -1413,4 +1418,21 @@ async fn a_full_inference_queue_answers_503_with_retry_after_and_recovers() {
     }
     let (status, body) = f.json(multipart("/v1/search", &[("image", "q.jpg", &photo)], &[])).await;
     assert_eq!(status, StatusCode::OK, "answered again after the burst: {body}");
+}
+
+/// One load at a time: a second `/img/load`, or a drop, while one runs is a 409 saying why;
+/// the running load finishes untouched.
+#[tokio::test]
+async fn a_second_load_or_a_drop_during_a_load_is_a_409() {
+    let f = fixture(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"], 20 << 20).await;
+    let load = || f.json(post_json("/img/load", json!({ "File": f.images })));
+    // Joined: the first takes the load lock before its first wait, the others find it taken.
+    let ((first, report), (second, refusal), (dropped, drop_refusal)) =
+        tokio::join!(load(), load(), f.json(Request::post("/img/drop").body(Body::empty()).unwrap()));
+    assert_eq!(first, StatusCode::OK, "{report}");
+    assert_eq!(second, StatusCode::CONFLICT, "{refusal}");
+    assert!(refusal["error"]["message"].as_str().unwrap().contains("another load is running"), "{refusal}");
+    assert_eq!(dropped, StatusCode::CONFLICT, "{drop_refusal}");
+    assert!(drop_refusal["error"]["message"].as_str().unwrap().contains("a load is running"), "{drop_refusal}");
+    assert_eq!(f.count().await, 4, "the running load finished");
 }

@@ -86,8 +86,11 @@ async fn the_kube_watcher_sees_additions_changes_and_deletions() {
     let mut events = watcher(Api::<ImageCollection>::all(client), watcher::Config::default()).boxed();
 
     let mut seen = Vec::new();
+    // The writes start once the watcher has listed (an event, not a sleep that a loaded machine
+    // can outrun).
+    let listed = tokio::sync::Notify::new();
     let writer = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        listed.notified().await;
         api.create(&PostParams::default(), &collection("during-watch")).await.unwrap();
         let status = ImageCollectionStatus { phase: Some(Phase::Ready), ..Default::default() };
         api.patch_status("during-watch", &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
@@ -106,7 +109,8 @@ async fn the_kube_watcher_sees_additions_changes_and_deletions() {
                     seen.push(format!("delete {}", o.metadata.name.unwrap()));
                     break;
                 }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+                watcher::Event::InitDone => listed.notify_one(),
+                watcher::Event::Init => {}
             }
         }
     };

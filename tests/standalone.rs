@@ -190,3 +190,78 @@ fn http_get(port: u16, path: &str) -> String {
     stream.read_to_string(&mut response).expect("read response");
     response
 }
+
+/// Sends `request` (a whole HTTP/1.1 request) and returns the whole answer.
+fn http_raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the search API");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}
+
+/// `--auth-token-file`: the token is read from the file (its trailing newline, as `echo` and
+/// Secret volumes leave it, ignored) and write routes need it; a file that cannot be read stops
+/// the server at start with a message naming it.
+#[test]
+fn serve_reads_its_token_from_a_file_and_refuses_writes_without_it() {
+    let work = tempfile::tempdir().unwrap();
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, "file-token\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let serve = |token_file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+            .arg("serve")
+            .arg("--auth-token-file")
+            .arg(token_file)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("MILVUS_URI", common::milvus_uri())
+            .env("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display()))
+            .env("IMGSEARCH_COLLECTION", common::unique_collection("tokenfile"))
+            .env("IMGSEARCH_UPLOAD_DIR", work.path().join("uploads"))
+            .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start imgsearch serve")
+    };
+
+    let mut missing = serve(&work.path().join("no-such-file"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = missing.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve with a missing token file did not stop within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut missing.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success() && said.contains("cannot read the auth token file"), "{status}: {said}");
+
+    let mut child = serve(&token_file);
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).count());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited before listening");
+        assert!(Instant::now() < deadline, "serve did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let delete = |token: Option<&str>| {
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        http_raw(
+            port,
+            &format!("DELETE /v1/images/12345 HTTP/1.1\r\nHost: localhost\r\n{authorization}Connection: close\r\n\r\n"),
+        )
+    };
+    assert!(delete(None).starts_with("HTTP/1.1 401"), "{}", delete(None));
+    assert!(delete(Some("wrong")).starts_with("HTTP/1.1 401"));
+    let allowed = delete(Some("file-token"));
+    assert!(allowed.starts_with("HTTP/1.1 404"), "past the token check, the route's own answer: {allowed}");
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
