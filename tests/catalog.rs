@@ -188,10 +188,16 @@ async fn a_lost_connection_is_retried_then_reported_and_nothing_is_half_written(
         let catalog = Catalog::open(&url).await.expect("open through the forwarder");
         let first = catalog.reserve("c", &[image("/before.jpg", "h")]).await.expect("write while up");
 
-        // A batch long enough that the cut lands inside its transaction.
+        // A batch of about 150 kB of statements, cut once 30 kB of it have gone through: inside
+        // its transaction however fast or slow the machine is (a clock would not know).
         let images: Vec<NewImage> = (0..3000).map(|i| image(&format!("/during/{i}.jpg"), "h")).collect();
+        let before = outage.sent();
         let cutting = async {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while outage.sent() < before + 30_000 {
+                assert!(tokio::time::Instant::now() < deadline, "{backend:?}: the batch did not send 30 kB in 30 s");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             outage.cut();
         };
         let started = std::time::Instant::now();

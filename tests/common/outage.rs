@@ -4,12 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct Outage {
     pub address: SocketAddr,
     up: Arc<watch::Sender<bool>>,
+    /// Bytes clients have sent through, so a test can cut in the middle of a write by what
+    /// has been sent rather than by the clock.
+    sent: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,6 +25,8 @@ impl Outage {
         let (up, _) = watch::channel(true);
         let up = Arc::new(up);
         let accepting = up.clone();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = sent.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !*accepting.borrow() {
@@ -29,21 +35,43 @@ impl Outage {
                 }
                 let mut state = accepting.subscribe();
                 let upstream = upstream.clone();
+                let counted = counted.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else { return };
-                    let (mut client, mut server) = (client, server);
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upward = async {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            match client_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    let downward = tokio::io::copy(&mut server_read, &mut client_write);
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = async { tokio::join!(upward, downward) } => {}
                         _ = state.wait_for(|up| !*up) => {} // cut: both sides are dropped
                     }
                 });
             }
         });
-        Self { address, up, task }
+        Self { address, up, sent, task }
     }
 
     pub fn uri(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Bytes clients have sent through so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Cuts open connections and refuses new ones.
