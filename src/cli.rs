@@ -652,10 +652,12 @@ async fn serve_until_shutdown(ingestor: Ingestor, config: ServeConfig, listen: S
     let limits = config.connection_limits;
     let state = ServerState::new(ingestor, config);
     tracing::info!(%address, "search API listening");
+    // Listening for signals before saying "serving": a Ctrl-C right after it is not lost.
+    let signalled = shutdown_signal();
     eprintln!("imgsearch is serving on http://{address}/  (Ctrl-C stops it)");
     let draining = Arc::clone(&state);
     let shutdown = async move {
-        shutdown_signal().await;
+        signalled.await;
         if !drain.is_zero() {
             draining.draining.store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
@@ -766,23 +768,29 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+///
+/// The listeners are registered when this is called, not when the future is first polled: once
+/// tokio handles SIGINT (an earlier ingest's listener installs its handler for the whole
+/// process), a signal that arrives before a listener exists is swallowed, so a server that
+/// announced itself and only then registered could miss a Ctrl-C sent in between (seen: a
+/// standalone run that kept serving after SIGINT).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let wait = |listener: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match listener {
+                Ok(mut listener) => {
+                    listener.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(interrupt) => {}
+            () = wait(terminate) => {}
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
 }
