@@ -1306,9 +1306,9 @@ async fn stalled_connections_are_closed_while_normal_requests_are_served() {
     for mut stream in stalled_headers {
         let answer =
             read_until_closed(&mut stream, Duration::from_secs(10), "a connection whose headers stalled").await;
-        // Closed without a request read; hyper may say 408 first.
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        // Closed without an answer: hyper's header timeout ends the connection without writing
+        // (hyper 1.x, proto/h1/conn.rs: `new_header_timeout` is returned, not answered).
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     }
     let health = common::http_client().get(format!("http://{address}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::OK, "still serving after the stalled ones went");

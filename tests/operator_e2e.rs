@@ -87,21 +87,7 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     assert_eq!(pod["status"]["phase"], "Succeeded");
 
     let search = kubelet.deployment_address("shop", "photos-search").expect("the search pod runs");
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(std::fs::read(common::photo("coffee.jpg")).unwrap()).file_name("q.jpg"),
-        )
-        .text("top_k", "3");
-    let response: Value = common::http_client()
-        .post(format!("http://{search}/v1/search"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let response = search_top_3(search, std::fs::read(common::photo("coffee.jpg")).unwrap(), "").await;
     let top = &response["results"][0];
     assert!(top["uri"].as_str().unwrap().ends_with("/catalogue/coffee.jpg"), "{response}");
     let image = common::http_client()
@@ -151,6 +137,15 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     }
     assert!(server.objects("v1/pods").is_empty(), "the Job's pods went with it");
     controller.abort();
+}
+
+/// The search pod's answer to `POST /v1/search{query}` with `image` and `top_k` 3.
+async fn search_top_3(search: std::net::SocketAddr, image: Vec<u8>, query: &str) -> Value {
+    let form = reqwest::multipart::Form::new()
+        .part("image", reqwest::multipart::Part::bytes(image).file_name("query"))
+        .text("top_k", "3");
+    let response = common::http_client().post(format!("http://{search}/v1/search{query}")).multipart(form).send();
+    response.await.expect("the search pod answers").json().await.expect("a JSON answer")
 }
 
 /// Waits for the object's status to satisfy `check`, or fails saying what did not happen and
@@ -421,18 +416,7 @@ async fn without_a_catalog_shards_and_rescans_keep_every_image_listed_served_and
         let served = common::http_client().get(format!("http://{search}/v1/images/{id}")).send().await.unwrap();
         assert_eq!(served.status(), reqwest::StatusCode::OK, "{name}");
         assert_eq!(served.bytes().await.unwrap(), std::fs::read(path).unwrap(), "{name}: other bytes served");
-        let form = reqwest::multipart::Form::new()
-            .part("image", reqwest::multipart::Part::bytes(std::fs::read(path).unwrap()).file_name("q.png"))
-            .text("top_k", "3");
-        let found: Value = common::http_client()
-            .post(format!("http://{search}/v1/search?collection={collection}"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let found = search_top_3(search, std::fs::read(path).unwrap(), &format!("?collection={collection}")).await;
         let itself = found["results"].as_array().and_then(|r| r.iter().find(|hit| hit["id"] == id));
         let score = itself.and_then(|hit| hit["score"].as_f64());
         assert!(score.is_some_and(|s| s > 0.999), "{name} does not find itself: {found}");

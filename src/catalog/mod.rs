@@ -26,6 +26,12 @@ use crate::store::MilvusStore;
 /// The `DATABASE_URL` that means "no SQL catalog: Milvus is the record" (see [`MilvusCatalog`]).
 pub const NO_DATABASE: &str = "none";
 
+/// Whether a catalog URL (a flag, an environment variable, a Secret's value) says "no SQL
+/// catalog".
+pub fn names_no_database(url: &str) -> bool {
+    url.trim() == NO_DATABASE
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(
@@ -197,7 +203,7 @@ const URI_ID_BITS: u32 = 53;
 /// The id of `uri` in `collection` when there is no SQL catalog to hand ids out: the first 53
 /// bits of SHA-256(collection, NUL, URI), never 0. Any pod of any run gets the same id for the
 /// same image, so shards need no coordination and a rescan keeps every image's id. Two URIs of
-/// one collection share an id with probability about n²/2^54 (one in 36,000 at a million
+/// one collection share an id with probability about n²/2^54 (one in 18,000 at a million
 /// images); ingest refuses the second rather than overwrite the first (see ingest.rs).
 pub fn uri_id(collection: &str, uri: &str) -> i64 {
     let mut digest = Sha256::new();
@@ -208,8 +214,8 @@ pub fn uri_id(collection: &str, uri: &str) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     let id = u64::from_be_bytes(first) >> (64 - URI_ID_BITS);
-    // Both casts are exact: the value is below 2^53.
-    (id.max(1)) as i64
+    // Exact: the value is below 2^53.
+    id.max(1) as i64
 }
 
 /// The catalog a process uses: a SQL database, or Milvus itself (see the module docs).
@@ -228,7 +234,7 @@ impl Catalog {
     /// The catalog `url` names: [`NO_DATABASE`] for Milvus's own rows, scoped to `collections`
     /// (the ones whose images lookups by id or URI search), else a SQL database.
     pub async fn open_or_milvus(url: &str, store: &MilvusStore, collections: &[String]) -> Result<Self> {
-        if url.trim() == NO_DATABASE {
+        if names_no_database(url) {
             Ok(Self::Milvus(MilvusCatalog::new(store.clone(), collections.to_vec())))
         } else {
             Self::open(url).await
@@ -251,10 +257,7 @@ impl Catalog {
     /// The id an image will get, when it follows from its URI (no SQL catalog); `None` when the
     /// database hands ids out.
     pub fn derived_id(&self, collection: &str, uri: &str) -> Option<i64> {
-        match self {
-            Self::Sql(_) => None,
-            Self::Milvus(_) => Some(uri_id(collection, uri)),
-        }
+        self.derives_ids().then(|| uri_id(collection, uri))
     }
 
     /// Refuses `uri` when the id derived from it already belongs to another image of the

@@ -794,7 +794,7 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
             name: name.clone(),
             problem: "has no DATABASE_URL key".into(),
         })?;
-        if url.trim() == crate::catalog::NO_DATABASE {
+        if crate::catalog::names_no_database(url) {
             return Ok(()); // a Secret that says "no SQL catalog": as if spec.catalog were absent
         }
         let rows = crate::catalog::Catalog::open(url).await?.delete_collection(collection).await?;

@@ -163,7 +163,9 @@ pub fn corrupt_jpeg() -> Vec<u8> {
 
 /// An HTTP client for tests. reqwest is built without a default TLS crypto provider (the binary
 /// installs ring at start), so tests install it too before building one.
+/// An HTTP client for the tests' requests, each bounded: a server that stops answering fails
+/// the test instead of hanging it.
 pub fn http_client() -> reqwest::Client {
     imgsearch::source::install_crypto_provider();
-    reqwest::Client::new()
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("an HTTP client")
 }

@@ -55,7 +55,8 @@ fn field(text: &str, min: i64, max: i64, names: &[&str]) -> Result<(Vec<i64>, bo
             None => (part, None),
         };
         let (start, end) = if range == "*" || range == "?" {
-            star = step.is_none_or(|s| s <= 1);
+            // Any list element that is a star makes the field one (robfig ORs the bits).
+            star |= step.is_none_or(|s| s <= 1);
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
             (value(a)?, value(b)?)

@@ -357,12 +357,6 @@ impl Store {
         object
     }
 
-    /// Removes an object. What it owns stays until the garbage collector gets to it
-    /// ([`Store::collect_garbage`]), as with the API server's default background propagation.
-    fn remove(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
-        self.remove_one(key, namespace, name)
-    }
-
     /// One pass of the garbage collector (kube-controller-manager's, background propagation):
     /// an object all of whose owners are gone (no object with the uid its ownerReferences
     /// name) is deleted as a client would delete it, gracefully for pods and objects with
@@ -387,7 +381,7 @@ impl Store {
             if key == PODS || has_finalizers {
                 self.mark_deleting(key, namespace, name);
             } else {
-                self.remove_one(key, namespace, name);
+                self.remove(key, namespace, name);
             }
         }
         !orphans.is_empty()
@@ -433,19 +427,13 @@ impl Store {
                     owned.iter().filter(|job| super::cronjob::finished(job) == Some(outcome)).collect();
                 for job in done.iter().take(done.len().saturating_sub(limit)) {
                     let job_name = job["metadata"]["name"].as_str().unwrap_or_default();
-                    changed |= self.remove_one(JOBS, &namespace, job_name).is_some();
+                    changed |= self.remove(JOBS, &namespace, job_name).is_some();
                 }
             }
             let mut active: Vec<Value> = owned
                 .iter()
+                // (The history limit above deleted finished Jobs only: none of these.)
                 .filter(|job| super::cronjob::finished(job).is_none() && job["metadata"]["deletionTimestamp"].is_null())
-                .filter(|job| {
-                    self.objects.contains_key(&(
-                        JOBS.into(),
-                        namespace.clone(),
-                        job["metadata"]["name"].as_str().unwrap_or_default().into(),
-                    ))
-                })
                 .cloned()
                 .collect();
             let mut status = cronjob["status"].clone();
@@ -474,7 +462,7 @@ impl Store {
                     if cronjob["spec"]["concurrencyPolicy"] == "Replace" {
                         for job in active.drain(..) {
                             let job_name = job["metadata"]["name"].as_str().unwrap_or_default();
-                            self.remove_one(JOBS, &namespace, job_name);
+                            self.remove(JOBS, &namespace, job_name);
                         }
                     }
                     let mut job = super::cronjob::job_for(&cronjob, at);
@@ -531,7 +519,9 @@ impl Store {
         Some(self.write(key, namespace, name, object, false))
     }
 
-    fn remove_one(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
+    /// Removes an object. What it owns stays until the garbage collector gets to it
+    /// ([`Store::collect_garbage`]), as with the API server's default background propagation.
+    fn remove(&mut self, key: &str, namespace: &str, name: &str) -> Option<Value> {
         let mut object = self.objects.remove(&(key.to_string(), namespace.to_string(), name.to_string()))?;
         let version = self.next_version();
         object["metadata"]["resourceVersion"] = json!(version.to_string());
