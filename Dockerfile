@@ -8,6 +8,8 @@
 
 # --- build: the release binary -----------------------------------------------------------
 FROM rust:1.92-bookworm AS build
+# libjpeg-turbo is built from the source the turbojpeg crate pins: cmake, and nasm for its SIMD.
+RUN apt-get update && apt-get install -y --no-install-recommends cmake nasm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole checkout minus .dockerignore: the binary embeds assets/, migrations/ and crds/.
 COPY . .

@@ -31,7 +31,8 @@ eval:
 	target/debug/imgsearch eval --labels-from-dirs data/sample/fashion --near-duplicates data/near-duplicates
 
 # Benchmarks, not tests: release build, figures printed as a table (see docs/benchmarks.md).
-bench-ingest: setup
+bench-ingest:
+	scripts/setup.sh --eval-data
 	scripts/milvus-lite.sh cargo bench --locked --bench ingest
 
 # 100,000 vectors in Milvus 2.3.5, the release server loaded at concurrency 1, 4 and 32.

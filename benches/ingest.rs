@@ -2,14 +2,21 @@
 //!
 //! 1. the ceiling: the model alone on already decoded, preprocessed tensors, the better of one
 //!    session on every core (batch 32) and one single-threaded session per core (batch 8);
+//!
+//! then for each of two corpora:
+//!
 //! 2. `imgsearch ingest` (the release binary, default settings) end to end into Milvus Lite +
 //!    SQLite, with its peak RSS;
-//! 3. the Python peer (`scripts/bench_python_peer.py`: PIL + numpy + onnxruntime + pymilvus,
-//!    batch 32, same model, same images, same Milvus Lite);
+//! 3. the usual Python peer (`scripts/bench_python_peer.py`: PIL full decode + numpy +
+//!    onnxruntime + pymilvus, batch 32, same model, same images, same Milvus Lite);
+//! 4. the tuned Python peer (the same script with `--tuned`: PIL's draft decoding, which is
+//!    libjpeg-turbo's DCT-scaled decoding, in a pool of 2 processes);
 //!
-//! and prints a table with the ratios 2/1 and 2/3. The corpus is ≥ 1,000 distinct 1024×768
-//! JPEGs made from the sample photos with crops, flips and colour changes (cached under
-//! `target/bench-corpus`). Milvus comes from `scripts/milvus-lite.sh`, as for the tests.
+//! and prints a table per corpus with the ratios 2/1, 2/3 and 2/4. The corpora: ≥ 1,000
+//! distinct 1024×768 JPEGs made from the sample photos with crops, flips and colour changes
+//! (cached under `target/bench-corpus`), and 200 phone-size 4032×3024 JPEGs made from the
+//! near-duplicate benchmark's real photographs (`target/bench-corpus-phone`). Milvus comes from
+//! `scripts/milvus-lite.sh`, as for the tests.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -22,6 +29,7 @@ use imgsearch::embed::preprocess::{self, DecodeLimits};
 use imgsearch::embed::{EmbeddingModel, ModelConfig};
 
 const CORPUS_SIZE: usize = 1008;
+const PHONE_CORPUS_SIZE: usize = 200;
 /// The usual batch: the Python peer's, and the ceiling's with one session.
 const BATCH: usize = 32;
 /// `imgsearch ingest`'s default batch (`--batch-size`).
@@ -37,40 +45,77 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let milvus = std::env::var("IMGSEARCH_TEST_MILVUS_URI")
         .expect("IMGSEARCH_TEST_MILVUS_URI is not set: run `make bench-ingest` (it starts Milvus Lite)");
-    let corpus = root.join("target/bench-corpus");
-    make_corpus(&root.join("data/sample/photos"), &corpus);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
+    let small = root.join("target/bench-corpus");
+    make_corpus(&root.join("data/sample/photos"), &small);
+    let phone = root.join("target/bench-corpus-phone");
+    make_phone_corpus(root, &phone);
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (one_session, per_core) = model_ceiling(&jpegs(&small), cores);
+    let ceiling = one_session.max(per_core);
+    eprintln!("1. model alone: {one_session:.1} images/s (one session), {per_core:.1} (one per core)");
+    let corpora = [
+        (format!("{} distinct 1024×768 JPEGs", jpegs(&small).len()), small),
+        (format!("{} distinct 4032×3024 phone JPEGs (1 in 8 portrait by EXIF)", jpegs(&phone).len()), phone),
+    ];
+    let mut tables = Vec::new();
+    for (name, corpus) in &corpora {
+        eprintln!("{name}:");
+        let (ours, ours_rss) = imgsearch_ingest(root, corpus, &milvus);
+        eprintln!("2. imgsearch ingest: {ours:.1} images/s, peak RSS {ours_rss:.0} MiB");
+        let (usual, usual_rss) = python_peer(root, corpus, &milvus, false);
+        eprintln!("3. Python peer: {usual:.1} images/s, peak RSS {usual_rss:.0} MiB");
+        let (tuned, tuned_rss) = python_peer(root, corpus, &milvus, true);
+        eprintln!("4. tuned Python peer: {tuned:.1} images/s, peak RSS {tuned_rss:.0} MiB");
+        tables.push(format!(
+            "Ingest of {name}, {cores} cores\n\n\
+             | | images/s | peak RSS | ratio |\n\
+             |---|---:|---:|---|\n\
+             | 1. model alone on decoded tensors (ceiling: the better of a and b) | {ceiling:.1} | | |\n\
+             | 1a. one session on all {cores} cores, batch {BATCH} | {one_session:.1} | | |\n\
+             | 1b. {cores} single-threaded sessions side by side, batch {INGEST_BATCH} | {per_core:.1} | | |\n\
+             | 2. imgsearch ingest → Milvus Lite + SQLite (defaults: batch {INGEST_BATCH}) | {ours:.1} | {ours_rss:.0} MiB | 2/1 = {:.2} |\n\
+             | 3. usual Python peer (PIL full decode + onnxruntime + pymilvus, batch {BATCH}) | {usual:.1} | {usual_rss:.0} MiB | 2/3 = {:.2}, memory {:.2} |\n\
+             | 4. tuned Python peer (PIL draft decode in 2 processes, same model and writes) | {tuned:.1} | {tuned_rss:.0} MiB | 2/4 = {:.2} |",
+            ours / ceiling,
+            ours / usual,
+            ours_rss / usual_rss,
+            ours / tuned,
+        ));
+    }
+    for table in tables {
+        println!();
+        println!("{table}");
+    }
+}
+
+fn jpegs(folder: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
         .expect("corpus folder")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
     files.sort();
+    files
+}
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (one_session, per_core) = model_ceiling(&files, cores);
-    let ceiling = one_session.max(per_core);
-    eprintln!("1. model alone: {one_session:.1} images/s (one session), {per_core:.1} (one per core)");
-    let (ours, ours_rss) = imgsearch_ingest(root, &corpus, &milvus);
-    eprintln!("2. imgsearch ingest: {ours:.1} images/s, peak RSS {ours_rss:.0} MiB");
-    let (peer, peer_rss) = python_peer(root, &corpus, &milvus);
-    eprintln!("3. Python peer: {peer:.1} images/s, peak RSS {peer_rss:.0} MiB");
-
-    println!();
-    println!("Ingest of {} distinct 1024×768 JPEGs, {cores} cores", files.len());
-    println!();
-    println!("| | images/s | peak RSS | ratio |");
-    println!("|---|---:|---:|---|");
-    println!("| 1. model alone on decoded tensors (ceiling: the better of a and b) | {ceiling:.1} | | |");
-    println!("| 1a. one session on all {cores} cores, batch {BATCH} | {one_session:.1} | | |");
-    println!("| 1b. {cores} single-threaded sessions side by side, batch {INGEST_BATCH} | {per_core:.1} | | |");
-    println!(
-        "| 2. imgsearch ingest → Milvus Lite + SQLite (defaults: batch {INGEST_BATCH}) | {ours:.1} | {ours_rss:.0} MiB | 2/1 = {:.2} |",
-        ours / ceiling
-    );
-    println!(
-        "| 3. Python peer (PIL + onnxruntime + pymilvus, batch {BATCH}) | {peer:.1} | {peer_rss:.0} MiB | 2/3 = {:.2} |",
-        ours / peer
-    );
+/// 200 phone-size JPEGs from the near-duplicate benchmark's real photographs, made by
+/// `scripts/make_phone_corpus.py` with PIL (libjpeg-turbo, 4:2:0 chroma, as phones store them).
+fn make_phone_corpus(root: &Path, corpus: &Path) {
+    if std::fs::read_dir(corpus).map(|d| d.count()).unwrap_or(0) >= PHONE_CORPUS_SIZE {
+        return;
+    }
+    eprintln!("making {PHONE_CORPUS_SIZE} phone-size benchmark images in {} (about a minute) ...", corpus.display());
+    let status = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/make_phone_corpus.py"))
+        .arg("--photos")
+        .arg(root.join("data/near-duplicates/originals"))
+        .arg("--out")
+        .arg(corpus)
+        .args(["--count", &PHONE_CORPUS_SIZE.to_string()])
+        .status()
+        .expect("run scripts/make_phone_corpus.py");
+    assert!(status.success(), "scripts/make_phone_corpus.py failed");
 }
 
 /// Distinct photo-like JPEGs: each a random crop of a sample photo, maybe mirrored, with its
@@ -176,23 +221,27 @@ fn imgsearch_ingest(root: &Path, corpus: &Path, milvus: &str) -> (f64, f64) {
     (report["images_per_second"].as_f64().expect("images_per_second"), peak_mib)
 }
 
-fn python_peer(root: &Path, corpus: &Path, milvus: &str) -> (f64, f64) {
+fn python_peer(root: &Path, corpus: &Path, milvus: &str, tuned: bool) -> (f64, f64) {
     let mut command = Command::new(root.join(".venv/bin/python"));
+    command.arg(root.join("scripts/bench_python_peer.py"));
+    if tuned {
+        command.arg("--tuned");
+    }
     command
-        .arg(root.join("scripts/bench_python_peer.py"))
         .arg("--images")
         .arg(corpus)
         .args(["--uri", milvus, "--collection", &format!("bench_python_{}", std::process::id())])
         .arg("--model")
         .arg(root.join("model/efficientnet-lite0.onnx"));
-    let (stdout, peak_mib) = run_measuring_peak_rss(command, "the Python peer");
+    let (stdout, peak_mib) = run_measuring_peak_rss(command, if tuned { "the tuned Python peer" } else { "the Python peer" });
     let report: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON from the peer");
     (report["images_per_second"].as_f64().expect("images_per_second"), peak_mib)
 }
 
-/// Runs a child to completion; its stdout and its peak RSS in MiB. The peak is the kernel's
-/// high-water mark of the child's own address space (`VmHWM`, which starts afresh at exec),
-/// read every 20 ms while it runs; it never decreases, so the last reading is the peak.
+/// Runs a child to completion; its stdout and its peak RSS in MiB, counting the processes it
+/// starts (the tuned peer's decoding pool). The peak is the larger of the kernel's high-water
+/// mark of the child's own address space (`VmHWM`, which starts afresh at exec) and the highest
+/// sum of `VmRSS` over the child and its descendants, both read every 20 ms while it runs.
 /// (`getrusage` is no use here: a child's `ru_maxrss` starts from this process's RSS at spawn
 /// time, the loaded models and tensors of the ceiling measurement.)
 fn run_measuring_peak_rss(mut command: Command, what: &str) -> (Vec<u8>, f64) {
@@ -203,7 +252,6 @@ fn run_measuring_peak_rss(mut command: Command, what: &str) -> (Vec<u8>, f64) {
         .stderr(stderr_file.try_clone().expect("clone the stderr file"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let status_file = format!("/proc/{}/status", child.id());
     let mut stdout = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -211,14 +259,9 @@ fn run_measuring_peak_rss(mut command: Command, what: &str) -> (Vec<u8>, f64) {
     });
     let mut peak_kib = 0u64;
     while child.try_wait().expect("wait for the child").is_none() {
-        let status = std::fs::read_to_string(&status_file).unwrap_or_default();
-        if let Some(kib) = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak_kib = peak_kib.max(kib);
-        }
+        let own_peak = status_kib(child.id(), "VmHWM:");
+        let tree: u64 = process_tree(child.id()).into_iter().filter_map(|pid| status_kib(pid, "VmRSS:")).sum();
+        peak_kib = peak_kib.max(own_peak.unwrap_or(0)).max(tree);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let status = child.wait().expect("wait for the child");
@@ -229,4 +272,25 @@ fn run_measuring_peak_rss(mut command: Command, what: &str) -> (Vec<u8>, f64) {
     assert!(status.success(), "{what} failed: {stderr}");
     assert!(peak_kib > 0, "no VmHWM reading for {what}");
     (stdout, peak_kib as f64 / 1024.0)
+}
+
+/// A field of `/proc/<pid>/status` in KiB, if the process is still there.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// `pid` and its descendants, from each thread's `children` list.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut found = vec![pid];
+    let mut next = 0;
+    while next < found.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", found[next])).into_iter().flatten().flatten();
+        for task in tasks {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            found.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        next += 1;
+    }
+    found
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what imgsearch needs to build, test and run the demo. Safe to run again: each step
 # checks before it acts. Needs: Rust (cargo), Python 3 with venv and pip, and apt (as root or
-# with sudo) for the Debian packages: the sample data; with --eval-data the wallpaper packages
+# with sudo) for the Debian packages: cmake and nasm for the build, the sample data; with --eval-data the wallpaper packages
 # whose photographs make the near-duplicate benchmark; with --test-servers (make test) those and
 # the PostgreSQL and MariaDB servers the tests start.
 set -euo pipefail
@@ -30,6 +30,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 apt_install dataset-fashion-mnist
+# The build: libjpeg-turbo (JPEG decoding at reduced scale) is compiled from the source the
+# turbojpeg crate pins, with cmake, and nasm for its SIMD code.
+apt_install cmake nasm
 eval_data=false
 case "${1:-}" in --eval-data | --test-servers) eval_data=true ;; esac
 # The near-duplicate benchmark's real photographs (make eval, make test): full-size wallpapers.

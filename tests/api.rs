@@ -614,6 +614,45 @@ async fn searching_a_collection_that_does_not_exist_is_a_404_with_a_hint() {
     assert_eq!(f.count().await, 0, "the bootcamp count answers 0 for a missing collection");
 }
 
+/// `imgsearch_search_stage_duration_seconds_count` of one stage, from `/metrics`.
+async fn stage_count(f: &Fixture, stage: &str) -> u64 {
+    let (status, text) = f.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let prefix = format!(r#"imgsearch_search_stage_duration_seconds_count{{stage="{stage}"}} "#);
+    let text = String::from_utf8(text).unwrap();
+    let value = text.lines().find_map(|line| line.strip_prefix(prefix.as_str()));
+    value.map_or(0, |v| v.trim().parse().unwrap_or_else(|_| panic!("{stage}: not a count: {v}")))
+}
+
+#[tokio::test]
+async fn a_collection_is_checked_once_and_one_dropped_behind_the_servers_back_is_a_404_then_found_again() {
+    let f = fixture(&["coffee.jpg", "astronaut.jpg"], 20 << 20).await;
+    f.load().await;
+    let query = photo_bytes("coffee.jpg");
+    let search = || multipart("/v1/search", &[("image", "q.jpg", &query)], &[]);
+    for _ in 0..3 {
+        let (status, body) = f.json(search()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(stage_count(&f, "milvus_check").await, 1, "Milvus is asked whether the collection exists once");
+
+    // Another server (or the controller) drops it: the next search says so, as the check would.
+    f.state.ingestor.store.drop_collection(&f.collection).await.unwrap();
+    let (status, body) = f.json(search()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
+    let (status, body) = f.json(search()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(stage_count(&f, "milvus_check").await, 2, "after a miss the existence is asked again");
+
+    // Recreated by an upload: found again.
+    let (status, body) = f.json(multipart("/v1/images", &[("image", "c.jpg", &query)], &[])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = f.json(search()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["results"][0]["score"].as_f64().unwrap() > 0.99, "{body}");
+}
+
 #[tokio::test]
 async fn v1_images_adds_an_upload_and_v1_count_counts_it() {
     let f = fixture(&[], 20 << 20).await;

@@ -9,7 +9,7 @@ mod common;
 
 use common::formats::*;
 use image::ImageFormat;
-use imgsearch::embed::preprocess::{self, DecodeLimits, ImageError, PreparedImage};
+use imgsearch::embed::preprocess::{self, DecodeLimits, ImageError, JpegScale, PreparedImage};
 
 const INPUT: imgsearch::embed::ModelInput = imgsearch::embed::EFFICIENTNET_LITE0.input;
 
@@ -153,4 +153,64 @@ fn heic_and_avif_are_refused_by_name() {
         let message = error.to_string();
         assert!(message.contains(family) && message.contains("convert it to JPEG"), "{message}");
     }
+}
+
+/// A large JPEG is decoded at a reduced DCT scale; its EXIF orientation must still be applied,
+/// and the result must match the upright picture decoded in full.
+#[test]
+fn a_large_jpeg_decoded_at_reduced_scale_is_still_turned_upright() {
+    let upright = image::imageops::resize(&upright(), 2400, 1600, image::imageops::FilterType::Nearest);
+    let reference = preprocess::prepare_at(
+        &encode_rgb(&upright, ImageFormat::Jpeg, None),
+        DecodeLimits::default(),
+        INPUT,
+        JpegScale::Full,
+    )
+    .expect("the upright picture prepares");
+    for orientation in [3u8, 6, 8] {
+        let stored = stored_for(orientation, &upright);
+        let tagged = encode_rgb(&stored, ImageFormat::Jpeg, Some(exif_orientation(u16::from(orientation))));
+        let prepared = prepare(&tagged).unwrap_or_else(|e| panic!("orientation {orientation}: {e}"));
+        assert_eq!((prepared.width, prepared.height), (2400, 1600), "orientation {orientation}: displayed size");
+        let difference = mean_difference(&prepared.tensor, &reference.tensor);
+        assert!(difference < 0.03, "orientation {orientation}: {difference} from the upright picture");
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// What decoding at a reduced scale costs in fidelity, checked on real photographs: the
+/// near-duplicate benchmark's originals (Debian's wallpaper photographs, 1920×1080 to
+/// 6000×4000, baseline and progressive) must embed as their full decode does.
+#[test]
+fn jpegs_decoded_at_reduced_scale_embed_like_their_full_decode_on_real_photos() {
+    let originals = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/near-duplicates/originals");
+    let mut photos: Vec<_> = std::fs::read_dir(&originals)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh --eval-data)", originals.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
+        .collect();
+    photos.sort();
+    assert!(photos.len() >= 30, "only {} JPEG photos in {}", photos.len(), originals.display());
+    let model = common::model();
+    let mut cosines = Vec::new();
+    for photo in &photos {
+        let bytes = std::fs::read(photo).expect("read a photo");
+        let at = |scale| {
+            preprocess::prepare_at(&bytes, DecodeLimits::default(), INPUT, scale)
+                .unwrap_or_else(|e| panic!("{}: {e}", photo.display()))
+        };
+        let (reduced, full) = (at(JpegScale::Reduced), at(JpegScale::Full));
+        assert_eq!((reduced.width, reduced.height), (full.width, full.height), "{}", photo.display());
+        let vectors = model.embed_batch(&[reduced, full]).expect("embeds");
+        let name = photo.file_name().unwrap_or_default().to_string_lossy().to_string();
+        cosines.push((cosine(&vectors[0], &vectors[1]), name));
+    }
+    cosines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!("lowest cosines, reduced vs full decode: {:?}", &cosines[..5]);
+    assert!(cosines[0].0 >= 0.99, "reduced decodes embed differently: {:?}", &cosines[..5]);
 }

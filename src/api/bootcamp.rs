@@ -204,6 +204,7 @@ async fn drop_collection(
         .map_err(|_| ApiError::Conflict("a load is running; drop the collection after it finishes".into()))?;
     let existed = state.ingestor.store.has_collection(&collection).await?;
     if existed {
+        state.forget_collection(&collection);
         state.ingestor.store.drop_collection(&collection).await?;
     }
     let rows = state.ingestor.catalog.delete_collection(&collection).await?;

@@ -452,7 +452,7 @@ async fn duplicates_report(
     let filter = ListFilter { status: Some(ImageStatus::Indexed), uri_prefix: None };
     let page = state.ingestor.catalog.list(&collection, &filter, after, limit).await?;
     let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
-    let mut vectors = state.ingestor.store.vectors(&collection, &ids).await?;
+    let mut vectors = state.forget_if_missing(&collection, state.ingestor.store.vectors(&collection, &ids).await)?;
     // Images catalogued but without a vector (an interrupted ingest) are skipped, not failed on.
     let examined: Vec<(&ImageRecord, Vec<f32>)> =
         page.iter().filter_map(|record| vectors.remove(&record.id).map(|vector| (record, vector))).collect();
@@ -745,7 +745,7 @@ async fn count(
     let Query(query) = query?;
     let collection = collection_or_default(&state, query.collection.as_deref())?;
     super::require_collection(&state, &collection).await?;
-    let count = state.ingestor.store.count(&collection).await?;
+    let count = state.forget_if_missing(&collection, state.ingestor.store.count(&collection).await)?;
     Ok(Json(CountResponse { collection, count }))
 }
 

@@ -7,6 +7,7 @@ use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use zune_core::bytestream::ZCursor;
 
 /// What a model's input looks like: a square RGB picture of `size` pixels a side, each channel
 /// scaled to [0, 1] and then normalised as `(value - mean) / std`, laid out CHW. The statistics
@@ -58,8 +59,29 @@ pub struct PreparedImage {
     pub tensor: Vec<f32>,
 }
 
-/// Formats decoded here, all by pure-Rust decoders (no C library parses untrusted bytes).
+/// Formats decoded here: JPEG pixels by libjpeg-turbo (see `decode_jpeg` for why), everything
+/// else by pure-Rust decoders.
 pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, GIF, BMP, TIFF";
+
+/// How large a JPEG is decoded. JPEG stores 8×8 blocks of frequencies, so a decoder can produce
+/// 1/2, 1/4 or 1/8 of the picture directly, skipping most of the inverse transform and colour
+/// conversion and all of the full-size buffer; a 12-megapixel phone photo then costs less than
+/// half (measured in docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegScale {
+    /// The smallest of 1/8, 1/4, 1/2 and full size whose shorter side is still at least
+    /// `REDUCED_MIN_SIDE_FACTOR` × the model's input side (what ingest, uploads and searches use).
+    #[default]
+    Reduced,
+    /// Every pixel (for comparisons: the reduced decode must embed the same).
+    Full,
+}
+
+/// Reduced decodes keep at least this many times the model's input on the shorter side, so
+/// the final resize still averages several decoded pixels into each input pixel. At 1× (what
+/// PIL's `draft` does) some photos embedded measurably differently from their full decode; see
+/// docs/benchmarks.md for the cosines at 1× and 2×.
+pub const REDUCED_MIN_SIDE_FACTOR: u32 = 2;
 
 /// Identifies the format from the bytes themselves; a file name or Content-Type header is never trusted.
 pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
@@ -104,6 +126,16 @@ pub fn mime_type(format: ImageFormat) -> &'static str {
 }
 
 pub fn prepare(bytes: &[u8], limits: DecodeLimits, input: ModelInput) -> Result<PreparedImage, ImageError> {
+    prepare_at(bytes, limits, input, JpegScale::Reduced)
+}
+
+/// `prepare`, choosing how large a JPEG is decoded.
+pub fn prepare_at(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    input: ModelInput,
+    scale: JpegScale,
+) -> Result<PreparedImage, ImageError> {
     let format = sniff_format(bytes)?;
     let format_name = format_name(format);
     let corrupt = |e: image::ImageError| ImageError::Corrupt { format: format_name, detail: e.to_string() };
@@ -113,7 +145,11 @@ pub fn prepare(bytes: &[u8], limits: DecodeLimits, input: ModelInput) -> Result<
     check_dimensions(width, height, limits)?;
 
     let (decoded, orientation) = if format == ImageFormat::Jpeg {
-        decode_jpeg(bytes, limits).map_err(|detail| ImageError::Corrupt { format: format_name, detail })?
+        let min_side = match scale {
+            JpegScale::Reduced => input.size.saturating_mul(REDUCED_MIN_SIDE_FACTOR),
+            JpegScale::Full => u32::MAX,
+        };
+        decode_jpeg(bytes, limits, min_side).map_err(|detail| ImageError::Corrupt { format: format_name, detail })?
     } else {
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         let mut decoder_limits = Limits::default();
@@ -145,31 +181,96 @@ fn displayed_size(width: u32, height: u32, orientation: Orientation) -> (u32, u3
     }
 }
 
-/// A JPEG straight to RGB with zune-jpeg (what `image` uses inside). Its lenient mode decodes
-/// what browsers and libjpeg decode (stray bytes between markers, damage mid-scan), but it also
-/// "decodes" a truncated file, the missing part grey; so a file whose last scan is not followed
-/// by an end-of-image marker is refused as truncated before decoding. Also returns the EXIF
-/// orientation the camera wrote (phones store pixels as the sensor saw them).
-fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<(DynamicImage, Orientation), String> {
-    use zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+/// A JPEG to RGB at the smallest DCT scale whose shorter side stays at least `min_side`, and
+/// the EXIF orientation the camera wrote (phones store pixels as the sensor saw them).
+///
+/// The pixels come from libjpeg-turbo, the one C decoder imgsearch runs on untrusted bytes:
+/// no pure-Rust decoder decodes at a reduced scale at a useful speed (jpeg-decoder's entropy
+/// decoding is slower than zune-jpeg's full decode; measured in docs/benchmarks.md), and on
+/// phone photos decoding is most of the cost of ingest. It is what browsers, Android and
+/// Pillow decode untrusted JPEGs with, fuzzed continuously by OSS-Fuzz; it is built from the
+/// source the `turbojpeg` crate pins and linked statically. Its input here is bounded: the
+/// canvas is checked against the limits before this runs, and a progressive file may have at
+/// most `MAX_SCANS` scans (a file of thousands of tiny scans costs minutes of CPU otherwise).
+///
+/// Both decoders are lenient, as browsers are (stray bytes between markers, damage mid-scan),
+/// which also means a truncated file "decodes" with the missing part grey; so a file whose last
+/// scan is not followed by an end-of-image marker is refused as truncated before decoding.
+/// CMYK and YCCK JPEGs (print files), which TurboJPEG cannot turn into RGB, are decoded in full
+/// by zune-jpeg; zune-jpeg also reads the EXIF block.
+fn decode_jpeg(bytes: &[u8], limits: DecodeLimits, min_side: u32) -> Result<(DynamicImage, Orientation), String> {
+    use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
     if !ends_after_last_scan(bytes) {
         return Err("the file is truncated (no end-of-image marker after the last scan)".to_string());
     }
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
+    let orientation = jpeg_orientation(bytes, limits);
+    let mut decompressor = Decompressor::new().map_err(|e| e.to_string())?;
+    let header = decompressor.read_header(bytes).map_err(|e| e.to_string())?;
+    if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
+        return Ok((decode_jpeg_in_full(bytes, limits)?, orientation));
+    }
+    // Lossless JPEGs (rare) have no DCT to scale.
+    let factor = [ScalingFactor::ONE_EIGHTH, ScalingFactor::ONE_QUARTER, ScalingFactor::ONE_HALF]
+        .into_iter()
+        .filter(|_| !header.is_lossless)
+        .find(|&factor| {
+            let scaled = header.scaled(factor);
+            scaled.width.min(scaled.height) >= min_side as usize
+        })
+        .unwrap_or(ScalingFactor::ONE);
+    let scaled = header.scaled(factor);
+    decompressor.set_scaling_factor(factor).map_err(|e| e.to_string())?;
+    decompressor.set_scan_limit(MAX_SCANS).map_err(|e| e.to_string())?;
+    let (width, height) = (
+        u32::try_from(scaled.width).map_err(|e| e.to_string())?,
+        u32::try_from(scaled.height).map_err(|e| e.to_string())?,
+    );
+    let mut image = turbojpeg::Image {
+        pixels: vec![0u8; 3 * scaled.width * scaled.height],
+        width: scaled.width,
+        pitch: 3 * scaled.width,
+        height: scaled.height,
+        format: PixelFormat::RGB,
+    };
+    decompressor.decompress(bytes, image.as_deref_mut()).map_err(|e| e.to_string())?;
+    let image = image::RgbImage::from_raw(width, height, image.pixels)
+        .ok_or_else(|| "decoded pixel buffer does not match the image size".to_string())?;
+    Ok((image.into(), orientation))
+}
+
+/// Scans a progressive JPEG may have. Encoders write about 10; libjpeg-turbo's documentation
+/// suggests a limit like this one for untrusted files.
+const MAX_SCANS: u32 = 500;
+
+/// The orientation in a JPEG's EXIF block, read by zune-jpeg from the headers alone. A file
+/// without one, or with a damaged one, is shown as stored.
+fn jpeg_orientation(bytes: &[u8], limits: DecodeLimits) -> Orientation {
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), zune_options(limits));
+    if decoder.decode_headers().is_err() {
+        return Orientation::NoTransforms;
+    }
+    decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif)).unwrap_or(Orientation::NoTransforms)
+}
+
+fn zune_options(limits: DecodeLimits) -> zune_core::options::DecoderOptions {
+    zune_core::options::DecoderOptions::default()
+        .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB)
         .set_strict_mode(false)
         .set_max_width(limits.max_dimension as usize)
-        .set_max_height(limits.max_dimension as usize);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        .set_max_height(limits.max_dimension as usize)
+}
+
+/// Every pixel of a JPEG, by zune-jpeg (pure Rust), for the colour spaces TurboJPEG cannot
+/// convert to RGB.
+fn decode_jpeg_in_full(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, String> {
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), zune_options(limits));
     let pixels = decoder.decode().map_err(|e| e.to_string())?;
     let (width, height) = decoder.dimensions().ok_or("the decoder reported no image size")?;
     let (width, height) =
         (u32::try_from(width).map_err(|e| e.to_string())?, u32::try_from(height).map_err(|e| e.to_string())?);
-    let orientation =
-        decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif)).unwrap_or(Orientation::NoTransforms);
     let image = image::RgbImage::from_raw(width, height, pixels)
         .ok_or_else(|| "decoded pixel buffer does not match the image size".to_string())?;
-    Ok((image.into(), orientation))
+    Ok(image.into())
 }
 
 /// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside scan
@@ -357,6 +458,42 @@ mod tests {
         for level in red_levels(&prepared.tensor) {
             assert!((level - 127.5).abs() < 40.0, "a pixel at level {level}, not averaged");
         }
+    }
+
+    #[test]
+    fn a_large_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_shorter_side() {
+        let image = image::RgbImage::from_fn(4000, 3000, |x, y| image::Rgb([(x / 16) as u8, (y / 12) as u8, 90]));
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, ImageFormat::Jpeg).expect("encoding a JPEG in memory");
+        let bytes = out.into_inner();
+        let decoded_size = |min_side| {
+            let (image, _) = decode_jpeg(&bytes, DecodeLimits::default(), min_side).expect("decodes");
+            (image.width(), image.height())
+        };
+        assert_eq!(decoded_size(448), (1000, 750), "1/4: 1/8 would leave 375 < 448");
+        assert_eq!(decoded_size(224), (500, 375), "1/8");
+        assert_eq!(decoded_size(800), (2000, 1500), "1/2");
+        assert_eq!(decoded_size(u32::MAX), (4000, 3000), "in full");
+        // And what `prepare` uses for the built-in model: twice its 224-pixel input.
+        assert_eq!(INPUT.size * REDUCED_MIN_SIDE_FACTOR, 448);
+    }
+
+    #[test]
+    fn a_cmyk_jpeg_which_turbojpeg_cannot_turn_into_rgb_is_decoded_in_full() {
+        // Print files: CMYK pixels stored as a YCCK JPEG. Plain ink (no black): cyan 0, magenta
+        // 255, yellow 255 is red on paper.
+        let (width, height) = (600usize, 500usize);
+        let cmyk: Vec<u8> = (0..width * height).flat_map(|_| [0u8, 255, 255, 0]).collect();
+        let image = turbojpeg::Image { pixels: &cmyk[..], width, pitch: 4 * width, height, format: turbojpeg::PixelFormat::CMYK };
+        let bytes = turbojpeg::Compressor::new()
+            .and_then(|mut compressor| compressor.compress_to_vec(image))
+            .expect("a CMYK JPEG in memory");
+        assert_eq!(turbojpeg::read_header(&bytes).expect("header").colorspace, turbojpeg::Colorspace::YCCK);
+        let prepared = prepare(&bytes, DecodeLimits::default(), INPUT).expect("a CMYK JPEG prepares");
+        assert_eq!((prepared.width, prepared.height), (600, 500));
+        // Whatever the ink convention, the picture is one flat colour, not noise.
+        let red = &prepared.tensor[..224 * 224];
+        assert!(red.iter().all(|v| (v - red[0]).abs() < 0.05), "not flat");
     }
 
     #[test]
