@@ -183,7 +183,9 @@ pub struct BatchArgs {
     /// more memory; see docs/benchmarks.md).
     #[arg(long, env = "IMGSEARCH_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: u16,
-    /// Threads decoding images while the model runs [default: half the cores, at least 1].
+    /// Threads decoding images while the model runs [default: one per core]. The model's
+    /// sessions wait for decoded images, so decoding gets every core it can use: on 12 MP
+    /// photos it is 80 % of the work (docs/benchmarks.md).
     #[arg(long, env = "IMGSEARCH_DECODE_WORKERS")]
     pub decode_workers: Option<usize>,
 }
@@ -195,7 +197,7 @@ impl BatchArgs {
 
     fn decode_workers(&self) -> usize {
         self.decode_workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1))
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 }
 

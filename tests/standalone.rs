@@ -8,87 +8,151 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+/// A running `imgsearch standalone`, its log read on a thread (so a silent process cannot
+/// block the test).
+struct Standalone {
+    child: std::process::Child,
+    log_lines: std::sync::mpsc::Receiver<String>,
+    /// Its log up to "is serving on".
+    log: String,
+    port: u16,
+}
+
+impl Standalone {
+    /// Starts it on `images` with `data` as its data directory and waits, at most two minutes,
+    /// until it serves.
+    fn start(images: &std::path::Path, data: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+            .args(["standalone", "--images"])
+            .arg(images)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "info")
+            // A pipe, not a terminal: the structured (JSON) log a pod would write.
+            .env("IMGSEARCH_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start imgsearch standalone");
+        let stderr = child.stderr.take().unwrap();
+        let (to_test, log_lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if to_test.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Ok(line) = log_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let serving = line.contains("is serving on");
+            log.push(line);
+            if serving {
+                break;
+            }
+        }
+        let log = log.join("\n");
+        assert!(log.contains("is serving on"), "standalone did not start serving:\n{log}");
+        Self { child, log_lines, log, port }
+    }
+
+    /// The Milvus Lite pid it reports.
+    fn milvus_lite_pid(&self) -> i32 {
+        self.log
+            .lines()
+            .find(|l| l.contains("Milvus Lite is listening"))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|entry| entry["fields"]["pid"].as_i64())
+            .and_then(|pid| i32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no Milvus Lite pid in the JSON log:\n{}", self.log))
+    }
+
+    /// Ctrl-C; waits (30 s at most) for it to exit cleanly and returns the rest of its log.
+    fn stop(mut self) -> String {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "imgsearch did not exit within 30 s of Ctrl-C");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // The rest of its log, until the pipe closes (bounded: a leftover child holding the
+        // pipe must not hang the test; the assertions then say what is missing).
+        let mut rest = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = self.log_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            rest.push(line);
+        }
+        let rest = rest.join("\n");
+        assert!(status.success(), "exit status {status}:\n{rest}");
+        rest
+    }
+}
+
 #[test]
-fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c() {
+fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c_and_a_second_run_keeps_the_data() {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
+    let data = work.path().join("data");
     std::fs::create_dir_all(&images).unwrap();
     for name in ["astronaut.jpg", "coffee.jpg"] {
         std::fs::copy(common::photo(name), images.join(name)).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .args(["standalone", "--images"])
-        .arg(&images)
-        .arg("--data-dir")
-        .arg(work.path().join("data"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "info")
-        // A pipe, not a terminal: the structured (JSON) log a pod would write.
-        .env("IMGSEARCH_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start imgsearch standalone");
-
-    // Read its log (on a thread, so a silent process cannot block the test) until it says it
-    // serves, for at most two minutes; remember the Milvus Lite pid it reports.
-    let stderr = child.stderr.take().unwrap();
-    let (to_test, log_lines) = std::sync::mpsc::channel::<String>();
-    let drain = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if to_test.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while let Ok(line) = log_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let serving = line.contains("is serving on");
-        log.push(line);
-        if serving {
-            break;
-        }
-    }
-    let text = log.join("\n");
-    assert!(text.contains("is serving on"), "standalone did not start serving:\n{text}");
-    assert!(text.contains("2 indexed"), "the folder was not ingested:\n{text}");
-    let lite_pid: i32 = text
-        .lines()
-        .find(|l| l.contains("Milvus Lite is listening"))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|entry| entry["fields"]["pid"].as_i64())
-        .and_then(|pid| i32::try_from(pid).ok())
-        .unwrap_or_else(|| panic!("no Milvus Lite pid in the JSON log:\n{text}"));
-
-    let count = http_get(port, "/v1/count");
+    let first = Standalone::start(&images, &data);
+    assert!(first.log.contains("2 indexed"), "the folder was not ingested:\n{}", first.log);
+    let lite_pid = first.milvus_lite_pid();
+    let count = http_get(first.port, "/v1/count");
     assert!(count.starts_with("HTTP/1.1 200") && count.contains("\"count\":2"), "{count}");
+    // An upload: not in the folder, so only the data directory keeps it.
+    let upload = http_upload(first.port, "/v1/images", &std::fs::read(common::photo("rocket.jpg")).unwrap());
+    assert!(upload.starts_with("HTTP/1.1 201"), "{upload}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "imgsearch did not exit within 30 s of Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // The rest of its log, until the pipe closes (bounded: a leftover child holding the pipe
-    // must not hang the test; the assertions below then say what is missing).
-    let mut rest = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Ok(line) = log_lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        rest.push(line);
-    }
-    drop(drain); // detached: it ends with the pipe
-    let rest = rest.join("\n");
-    assert!(status.success(), "exit status {status}:\n{rest}");
+    let rest = first.stop();
     assert!(rest.contains("Milvus Lite stopped"), "{rest}");
     let lite_alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lite_pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{lite_pid}/stat")).unwrap_or_default().contains(") Z ");
     assert!(!lite_alive, "Milvus Lite (pid {lite_pid}) outlived imgsearch");
+
+    // The second run on the same data directory: the folder is unchanged (nothing embedded
+    // again), the upload is still there, and a search finds it.
+    let second = Standalone::start(&images, &data);
+    assert!(second.log.contains("0 indexed, 2 unchanged"), "the second run re-embedded the folder:\n{}", second.log);
+    let count = http_get(second.port, "/v1/count");
+    assert!(count.contains("\"count\":3"), "the second run lost data: {count}");
+    let found = http_upload(second.port, "/v1/search?top_k=1", &std::fs::read(common::photo("rocket.jpg")).unwrap());
+    assert!(found.starts_with("HTTP/1.1 200") && found.contains("\"score\":"), "{found}");
+    let listing = http_get(second.port, "/v1/images?limit=10");
+    assert!(listing.contains("astronaut.jpg") && listing.contains("coffee.jpg"), "{listing}");
+    second.stop();
+}
+
+/// POSTs `bytes` as the `image` field of a multipart form; the raw answer.
+fn http_upload(port: u16, path: &str, bytes: &[u8]) -> String {
+    let boundary = "imgsearch-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut stream, &body).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("an answer within 60 s");
+    answer
 }
 
 /// Kubernetes sends SIGTERM and waits: the server keeps answering for its drain time with

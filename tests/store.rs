@@ -244,3 +244,50 @@ async fn range_walks_and_the_milvus_catalog_see_every_row_once_on_every_server()
         store.drop_collection(&collection).await.unwrap();
     }
 }
+
+/// A Milvus that stops answering without closing anything (a hung server, packets dropped by a
+/// firewall) must cost a call its patience, not forever: every call is bounded, and the error
+/// names the server, the call and the collection.
+#[tokio::test]
+async fn a_milvus_that_silently_stops_answering_fails_each_call_within_its_patience_on_every_server() {
+    for (name, uri) in servers() {
+        let upstream = uri.trim_start_matches("http://").to_string();
+        let hole = common::outage::Outage::forward_to(upstream).await;
+        let store = MilvusStore::connect(&hole.uri(), None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        store.set_patience(std::time::Duration::from_secs(2));
+        let collection = common::unique_collection("hole");
+        store.ensure_collection(&collection, DIMENSION, &IndexSpec::default()).await.unwrap();
+        store.upsert(&collection, &[row(1, 1)]).await.unwrap();
+        assert_eq!(store.count(&collection).await.unwrap(), 1, "{name}");
+
+        hole.black_hole();
+        for call in ["count", "search", "upsert"] {
+            let started = std::time::Instant::now();
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                match call {
+                    "count" => store.count(&collection).await.map(|_| ()),
+                    "search" => store.search(&collection, vector(1), 1, &IndexSpec::default()).await.map(|_| ()),
+                    _ => store.upsert(&collection, &[row(2, 2)]).await,
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{name}: {call} against a black hole was still waiting after 60 s"));
+            let error = outcome.expect_err("nothing answers, so the call cannot succeed");
+            let elapsed = started.elapsed();
+            let message = error.to_string();
+            assert!(
+                matches!(error, StoreError::Unanswered { .. } | StoreError::Milvus { .. }),
+                "{name}: {call}: {error:?}"
+            );
+            assert!(message.contains(&hole.uri()) && message.contains(&collection), "{name}: {call}: {message}");
+            // Patience 2 s, plus the outer bound's 2 s of slack: well under the SDK's minutes.
+            assert!(elapsed < std::time::Duration::from_secs(20), "{name}: {call} took {elapsed:?}");
+        }
+
+        // Back: a new connection works again, and nothing was written meanwhile.
+        hole.restore();
+        let fresh = MilvusStore::connect(&uri, None).await.unwrap();
+        assert_eq!(fresh.count(&collection).await.unwrap(), 1, "{name}: the swallowed upsert must not have landed");
+        fresh.drop_collection(&collection).await.unwrap();
+    }
+}

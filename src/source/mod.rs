@@ -275,6 +275,22 @@ mod tests {
 
 #[cfg(test)]
 mod shard_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any URIs, any shard count: each URI belongs to exactly one shard.
+        #[test]
+        fn every_uri_belongs_to_exactly_one_shard(uris in prop::collection::vec(any::<String>(), 1..40), count in 1u32..24) {
+            let shards: Vec<Shard> = (0..count).map(|i| Shard::new(i, count).expect("valid shard")).collect();
+            for uri in &uris {
+                let owners = shards.iter().filter(|shard| shard.contains(uri)).count();
+                prop_assert_eq!(owners, 1, "{:?} in {} shards", uri, count);
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

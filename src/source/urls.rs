@@ -375,6 +375,69 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Every way to write an internal address in a URL is refused: generated addresses in each
+/// internal IPv4 range, in every textual form the URL parser turns into that address and in
+/// every IPv6 form that carries it.
+#[cfg(test)]
+mod address_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An address in one of the internal IPv4 ranges.
+    fn internal_v4() -> impl Strategy<Value = Ipv4Addr> {
+        let ranges: [(u32, u8); 8] = [
+            (0x7F00_0000, 8),  // loopback
+            (0x0A00_0000, 8),  // private
+            (0xAC10_0000, 12), // private
+            (0xC0A8_0000, 16), // private
+            (0xA9FE_0000, 16), // link-local, cloud metadata
+            (0x6440_0000, 10), // carrier-grade NAT
+            (0x0000_0000, 8),  // "this network"
+            (0xF000_0000, 4),  // reserved, broadcast
+        ];
+        (0..ranges.len(), any::<u32>()).prop_map(move |(which, bits)| {
+            let (network, length) = ranges[which];
+            Ipv4Addr::from(network | (bits >> length))
+        })
+    }
+
+    /// URL hosts that mean `ip`: dotted, one decimal number, hex, octal, and IPv6 forms.
+    fn spellings(ip: Ipv4Addr) -> Vec<String> {
+        let [a, b, c, d] = ip.octets();
+        let number = u32::from(ip);
+        let mapped = ip.to_ipv6_mapped();
+        let segments = mapped.segments();
+        vec![
+            ip.to_string(),
+            number.to_string(),
+            format!("0x{number:x}"),
+            format!("0{a:o}.0{b:o}.0{c:o}.0{d:o}"),
+            format!("0x{a:x}.0x{b:x}.0x{c:x}.0x{d:x}"),
+            format!("{a}.{}", (u32::from(b) << 16) | (u32::from(c) << 8) | u32::from(d)),
+            format!("[{mapped}]"),
+            format!("[::ffff:{ip}]"),
+            format!("[::{ip}]"),
+            format!("[2002:{:x}:{:x}::1]", segments[6], segments[7]),
+            format!("[64:ff9b::{ip}]"),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn every_spelling_of_an_internal_address_is_refused(ip in internal_v4(), port in 1u16..) {
+            let allowed = AllowedNetworks::default();
+            for host in spellings(ip) {
+                let text = format!("http://{host}:{port}/photo.jpg");
+                // A spelling the URL parser refuses cannot be fetched either.
+                let Ok(url) = Url::parse(&text) else { continue };
+                prop_assert!(check_literal_host(&url, &allowed).is_err(), "{} ({}) was not refused", text, ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -727,6 +727,70 @@ fn is_missing_index(error: &milvus::v2::error::Error) -> bool {
     text.contains("index not found") || text.contains("no index on collection") || text.contains("code=700")
 }
 
+/// Properties of the prefix filter, over generated strings rich in what breaks such code:
+/// quotes, backslashes, wildcard characters, the last code point and the surrogate gap's edges.
+#[cfg(test)]
+mod prefix_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        let tricky = prop_oneof![
+            Just('/'),
+            Just('"'),
+            Just('\\'),
+            Just('%'),
+            Just('_'),
+            Just('a'),
+            Just('\u{7F}'),
+            Just('\u{D7FF}'),
+            Just('\u{E000}'),
+            Just('\u{FFFF}'),
+            Just(char::MAX),
+        ];
+        prop::collection::vec(prop_oneof![any::<char>(), tricky], 0..6).prop_map(String::from_iter)
+    }
+
+    /// Reads a Milvus string literal back the way its parser does: `\x` is `x`, an unescaped
+    /// `"` ends it. `None` if it does not end exactly at its last byte.
+    fn read_literal(literal: &str) -> Option<String> {
+        let mut chars = literal.strip_prefix('"')?.chars();
+        let mut text = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => text.push(chars.next()?),
+                '"' => return chars.next().is_none().then_some(text),
+                c => text.push(c),
+            }
+        }
+        None
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `uri >= p and uri < successor(p)` (Milvus compares VARCHAR bytewise, as Rust
+        /// compares `str`) holds a string exactly when it starts with `p`.
+        #[test]
+        fn the_prefix_range_holds_exactly_the_strings_that_start_with_the_prefix(
+            prefix in text(), rest in text(), other in text()
+        ) {
+            let upper = prefix_successor(&prefix);
+            for candidate in [format!("{prefix}{rest}"), other.clone(), format!("{other}{prefix}")] {
+                let in_range = candidate >= prefix && upper.as_ref().is_none_or(|upper| candidate < *upper);
+                prop_assert_eq!(in_range, candidate.starts_with(&prefix), "{:?} with prefix {:?}", candidate, prefix);
+            }
+        }
+
+        /// A literal reads back as the text it was made from and cannot end early, whatever
+        /// quotes and backslashes the text holds.
+        #[test]
+        fn a_string_literal_reads_back_as_its_text_and_cannot_be_escaped(text in text()) {
+            prop_assert_eq!(read_literal(&string_literal(&text)), Some(text));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

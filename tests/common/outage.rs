@@ -1,5 +1,7 @@
 //! A loopback TCP forwarder that a test can cut and restore: a real network outage between a
-//! client and a real server (the shared Milvus), without stopping the server others use.
+//! client and a real server (the shared Milvus), without stopping the server others use. It can
+//! also turn into a black hole: connections stay open and bytes are taken, but nothing comes
+//! back (a server that hangs, or a firewall that drops packets), which no reset announces.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ pub struct Outage {
     /// Bytes clients have sent through, so a test can cut in the middle of a write by what
     /// has been sent rather than by the clock.
     sent: Arc<std::sync::atomic::AtomicU64>,
+    /// While set, bytes in both directions are read and thrown away.
+    hole: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,6 +31,8 @@ impl Outage {
         let accepting = up.clone();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = sent.clone();
+        let hole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swallowing = hole.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !*accepting.borrow() {
@@ -36,15 +42,18 @@ impl Outage {
                 let mut state = accepting.subscribe();
                 let upstream = upstream.clone();
                 let counted = counted.clone();
+                let swallowing = swallowing.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else { return };
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
+                    let swallowed = || swallowing.load(std::sync::atomic::Ordering::Relaxed);
                     let upward = async {
                         let mut buffer = vec![0u8; 16 * 1024];
                         loop {
                             match client_read.read(&mut buffer).await {
                                 Ok(0) | Err(_) => break,
+                                Ok(_) if swallowed() => {}
                                 Ok(n) => {
                                     counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                                     if server_write.write_all(&buffer[..n]).await.is_err() {
@@ -54,7 +63,20 @@ impl Outage {
                             }
                         }
                     };
-                    let downward = tokio::io::copy(&mut server_read, &mut client_write);
+                    let downward = async {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            match server_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) if swallowed() => {}
+                                Ok(n) => {
+                                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
                         _ = async { tokio::join!(upward, downward) } => {}
                         _ = state.wait_for(|up| !*up) => {} // cut: both sides are dropped
@@ -62,7 +84,7 @@ impl Outage {
                 });
             }
         });
-        Self { address, up, sent, task }
+        Self { address, up, sent, hole, task }
     }
 
     pub fn uri(&self) -> String {
@@ -80,7 +102,13 @@ impl Outage {
     }
 
     pub fn restore(&self) {
+        self.hole.store(false, std::sync::atomic::Ordering::Relaxed);
         self.up.send_replace(true);
+    }
+
+    /// Keeps every connection open and accepts new ones, but nothing reaches either side.
+    pub fn black_hole(&self) {
+        self.hole.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
