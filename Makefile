@@ -36,7 +36,8 @@ bench-ingest:
 	scripts/milvus-lite.sh cargo bench --locked --bench ingest
 
 # 100,000 vectors in Milvus 2.3.5, the release server loaded at concurrency 1, 4 and 32.
-bench-search: setup
+bench-search:
+	scripts/setup.sh --eval-data
 	scripts/milvus-server.sh cargo bench --locked --bench search
 
 clean:

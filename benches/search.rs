@@ -7,7 +7,9 @@
 //!    in this process, with the session settings `serve` uses (one session on every core);
 //! 3. the release `imgsearch serve` as its own process, loaded from this one over loopback:
 //!    `POST /v1/search` with a real photo (top_k 10) by 1, 4 and 32 concurrent clients, then a
-//!    sustained minute at 4, while the server's RSS is sampled from /proc;
+//!    sustained minute at 4, while the server's RSS is sampled from /proc; then 12-megapixel
+//!    phone photos (made by `scripts/make_phone_corpus.py`) at concurrency 1 against their own
+//!    model-alone baseline;
 //!
 //! and prints a table: p50/p99 latency, throughput, errors (503s, which the server sends on
 //! purpose when its inference queue is full, apart), and RSS along the run, with the issue's
@@ -33,6 +35,8 @@ const LEVELS: [(usize, Duration); 3] =
     [(1, Duration::from_secs(20)), (4, Duration::from_secs(20)), (32, Duration::from_secs(20))];
 const SUSTAINED: (usize, Duration) = (4, Duration::from_secs(60));
 const TOP_K: &str = "10";
+const PHONE_LEVEL: Duration = Duration::from_secs(20);
+const PHONE_QUERIES: usize = 16;
 
 fn main() {
     // `cargo test --all-targets` runs bench targets too, without `--bench`.
@@ -51,6 +55,7 @@ async fn run() {
         .expect("IMGSEARCH_TEST_MILVUS_SERVER_URI is not set: run `make bench-search` (it starts Milvus 2.3.5)");
     let photos_dir = root.join("data/sample/photos");
     let queries = query_photos(&photos_dir);
+    let phone_queries = phone_query_photos(root);
     let work = tempfile::tempdir().expect("temp dir");
     let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
     let collection = format!("bench_search_{}", std::process::id());
@@ -120,6 +125,15 @@ async fn run() {
         }
     }
     let baseline = percentile(&mut model_ms, 0.5);
+    let mut phone_ms = Vec::new();
+    for _ in 0..3 {
+        for (_, bytes) in &phone_queries {
+            let started = Instant::now();
+            model.embed_bytes(bytes, DecodeLimits::default()).expect("embed a phone photo");
+            phone_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let phone_baseline = percentile(&mut phone_ms, 0.5);
     // Milvus alone, for the record: the search the server does, from this process.
     let probe = model.embed_bytes(&queries[0].1, DecodeLimits::default()).expect("embed").1;
     let mut milvus_ms = Vec::new();
@@ -173,6 +187,10 @@ async fn run() {
     let sustained = load(&client, &base, &queries, concurrency, duration).await;
     let after_sustained = rss.now_mib();
     eprintln!("3. sustained, concurrency {concurrency}: {}", sustained.summary());
+    let phone_queries = Arc::new(phone_queries);
+    let phone = load(&client, &base, &phone_queries, 1, PHONE_LEVEL).await;
+    let after_phone = rss.now_mib();
+    eprintln!("3. 12 MP queries, concurrency 1: {}", phone.summary());
     let peak = rss.peak_mib();
     server.kill().ok();
     server.wait().ok();
@@ -204,6 +222,12 @@ async fn run() {
         SUSTAINED.1.as_secs(),
         sustained.row(after_sustained)
     );
+    println!("| baseline, 12 MP phone photo: model alone, decode + one inference | | | {phone_baseline:.1} ms | | | | |");
+    println!(
+        "| `POST /v1/search` with 12 MP phone photos, concurrency 1 ({} s) | {} |",
+        PHONE_LEVEL.as_secs(),
+        phone.row(after_phone)
+    );
     println!();
     let p50_c1 = rows[0].2.p50;
     println!(
@@ -211,10 +235,36 @@ async fn run() {
         p50_c1 / baseline,
         if p50_c1 <= target { "met" } else { "NOT met" }
     );
+    let phone_target = 1.2 * phone_baseline + 10.0;
+    println!(
+        "p50 at concurrency 1, 12 MP queries: {:.1} ms = {:.2} × their baseline; target ≤ 1.2 × {phone_baseline:.1} + 10 = {phone_target:.1} ms: {}",
+        phone.p50,
+        phone.p50 / phone_baseline,
+        if phone.p50 <= phone_target { "met" } else { "NOT met" }
+    );
     println!(
         "server RSS: peak {peak:.0} MiB; {before_sustained:.0} MiB before the sustained minute, {after_sustained:.0} MiB after ({:+.1} %)",
         (after_sustained / before_sustained - 1.0) * 100.0
     );
+}
+
+/// 16 phone-size JPEGs (4032×3024, 2 of them portrait by EXIF), made once by
+/// `scripts/make_phone_corpus.py` from the near-duplicate benchmark's photographs.
+fn phone_query_photos(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = root.join("target/bench-queries-phone");
+    if std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) < PHONE_QUERIES {
+        let status = std::process::Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("scripts/make_phone_corpus.py"))
+            .arg("--photos")
+            .arg(root.join("data/near-duplicates/originals"))
+            .arg("--out")
+            .arg(&dir)
+            .args(["--count", &PHONE_QUERIES.to_string()])
+            .status()
+            .expect("run scripts/make_phone_corpus.py");
+        assert!(status.success(), "scripts/make_phone_corpus.py failed");
+    }
+    query_photos(&dir)
 }
 
 fn query_photos(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

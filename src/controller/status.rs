@@ -818,6 +818,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_ingest_with_search_serving_is_degraded_and_without_it_failed() {
+        let failed =
+            || IngestObservation::Failed { job: "j".into(), message: "Job has reached the specified backoff limit".into() };
+        let serving = compute(&observed(MilvusObservation::Ready { rows: 3 }, failed(), 2), None, time(1));
+        assert_eq!(serving.phase, Some(Phase::Degraded), "what was indexed before is still searchable");
+        let ingested = get(&serving, INGESTED);
+        assert_eq!(ingested.status, "False");
+        assert!(ingested.message.contains("backoff limit"), "{}", ingested.message);
+        assert_eq!((get(&serving, READY).status.as_str(), get(&serving, STALLED).status.as_str()), ("True", "True"));
+        let events = transitions(None, &serving);
+        assert!(
+            events.iter().any(|(kind, reason, note)| *kind == kube::runtime::events::EventType::Warning && reason == "IngestFailed" && note.contains("backoff")),
+            "{events:?}"
+        );
+
+        let down = compute(&observed(MilvusObservation::Ready { rows: 3 }, failed(), 0), None, time(1));
+        assert_eq!(down.phase, Some(Phase::Failed), "nothing serves and nothing ingests");
+    }
+
+    #[test]
     fn an_unreachable_milvus_is_stalled_with_its_reason() {
         let failed = MilvusObservation::Failed {
             reason: "MilvusUnavailable",
