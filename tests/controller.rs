@@ -332,22 +332,50 @@ async fn a_spec_that_would_replace_an_existing_collection_is_refused_with_a_cond
 }
 
 #[tokio::test]
-async fn deleting_with_retain_keeps_the_milvus_collection() {
+async fn deleting_with_retain_keeps_the_milvus_collection_and_the_catalog_rows() {
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
     let controller = start_controller(&client);
     let collection = common::unique_collection("retain");
+    // A catalog with rows of this collection, through the Secret the controller would read to
+    // delete them under `Delete`.
+    let work = tempfile::tempdir().unwrap();
+    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
+    let catalog = imgsearch::catalog::Catalog::open(&catalog_url).await.unwrap();
+    let rows: Vec<imgsearch::catalog::NewImage> = (0..3)
+        .map(|i| imgsearch::catalog::NewImage {
+            uri: format!("/photos/{i}.jpg"),
+            content_hash: format!("{i:064x}"),
+            size_bytes: 10,
+            width: 4,
+            height: 3,
+        })
+        .collect();
+    let ids = catalog.reserve(&collection, &rows).await.unwrap();
+    catalog.mark_indexed(&ids).await.unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": catalog_url }
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), "shop").create(&PostParams::default(), &secret).await.unwrap();
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
-    let object = photos_collection("kept", common::milvus_uri(), &collection, "Retain");
+    let mut object = photos_collection("kept", common::milvus_uri(), &collection, "Retain");
+    object.spec.catalog = Some(serde_json::from_value(json!({ "secretRef": { "name": "catalog" } })).unwrap());
     api.create(&PostParams::default(), &object).await.unwrap();
-    eventually("a status", || server.object(COLLECTIONS, "shop", "kept")?["status"]["phase"].as_str().map(|_| ()))
-        .await;
+    eventually("the collection to be ready", || {
+        let object = server.object(COLLECTIONS, "shop", "kept")?;
+        (condition(&object, "CollectionReady")?.0 == "True").then_some(())
+    })
+    .await;
     delete_and_wait(&api, &server, "kept").await;
     assert!(server.object("apps/v1/deployments", "shop", "kept-search").is_none(), "children go with it");
 
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
     assert!(milvus.has_collection(&collection).await.unwrap(), "Retain keeps the collection");
+    let indexed = catalog.count(&collection, imgsearch::catalog::ImageStatus::Indexed).await.unwrap();
+    assert_eq!(indexed, 3, "Retain keeps the catalog rows");
     controller.abort();
     milvus.drop_collection(&collection).await.unwrap();
 }
@@ -484,15 +512,18 @@ async fn a_schedule_becomes_a_rescan_cronjob_that_goes_when_the_schedule_does() 
     controller.abort();
 }
 
-#[tokio::test]
+// Two worker threads: on one, a long reconcile pass of the leader (Milvus calls, status
+// writes) could hold off its own lease renewal on a loaded machine and hand the lease over
+// mid-test. The lease is client-go's 15 s / 10 s / 2 s, three times faster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
     let lease = |identity: &str| LeaseSettings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1200),
-        retry_every: Duration::from_millis(200),
+        lease_duration: Duration::from_secs(5),
+        renew_deadline: Duration::from_millis(3300),
+        retry_every: Duration::from_millis(600),
         ..LeaseSettings::new("imgsearch-system", "imgsearch-controller", identity)
     };
     let holder = |server: &FakeApiServer| {
@@ -534,7 +565,9 @@ async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_di
     second_task.abort();
 }
 
-#[tokio::test]
+// Two worker threads, for the same reason as above: the timings under test are the lease's,
+// not the scheduler's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_lease_outage_the_old_leader_stops_before_a_standby_starts() {
     imgsearch::telemetry::init();
     let (server, address, _task) = FakeApiServer::start().await;
@@ -802,5 +835,63 @@ async fn a_milvus_secret_is_sent_only_to_the_address_the_secret_names() {
     assert!(deployment.to_string().contains("milvus-token"), "its pods read the token through secretKeyRef");
     delete_and_wait(&api, &server, "bound").await;
     delete_and_wait(&api, &server, "exfil").await;
+    controller.abort();
+}
+
+#[tokio::test]
+async fn a_missing_or_keyless_milvus_secret_is_secret_invalid_and_fixing_it_recovers() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let collection = common::unique_collection("secret");
+    let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
+    let object = ImageCollection::new(
+        "credentials",
+        spec(json!({
+            "milvus": { "uri": common::milvus_uri(), "secretRef": { "name": "milvus-login" } },
+            "collectionName": collection,
+            "source": { "pvc": { "claimName": "photos" } },
+            "deletionPolicy": "Delete"
+        })),
+    );
+    api.create(&PostParams::default(), &object).await.unwrap();
+    let message_when = |what: &'static str, wanted: &'static str| {
+        let server = server.clone();
+        async move {
+            eventually(what, || {
+                let object = server.object(COLLECTIONS, "shop", "credentials")?;
+                let ready = object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "CollectionReady")?;
+                (ready["reason"] == "SecretInvalid" && ready["message"].as_str()?.contains(wanted))
+                    .then(|| ready["message"].as_str().unwrap_or_default().to_string())
+            })
+            .await
+        }
+    };
+    let missing = message_when("SecretInvalid for a missing Secret", "not found").await;
+    assert!(missing.contains("milvus-login") && missing.contains("spec.milvus.secretRef"), "{missing}");
+
+    // The Secret appears, bound to this address, but without credentials in it.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, "shop");
+    let keyless: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "milvus-login", "annotations": { "imgsearch.io/milvus-uri": common::milvus_uri() } },
+        "stringData": { "user": "root" }
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &keyless).await.unwrap();
+    let keyless = message_when("SecretInvalid for a Secret without credentials", "needs a `token` key").await;
+    assert!(keyless.contains("username") && keyless.contains("password"), "{keyless}");
+    let warned = server.objects("events.k8s.io/v1/events").into_iter().any(|e| e["reason"] == "SecretInvalid");
+    assert!(warned, "a SecretInvalid Warning Event");
+
+    // Fixed: username and password, and the collection comes up.
+    let fixed = json!({ "stringData": { "username": "root", "password": "Milvus" } });
+    secrets.patch("milvus-login", &PatchParams::default(), &Patch::Merge(&fixed)).await.unwrap();
+    eventually("CollectionReady once the Secret holds credentials", || {
+        let object = server.object(COLLECTIONS, "shop", "credentials")?;
+        (condition(&object, "CollectionReady")?.0 == "True").then_some(())
+    })
+    .await;
+    delete_and_wait(&api, &server, "credentials").await;
     controller.abort();
 }

@@ -99,12 +99,21 @@ fn fashion_folder(work: &Path) -> std::path::PathBuf {
     folder
 }
 
+/// On every catalog backend: each commits its own way (SQLite's file lock, PostgreSQL's and
+/// MariaDB's transactions on a server that outlives the killed client).
 #[tokio::test]
-async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image() {
+async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image_on_every_catalog() {
+    for backend in common::databases::BACKENDS {
+        let database = common::databases::fresh_database(backend, "resume").await;
+        killed_and_rerun(&database.url).await;
+    }
+}
+
+async fn killed_and_rerun(catalog_url: &str) {
+    let catalog_url = catalog_url.to_string();
     let work = tempfile::tempdir().unwrap();
     let folder = fashion_folder(work.path());
     let collection = common::unique_collection("resume");
-    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
     let catalog = Catalog::open(&catalog_url).await.unwrap();
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
     let total = IMAGES as i64;
@@ -122,7 +131,7 @@ async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image() {
             break;
         }
     }
-    assert!(hit_the_window, "no kill landed between a reservation and its indexed mark");
+    assert!(hit_the_window, "{catalog_url}: no kill landed between a reservation and its indexed mark");
 
     // 2. and 3. Later in the run, wherever the process happens to be.
     for fraction in [3, 2] {
@@ -144,7 +153,7 @@ async fn killed_at_any_point_and_rerun_it_ends_with_one_vector_per_image() {
     assert_eq!(report["indexed"].as_u64().unwrap() + skipped, IMAGES as u64);
 
     let end = counts(&catalog, &milvus, &collection).await;
-    assert_eq!((end.indexed, end.pending, end.vectors), (total, 0, IMAGES as u64), "one vector per image");
+    assert_eq!((end.indexed, end.pending, end.vectors), (total, 0, IMAGES as u64), "{catalog_url}: one vector per image");
     milvus.drop_collection(&collection).await.unwrap();
 }
 

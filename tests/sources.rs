@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -206,7 +206,8 @@ async fn a_bucket_that_goes_away_mid_run_stops_the_run_without_marking_images_fa
 /// A small image server with the ways a URL can go wrong.
 #[derive(Clone)]
 struct Site {
-    flaky_is_down: Arc<AtomicBool>,
+    /// 0 while `/flaky.jpg` serves its image; otherwise the status it answers instead.
+    flaky_status: Arc<AtomicU16>,
     port: u16,
 }
 
@@ -224,17 +225,16 @@ async fn chain(UrlPath(n): UrlPath<u32>) -> Redirect {
 
 async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let site = Site { flaky_is_down: Arc::new(AtomicBool::new(false)), port: listener.local_addr().unwrap().port() };
+    let site = Site { flaky_status: Arc::new(AtomicU16::new(0)), port: listener.local_addr().unwrap().port() };
     let app = Router::new()
         .route("/img/{name}", get(serve_image))
         .route("/moved/moon", get(|| async { Redirect::temporary("/img/moon.jpg") }))
         .route(
             "/flaky.jpg",
             get(|State(site): State<Site>| async move {
-                if site.flaky_is_down.load(Ordering::SeqCst) {
-                    StatusCode::SERVICE_UNAVAILABLE.into_response()
-                } else {
-                    serve_image(UrlPath("camera.jpg".into())).await
+                match StatusCode::from_u16(site.flaky_status.load(Ordering::SeqCst)) {
+                    Ok(status) => status.into_response(),
+                    Err(_) => serve_image(UrlPath("camera.jpg".into())).await,
                 }
             }),
         )
@@ -362,13 +362,18 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
     assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(response.headers()[header::LOCATION], url("/moved/moon").as_str());
 
-    // A server error is "not now", not "never": the image keeps its vector and stays indexed.
-    site.flaky_is_down.store(true, Ordering::SeqCst);
-    let rerun = ingest(work.path(), &collection, &args).await;
-    assert!(failure_reason(&rerun.report, &url("/flaky.jpg")).contains("HTTP 503"), "{}", rerun.report);
-    let flaky = catalog.find(&collection, &url("/flaky.jpg")).await.unwrap().expect("still catalogued");
-    assert_eq!(flaky.status, ImageStatus::Indexed);
-    assert_eq!(store.count(&collection).await.unwrap(), good.len() as u64);
+    // A server error, a login wall, a timeout or a rate limit is "not now", not "never": the
+    // image keeps its vector and stays indexed.
+    for status in [503u16, 401, 403, 408, 429] {
+        site.flaky_status.store(status, Ordering::SeqCst);
+        let rerun = ingest(work.path(), &collection, &args).await;
+        let reason = failure_reason(&rerun.report, &url("/flaky.jpg"));
+        assert!(reason.contains(&format!("HTTP {status}")), "{status}: {reason}; {}", rerun.report);
+        let flaky = catalog.find(&collection, &url("/flaky.jpg")).await.unwrap().expect("still catalogued");
+        assert_eq!(flaky.status, ImageStatus::Indexed, "HTTP {status} kept the indexed copy");
+        assert_eq!(store.count(&collection).await.unwrap(), good.len() as u64, "HTTP {status}: vectors kept");
+    }
+    site.flaky_status.store(0, Ordering::SeqCst);
 
     // Without the explicit allowance, the same server is out of reach.
     let one = work.path().join("one.txt");
