@@ -102,6 +102,21 @@ struct Outage {
     resource: String,
     verbs: Vec<String>,
     until: std::time::Instant,
+    fault: Fault,
+}
+
+/// What the server answers instead of serving a request, as kube-apiserver does under load or
+/// trouble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 503: etcd unreachable, the server shutting down.
+    Unavailable,
+    /// 500: an admission webhook or storage error.
+    Internal,
+    /// 429 with `Retry-After: 1`: API Priority and Fairness shedding load.
+    TooManyRequests,
+    /// 409: another writer changed the object first.
+    Conflict,
 }
 
 /// Where a request points: `/api/v1/...` or `/apis/{group}/{version}/...`.
@@ -192,19 +207,25 @@ impl FakeApiServer {
     /// Answers 503 Service Unavailable to `verbs` on `resource` (e.g. "leases") for `duration`,
     /// as kube-apiserver does while etcd is unreachable.
     pub fn unavailable(&self, resource: &str, verbs: &[&str], duration: Duration) {
+        self.fault(resource, verbs, Fault::Unavailable, duration);
+    }
+
+    /// Answers `fault` to `verbs` on `resource` for `duration`.
+    pub fn fault(&self, resource: &str, verbs: &[&str], fault: Fault, duration: Duration) {
         let outage = Outage {
             resource: resource.into(),
             verbs: verbs.iter().map(|v| v.to_string()).collect(),
             until: std::time::Instant::now() + duration,
+            fault,
         };
         self.outages.lock().unwrap_or_else(|p| p.into_inner()).push(outage);
     }
 
-    fn in_outage(&self, resource: &str, verb: &str) -> bool {
+    fn in_outage(&self, resource: &str, verb: &str) -> Option<Fault> {
         let now = std::time::Instant::now();
         let mut outages = self.outages.lock().unwrap_or_else(|p| p.into_inner());
         outages.retain(|o| o.until > now);
-        outages.iter().any(|o| o.resource == resource && o.verbs.iter().any(|v| v == verb))
+        outages.iter().find(|o| o.resource == resource && o.verbs.iter().any(|v| v == verb)).map(|o| o.fault)
     }
 
     /// Runs one garbage-collection pass now (it also runs every [`GC_PERIOD`]).
@@ -627,12 +648,39 @@ async fn handle(
         namespace: target.namespace.clone(),
         name: target.name.clone(),
     });
-    if server.in_outage(&target.resource, verb) {
-        return status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the server is currently unable to handle the request".into(),
-        );
+    match server.in_outage(&target.resource, verb) {
+        None => {}
+        Some(Fault::Unavailable) => {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request".into(),
+            );
+        }
+        Some(Fault::Internal) => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "Internal error occurred: failed calling webhook".into(),
+            );
+        }
+        Some(Fault::TooManyRequests) => {
+            let mut response =
+                status(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "too many requests, please try again later".into());
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return response;
+        }
+        Some(Fault::Conflict) => {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                    target.resource,
+                    target.name.clone().unwrap_or_default()
+                ),
+            );
+        }
     }
     FIELD_VALIDATION.with(|m| *m.borrow_mut() = query.get("fieldValidation").cloned().unwrap_or_default());
     WARNINGS.with(|w| w.borrow_mut().clear());
