@@ -947,3 +947,35 @@ async fn through_conflicts_server_errors_throttling_and_outages_the_controller_c
     delete_and_wait(&api, &server, "faulty").await;
     controller.abort();
 }
+
+/// Watches end (kube-apiserver restarts, a load balancer's idle timeout) and the history they
+/// would resume from may be compacted (410 Gone): the controller's watchers list again and a
+/// change made meanwhile is still reconciled.
+#[tokio::test]
+async fn after_its_watches_are_dropped_and_history_compacted_the_controller_still_sees_a_change() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let controller = start_controller(&client);
+    let collection = common::unique_collection("rewatch");
+    let api: Api<ImageCollection> = Api::namespaced(client, "shop");
+    api.create(&PostParams::default(), &photos_collection("watched", common::milvus_uri(), &collection, "Delete"))
+        .await
+        .unwrap();
+    eventually("the first Job", || server.object("batch/v1/jobs", "shop", "watched-ingest-g1")).await;
+
+    let expired_before = server.expired_watches();
+    // The watches end first: a controller that did not watch again would never hear of the
+    // change below (its periodic rechecks read its own stale cache).
+    server.compact_and_drop_watches();
+    api.patch("watched", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "ingest": { "batchSize": 4 } } })))
+        .await
+        .unwrap();
+    eventually("the change made after the watches dropped to be reconciled", || {
+        server.object("batch/v1/jobs", "shop", "watched-ingest-g2")
+    })
+    .await;
+    assert!(server.expired_watches() > expired_before, "a watcher resumed from the compacted history and got 410");
+    delete_and_wait(&api, &server, "watched").await;
+    controller.abort();
+}
