@@ -233,7 +233,8 @@ fn python_peer(root: &Path, corpus: &Path, milvus: &str, tuned: bool) -> (f64, f
         .args(["--uri", milvus, "--collection", &format!("bench_python_{}", std::process::id())])
         .arg("--model")
         .arg(root.join("model/efficientnet-lite0.onnx"));
-    let (stdout, peak_mib) = run_measuring_peak_rss(command, if tuned { "the tuned Python peer" } else { "the Python peer" });
+    let (stdout, peak_mib) =
+        run_measuring_peak_rss(command, if tuned { "the tuned Python peer" } else { "the Python peer" });
     let report: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON from the peer");
     (report["images_per_second"].as_f64().expect("images_per_second"), peak_mib)
 }

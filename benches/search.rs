@@ -222,7 +222,9 @@ async fn run() {
         SUSTAINED.1.as_secs(),
         sustained.row(after_sustained)
     );
-    println!("| baseline, 12 MP phone photo: model alone, decode + one inference | | | {phone_baseline:.1} ms | | | | |");
+    println!(
+        "| baseline, 12 MP phone photo: model alone, decode + one inference | | | {phone_baseline:.1} ms | | | | |"
+    );
     println!(
         "| `POST /v1/search` with 12 MP phone photos, concurrency 1 ({} s) | {} |",
         PHONE_LEVEL.as_secs(),

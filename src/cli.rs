@@ -196,8 +196,7 @@ impl BatchArgs {
     }
 
     fn decode_workers(&self) -> usize {
-        self.decode_workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        self.decode_workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 }
 

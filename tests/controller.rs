@@ -14,7 +14,7 @@ use imgsearch::controller::leader::LeaseSettings;
 use imgsearch::controller::reconcile::{Context, FINALIZER, Recheck, run};
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
 use imgsearch::store::{IndexSpec, MilvusStore, VectorRow};
-use k8s::fake_apiserver::{Fault, FakeApiServer};
+use k8s::fake_apiserver::{FakeApiServer, Fault};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -861,7 +861,8 @@ async fn a_missing_or_keyless_milvus_secret_is_secret_invalid_and_fixing_it_reco
         async move {
             eventually(what, || {
                 let object = server.object(COLLECTIONS, "shop", "credentials")?;
-                let ready = object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "CollectionReady")?;
+                let ready =
+                    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "CollectionReady")?;
                 (ready["reason"] == "SecretInvalid" && ready["message"].as_str()?.contains(wanted))
                     .then(|| ready["message"].as_str().unwrap_or_default().to_string())
             })
@@ -936,7 +937,11 @@ async fn through_conflicts_server_errors_throttling_and_outages_the_controller_c
         .collect();
     assert_eq!(jobs.len(), 1, "one ingest Job: {jobs:?}");
     let writes = |resource: &str| {
-        server.calls().iter().filter(|c| c.resource == resource && matches!(c.verb.as_str(), "patch" | "create")).count()
+        server
+            .calls()
+            .iter()
+            .filter(|c| c.resource == resource && matches!(c.verb.as_str(), "patch" | "create"))
+            .count()
     };
     for resource in ["imagecollections", "jobs", "deployments", "services"] {
         let count = writes(resource);

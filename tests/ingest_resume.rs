@@ -153,7 +153,11 @@ async fn killed_and_rerun(catalog_url: &str) {
     assert_eq!(report["indexed"].as_u64().unwrap() + skipped, IMAGES as u64);
 
     let end = counts(&catalog, &milvus, &collection).await;
-    assert_eq!((end.indexed, end.pending, end.vectors), (total, 0, IMAGES as u64), "{catalog_url}: one vector per image");
+    assert_eq!(
+        (end.indexed, end.pending, end.vectors),
+        (total, 0, IMAGES as u64),
+        "{catalog_url}: one vector per image"
+    );
     milvus.drop_collection(&collection).await.unwrap();
 }
 

@@ -819,8 +819,10 @@ mod tests {
 
     #[test]
     fn a_failed_ingest_with_search_serving_is_degraded_and_without_it_failed() {
-        let failed =
-            || IngestObservation::Failed { job: "j".into(), message: "Job has reached the specified backoff limit".into() };
+        let failed = || IngestObservation::Failed {
+            job: "j".into(),
+            message: "Job has reached the specified backoff limit".into(),
+        };
         let serving = compute(&observed(MilvusObservation::Ready { rows: 3 }, failed(), 2), None, time(1));
         assert_eq!(serving.phase, Some(Phase::Degraded), "what was indexed before is still searchable");
         let ingested = get(&serving, INGESTED);
@@ -829,7 +831,9 @@ mod tests {
         assert_eq!((get(&serving, READY).status.as_str(), get(&serving, STALLED).status.as_str()), ("True", "True"));
         let events = transitions(None, &serving);
         assert!(
-            events.iter().any(|(kind, reason, note)| *kind == kube::runtime::events::EventType::Warning && reason == "IngestFailed" && note.contains("backoff")),
+            events.iter().any(|(kind, reason, note)| *kind == kube::runtime::events::EventType::Warning
+                && reason == "IngestFailed"
+                && note.contains("backoff")),
             "{events:?}"
         );
 

@@ -206,6 +206,15 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits, min_side: u32) -> Result<(Dyn
     let orientation = jpeg_orientation(bytes, limits);
     let mut decompressor = Decompressor::new().map_err(|e| e.to_string())?;
     let header = decompressor.read_header(bytes).map_err(|e| e.to_string())?;
+    // The limits were checked against the size `image` read from the headers; a file whose
+    // headers say two things (two frame headers, say) must not get past them through the other.
+    let pixels = header.width as u64 * header.height as u64;
+    if header.width > limits.max_dimension as usize
+        || header.height > limits.max_dimension as usize
+        || pixels > limits.max_pixels
+    {
+        return Err(format!("its frame header says {}×{} pixels, over the limits", header.width, header.height));
+    }
     if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
         return Ok((decode_jpeg_in_full(bytes, limits)?, orientation));
     }
@@ -476,6 +485,10 @@ mod tests {
         assert_eq!(decoded_size(u32::MAX), (4000, 3000), "in full");
         // And what `prepare` uses for the built-in model: twice its 224-pixel input.
         assert_eq!(INPUT.size * REDUCED_MIN_SIDE_FACTOR, 448);
+        // libjpeg-turbo's own reading of the size is held to the limits too.
+        let small = DecodeLimits { max_dimension: 16_384, max_pixels: 1_000_000 };
+        let refused = decode_jpeg(&bytes, small, 448).map(|_| ()).expect_err("12 megapixels over a 1-megapixel limit");
+        assert!(refused.contains("4000×3000 pixels, over the limits"), "{refused}");
     }
 
     #[test]
@@ -484,7 +497,13 @@ mod tests {
         // 255, yellow 255 is red on paper.
         let (width, height) = (600usize, 500usize);
         let cmyk: Vec<u8> = (0..width * height).flat_map(|_| [0u8, 255, 255, 0]).collect();
-        let image = turbojpeg::Image { pixels: &cmyk[..], width, pitch: 4 * width, height, format: turbojpeg::PixelFormat::CMYK };
+        let image = turbojpeg::Image {
+            pixels: &cmyk[..],
+            width,
+            pitch: 4 * width,
+            height,
+            format: turbojpeg::PixelFormat::CMYK,
+        };
         let bytes = turbojpeg::Compressor::new()
             .and_then(|mut compressor| compressor.compress_to_vec(image))
             .expect("a CMYK JPEG in memory");

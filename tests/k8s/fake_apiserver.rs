@@ -665,8 +665,11 @@ async fn handle(
             );
         }
         Some(Fault::TooManyRequests) => {
-            let mut response =
-                status(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "too many requests, please try again later".into());
+            let mut response = status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "too many requests, please try again later".into(),
+            );
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             return response;
         }
