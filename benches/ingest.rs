@@ -51,11 +51,12 @@ fn main() {
     make_phone_corpus(root, &phone);
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (one_session, per_core) = model_ceiling(&jpegs(&small), cores);
+    let small_files = jpegs(&small);
+    let (one_session, per_core) = model_ceiling(&small_files, cores);
     let ceiling = one_session.max(per_core);
     eprintln!("1. model alone: {one_session:.1} images/s (one session), {per_core:.1} (one per core)");
     let corpora = [
-        (format!("{} distinct 1024×768 JPEGs", jpegs(&small).len()), small),
+        (format!("{} distinct 1024×768 JPEGs", small_files.len()), small),
         (format!("{} distinct 4032×3024 phone JPEGs (1 in 8 portrait by EXIF)", jpegs(&phone).len()), phone),
     ];
     let mut tables = Vec::new();

@@ -116,24 +116,8 @@ async fn run() {
     let store = store.with_search_consistency(SearchConsistency::Session);
 
     // 2. The baseline: decode + one inference per query, the median of 3 rounds over the photos.
-    let mut model_ms = Vec::new();
-    for _ in 0..3 {
-        for (_, bytes) in &queries {
-            let started = Instant::now();
-            model.embed_bytes(bytes, DecodeLimits::default()).expect("embed a query photo");
-            model_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    let baseline = percentile(&mut model_ms, 0.5);
-    let mut phone_ms = Vec::new();
-    for _ in 0..3 {
-        for (_, bytes) in &phone_queries {
-            let started = Instant::now();
-            model.embed_bytes(bytes, DecodeLimits::default()).expect("embed a phone photo");
-            phone_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    let phone_baseline = percentile(&mut phone_ms, 0.5);
+    let baseline = model_alone_p50(&model, &queries);
+    let phone_baseline = model_alone_p50(&model, &phone_queries);
     // Milvus alone, for the record: the search the server does, from this process.
     let probe = model.embed_bytes(&queries[0].1, DecodeLimits::default()).expect("embed").1;
     let mut milvus_ms = Vec::new();
@@ -248,6 +232,22 @@ async fn run() {
         "server RSS: peak {peak:.0} MiB; {before_sustained:.0} MiB before the sustained minute, {after_sustained:.0} MiB after ({:+.1} %)",
         (after_sustained / before_sustained - 1.0) * 100.0
     );
+}
+
+/// The median time of the model alone on one query image (read bytes, decode, resize, one
+/// inference), over 3 rounds of `queries`.
+fn model_alone_p50(model: &EmbeddingModel, queries: &[(PathBuf, Vec<u8>)]) -> f64 {
+    let mut model_ms = Vec::new();
+    for _ in 0..3 {
+        for (path, bytes) in queries {
+            let started = Instant::now();
+            model
+                .embed_bytes(bytes, DecodeLimits::default())
+                .unwrap_or_else(|e| panic!("embed {}: {e}", path.display()));
+            model_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    percentile(&mut model_ms, 0.5)
 }
 
 /// 16 phone-size JPEGs (4032×3024, 2 of them portrait by EXIF), made once by

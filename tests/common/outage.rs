@@ -47,36 +47,8 @@ impl Outage {
                     let Ok(server) = TcpStream::connect(&upstream).await else { return };
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
-                    let swallowed = || swallowing.load(std::sync::atomic::Ordering::Relaxed);
-                    let upward = async {
-                        let mut buffer = vec![0u8; 16 * 1024];
-                        loop {
-                            match client_read.read(&mut buffer).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(_) if swallowed() => {}
-                                Ok(n) => {
-                                    counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                                    if server_write.write_all(&buffer[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    };
-                    let downward = async {
-                        let mut buffer = vec![0u8; 16 * 1024];
-                        loop {
-                            match server_read.read(&mut buffer).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(_) if swallowed() => {}
-                                Ok(n) => {
-                                    if client_write.write_all(&buffer[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    };
+                    let upward = pipe(&mut client_read, &mut server_write, &swallowing, Some(&counted));
+                    let downward = pipe(&mut server_read, &mut client_write, &swallowing, None);
                     tokio::select! {
                         _ = async { tokio::join!(upward, downward) } => {}
                         _ = state.wait_for(|up| !*up) => {} // cut: both sides are dropped
@@ -109,6 +81,31 @@ impl Outage {
     /// Keeps every connection open and accepts new ones, but nothing reaches either side.
     pub fn black_hole(&self) {
         self.hole.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either side closes, throwing bytes away while `swallowing` is
+/// set, and counting what it passes on in `counted`.
+async fn pipe(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    swallowing: &std::sync::atomic::AtomicBool,
+    counted: Option<&std::sync::atomic::AtomicU64>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if swallowing.load(std::sync::atomic::Ordering::Relaxed) => {}
+            Ok(n) => {
+                if let Some(counted) = counted {
+                    counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
