@@ -953,6 +953,53 @@ async fn through_conflicts_server_errors_throttling_and_outages_the_controller_c
     controller.abort();
 }
 
+/// The controller's reads fail too: at start-up (a control plane being upgraded, API Priority
+/// and Fairness shedding the lists of a restarting fleet) every list, watch and get it makes
+/// is refused for its first seconds. It must start once they come back, create one Job, and
+/// back off meanwhile instead of listing in a loop.
+#[tokio::test]
+async fn with_its_lists_watches_and_gets_refused_at_start_the_controller_backs_off_and_converges() {
+    imgsearch::telemetry::init();
+    let (server, address, _task) = FakeApiServer::start().await;
+    let client = FakeApiServer::client(address);
+    let collection = common::unique_collection("readfaults");
+    let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
+    api.create(&PostParams::default(), &photos_collection("unread", common::milvus_uri(), &collection, "Delete"))
+        .await
+        .unwrap();
+    let window = Duration::from_secs(3);
+    let reads = ["list", "watch", "get"];
+    server.fault("imagecollections", &reads, Fault::Unavailable, window);
+    server.fault("jobs", &reads, Fault::Internal, window);
+    server.fault("deployments", &reads, Fault::TooManyRequests, window);
+    server.fault("services", &reads, Fault::Unavailable, window);
+    let faults_end = tokio::time::Instant::now() + window;
+    let before = server.calls().len();
+    let controller = start_controller(&client);
+
+    eventually("the collection reconciled once its reads are answered again", || {
+        let object = server.object(COLLECTIONS, "shop", "unread")?;
+        let converged = object["status"]["observedGeneration"] == 1
+            && server.object("batch/v1/jobs", "shop", "unread-ingest-g1").is_some()
+            && server.object("apps/v1/deployments", "shop", "unread-search").is_some()
+            && server.object("v1/services", "shop", "unread-search").is_some();
+        converged.then_some(())
+    })
+    .await;
+    assert!(tokio::time::Instant::now() >= faults_end, "converged while every read was still refused");
+    let jobs = server.objects("batch/v1/jobs");
+    assert_eq!(jobs.iter().filter(|job| job["metadata"]["ownerReferences"][0]["name"] == "unread").count(), 1);
+    let calls = server.calls();
+    for resource in ["imagecollections", "jobs", "deployments", "services"] {
+        let lists = calls[before..].iter().filter(|c| c.resource == resource && c.verb == "list").count();
+        // A refused list and the one that went through, at least; the watcher's backoff keeps
+        // the rest to a handful in 3 s where a retry loop would make thousands.
+        assert!((2..=20).contains(&lists), "{lists} lists of {resource}");
+    }
+    delete_and_wait(&api, &server, "unread").await;
+    controller.abort();
+}
+
 /// Watches end (kube-apiserver restarts, a load balancer's idle timeout) and the history they
 /// would resume from may be compacted (410 Gone): the controller's watchers list again and a
 /// change made meanwhile is still reconciled.

@@ -248,6 +248,44 @@ async fn prune_removes_only_images_gone_from_the_folder() {
     assert!(hits.iter().all(|h| !h.uri.ends_with("coffee.jpg")), "{hits:?}");
 }
 
+/// Prune deletes from Milvus, then from the catalog. A process killed between the two leaves
+/// catalog rows whose vectors are gone; the next prune must find those rows again and finish,
+/// not leave them behind as images that search can never return. The catalog here refuses the
+/// delete (a trigger in the test's own SQLite file), which leaves exactly the state such a
+/// kill leaves, at a known point instead of a raced one.
+#[tokio::test]
+async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_by_the_next_one() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg", "camera.jpg"], &images);
+    let ingestor = common::ingestor(work.path()).await;
+    let collection = common::unique_collection("prune_cut");
+    let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
+    ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 5);
+
+    let catalog_file = format!("sqlite://{}", work.path().join("catalog.db").display());
+    let mut sql = <sqlx::SqliteConnection as sqlx::Connection>::connect(&catalog_file).await.expect("open the catalog");
+    let refuse = "CREATE TRIGGER refuse_deletes BEFORE DELETE ON images BEGIN SELECT RAISE(ABORT, 'stopped here'); END";
+    sqlx::query(refuse).execute(&mut sql).await.expect("add the trigger");
+    std::fs::remove_file(images.join("coffee.jpg")).unwrap();
+    std::fs::remove_file(images.join("rocket.jpg")).unwrap();
+    let stopped = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await;
+    let error = stopped.expect_err("the catalog refused the delete, so the prune must not report success");
+    assert!(format!("{error:#}").contains("stopped here"), "the catalog's refusal is reported: {error:#}");
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3, "the vectors went first");
+    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 5, "the rows stayed");
+
+    sqlx::query("DROP TRIGGER refuse_deletes").execute(&mut sql).await.expect("drop the trigger");
+    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("the next prune");
+    assert_eq!((report.pruned, report.indexed, report.skipped), (2, 0, 3), "{}", report.summary());
+    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
+    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "Milvus and catalog agree");
+    let coffee = images.canonicalize().unwrap().join("coffee.jpg");
+    assert!(ingestor.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
+}
+
 /// What phones and web pages produce: a photo stored sideways with its EXIF orientation, WebP,
 /// GIF, BMP and TIFF copies, and an iPhone HEIC that cannot be read here.
 #[tokio::test]

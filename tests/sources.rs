@@ -203,6 +203,90 @@ async fn a_bucket_that_goes_away_mid_run_stops_the_run_without_marking_images_fa
     store.drop_collection(&collection).await.unwrap();
 }
 
+/// The bucket's owner revokes read access to one object (a bucket policy, an object ACL, a
+/// KMS key the reader may not use): S3 answers that object's GETs with 403 AccessDenied while
+/// listing still works. moto does not evaluate bucket policies in server mode, so a loopback
+/// proxy in front of it answers the denied key exactly as S3 does and passes everything else on.
+#[derive(Clone)]
+struct DenyingProxy {
+    upstream: String,
+    /// A request path (`/bucket/key`) whose GETs are refused while set.
+    denied: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+async fn deny_or_forward(State(proxy): State<DenyingProxy>, request: axum::extract::Request) -> Response {
+    let denied = proxy.denied.lock().map(|d| d.clone()).unwrap_or(None);
+    if request.method() == axum::http::Method::GET && denied.as_deref() == Some(request.uri().path()) {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
+                    <Message>Access Denied</Message><RequestId>TEST</RequestId></Error>";
+        return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/xml")], body).into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let Ok(body) = axum::body::to_bytes(body, 64 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut upstream = common::http_client().request(parts.method, format!("{}{path}", proxy.upstream)).body(body);
+    for (name, value) in parts.headers.iter().filter(|(name, _)| *name != header::HOST) {
+        upstream = upstream.header(name, value);
+    }
+    let Ok(answer) = upstream.send().await else { return StatusCode::BAD_GATEWAY.into_response() };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        response = response.header(name, value);
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response.body(axum::body::Body::from(bytes)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+#[tokio::test]
+async fn an_object_the_reader_may_no_longer_read_keeps_its_indexed_copy() {
+    let moto = common::s3::MotoServer::start().await;
+    moto.create_bucket("photos").await;
+    moto.put("photos", "shop/astronaut.jpg", sample("astronaut.jpg")).await;
+    moto.put("photos", "shop/coffee.jpg", sample("coffee.jpg")).await;
+    let proxy = DenyingProxy { upstream: moto.endpoint.clone(), denied: Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().fallback(deny_or_forward).with_state(proxy.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let args = ["s3://photos/shop/", "--s3-endpoint", &endpoint, "--s3-region", "us-east-1"];
+    let work = tempfile::tempdir().unwrap();
+    let collection = common::unique_collection("s3denied");
+    let first = ingest(work.path(), &collection, &args).await;
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(first.report["indexed"], 2, "{}", first.report);
+
+    // The object changes (so the next run must read it again) and reading it is then denied.
+    moto.overwrite("photos", "shop/coffee.jpg", sample("rocket.jpg")).await;
+    *proxy.denied.lock().unwrap() = Some("/photos/shop/coffee.jpg".into());
+    let denied = ingest(work.path(), &collection, &args).await;
+    assert!(denied.success, "one unreadable object does not stop the run: {}", denied.stderr);
+    let reason = failure_reason(&denied.report, "s3://photos/shop/coffee.jpg");
+    assert!(reason.contains("access denied"), "the reason says what happened: {reason}; {}", denied.report);
+    let catalog = Catalog::open(&catalog_url(work.path())).await.unwrap();
+    let coffee = catalog.find(&collection, "s3://photos/shop/coffee.jpg").await.unwrap().expect("still catalogued");
+    assert_eq!(coffee.status, ImageStatus::Indexed, "access denied is not now, not never: the copy stays indexed");
+    let store = milvus().await;
+    assert_eq!(store.count(&collection).await.unwrap(), 2, "its vector stays");
+    let (_, query) = common::model().embed_bytes(&sample("coffee.jpg"), DecodeLimits::default()).unwrap();
+    let hits = store.search(&collection, query, 1, &IndexSpec::default()).await.unwrap();
+    assert_eq!(hits[0].uri, "s3://photos/shop/coffee.jpg", "the indexed copy still answers its picture");
+
+    // Access restored: the changed object is read and replaces its vector.
+    *proxy.denied.lock().unwrap() = None;
+    let restored = ingest(work.path(), &collection, &args).await;
+    assert_eq!(restored.report["indexed"], 1, "{}", restored.report);
+    let (_, query) = common::model().embed_bytes(&sample("rocket.jpg"), DecodeLimits::default()).unwrap();
+    let hits = store.search(&collection, query, 1, &IndexSpec::default()).await.unwrap();
+    assert_eq!(hits[0].uri, "s3://photos/shop/coffee.jpg", "the new bytes are what is indexed now");
+    assert_eq!(store.count(&collection).await.unwrap(), 2);
+    store.drop_collection(&collection).await.unwrap();
+    server.abort();
+}
+
 /// A small image server with the ways a URL can go wrong.
 #[derive(Clone)]
 struct Site {

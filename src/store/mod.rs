@@ -148,9 +148,24 @@ impl SearchFilter {
     }
 }
 
-/// A Milvus expression string literal: double quotes, with `\` and `"` escaped.
+/// A Milvus expression string literal: double quotes, with `\`, `"`, CR and LF escaped. Milvus's
+/// grammar (Plan.g4) refuses a raw line break inside a literal, and both servers read `\n` and
+/// `\r` back (measured on Milvus Lite 3.2 and 2.3.5; Milvus Lite refuses `\x`/`\u` escapes, so
+/// other characters stay raw, which the grammar allows).
 pub(crate) fn string_literal(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut literal = String::with_capacity(text.len() + 2);
+    literal.push('"');
+    for c in text.chars() {
+        match c {
+            '\\' => literal.push_str("\\\\"),
+            '"' => literal.push_str("\\\""),
+            '\n' => literal.push_str("\\n"),
+            '\r' => literal.push_str("\\r"),
+            other => literal.push(other),
+        }
+    }
+    literal.push('"');
+    literal
 }
 
 /// The least string greater than every string that starts with `prefix` (its last character
@@ -739,6 +754,9 @@ mod prefix_properties {
             Just('/'),
             Just('"'),
             Just('\\'),
+            Just('\n'),
+            Just('\r'),
+            Just('\t'),
             Just('%'),
             Just('_'),
             Just('a'),
@@ -751,15 +769,23 @@ mod prefix_properties {
         prop::collection::vec(prop_oneof![any::<char>(), tricky], 0..6).prop_map(String::from_iter)
     }
 
-    /// Reads a Milvus string literal back the way its parser does: `\x` is `x`, an unescaped
-    /// `"` ends it. `None` if it does not end exactly at its last byte.
+    /// Reads a Milvus string literal back the way its grammar and parser do: a raw CR or LF is
+    /// refused, `\n` `\r` `\t` are control characters, `\\` `\"` `\'` themselves, an unescaped
+    /// `"` ends it. `None` if it is refused or does not end exactly at its last byte.
     fn read_literal(literal: &str) -> Option<String> {
         let mut chars = literal.strip_prefix('"')?.chars();
         let mut text = String::new();
         while let Some(c) = chars.next() {
             match c {
-                '\\' => text.push(chars.next()?),
+                '\\' => text.push(match chars.next()? {
+                    'n' => '\n',
+                    'r' => '\r',
+                    't' => '\t',
+                    escaped @ ('\\' | '"' | '\'') => escaped,
+                    _ => return None,
+                }),
                 '"' => return chars.next().is_none().then_some(text),
+                '\r' | '\n' => return None,
                 c => text.push(c),
             }
         }

@@ -48,11 +48,24 @@ impl MotoServer {
         assert!(response.status().is_success(), "storing {key}: {}", response.status());
     }
 
-    /// Deletes an object. moto refuses unsigned DELETEs, so this one goes through object_store
-    /// (a signed request), as a bucket owner's tool would.
+    /// Replaces an object that exists. moto refuses unsigned overwrites and DELETEs, so these
+    /// go through object_store (signed requests), as a bucket owner's tool would.
+    pub async fn overwrite(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::parse(key).expect("a valid key");
+        let store = self.signed_client(bucket);
+        store.put(&path, body.into()).await.unwrap_or_else(|e| panic!("replacing {key}: {e}"));
+    }
+
     pub async fn delete(&self, bucket: &str, key: &str) {
         use object_store::ObjectStoreExt;
-        let store = object_store::aws::AmazonS3Builder::new()
+        let path = object_store::path::Path::parse(key).expect("a valid key");
+        let store = self.signed_client(bucket);
+        store.delete(&path).await.unwrap_or_else(|e| panic!("deleting {key}: {e}"));
+    }
+
+    fn signed_client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)
             .with_bucket_name(bucket)
@@ -60,9 +73,7 @@ impl MotoServer {
             .with_access_key_id("testing")
             .with_secret_access_key("testing")
             .build()
-            .expect("an S3 client for the test server");
-        let path = object_store::path::Path::parse(key).expect("a valid key");
-        store.delete(&path).await.unwrap_or_else(|e| panic!("deleting {key}: {e}"));
+            .expect("an S3 client for the test server")
     }
 }
 
