@@ -1,5 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Both install what is missing first.
-.PHONY: setup build demo test eval bench-ingest bench-search clean
+.PHONY: setup build demo test eval bench-ingest bench-search fuzz soak clean
 
 setup:
 	scripts/setup.sh
@@ -39,6 +39,17 @@ bench-ingest:
 bench-search:
 	scripts/setup.sh --eval-data
 	scripts/milvus-server.sh cargo bench --locked --bench search
+
+# Ten minutes of load through Milvus and PostgreSQL crashes, then a check that nothing
+# acknowledged was lost; prints the table in docs/reliability.md. (`make test` runs 100 s of it.)
+soak:
+	scripts/setup.sh --test-servers
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test --locked --test soak -- --nocapture
+
+# Coverage-guided fuzzing (AFL++ via afl.rs, stable Rust): every target in fuzz/src/targets.rs
+# for FUZZ_SECONDS each (default 300), then a table; findings land in fuzz/findings/.
+fuzz:
+	scripts/fuzz.sh
 
 clean:
 	rm -rf data/standalone

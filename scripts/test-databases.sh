@@ -10,29 +10,20 @@ cd "$(dirname "$0")/.."
 die() { printf 'test-databases: %s\n' "$*" >&2; exit 1; }
 free_port() { .venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$pg_bin/initdb" ] || die "PostgreSQL not installed: run scripts/setup.sh --test-servers"
 command -v mariadbd >/dev/null || die "MariaDB not installed: run scripts/setup.sh --test-servers"
 
 # As root the servers run as other users, who must reach the folder: /tmp, not a private TMPDIR.
 if [ "$(id -u)" -eq 0 ]; then tmp_root=/tmp; else tmp_root=${TMPDIR:-/tmp}; fi
 data=$(mktemp -d "$tmp_root/imgsearch-databases.XXXXXX")
 chmod 755 "$data"
-# PostgreSQL refuses to run as root: as root, its files and process belong to the postgres user.
-if [ "$(id -u)" -eq 0 ]; then
-  as_postgres() { runuser -u postgres -- "$@"; }
-  mysql_user=root
-else
-  as_postgres() { "$@"; }
-  mysql_user=$(id -un)
-fi
+if [ "$(id -u)" -eq 0 ]; then mysql_user=root; else mysql_user=$(id -un); fi
 
 pg_port=$(free_port)
 mysql_port=""
 mysql_socket="$data/mysql.sock"
 mysql_pid=""
 stop() {
-  as_postgres "$pg_bin/pg_ctl" -D "$data/pg" -m immediate stop >/dev/null 2>&1 || true
+  scripts/postgres.sh stop "$data"
   if [ -n "$mysql_pid" ]; then
     kill "$mysql_pid" 2>/dev/null || true
     wait "$mysql_pid" 2>/dev/null || true
@@ -41,14 +32,8 @@ stop() {
 }
 trap stop EXIT
 
-mkdir "$data/pg"
-[ "$(id -u)" -eq 0 ] && chown postgres "$data/pg"
-as_postgres "$pg_bin/initdb" -D "$data/pg" -U imgsearch --auth=trust -E UTF8 >"$data/pg-initdb.log" 2>&1 ||
-  { cat "$data/pg-initdb.log" >&2; die "initdb failed"; }
-# fsync off: throwaway data, and the tests' many small transactions run much faster.
-as_postgres "$pg_bin/pg_ctl" -D "$data/pg" -l "$data/pg/server.log" -w -t 60 \
-  -o "-p $pg_port -k $data/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null ||
-  { cat "$data/pg/server.log" >&2; die "PostgreSQL did not start"; }
+scripts/postgres.sh init "$data"
+scripts/postgres.sh start "$data" "$pg_port"
 
 mkdir "$data/mysql"
 # Chosen now that PostgreSQL holds its port, so the two cannot be handed the same one.

@@ -233,8 +233,13 @@ async fn range_walks_and_the_milvus_catalog_see_every_row_once_on_every_server()
         assert_eq!(by_uri.id, id_of(7), "{name}");
         // A quote in a path is a literal, not the end of the expression.
         assert!(catalog.find(&collection, "/b/0007.jpg\" or id > \"0").await.unwrap().is_none(), "{name}");
+        // A line break in a path (a legal file name) is looked up, not a refused expression.
+        let odd = VectorRow { id: 5, vector: vector(5), uri: "/c/line\nbreak.jpg".into(), content_hash: "odd".into() };
+        store.upsert(&collection, &[odd]).await.unwrap();
+        let found_odd = catalog.find(&collection, "/c/line\nbreak.jpg").await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(found_odd.map(|r| r.id), Some(5), "{name}");
         let counts = catalog.collections().await.unwrap();
-        assert_eq!((counts.len(), counts[0].indexed), (1, ROWS), "{name}: {counts:?}");
+        assert_eq!((counts.len(), counts[0].indexed), (1, ROWS + 1), "{name}: {counts:?}");
 
         // A path whose derived id is free passes; one whose id a row of another path holds
         // does not (planted: the row's id is the one "/c/clash.jpg" derives to).

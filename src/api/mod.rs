@@ -248,13 +248,18 @@ fn top_k(state: &ServerState, requested: Option<&str>) -> Result<usize, ApiError
 }
 
 /// An uploaded form: the bytes of its `image` file field and its short text fields.
-struct UploadForm {
+/// Public for the multipart fuzz target (fuzz/), which drives [`read_form`] directly.
+pub struct UploadForm {
     image: Option<Vec<u8>>,
     fields: Vec<(String, String)>,
 }
 
 impl UploadForm {
-    fn field(&self, name: &str) -> Option<&str> {
+    pub fn fields(&self) -> &[(String, String)] {
+        &self.fields
+    }
+
+    pub fn field(&self, name: &str) -> Option<&str> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
@@ -276,12 +281,14 @@ impl UploadForm {
         )))
     }
 
-    fn image(&self) -> Result<&[u8], ApiError> {
+    pub fn image(&self) -> Result<&[u8], ApiError> {
         self.image.as_deref().ok_or_else(|| ApiError::BadRequest("the form has no `image` file field".into()))
     }
 }
 
-async fn read_form(mut multipart: Multipart) -> Result<UploadForm, ApiError> {
+/// Reads an upload: the `image` file's bytes and text fields of at most 1024 bytes; other file
+/// fields are skipped unread. The body's size limit is the router's (`DefaultBodyLimit`).
+pub async fn read_form(mut multipart: Multipart) -> Result<UploadForm, ApiError> {
     let mut form = UploadForm { image: None, fields: Vec::new() };
     while let Some(field) = multipart.next_field().await? {
         let name = field.name().unwrap_or_default().to_string();
