@@ -274,6 +274,8 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
     let png_bomb = common::png_claiming(100_000, 100_000);
     let jpeg_bomb = jpeg_claiming(65_000, 65_000);
     let corrupt = common::corrupt_jpeg();
+    // A CMYK JPEG on which zune-jpeg's upsampler panics (found by `make fuzz`).
+    let panicking = std::fs::read(common::fuzz_regression("decode", "zune-upsampler-panic.jpg")).unwrap();
     // A GIF whose bytes are also a script: read as a GIF, it has no image data.
     let polyglot = b"GIF89a/*\x01\x00\x01\x00\x00\x00\x00*/=1;alert(document.domain);".to_vec();
     let webp = common::formats::encode_rgb(&common::formats::upright(), image::ImageFormat::WebP, None);
@@ -301,6 +303,12 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
         ),
         ("truncated JPEG", upload("half.jpg", &truncated), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
         ("corrupt JPEG", upload("c.jpg", &corrupt), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
+        (
+            "a JPEG that panics a decoder",
+            upload("cmyk.jpg", &panicking),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_image",
+        ),
         ("PNG bomb 100000²", upload("bomb.png", &png_bomb), StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_image"),
         (
             "JPEG claiming 65000²",

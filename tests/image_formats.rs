@@ -214,3 +214,18 @@ fn jpegs_decoded_at_reduced_scale_embed_like_their_full_decode_on_real_photos() 
     eprintln!("lowest cosines, reduced vs full decode: {:?}", &cosines[..5]);
     assert!(cosines[0].0 >= 0.99, "reduced decodes embed differently: {:?}", &cosines[..5]);
 }
+
+/// A CMYK JPEG found by `make fuzz` on which zune-jpeg 0.5.15's upsampler panics (an assertion
+/// on its scratch buffer; the family is reported upstream and unfixed): refused as corrupt,
+/// saying the decoder failed, instead of taking down the request or the ingest run.
+#[test]
+fn a_jpeg_that_makes_a_decoder_panic_is_refused_as_corrupt() {
+    let bytes = std::fs::read(common::fuzz_regression("decode", "zune-upsampler-panic.jpg")).unwrap();
+    let input = preprocess::ModelInput { size: 224, mean: [0.5; 3], std: [0.25; 3] };
+    match preprocess::prepare(&bytes, DecodeLimits::default(), input) {
+        Err(ImageError::Corrupt { format: "JPEG", detail }) => {
+            assert!(detail.contains("the decoder failed"), "{detail}");
+        }
+        other => panic!("expected a corrupt JPEG, got {other:?}"),
+    }
+}

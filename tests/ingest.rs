@@ -93,6 +93,8 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     std::fs::write(images.join("empty.jpg"), b"").unwrap();
     std::fs::write(images.join("notes.jpg"), b"shopping list: milk, eggs\n").unwrap();
     std::fs::write(images.join("bomb.png"), common::png_claiming(100_000, 100_000)).unwrap();
+    // A CMYK JPEG that panics zune-jpeg (found by `make fuzz`): before, it stopped the whole run.
+    std::fs::copy(common::fuzz_regression("decode", "zune-upsampler-panic.jpg"), images.join("cmyk.jpg")).unwrap();
     let ingestor = common::ingestor(work.path()).await;
     let collection = common::unique_collection("bad");
 
@@ -101,7 +103,7 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
         .await
         .expect("a run with bad files still succeeds");
 
-    assert_eq!((report.indexed, report.failed), (2, 4), "{}", report.summary());
+    assert_eq!((report.indexed, report.failed), (2, 5), "{}", report.summary());
     let reason = |file: &str| {
         report
             .failures
@@ -114,9 +116,10 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     assert_eq!(reason("empty.jpg"), "the file is empty");
     assert!(reason("notes.jpg").starts_with("not a supported image"), "{}", reason("notes.jpg"));
     assert!(reason("bomb.png").contains("100000×100000"), "{}", reason("bomb.png"));
+    assert!(reason("cmyk.jpg").contains("the decoder failed"), "{}", reason("cmyk.jpg"));
     // The catalog keeps each failure with its reason; Milvus only holds the good images.
     let failures = ingestor.catalog.failures(&collection).await.unwrap();
-    assert_eq!(failures.len(), 4);
+    assert_eq!(failures.len(), 5);
     assert!(failures.iter().all(|f| f.error.as_deref().is_some_and(|e| !e.is_empty())));
     assert_eq!(ingestor.store.count(&collection).await.unwrap(), 2);
     assert!(report.summary().contains("failed: "), "{}", report.summary());

@@ -1,6 +1,6 @@
 //! The fuzz targets: each takes any bytes, drives one place where imgsearch reads input that a
 //! user or the network controls, and panics only when a rule of the world is broken. The AFL++
-//! binaries (fuzz/src/bin) call them; `tests/fuzz_corpus.rs` replays the committed seeds and
+//! binary (fuzz/src/main.rs) calls them; `tests/fuzz_corpus.rs` replays the committed seeds and
 //! every regression input through the same functions in `make test`.
 //!
 //! Each oracle is written from the outside rule, not from the code under test: Kubernetes'
@@ -207,10 +207,14 @@ pub fn collection_spec(data: &[u8]) {
         ChildConfig, ingest_job, rescan_cronjob, search_deployment, search_endpoint, search_service,
     };
     let Ok(collection) = serde_json::from_slice::<imgsearch::crd::ImageCollection>(data) else { return };
-    // The spec may be anything a client bypassing the schema stores, but the namespace is the
-    // API server's: it only holds objects in namespaces that exist, whose names are DNS-1123
-    // labels (an early run of this target flagged endpoints built from namespaces like "sh]p").
-    if collection.metadata.namespace.as_deref().is_some_and(|namespace| !dns_label(namespace)) {
+    // The spec may be anything a client bypassing the schema stores, but the namespace and the
+    // generation are the API server's: it only holds objects in namespaces that exist, whose
+    // names are DNS-1123 labels, and counts generations from 1 (early runs of this target
+    // flagged endpoints built from namespaces like "sh]p" and a label from generation -1).
+    let metadata = &collection.metadata;
+    if metadata.namespace.as_deref().is_some_and(|namespace| !dns_label(namespace))
+        || metadata.generation.is_some_and(|generation| generation < 1)
+    {
         return;
     }
     let config = ChildConfig { image: "imgsearch:fuzz".into(), image_pull_policy: None };

@@ -130,6 +130,12 @@ pub fn prepare(bytes: &[u8], limits: DecodeLimits, input: ModelInput) -> Result<
 }
 
 /// `prepare`, choosing how large a JPEG is decoded.
+///
+/// A decoder that panics on a malformed file costs that file, not the request, the ingest run
+/// or the process: zune-jpeg's upsampler asserts on some hostile CMYK JPEGs (found by the
+/// `decode` fuzz target, fuzz/regressions/decode/; the same family of assertions is reported
+/// upstream, etemesi254/zune-image#281 and #236, unfixed in 0.5.15), and any decoder may have
+/// another such bug. The panic becomes a corrupt-image error.
 pub fn prepare_at(
     bytes: &[u8],
     limits: DecodeLimits,
@@ -137,6 +143,23 @@ pub fn prepare_at(
     scale: JpegScale,
 ) -> Result<PreparedImage, ImageError> {
     let format = sniff_format(bytes)?;
+    std::panic::catch_unwind(|| prepare_format(bytes, format, limits, input, scale)).unwrap_or_else(|panic| {
+        let said =
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Err(ImageError::Corrupt {
+            format: format_name(format),
+            detail: format!("the decoder failed on it ({})", said.unwrap_or_else(|| "no message".into())),
+        })
+    })
+}
+
+fn prepare_format(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: DecodeLimits,
+    input: ModelInput,
+    scale: JpegScale,
+) -> Result<PreparedImage, ImageError> {
     let format_name = format_name(format);
     let corrupt = |e: image::ImageError| ImageError::Corrupt { format: format_name, detail: e.to_string() };
 

@@ -76,6 +76,11 @@ pub fn photo(name: &str) -> PathBuf {
     sample_dir().join("photos").join(name)
 }
 
+/// An input a fuzzing run found (fuzz/regressions/<target>/), kept once fixed.
+pub fn fuzz_regression(target: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target).join(name)
+}
+
 /// The first `per_class` Fashion-MNIST sample images of every class, each with a flat name
 /// unique across classes (`class-file.png`), in a stable order.
 pub fn fashion_images(per_class: usize) -> Vec<(String, PathBuf)> {
