@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use imgsearch::catalog::Catalog;
 use imgsearch::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
-use imgsearch::ingest::{IngestOptions, Ingestor};
+use imgsearch::index::ImageIndex;
+use imgsearch::ingest::IngestOptions;
 use imgsearch::progress::Progress;
 use imgsearch::store::{IndexSpec, MilvusStore, SearchConsistency, VectorRow};
 
@@ -73,14 +74,14 @@ async fn run() {
     let store = MilvusStore::connect(&milvus, None).await.expect("connect to Milvus Lite");
     store.set_patience(Duration::from_secs(300));
     let loading = Instant::now();
-    let ingestor = Ingestor {
+    let index = ImageIndex {
         store: store.clone(),
         catalog: Catalog::open(&catalog_url).await.expect("catalog"),
         model: Arc::clone(&model),
         index: IndexSpec::default(),
         limits: DecodeLimits::default(),
     };
-    let report = ingestor
+    let report = index
         .ingest_directory(&photos_dir, &IngestOptions::new(&collection, 8, 1), &Progress::silent())
         .await
         .expect("ingest the sample photos");

@@ -8,6 +8,8 @@
 //!   downscaled, re-encoded, screenshotted, EXIF-rotated) searched against an index of their
 //!   originals plus distractors, per kind of alteration, with the distances that decide what
 //!   `max_distance` finds (scripts/make_near_duplicates.py builds the set).
+//!
+//! [`run`] is `imgsearch eval`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -132,6 +134,48 @@ pub fn precision_at_k(vectors: &[Vec<f32>], labels: &[String], ks: &[usize]) -> 
         }
     }
     ks.iter().zip(sums).map(|(&k, sum)| PrecisionAtK { k, precision: sum / n as f64 }).collect()
+}
+
+/// `imgsearch eval` as its flags give it.
+#[derive(Debug, Clone)]
+pub struct EvalCommand {
+    /// A root whose sub-folders are the labels: precision@k, leave-one-out.
+    pub labels_from_dirs: Option<PathBuf>,
+    /// A near-duplicate set (originals/, distractors/, queries/<kind>/).
+    pub near_duplicates: Option<PathBuf>,
+    /// Cut-offs to report.
+    pub k: Vec<usize>,
+    /// Print the reports as JSON instead of tables.
+    pub json: bool,
+    pub model: crate::embed::ModelSettings,
+}
+
+/// Runs the benchmarks asked for and prints their reports.
+pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
+    // Evaluation embeds batch after batch from one thread: one session on every core is fastest.
+    let model = command.model.load(crate::embed::Workload::Latency).await?;
+    let limits = command.model.limits;
+    let mut json = serde_json::Map::new();
+    if let Some(root) = command.labels_from_dirs.clone() {
+        let (model, ks) = (model.clone(), command.k.clone());
+        let report = tokio::task::spawn_blocking(move || evaluate(&model, &root, &ks, limits, 32)).await??;
+        if !command.json {
+            println!("{report}");
+        }
+        json.insert("labelled".into(), serde_json::to_value(&report)?);
+    }
+    if let Some(root) = command.near_duplicates.clone() {
+        let model = model.clone();
+        let report = tokio::task::spawn_blocking(move || evaluate_near_duplicates(&model, &root, limits, 32)).await??;
+        if !command.json {
+            println!("{report}");
+        }
+        json.insert("near_duplicates".into(), serde_json::to_value(&report)?);
+    }
+    if command.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! imgsearch: reverse image search on Milvus.
 //!
-//! Data flows one way: source → ingest → (Milvus, catalog) ← serve.
+//! Data flows one way: source → ingest → (Milvus, catalog) ← serve. [`index`] is what ingest
+//! writes through and [`search`] reads through; [`api`] puts HTTP in front of the search
+//! service; [`controller`] makes the Kubernetes objects that run the other roles and never
+//! touches pixels. [`cli`] maps flags onto each role's command; `main` runs it.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -9,9 +12,14 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod embed;
+pub mod env;
 pub mod eval;
+pub mod fixtures;
+pub mod index;
 pub mod ingest;
 pub mod progress;
+pub mod search;
+pub mod shutdown;
 pub mod source;
 pub mod standalone;
 pub mod store;

@@ -1,9 +1,13 @@
 //! Everything on one machine: a Milvus Lite server as a child process, a SQLite catalog and a
-//! folder of images, ingested and then served. The first run, the demo and most tests use it.
+//! folder of images, ingested and then served (`imgsearch standalone`). The first run, the demo
+//! and most tests use it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -133,7 +137,7 @@ fn free_port() -> std::io::Result<u16> {
 
 /// An explicit path, else `IMGSEARCH_MILVUS_LITE`, else the project's `.venv`, else `PATH`.
 pub fn locate_binary(explicit: Option<&Path>) -> Result<PathBuf, MilvusLiteError> {
-    let from_env = std::env::var_os("IMGSEARCH_MILVUS_LITE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let from_env = std::env::var_os(crate::env::MILVUS_LITE).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(path) = explicit.map(Path::to_path_buf).or(from_env) {
         return if path.is_file() { Ok(path) } else { Err(MilvusLiteError::NotInstalled) };
     }
@@ -142,4 +146,96 @@ pub fn locate_binary(explicit: Option<&Path>) -> Result<PathBuf, MilvusLiteError
         .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("milvus-lite")).collect::<Vec<_>>())
         .unwrap_or_default();
     venv.chain(on_path).find(|candidate| candidate.is_file()).ok_or(MilvusLiteError::NotInstalled)
+}
+
+/// `imgsearch standalone` as its flags give it.
+#[derive(Debug, Clone)]
+pub struct StandaloneCommand {
+    /// The folder ingested before serving; `POST /img/load` may read it too.
+    pub images: PathBuf,
+    /// Where Milvus Lite, the catalog and uploads keep their data.
+    pub data_dir: PathBuf,
+    pub collection: String,
+    /// A Milvus to use instead of starting Milvus Lite.
+    pub external_milvus: Option<String>,
+    pub milvus_lite_bin: Option<PathBuf>,
+    pub listen: SocketAddr,
+    /// More folders `POST /img/load` may read.
+    pub load_roots: Vec<PathBuf>,
+    pub batch_size: usize,
+    pub decode_workers: usize,
+    pub model: crate::embed::ModelSettings,
+    pub index: crate::store::IndexSpec,
+}
+
+/// Starts Milvus Lite (unless told to use another Milvus), ingests the folder, serves it until
+/// `shutdown`, then stops Milvus Lite after the server has drained.
+pub async fn run(command: StandaloneCommand, shutdown: crate::shutdown::Shutdown) -> anyhow::Result<()> {
+    let data_dir = &command.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let milvus_lite = match &command.external_milvus {
+        Some(_) => None,
+        None => Some(MilvusLite::start(&data_dir.join("milvus"), command.milvus_lite_bin.as_deref()).await?),
+    };
+    let milvus_uri = command
+        .external_milvus
+        .clone()
+        .or_else(|| milvus_lite.as_ref().map(|m| m.uri().to_string()))
+        .unwrap_or_default();
+    let result = ingest_then_serve(&command, &data_dir, &milvus_uri, shutdown).await;
+    if let Some(milvus_lite) = milvus_lite {
+        milvus_lite.stop().await;
+    }
+    result
+}
+
+async fn ingest_then_serve(
+    command: &StandaloneCommand,
+    data_dir: &Path,
+    milvus_uri: &str,
+    shutdown: crate::shutdown::Shutdown,
+) -> anyhow::Result<()> {
+    use crate::api::ServeConfig;
+    use crate::search::SearchSettings;
+
+    let backend = crate::index::BackendConfig {
+        milvus_uri: milvus_uri.to_string(),
+        milvus_token: None,
+        milvus_database: None,
+        database_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
+    };
+    // The first ingest is usually small (a demo folder); the server then lives on.
+    let workload = crate::embed::Workload::Latency;
+    let mut index =
+        crate::index::ImageIndex::open(&backend, &command.collection, &command.model, workload, command.index.clone())
+            .await?;
+    let options = crate::ingest::IngestOptions::new(&command.collection, command.batch_size, command.decode_workers);
+    let source = crate::source::Source::directory(&command.images)?;
+    let Some(report) = crate::ingest::command::ingest_until_stopped(&index, &source, &options, &shutdown).await? else {
+        eprintln!("interrupted during ingest; stopping");
+        return Ok(());
+    };
+    eprintln!("{}", report.summary());
+
+    let mut load_roots = Vec::new();
+    for root in command.load_roots.iter().chain([&command.images]).filter(|r| !r.as_os_str().is_empty()) {
+        load_roots.push(root.canonicalize().with_context(|| format!("load root {} does not exist", root.display()))?);
+    }
+    // One machine, loopback by default: no token; fetching URLs is a server feature to opt
+    // into, not the demo's.
+    let config = ServeConfig {
+        default_collection: command.collection.clone(),
+        search: SearchSettings {
+            load_roots,
+            upload_dir: data_dir.join("uploads"),
+            batch_size: command.batch_size,
+            decode_workers: command.decode_workers,
+            ..SearchSettings::default()
+        },
+        ..ServeConfig::default()
+    };
+    // Searches see this server's own uploads at once without waiting for every write.
+    index.store = index.store.with_search_consistency(crate::store::SearchConsistency::Session);
+    crate::api::listen_and_serve(command.listen, index, config, shutdown).await
 }

@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use imgsearch::api::auth::AuthConfig;
 use imgsearch::api::{AppState, ServeConfig, ServerState, app};
+use imgsearch::search::SearchSettings;
 use imgsearch::source::urls::{AllowedNetworks, Fetcher};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -48,13 +49,16 @@ async fn fixture_with(photos: &[&str], adjust: impl FnOnce(&mut ServeConfig)) ->
     let collection = common::unique_collection("api");
     let mut config = ServeConfig {
         default_collection: collection.clone(),
-        load_roots: vec![images.clone()],
-        upload_dir: uploads.clone(),
-        batch_size: 8,
+        search: SearchSettings {
+            load_roots: vec![images.clone()],
+            upload_dir: uploads.clone(),
+            batch_size: 8,
+            ..SearchSettings::default()
+        },
         ..ServeConfig::default()
     };
     adjust(&mut config);
-    let state = ServerState::new(common::ingestor(work.path()).await, config);
+    let state = ServerState::new(common::index(work.path()).await, config);
     Fixture { _work: work, state, images, uploads, collection }
 }
 
@@ -263,7 +267,7 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
         config.auth = Some(AuthConfig::new(TOKEN, false).unwrap());
         // Searching by URL on, with the default guard: only public addresses.
         let fetcher = Fetcher::new(AllowedNetworks::parse(&[]).unwrap(), std::time::Duration::from_secs(5)).unwrap();
-        config.url_fetcher = Some(std::sync::Arc::new(fetcher));
+        config.search.url_fetcher = Some(std::sync::Arc::new(fetcher));
     })
     .await;
     let (status, body) = f.json(with_token(post_json("/img/load", json!({ "File": f.images })), TOKEN)).await;
@@ -604,7 +608,7 @@ async fn drop_removes_vectors_and_catalog_rows_and_a_second_drop_is_not_found() 
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.as_str().unwrap().starts_with("Successfully dropped"), "{body}");
     assert_eq!(f.count().await, 0);
-    assert_eq!(f.state.ingestor.catalog.known_images(&f.collection).await.unwrap().len(), 0);
+    assert_eq!(f.state.service.index.catalog.known_images(&f.collection).await.unwrap().len(), 0);
     assert!(f.images.join("astronaut.jpg").exists(), "the user's files are left alone");
     let (status, _) = f.json(Request::post("/img/drop").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -645,7 +649,7 @@ async fn a_collection_is_checked_once_and_one_dropped_behind_the_servers_back_is
     assert_eq!(stage_count(&f, "milvus_check").await, 1, "Milvus is asked whether the collection exists once");
 
     // Another server (or the controller) drops it: the next search says so, as the check would.
-    f.state.ingestor.store.drop_collection(&f.collection).await.unwrap();
+    f.state.service.index.store.drop_collection(&f.collection).await.unwrap();
     let (status, body) = f.json(search()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
@@ -861,15 +865,15 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
     let (address, name) = rest.split_once('/').expect("URL with a database");
     let catalog_link = Outage::forward_to(address.to_string()).await;
     let work = tempfile::tempdir().unwrap();
-    let mut ingestor = common::ingestor(work.path()).await;
-    ingestor.store =
+    let mut index = common::index(work.path()).await;
+    index.store =
         imgsearch::store::MilvusStore::connect(&milvus.uri(), None).await.expect("connect through the forwarder");
     // Readiness should answer within a probe's timeout, not after the default 20 s of retries.
-    ingestor.store.set_patience(Duration::from_secs(2));
-    ingestor.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
+    index.store.set_patience(Duration::from_secs(2));
+    index.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
         .await
         .expect("open the catalog through the forwarder");
-    let app = app(ServerState::new(ingestor, ServeConfig::default()));
+    let app = app(ServerState::new(index, ServeConfig::default()));
     let readyz = || {
         let app = app.clone();
         async move {
@@ -1109,16 +1113,11 @@ async fn delete_removes_an_image_from_search_and_catalog_and_an_uploads_file() {
 
 /// A loopback web server holding one photo at /photo.jpg (and text at /page.html).
 async fn photo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let routes = axum::Router::new()
         .route("/photo.jpg", axum::routing::get(|| async { photo_bytes("coffee.jpg") }))
         .route("/page.html", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "text/html")], "<html></html>") }))
         .route("/huge.jpg", axum::routing::get(|| async { vec![0xFFu8; 3 << 20] }));
-    let server = tokio::spawn(async move {
-        axum::serve(listener, routes).await.ok();
-    });
-    (address, server)
+    common::loopback_server(routes).await
 }
 
 #[tokio::test]
@@ -1135,7 +1134,7 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
     // On, with the default guard: loopback, file: and metadata addresses are refused by name.
     let guarded = fixture_with(&["coffee.jpg"], |config| {
         let fetcher = Fetcher::new(AllowedNetworks::parse(&[]).unwrap(), std::time::Duration::from_secs(5)).unwrap();
-        config.url_fetcher = Some(std::sync::Arc::new(fetcher));
+        config.search.url_fetcher = Some(std::sync::Arc::new(fetcher));
     })
     .await;
     guarded.load().await;
@@ -1160,7 +1159,7 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
     let allowed = fixture_with(&["coffee.jpg", "rocket.jpg"], |config| {
         let networks = AllowedNetworks::parse(&["127.0.0.1".into()]).unwrap();
         let fetcher = Fetcher::new(networks, std::time::Duration::from_secs(5)).unwrap().with_max_bytes(2 << 20);
-        config.url_fetcher = Some(std::sync::Arc::new(fetcher));
+        config.search.url_fetcher = Some(std::sync::Arc::new(fetcher));
     })
     .await;
     allowed.load().await;
@@ -1286,13 +1285,12 @@ async fn uploads_are_indexed_as_displayed_in_every_supported_format() {
     assert!(message.contains("HEIC") && message.contains("convert it to JPEG"), "{message}");
 }
 
-/// Starts the real server loop (`api::server::serve`, what `imgsearch serve` runs) on a free
-/// loopback port with the fixture's connection limits; returns its address.
+/// Starts the real server (`api::serve`, what `imgsearch serve` runs) on a free loopback port
+/// with the fixture's connection limits; returns its address.
 async fn serve(f: &Fixture) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let (app, limits) = (app(f.state.clone()), f.state.config.connection_limits);
-    tokio::spawn(imgsearch::api::server::serve(listener, app, limits, std::future::pending()));
+    tokio::spawn(imgsearch::api::serve(listener, f.state.clone(), imgsearch::shutdown::Shutdown::never()));
     address
 }
 
@@ -1444,8 +1442,8 @@ async fn search_options_count_from_the_query_string_and_unknown_parameters_are_n
 #[tokio::test]
 async fn a_full_inference_queue_answers_503_with_retry_after_and_recovers() {
     let f = fixture_with(&["coffee.jpg", "rocket.jpg"], |config| {
-        config.max_concurrent_inference = 1;
-        config.queue_timeout = Duration::from_millis(1);
+        config.search.max_concurrent_inference = 1;
+        config.search.queue_timeout = Duration::from_millis(1);
     })
     .await;
     f.load().await;

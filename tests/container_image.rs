@@ -109,7 +109,7 @@ fn search_pod_env() -> BTreeMap<String, String> {
     let document = serde_yaml::Deserializer::from_str(&sample).next().expect("first document");
     let mut ic: ImageCollection = serde::Deserialize::deserialize(document).expect("an ImageCollection");
     ic.metadata.uid = Some("uid".into());
-    let config = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let config = ChildConfig::test();
     let deployment = children::search_deployment(&ic, &config).expect("builds");
     let pod = deployment.spec.template.spec.expect("pod spec");
     let container = &pod.containers[0];

@@ -8,28 +8,19 @@ mod k8s;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::eventually;
 use common::outage::Outage;
 use imgsearch::controller::children::ChildConfig;
 use imgsearch::controller::leader::LeaseSettings;
 use imgsearch::controller::reconcile::{Context, FINALIZER, Recheck, run};
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
+use imgsearch::shutdown::Shutdown;
 use imgsearch::store::{IndexSpec, MilvusStore, VectorRow};
 use k8s::fake_apiserver::{FakeApiServer, Fault};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const COLLECTIONS: &str = "imgsearch.io/v1alpha1/imagecollections";
-
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
     object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
@@ -39,7 +30,7 @@ fn condition(object: &Value, type_: &str) -> Option<(String, String)> {
 
 /// A context whose timers are short enough for a test to see them fire.
 fn test_context(client: &kube::Client) -> Arc<Context> {
-    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let children = ChildConfig::test();
     let recheck = Recheck {
         ready: Duration::from_secs(1),
         ingesting: Duration::from_secs(1),
@@ -50,20 +41,16 @@ fn test_context(client: &kube::Client) -> Arc<Context> {
 }
 
 fn start_controller(client: &kube::Client) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(test_context(client)))
+    tokio::spawn(run(test_context(client), Shutdown::never()))
 }
 
 /// An ImageCollection over the `photos` claim with its own Milvus collection.
 fn photos_collection(name: &str, milvus_uri: String, collection: &str, deletion_policy: &str) -> ImageCollection {
-    ImageCollection::new(
-        name,
-        spec(json!({
-            "milvus": { "uri": milvus_uri },
-            "collectionName": collection,
-            "source": { "pvc": { "claimName": "photos" } },
-            "deletionPolicy": deletion_policy
-        })),
-    )
+    ImageCollection::test(name).with_spec(json!({
+        "milvus": { "uri": milvus_uri },
+        "collectionName": collection,
+        "deletionPolicy": deletion_policy
+    }))
 }
 
 /// Deletes the object and waits until the finalizer has let it go.
@@ -155,14 +142,14 @@ async fn status_writes_during_an_ingest_do_not_wake_the_controller_again() {
     let (server, address, _task) = FakeApiServer::start().await;
     let client = FakeApiServer::client(address);
     // The count is read every 4 s while ingesting: at most 3 timer reconciles in the 8 s below.
-    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let children = ChildConfig::test();
     let recheck = Recheck {
         ready: Duration::from_secs(4),
         ingesting: Duration::from_secs(4),
         not_ready: Duration::from_secs(4),
         ..Recheck::default()
     };
-    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck), Shutdown::never()));
     let collection = common::unique_collection("storm");
     let api: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
     let object = photos_collection("storm", common::milvus_uri(), &collection, "Delete");
@@ -434,7 +421,7 @@ async fn a_restarted_controller_adopts_the_running_ingest_job_instead_of_startin
 
     // A new controller process (a new context, nothing cached) over the same cluster state.
     let context = test_context(&client);
-    let second = tokio::spawn(run(context.clone()));
+    let second = tokio::spawn(run(context.clone(), Shutdown::never()));
     eventually("the new controller to reconcile twice", || {
         let text = context.metrics.encode().ok()?;
         let successes = text
@@ -532,9 +519,11 @@ async fn only_the_elected_replica_reconciles_and_a_standby_takes_over_when_it_di
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     };
     let (first, second) = (test_context(&client), test_context(&client));
-    let first_task = tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a"))));
+    let first_task =
+        tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a")), Shutdown::never()));
     eventually("replica-a to lead", || (holder(&server)? == "replica-a").then_some(())).await;
-    let second_task = tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b"))));
+    let second_task =
+        tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b")), Shutdown::never()));
 
     let collection = common::unique_collection("leader");
     let api: Api<ImageCollection> = Api::namespaced(client, "shop");
@@ -581,9 +570,11 @@ async fn after_a_lease_outage_the_old_leader_stops_before_a_standby_starts() {
     };
     assert_eq!(lease("a").problem(), None);
     let (first, second) = (test_context(&client), test_context(&client));
-    let first_task = tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a"))));
+    let first_task =
+        tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a")), Shutdown::never()));
     eventually("replica-a to lead", || (first.metrics.leader.get() == 1).then_some(())).await;
-    let second_task = tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b"))));
+    let second_task =
+        tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b")), Shutdown::never()));
     tokio::time::sleep(Duration::from_millis(500)).await; // the standby has seen the lease
 
     server.unavailable("leases", &["update"], Duration::from_millis(2400));

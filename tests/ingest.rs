@@ -2,25 +2,18 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::copy_photos;
 use image::ImageFormat;
 use imgsearch::catalog::ImageStatus;
 use imgsearch::progress::Progress;
 
-fn copy_photos(names: &[&str], to: &Path) {
-    for name in names {
-        std::fs::copy(common::photo(name), to.join(name)).expect("copy sample photo");
-    }
-}
-
 async fn search_top(
-    ingestor: &imgsearch::ingest::Ingestor,
+    index: &imgsearch::index::ImageIndex,
     collection: &str,
     bytes: &[u8],
 ) -> Vec<imgsearch::store::Hit> {
-    let (_, vector) = ingestor.model.embed_bytes(bytes, ingestor.limits).expect("query image embeds");
-    ingestor.store.search(collection, vector, 3, &ingestor.index).await.expect("search")
+    let (_, vector) = index.model.embed_bytes(bytes, index.limits).expect("query image embeds");
+    index.store.search(collection, vector, 3, &index.index).await.expect("search")
 }
 
 #[tokio::test]
@@ -30,15 +23,15 @@ async fn ingesting_a_folder_indexes_every_image_and_counts_match() {
     std::fs::create_dir_all(images.join("nested")).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &images);
     std::fs::copy(common::photo("chelsea.jpg"), images.join("nested/chelsea.jpg")).unwrap();
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("count");
 
     let report =
-        ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
 
     assert_eq!((report.discovered, report.indexed, report.skipped, report.failed), (4, 4, 0, 0), "{report:?}");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 4);
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 4);
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
 }
 
 #[tokio::test]
@@ -54,9 +47,9 @@ async fn a_flipped_cropped_or_reencoded_copy_finds_its_original_first() {
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     copy_photos(&names.iter().map(String::as_str).collect::<Vec<_>>(), &images);
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("variants");
-    ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
 
     let mut misses = Vec::new();
     for name in names.iter().map(String::as_str) {
@@ -68,7 +61,7 @@ async fn a_flipped_cropped_or_reencoded_copy_finds_its_original_first() {
             ("re-encoded", common::encode_jpeg(&original, 40)),
         ];
         for (variant, bytes) in variants {
-            let hits = search_top(&ingestor, &collection, &bytes).await;
+            let hits = search_top(&index, &collection, &bytes).await;
             let top = hits.first().expect("at least one hit");
             // Known miss, kept visible here and in the README: an 80 % crop of brick.jpg, a
             // uniform texture with no object, ranks another texture (cell.jpg) first.
@@ -95,10 +88,10 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     std::fs::write(images.join("bomb.png"), common::png_claiming(100_000, 100_000)).unwrap();
     // A CMYK JPEG that panics zune-jpeg (found by `make fuzz`): before, it stopped the whole run.
     std::fs::copy(common::fuzz_regression("decode", "zune-upsampler-panic.jpg"), images.join("cmyk.jpg")).unwrap();
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("bad");
 
-    let report = ingestor
+    let report = index
         .ingest_directory(&images, &common::options(&collection), &Progress::silent())
         .await
         .expect("a run with bad files still succeeds");
@@ -118,10 +111,10 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     assert!(reason("bomb.png").contains("100000×100000"), "{}", reason("bomb.png"));
     assert!(reason("cmyk.jpg").contains("the decoder failed"), "{}", reason("cmyk.jpg"));
     // The catalog keeps each failure with its reason; Milvus only holds the good images.
-    let failures = ingestor.catalog.failures(&collection).await.unwrap();
+    let failures = index.catalog.failures(&collection).await.unwrap();
     assert_eq!(failures.len(), 5);
     assert!(failures.iter().all(|f| f.error.as_deref().is_some_and(|e| !e.is_empty())));
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 2);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 2);
     assert!(report.summary().contains("failed: "), "{}", report.summary());
 }
 
@@ -132,18 +125,16 @@ async fn running_ingest_again_adds_nothing_and_says_so() {
     std::fs::create_dir_all(&images).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &images);
     std::fs::write(images.join("empty.jpg"), b"").unwrap();
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("rerun");
-    ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
+    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
 
-    let again = ingestor
-        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
-        .await
-        .expect("second run");
+    let again =
+        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("second run");
 
     assert_eq!((again.discovered, again.indexed, again.skipped, again.failed), (4, 0, 4, 0), "{again:?}");
     assert!(again.summary().contains("nothing new to add"), "{}", again.summary());
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -152,29 +143,27 @@ async fn a_changed_image_replaces_its_vector_instead_of_adding_one() {
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg"], &images);
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("changed");
-    ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
+    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
 
     // Same name, new picture: coffee.jpg now holds the rocket.
     std::fs::copy(common::photo("rocket.jpg"), images.join("coffee.jpg")).unwrap();
-    let again = ingestor
-        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
-        .await
-        .expect("second run");
+    let again =
+        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("second run");
 
     assert_eq!((again.indexed, again.skipped), (1, 1), "{again:?}");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 2);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 2);
     let rocket = std::fs::read(common::photo("rocket.jpg")).unwrap();
-    let top = &search_top(&ingestor, &collection, &rocket).await[0];
+    let top = &search_top(&index, &collection, &rocket).await[0];
     assert!(top.uri.ends_with("/coffee.jpg") && top.score > 0.99, "{top:?}");
 }
 
 #[tokio::test]
 async fn an_invalid_collection_name_is_refused_before_anything_is_written() {
     let work = tempfile::tempdir().unwrap();
-    let ingestor = common::ingestor(work.path()).await;
-    let err = ingestor
+    let index = common::index(work.path()).await;
+    let err = index
         .ingest_directory(work.path(), &common::options("../../etc"), &Progress::silent())
         .await
         .expect_err("invalid name");
@@ -193,15 +182,15 @@ async fn shards_sharing_a_catalog_cover_every_image_exactly_once() {
     for path in names.iter().take(40) {
         std::fs::copy(path, images.join(path.file_name().unwrap())).unwrap();
     }
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("shards");
-    let run = |index: u32| {
+    let run = |shard: u32| {
         let options = imgsearch::ingest::IngestOptions {
-            shard: imgsearch::source::Shard::new(index, 2).unwrap(),
+            shard: imgsearch::source::Shard::new(shard, 2).unwrap(),
             ..common::options(&collection)
         };
-        let (ingestor, images) = (ingestor.clone(), images.clone());
-        async move { ingestor.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest shard") }
+        let (index, images) = (index.clone(), images.clone());
+        async move { index.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest shard") }
     };
     // Both shards at once, as an Indexed Job's pods would run.
     let (first, second) = tokio::join!(run(0), run(1));
@@ -209,8 +198,8 @@ async fn shards_sharing_a_catalog_cover_every_image_exactly_once() {
     assert_eq!(first.discovered + second.discovered, 40, "{first:?} {second:?}");
     assert!(first.discovered > 0 && second.discovered > 0, "both shards had work");
     assert_eq!((first.indexed + second.indexed, first.failed + second.failed), (40, 0));
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 40);
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 40);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 40);
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 40);
 }
 
 #[tokio::test]
@@ -222,32 +211,32 @@ async fn prune_removes_only_images_gone_from_the_folder() {
     std::fs::create_dir_all(&elsewhere).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"], &images);
     copy_photos(&["camera.jpg"], &elsewhere);
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("prune");
     let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
-    ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
     // Another folder in the same collection: not this folder's to prune.
-    ingestor.ingest_directory(&elsewhere, &pruning, &Progress::silent()).await.expect("ingest elsewhere");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 5);
+    index.ingest_directory(&elsewhere, &pruning, &Progress::silent()).await.expect("ingest elsewhere");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 5);
 
     std::fs::remove_file(images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("rocket.jpg")).unwrap();
     let without_prune =
-        ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("rerun");
+        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("rerun");
     assert_eq!(without_prune.pruned, 0);
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 5, "nothing removed without --prune");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 5, "nothing removed without --prune");
 
-    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("prune");
+    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("prune");
     assert_eq!((report.pruned, report.skipped, report.indexed), (2, 2, 0), "{}", report.summary());
     assert!(report.summary().contains("2 gone from the source removed"), "{}", report.summary());
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
     let coffee = images.canonicalize().unwrap().join("coffee.jpg");
-    assert!(ingestor.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
+    assert!(index.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
     let camera = elsewhere.canonicalize().unwrap().join("camera.jpg");
-    assert!(ingestor.catalog.find(&collection, &camera.to_string_lossy()).await.unwrap().is_some(), "kept");
+    assert!(index.catalog.find(&collection, &camera.to_string_lossy()).await.unwrap().is_some(), "kept");
     // The removed photo no longer matches its own picture.
-    let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
+    let hits = search_top(&index, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
     assert!(hits.iter().all(|h| !h.uri.ends_with("coffee.jpg")), "{hits:?}");
 }
 
@@ -262,11 +251,11 @@ async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_b
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg", "camera.jpg"], &images);
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("prune_cut");
     let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
-    ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 5);
+    index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 5);
 
     let catalog_file = format!("sqlite://{}", work.path().join("catalog.db").display());
     let mut sql = <sqlx::SqliteConnection as sqlx::Connection>::connect(&catalog_file).await.expect("open the catalog");
@@ -274,19 +263,19 @@ async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_b
     sqlx::query(refuse).execute(&mut sql).await.expect("add the trigger");
     std::fs::remove_file(images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("rocket.jpg")).unwrap();
-    let stopped = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await;
+    let stopped = index.ingest_directory(&images, &pruning, &Progress::silent()).await;
     let error = stopped.expect_err("the catalog refused the delete, so the prune must not report success");
     assert!(format!("{error:#}").contains("stopped here"), "the catalog's refusal is reported: {error:#}");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3, "the vectors went first");
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 5, "the rows stayed");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3, "the vectors went first");
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 5, "the rows stayed");
 
     sqlx::query("DROP TRIGGER refuse_deletes").execute(&mut sql).await.expect("drop the trigger");
-    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("the next prune");
+    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("the next prune");
     assert_eq!((report.pruned, report.indexed, report.skipped), (2, 0, 3), "{}", report.summary());
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "Milvus and catalog agree");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "Milvus and catalog agree");
     let coffee = images.canonicalize().unwrap().join("coffee.jpg");
-    assert!(ingestor.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
+    assert!(index.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
 }
 
 /// What phones and web pages produce: a photo stored sideways with its EXIF orientation, WebP,
@@ -311,25 +300,25 @@ async fn phone_photos_are_indexed_upright_and_every_supported_format_is_ingested
         .unwrap();
     std::fs::write(images.join("camera.TIFF"), encode_rgb(&upright("camera.jpg"), ImageFormat::Tiff, None)).unwrap();
     std::fs::write(images.join("IMG_0002.HEIC"), iso_bmff_with_brand(b"heic")).unwrap();
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("formats");
 
     let report =
-        ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
 
     assert_eq!((report.discovered, report.indexed, report.failed), (6, 5, 1), "{report:?}");
     let heic = &report.failures[0];
     assert!(heic.uri.ends_with("IMG_0002.HEIC") && heic.reason.contains("HEIC"), "{heic:?}");
 
     let phone_uri = images.canonicalize().unwrap().join("IMG_0001.jpg").display().to_string();
-    let phone = ingestor.catalog.find(&collection, &phone_uri).await.unwrap().expect("catalogued");
+    let phone = index.catalog.find(&collection, &phone_uri).await.unwrap().expect("catalogued");
     assert_eq!(
         (phone.width, phone.height),
         (Some(i64::from(chelsea.width())), Some(i64::from(chelsea.height()))),
         "the catalog holds the size as displayed"
     );
     // Searching with the upright original finds the sideways-stored copy as (nearly) itself.
-    let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("chelsea.jpg")).unwrap()).await;
+    let hits = search_top(&index, &collection, &std::fs::read(common::photo("chelsea.jpg")).unwrap()).await;
     assert_eq!(hits[0].uri, phone_uri, "{hits:?}");
     assert!(hits[0].distance() < 0.02, "the phone photo is {:.3} from its upright original", hits[0].distance());
     for (name, original) in [
@@ -338,7 +327,7 @@ async fn phone_photos_are_indexed_upright_and_every_supported_format_is_ingested
         ("astronaut.bmp", "astronaut.jpg"),
         ("camera.TIFF", "camera.jpg"),
     ] {
-        let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo(original)).unwrap()).await;
+        let hits = search_top(&index, &collection, &std::fs::read(common::photo(original)).unwrap()).await;
         assert!(hits[0].uri.ends_with(name), "{original} should find {name} first: {hits:?}");
     }
 }
@@ -350,7 +339,8 @@ async fn phone_photos_are_indexed_upright_and_every_supported_format_is_ingested
 #[tokio::test]
 async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     use imgsearch::catalog::{CatalogError, NewImage, uri_id};
-    use imgsearch::ingest::{IngestError, IngestOptions};
+    use imgsearch::index::IndexError;
+    use imgsearch::ingest::IngestOptions;
     use imgsearch::source::Shard;
 
     let work = tempfile::tempdir().unwrap();
@@ -365,7 +355,7 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let images = images.canonicalize().unwrap();
     let uri = |name: &str| images.join(name).to_string_lossy().to_string();
     let collection = common::unique_collection("nocatalog");
-    let ingestor = common::ingestor_without_catalog(&collection).await;
+    let index = common::index_without_catalog(&collection).await;
     let sharded = |index: u32| IngestOptions {
         shard: Shard::new(index, 2).unwrap(),
         prune: true,
@@ -374,8 +364,8 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let run_shards = || async {
         let (zero, one, progress) = (sharded(0), sharded(1), Progress::silent());
         let (first, second) = tokio::join!(
-            ingestor.ingest_directory(&images, &zero, &progress),
-            ingestor.ingest_directory(&images, &one, &progress),
+            index.ingest_directory(&images, &zero, &progress),
+            index.ingest_directory(&images, &one, &progress),
         );
         (first.expect("shard 0"), second.expect("shard 1"))
     };
@@ -383,18 +373,18 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let (first, second) = run_shards().await;
     assert!(first.discovered > 0 && second.discovered > 0, "both shards had work: {first:?} {second:?}");
     assert_eq!((first.indexed + second.indexed, first.failed + second.failed), (good as u64, 1));
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64, "no shard overwrote another");
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), good as i64);
+    assert_eq!(index.store.count(&collection).await.unwrap(), good as u64, "no shard overwrote another");
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), good as i64);
     for entry in std::fs::read_dir(&images).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        let found = ingestor.catalog.find(&collection, &uri(&name)).await.unwrap();
+        let found = index.catalog.find(&collection, &uri(&name)).await.unwrap();
         if name == "broken.jpg" {
             assert!(found.is_none(), "a failed image has no row without a SQL catalog: {found:?}");
             continue;
         }
         let found = found.unwrap_or_else(|| panic!("{name} is not in Milvus"));
         assert_eq!(found.id, uri_id(&collection, &uri(&name)), "{name}: the id derives from the path");
-        let by_id = ingestor.catalog.get(found.id).await.unwrap().expect("found by id");
+        let by_id = index.catalog.get(found.id).await.unwrap().expect("found by id");
         assert_eq!((by_id.uri, by_id.status), (uri(&name), ImageStatus::Indexed));
     }
 
@@ -408,14 +398,14 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     );
 
     // A changed image replaces its vector under the same id; a removed one is pruned.
-    let coffee = ingestor.catalog.find(&collection, &uri("coffee.jpg")).await.unwrap().expect("coffee");
+    let coffee = index.catalog.find(&collection, &uri("coffee.jpg")).await.unwrap().expect("coffee");
     std::fs::copy(common::photo("camera.jpg"), images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("astronaut.jpg")).unwrap();
     let (first, second) = run_shards().await;
     assert_eq!((first.indexed + second.indexed, first.pruned + second.pruned), (1, 1), "{first:?} {second:?}");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64 - 1);
-    assert!(ingestor.catalog.find(&collection, &uri("astronaut.jpg")).await.unwrap().is_none());
-    let hits = search_top(&ingestor, &collection, &std::fs::read(common::photo("camera.jpg")).unwrap()).await;
+    assert_eq!(index.store.count(&collection).await.unwrap(), good as u64 - 1);
+    assert!(index.catalog.find(&collection, &uri("astronaut.jpg")).await.unwrap().is_none());
+    let hits = search_top(&index, &collection, &std::fs::read(common::photo("camera.jpg")).unwrap()).await;
     assert_eq!((hits[0].id, hits[0].uri.as_str()), (coffee.id, uri("coffee.jpg").as_str()), "{hits:?}");
 
     // Another image already holds the id "clash.jpg" derives to (planted: a real clash takes
@@ -423,22 +413,22 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let clash = uri("clash.jpg");
     let id = uri_id(&collection, &clash);
     let (_, vector) =
-        ingestor.model.embed_bytes(&std::fs::read(common::photo("rocket.jpg")).unwrap(), ingestor.limits).unwrap();
+        index.model.embed_bytes(&std::fs::read(common::photo("rocket.jpg")).unwrap(), index.limits).unwrap();
     let holder =
         imgsearch::store::VectorRow { id, vector, uri: "/elsewhere/holder.jpg".into(), content_hash: "h".into() };
-    ingestor.store.upsert(&collection, &[holder]).await.unwrap();
+    index.store.upsert(&collection, &[holder]).await.unwrap();
     std::fs::copy(common::photo("chelsea.jpg"), images.join("clash.jpg")).unwrap();
-    let report = ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
+    let report = index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
     let refusal = report.failures.iter().find(|f| f.uri == clash).unwrap_or_else(|| panic!("{report:?}"));
     assert!(refusal.reason.contains("already held by \"/elsewhere/holder.jpg\""), "{}", refusal.reason);
     let bytes = std::fs::read(common::photo("chelsea.jpg")).unwrap();
-    let prepared = imgsearch::embed::preprocess::prepare(&bytes, ingestor.limits, ingestor.model.input()).unwrap();
+    let prepared = imgsearch::embed::preprocess::prepare(&bytes, index.limits, index.model.input()).unwrap();
     let upload = NewImage { uri: clash.clone(), content_hash: "c".into(), size_bytes: 1, width: 1, height: 1 };
-    let refused = ingestor.add_prepared(&collection, upload, prepared).await.unwrap_err();
-    assert!(matches!(refused, IngestError::Catalog(CatalogError::IdTaken { .. })), "{refused}");
-    let kept = ingestor.catalog.get(id).await.unwrap().expect("the holder is still there");
+    let refused = index.add_prepared(&collection, upload, prepared).await.unwrap_err();
+    assert!(matches!(refused, IndexError::Catalog(CatalogError::IdTaken { .. })), "{refused}");
+    let kept = index.catalog.get(id).await.unwrap().expect("the holder is still there");
     assert_eq!(kept.uri, "/elsewhere/holder.jpg");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), good as u64, "the holder, nothing more");
+    assert_eq!(index.store.count(&collection).await.unwrap(), good as u64, "the holder, nothing more");
 }
 
 /// A source that lists nothing is far more often a wrong prefix or an empty mount than emptied
@@ -450,26 +440,26 @@ async fn an_empty_listing_prunes_nothing_and_a_deleted_image_comes_back_on_the_n
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &images);
-    let ingestor = common::ingestor(work.path()).await;
+    let index = common::index(work.path()).await;
     let collection = common::unique_collection("emptylisting");
     let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
-    ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
 
     let coffee = images.canonicalize().unwrap().join("coffee.jpg").to_string_lossy().to_string();
-    let deleted = ingestor.catalog.find(&collection, &coffee).await.unwrap().expect("coffee indexed");
-    ingestor.store.delete(&collection, &[deleted.id]).await.unwrap();
-    ingestor.catalog.delete_images(&[deleted.id]).await.unwrap();
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 2);
-    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("rerun");
+    let deleted = index.catalog.find(&collection, &coffee).await.unwrap().expect("coffee indexed");
+    index.store.delete(&collection, &[deleted.id]).await.unwrap();
+    index.catalog.delete_images(&[deleted.id]).await.unwrap();
+    assert_eq!(index.store.count(&collection).await.unwrap(), 2);
+    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("rerun");
     assert_eq!((report.indexed, report.skipped), (1, 2), "{}", report.summary());
-    assert!(ingestor.catalog.find(&collection, &coffee).await.unwrap().is_some(), "coffee is back");
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3);
+    assert!(index.catalog.find(&collection, &coffee).await.unwrap().is_some(), "coffee is back");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
 
     for entry in std::fs::read_dir(&images).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
-    let report = ingestor.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("empty rerun");
+    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("empty rerun");
     assert_eq!((report.discovered, report.pruned), (0, 0), "{}", report.summary());
-    assert_eq!(ingestor.store.count(&collection).await.unwrap(), 3, "nothing pruned on an empty listing");
-    assert_eq!(ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3, "nothing pruned on an empty listing");
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
 }

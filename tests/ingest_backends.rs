@@ -5,7 +5,8 @@ mod common;
 
 use common::databases::{BACKENDS, fresh_database};
 use imgsearch::catalog::{Catalog, ImageStatus};
-use imgsearch::ingest::{IngestOptions, Ingestor};
+use imgsearch::index::ImageIndex;
+use imgsearch::ingest::IngestOptions;
 use imgsearch::progress::Progress;
 use imgsearch::source::Shard;
 
@@ -22,8 +23,8 @@ async fn shards_rerun_and_prune_agree_with_milvus_on_every_catalog_backend() {
         }
         let database = fresh_database(backend, "ingest").await;
         let catalog = Catalog::open(&database.url).await.expect("open the catalog");
-        let base = common::ingestor(work.path()).await;
-        let ingestor = Ingestor { catalog, ..base };
+        let base = common::index(work.path()).await;
+        let index = ImageIndex { catalog, ..base };
         let collection = common::unique_collection("backend");
         let shard = |index: u32, prune: bool| IngestOptions {
             shard: Shard::new(index, 2).expect("shard"),
@@ -31,8 +32,8 @@ async fn shards_rerun_and_prune_agree_with_milvus_on_every_catalog_backend() {
             ..common::options(&collection)
         };
         let run = |options: IngestOptions| {
-            let (ingestor, images) = (ingestor.clone(), images.clone());
-            async move { ingestor.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest") }
+            let (index, images) = (index.clone(), images.clone());
+            async move { index.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest") }
         };
 
         let (first, second) = tokio::join!(run(shard(0, false)), run(shard(1, false)));
@@ -46,12 +47,12 @@ async fn shards_rerun_and_prune_agree_with_milvus_on_every_catalog_backend() {
         }
         let (first, second) = tokio::join!(run(shard(0, true)), run(shard(1, true)));
         assert_eq!(first.pruned + second.pruned, 3, "{backend:?}");
-        assert_eq!(ingestor.store.count(&collection).await.unwrap(), total - 3, "{backend:?}: Milvus");
+        assert_eq!(index.store.count(&collection).await.unwrap(), total - 3, "{backend:?}: Milvus");
         assert_eq!(
-            ingestor.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(),
+            index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(),
             (total - 3) as i64,
             "{backend:?}: the catalog agrees"
         );
-        ingestor.store.drop_collection(&collection).await.expect("drop the test collection");
+        index.store.drop_collection(&collection).await.expect("drop the test collection");
     }
 }

@@ -6,7 +6,7 @@ mod k8s;
 use std::time::Duration;
 
 use futures::StreamExt;
-use imgsearch::crd::{ImageCollection, ImageCollectionSpec, ImageCollectionStatus, Phase};
+use imgsearch::crd::{ImageCollection, ImageCollectionStatus, Phase};
 use k8s::admission::{
     creation_problems, dns1035_label, dns1123_label, dns1123_subdomain, label_key, label_value, update_problems,
 };
@@ -17,12 +17,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 fn collection(name: &str) -> ImageCollection {
-    let spec: ImageCollectionSpec = serde_json::from_value(json!({
-        "milvus": { "uri": "http://milvus:19530" },
-        "source": { "pvc": { "claimName": "photos" } }
-    }))
-    .expect("spec");
-    ImageCollection::new(name, spec)
+    ImageCollection::test(name)
 }
 
 #[tokio::test]
@@ -521,7 +516,7 @@ async fn children_a_real_cluster_would_refuse_are_refused_with_422() {
 #[test]
 fn every_child_of_every_allowed_name_is_valid_at_any_generation_and_shard_count() {
     use imgsearch::controller::children::{self, ChildConfig, MAX_NAME_LENGTH};
-    let config = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let config = ChildConfig::test();
     let longest = "a".repeat(MAX_NAME_LENGTH);
     let dashed = format!("a{}", "-b".repeat((MAX_NAME_LENGTH - 1) / 2));
     let mut checked = 0;

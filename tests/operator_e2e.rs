@@ -13,6 +13,7 @@ use imgsearch::catalog::{Catalog, ImageStatus};
 use imgsearch::controller::children::ChildConfig;
 use imgsearch::controller::reconcile::{Context, Recheck, run};
 use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
+use imgsearch::shutdown::Shutdown;
 use imgsearch::store::MilvusStore;
 use k8s::fake_apiserver::FakeApiServer;
 use k8s::kubelet::SimulatedKubelet;
@@ -35,10 +36,7 @@ async fn an_image_collection_over_a_folder_becomes_a_search_service_that_finds_i
     let claims = BTreeMap::from([("photos".to_string(), work.path().join("volume"))]);
     let (kubelet, _kubelet_task) =
         SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
-    let controller = tokio::spawn(run(Context::new(
-        client.clone(),
-        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
-    )));
+    let controller = tokio::spawn(run(Context::new(client.clone(), ChildConfig::test()), Shutdown::never()));
 
     // A shared catalog for the Job and the search pods, as a real cluster would use Postgres.
     let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
@@ -192,7 +190,7 @@ async fn pods_that_cannot_start_are_reported_as_stalled_and_recover_once_fixed()
         pod_start_grace: Duration::from_secs(2),
         ..Recheck::default()
     };
-    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck), Shutdown::never()));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
     let collections: Api<ImageCollection> = Api::namespaced(client.clone(), "shop");
     let create = |name: &str, extra: Value| {
@@ -282,10 +280,10 @@ async fn an_ingest_that_keeps_failing_is_retried_to_the_backoff_limit_then_repor
     let claims = BTreeMap::from([("photos".to_string(), photos)]);
     let (_kubelet, _kubelet_task) =
         SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
-    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
+    let children = ChildConfig::test();
     let recheck =
         Recheck { ingesting: Duration::from_secs(1), not_ready: Duration::from_secs(1), ..Recheck::default() };
-    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck), Shutdown::never()));
     // A catalog the ingest pods cannot open: every attempt fails.
     let catalog: Secret = serde_json::from_value(json!({
         "metadata": { "name": "catalog" },
@@ -375,10 +373,7 @@ async fn without_a_catalog_shards_and_rescans_keep_every_image_listed_served_and
     let claims = BTreeMap::from([("photos".to_string(), volume.clone())]);
     let (kubelet, _kubelet_task) =
         SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
-    let controller = tokio::spawn(run(Context::new(
-        client.clone(),
-        ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None },
-    )));
+    let controller = tokio::spawn(run(Context::new(client.clone(), ChildConfig::test()), Shutdown::never()));
     let collection = common::unique_collection("nocatalog");
     let spec: ImageCollectionSpec = serde_json::from_value(json!({
         "milvus": { "uri": common::milvus_uri() },
@@ -472,8 +467,8 @@ async fn a_scheduled_rescan_runs_when_the_schedule_fires_and_indexes_what_was_ad
         SimulatedKubelet::start(server.clone(), Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims);
     // Rescan Jobs do not wake the controller (they are the CronJob's); its timer reads them.
     let recheck = Recheck { ready: Duration::from_secs(1), ..Recheck::default() };
-    let children = ChildConfig { image: "imgsearch:test".into(), image_pull_policy: None };
-    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck)));
+    let children = ChildConfig::test();
+    let controller = tokio::spawn(run(Context::with_recheck(client.clone(), children, recheck), Shutdown::never()));
     let spec: ImageCollectionSpec = serde_json::from_value(json!({
         "milvus": { "uri": common::milvus_uri() },
         "collectionName": common::unique_collection("scheduled"),

@@ -120,17 +120,20 @@ async fn a_bucket_prefix_is_ingested_with_odd_keys_incrementally_and_pruned() {
         },
     )
     .unwrap();
-    let ingestor = common::ingestor(work.path()).await;
-    let with_bucket = imgsearch::api::ServeConfig { image_bucket: Some(Arc::new(bucket)), ..Default::default() };
+    let index = common::index(work.path()).await;
+    let with_bucket = imgsearch::api::ServeConfig {
+        search: imgsearch::search::SearchSettings { image_bucket: Some(Arc::new(bucket)), ..Default::default() },
+        ..Default::default()
+    };
     let path = format!("/v1/images/{}", record.id);
     let request = || axum::http::Request::get(&path).body(axum::body::Body::empty()).unwrap();
-    let search = imgsearch::api::app(imgsearch::api::ServerState::new(ingestor.clone(), with_bucket));
+    let search = imgsearch::api::app(imgsearch::api::ServerState::new(index.clone(), with_bucket));
     let response = tower::ServiceExt::oneshot(search, request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[header::CONTENT_TYPE], "image/jpeg");
     let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
     assert_eq!(body.as_ref(), sample("coffee.jpg").as_slice(), "the object's bytes");
-    let without = imgsearch::api::app(imgsearch::api::ServerState::new(ingestor, Default::default()));
+    let without = imgsearch::api::app(imgsearch::api::ServerState::new(index, Default::default()));
     let response = tower::ServiceExt::oneshot(without, request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
@@ -246,12 +249,9 @@ async fn an_object_the_reader_may_no_longer_read_keeps_its_indexed_copy() {
     moto.put("photos", "shop/astronaut.jpg", sample("astronaut.jpg")).await;
     moto.put("photos", "shop/coffee.jpg", sample("coffee.jpg")).await;
     let proxy = DenyingProxy { upstream: moto.endpoint.clone(), denied: Default::default() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let app = Router::new().fallback(deny_or_forward).with_state(proxy.clone());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (address, server) = common::loopback_server(app).await;
+    let endpoint = format!("http://{address}");
     let args = ["s3://photos/shop/", "--s3-endpoint", &endpoint, "--s3-region", "us-east-1"];
     let work = tempfile::tempdir().unwrap();
     let collection = common::unique_collection("s3denied");
@@ -437,7 +437,7 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
     assert_eq!(moved.status, ImageStatus::Indexed);
     // The search server sends a browser to the listed URL; it fetches nothing itself.
     let search = imgsearch::api::app(imgsearch::api::ServerState::new(
-        common::ingestor(work.path()).await,
+        common::index(work.path()).await,
         imgsearch::api::ServeConfig::default(),
     ));
     let request = axum::http::Request::get(format!("/v1/images/{}", moved.id)).body(axum::body::Body::empty()).unwrap();

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use imgsearch::api::auth::AuthConfig;
-use imgsearch::api::{ServeConfig, ServerState, app};
+use imgsearch::api::{ServeConfig, ServerState};
 use imgsearch::progress::Progress;
+use imgsearch::search::SearchSettings;
+use imgsearch::shutdown::Shutdown;
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -25,16 +27,15 @@ async fn server(work: &Path, auth: Option<AuthConfig>) -> (String, tokio::task::
     for name in ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"] {
         std::fs::copy(common::photo(name), images.join(name)).unwrap();
     }
-    let ingestor = common::ingestor(work).await;
+    let index = common::index(work).await;
     let collection = common::unique_collection("page");
-    ingestor.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
-    let config =
-        ServeConfig { default_collection: collection, upload_dir: work.join("uploads"), auth, ..Default::default() };
+    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
+    let search = SearchSettings { upload_dir: work.join("uploads"), ..Default::default() };
+    let config = ServeConfig { default_collection: collection, auth, search, ..Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let router = app(ServerState::new(ingestor, config));
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.ok();
+        imgsearch::api::serve(listener, ServerState::new(index, config), Shutdown::never()).await.ok();
     });
     (format!("http://{address}/"), task)
 }

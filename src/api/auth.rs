@@ -32,6 +32,49 @@ pub enum AuthConfigError {
     Empty,
     #[error("the auth token must be printable ASCII without spaces (HTTP headers carry nothing else reliably)")]
     Unsendable,
+    #[error("cannot read the auth token file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("--auth-reads needs a token (--auth-token-file or IMGSEARCH_AUTH_TOKEN)")]
+    ReadsWithoutToken,
+}
+
+/// Where the server's bearer token comes from.
+#[derive(Clone, Default)]
+pub enum TokenSource {
+    /// No token: every route is open.
+    #[default]
+    None,
+    /// A file holding it (a mounted Secret); read once, at start.
+    File(std::path::PathBuf),
+    /// The token itself (an environment variable set from a Secret).
+    Value(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+impl TokenSource {
+    /// The access control this token sets up, `None` when there is no token (and reads are not
+    /// to be protected, which needs one).
+    pub fn config(&self, protect_reads: bool) -> Result<Option<AuthConfig>, AuthConfigError> {
+        let token = match self {
+            Self::File(path) => std::fs::read_to_string(path).map_err(|error| AuthConfigError::Unreadable {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })?,
+            Self::Value(token) => token.clone(),
+            Self::None if protect_reads => return Err(AuthConfigError::ReadsWithoutToken),
+            Self::None => return Ok(None),
+        };
+        Ok(Some(AuthConfig::new(&token, protect_reads)?))
+    }
 }
 
 impl AuthConfig {

@@ -3,9 +3,7 @@
 //! best first, count answers a bare number, progress a `"current: N, total: M"` string.
 
 use axum::Json;
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Multipart, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -13,11 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{
-    ApiError, AppState, ErrorBody, allowed_folder, collection_or_default, read_form, search_by_image, serve_image,
-    top_k,
-};
-use crate::ingest::IngestOptions;
+use super::extract::{ApiJson, ApiQuery, WholeNumber};
+use super::{ApiError, AppState, ErrorBody, UploadForm, collection_or_default, image_response, top_k};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -80,18 +75,9 @@ const BOOTCAMP: &str = "bootcamp";
         (status = 409, description = "Another load is running", body = ErrorBody),
     )
 )]
-async fn load(
-    State(state): State<AppState>,
-    body: Result<Json<LoadRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body?;
+async fn load(State(state): State<AppState>, ApiJson(request): ApiJson<LoadRequest>) -> Result<Json<Value>, ApiError> {
     let collection = collection_or_default(&state, request.table.as_deref())?;
-    let folder = allowed_folder(&state, &request.file)?;
-    let _only_load = state.load.try_lock().map_err(|_| {
-        ApiError::Conflict("another load is running; watch GET /progress and retry when it is done".into())
-    })?;
-    let options = IngestOptions::new(&collection, state.config.batch_size, state.config.decode_workers);
-    let report = state.ingestor.ingest_directory(&folder, &options, &state.progress).await?;
+    let report = state.service.load_folder(&collection, &request.file).await?;
     Ok(Json(json!({ "status": true, "msg": "Successfully loaded data!", "report": report })))
 }
 
@@ -110,19 +96,16 @@ async fn load(
 )]
 async fn upload(
     State(state): State<AppState>,
-    query: Result<Query<TableQuery>, QueryRejection>,
-    multipart: Result<Multipart, MultipartRejection>,
+    ApiQuery(query): ApiQuery<TableQuery>,
+    mut form: UploadForm,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query?;
     if query.url.is_some() {
         return Err(ApiError::BadRequest(
             "uploading by URL is disabled on this server; send the image as a multipart `image` file".into(),
         ));
     }
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
-    let form = read_form(multipart?).await?;
-    let image = form.image()?.to_vec();
-    let id = super::add_upload(&state, &collection, image).await?;
+    let id = state.service.add_upload(&collection, form.take_image()?).await?;
     Ok(Json(json!({ "status": true, "msg": "Successfully uploaded data!", "id": id })))
 }
 
@@ -141,15 +124,14 @@ async fn upload(
 )]
 async fn search(
     State(state): State<AppState>,
-    query: Result<Query<TableQuery>, QueryRejection>,
-    multipart: Result<Multipart, MultipartRejection>,
+    ApiQuery(query): ApiQuery<TableQuery>,
+    mut form: UploadForm,
 ) -> Result<Json<Vec<(String, f32)>>, ApiError> {
-    let Query(query) = query?;
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
-    let form = read_form(multipart?).await?;
-    let top_k = top_k(&state, form.field("topk"))?;
-    let image = form.image()?.to_vec();
-    let hits = search_by_image(&state, &collection, image, top_k).await?;
+    let topk = form.field("topk").map(str::trim).filter(|t| !t.is_empty());
+    let topk = topk.map(WholeNumber::parse).transpose().map_err(|why| ApiError::BadRequest(format!("topk: {why}")))?;
+    let top_k = top_k(&state, topk)?;
+    let hits = state.service.search_by_image(&collection, form.take_image()?, top_k).await?;
     // Hits come best first; distance = 1 − cosine similarity keeps that order ascending.
     Ok(Json(
         hits.into_iter()
@@ -167,16 +149,9 @@ async fn search(
     params(TableQuery),
     responses((status = 200, description = "The number of vectors", body = u64))
 )]
-async fn count(
-    State(state): State<AppState>,
-    query: Result<Query<TableQuery>, QueryRejection>,
-) -> Result<Json<u64>, ApiError> {
-    let Query(query) = query?;
+async fn count(State(state): State<AppState>, ApiQuery(query): ApiQuery<TableQuery>) -> Result<Json<u64>, ApiError> {
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
-    if !state.ingestor.store.has_collection(&collection).await? {
-        return Ok(Json(0));
-    }
-    Ok(Json(state.ingestor.store.count(&collection).await?))
+    Ok(Json(state.service.count_or_zero(&collection).await?))
 }
 
 /// `POST /img/drop?table_name=`: removes the collection's vectors and catalog rows. Image files
@@ -194,31 +169,19 @@ async fn count(
 )]
 async fn drop_collection(
     State(state): State<AppState>,
-    query: Result<Query<TableQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<TableQuery>,
 ) -> Result<Json<String>, ApiError> {
-    let Query(query) = query?;
     let collection = collection_or_default(&state, query.table_name.as_deref())?;
-    let _no_load_meanwhile = state
-        .load
-        .try_lock()
-        .map_err(|_| ApiError::Conflict("a load is running; drop the collection after it finishes".into()))?;
-    let existed = state.ingestor.store.has_collection(&collection).await?;
-    if existed {
-        state.forget_collection(&collection);
-        state.ingestor.store.drop_collection(&collection).await?;
-    }
-    let rows = state.ingestor.catalog.delete_collection(&collection).await?;
-    if !existed && rows == 0 {
+    if !state.service.drop_collection(&collection).await? {
         return Err(ApiError::NotFound(format!("collection {collection:?} does not exist")));
     }
-    tracing::info!(collection, catalog_rows = rows, "dropped collection");
     Ok(Json(format!("Successfully dropped collection {collection} from Milvus and the catalog")))
 }
 
 /// `GET /progress`: the current (or last) load.
 #[utoipa::path(get, path = "/progress", tag = BOOTCAMP, responses((status = 200, description = "`\"current: N, total: M\"`", body = String)))]
 async fn progress(State(state): State<AppState>) -> Json<String> {
-    let (current, total) = state.progress.snapshot();
+    let (current, total) = state.service.progress.snapshot();
     Json(format!("current: {current}, total: {total}"))
 }
 
@@ -238,14 +201,8 @@ struct DataQuery {
         (status = 404, description = "No such indexed image", body = ErrorBody),
     )
 )]
-async fn data(
-    State(state): State<AppState>,
-    query: Result<Query<DataQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let started = std::time::Instant::now();
-    let record = state.ingestor.catalog.find_by_uri(&query.image_path).await;
-    state.metrics.stage("catalog_lookup", started.elapsed());
-    let record = record?;
-    serve_image(&state, record, &format!("at {:?}", query.image_path)).await
+async fn data(State(state): State<AppState>, ApiQuery(query): ApiQuery<DataQuery>) -> Result<Response, ApiError> {
+    let record = state.service.image_by_uri(&query.image_path).await?;
+    let what = format!("at {:?}", query.image_path);
+    Ok(image_response(state.service.read_image(record, &what).await?))
 }

@@ -1,4 +1,5 @@
-//! One error type for every route: a status code and `{"error": {"code", "message"}}`.
+//! One error type for every route: a status code and `{"error": {"code", "message"}}`. The search
+//! service's errors, and those of the parts below it, become status codes here and only here.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -7,7 +8,9 @@ use serde_json::json;
 
 use crate::catalog::CatalogError;
 use crate::embed::{EmbedError, ImageError};
+use crate::index::IndexError;
 use crate::ingest::IngestError;
+use crate::search::SearchError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +166,48 @@ impl From<IngestError> for ApiError {
             IngestError::InvalidCollection(message) => Self::BadRequest(message),
             IngestError::Source(e) => Self::BadRequest(e.to_string()),
             IngestError::Worker(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(error: IndexError) -> Self {
+        match error {
+            IndexError::Store(e) => e.into(),
+            IndexError::Catalog(e) => e.into(),
+            IndexError::Embed(e) => e.into(),
+            IndexError::InvalidCollection(message) => Self::BadRequest(message),
+            IndexError::Worker(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(error: SearchError) -> Self {
+        let message = error.to_string();
+        match error {
+            SearchError::NoCollection(_)
+            | SearchError::NoIndexedImage(_)
+            | SearchError::NoImage(_)
+            | SearchError::VectorMissing { .. }
+            | SearchError::BucketNotGiven { .. }
+            | SearchError::BucketObjectUnreadable { .. }
+            | SearchError::FileGone(_)
+            | SearchError::NoFolder(_) => Self::NotFound(message),
+            SearchError::BucketUnreachable(source) => Self::unavailable(&message, source),
+            SearchError::Busy => Self::Busy(message),
+            SearchError::UrlSearchDisabled | SearchError::LoadingDisabled | SearchError::OutsideLoadRoots { .. } => {
+                Self::Forbidden(message)
+            }
+            SearchError::UrlUnusable { .. } => Self::Unprocessable(message),
+            SearchError::NotAFolder(_) => Self::BadRequest(message),
+            SearchError::LoadRunning | SearchError::DropDuringLoad => Self::Conflict(message),
+            SearchError::Image(e) => e.into(),
+            SearchError::Store(e) => e.into(),
+            SearchError::Catalog(e) => e.into(),
+            SearchError::Index(e) => e.into(),
+            SearchError::Ingest(e) => e.into(),
+            SearchError::Internal(detail) => Self::Internal(detail),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! flight, and how long each stage of a search took.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -37,15 +37,6 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StageLabels {
-    /// `milvus_check` (does the collection exist), `queue` (waiting for an inference slot),
-    /// `embed` (decode, resize, inference), `fetch_url` (a search by URL's download),
-    /// `milvus_search`, `catalog_lookup`. Recorded
-    /// whatever the outcome.
-    pub stage: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub model: String,
     pub dimension: String,
@@ -57,7 +48,6 @@ pub struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
-    stages: Family<StageLabels, Histogram>,
     next_request: AtomicU64,
     /// Random per process: in a container the server is pid 1 in every replica and after every
     /// restart, so the pid alone would repeat ids across pods.
@@ -70,7 +60,9 @@ fn latency_buckets() -> Histogram {
 }
 
 impl ApiMetrics {
-    pub fn new(model: &str, dimension: usize, sessions: usize) -> Self {
+    /// The registry of a server whose model is `model`, publishing the search service's
+    /// `stages` beside the HTTP metrics.
+    pub fn new(model: &str, dimension: usize, sessions: usize, stages: &crate::search::StageTimings) -> Self {
         let mut registry = Registry::with_prefix("imgsearch");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
@@ -78,8 +70,7 @@ impl ApiMetrics {
         registry.register("http_request_duration_seconds", "Time to answer, by method and route", latency.clone());
         let in_flight = Gauge::default();
         registry.register("http_requests_in_flight", "Requests being answered now", in_flight.clone());
-        let stages = Family::<StageLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> Histogram);
-        registry.register("search_stage_duration_seconds", "Time spent in each stage of a search", stages.clone());
+        registry.register("search_stage_duration_seconds", "Time spent in each stage of a search", stages.family());
         let info = Family::<ModelLabels, Gauge>::default();
         registry.register("model_info", "The embedding model this server loaded (value 1)", info.clone());
         info.get_or_create(&ModelLabels {
@@ -95,11 +86,7 @@ impl ApiMetrics {
             hasher.write_u32(std::process::id());
             hasher.finish()
         };
-        Self { registry, requests, latency, in_flight, stages, next_request: AtomicU64::new(1), instance }
-    }
-
-    pub fn stage(&self, stage: &'static str, took: Duration) {
-        self.stages.get_or_create(&StageLabels { stage }).observe(took.as_secs_f64());
+        Self { registry, requests, latency, in_flight, next_request: AtomicU64::new(1), instance }
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -198,7 +185,8 @@ mod tests {
     #[test]
     fn generated_request_ids_differ_between_server_processes_even_with_the_same_pid() {
         // Two servers stand for two pods whose processes are both pid 1.
-        let (a, b) = (ApiMetrics::new("m", 1, 1), ApiMetrics::new("m", 1, 1));
+        let stages = crate::search::StageTimings::default();
+        let (a, b) = (ApiMetrics::new("m", 1, 1, &stages), ApiMetrics::new("m", 1, 1, &stages));
         let request = || Request::new(axum::body::Body::empty());
         assert_ne!(a.request_id(&request()), b.request_id(&request()));
         assert_ne!(a.request_id(&request()), a.request_id(&request()), "and within one server");

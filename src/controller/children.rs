@@ -1,6 +1,7 @@
 //! Pure builders of the objects an `ImageCollection` owns. No I/O: each takes the object and the
 //! controller's settings and returns what should exist, so they are tested as plain data.
 
+use crate::env;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -21,6 +22,9 @@ pub const LABEL_COLLECTION: &str = "imgsearch.io/collection";
 pub const LABEL_GENERATION: &str = "imgsearch.io/generation";
 const IMAGES_MOUNT: &str = "/images";
 const SCRATCH_MOUNT: &str = "/var/lib/imgsearch";
+/// The key of a catalog Secret that holds the catalog's URL (the variable's own name).
+pub const CATALOG_SECRET_KEY: &str = env::DATABASE_URL;
+
 /// Seconds a search pod keeps serving after SIGTERM (see `IMGSEARCH_SHUTDOWN_DRAIN_SECONDS`).
 const SEARCH_DRAIN_SECONDS: u64 = 5;
 
@@ -161,27 +165,27 @@ pub fn search_name(name: &str) -> String {
 fn common_env(ic: &ImageCollection) -> Result<Vec<EnvVar>, BuildError> {
     let uri = ic.milvus_uri().ok_or(BuildError::NoMilvus)?;
     let mut env = vec![
-        plain("MILVUS_URI", &uri),
-        plain("IMGSEARCH_COLLECTION", &ic.milvus_collection()),
-        plain("IMGSEARCH_MODEL", ic.spec.model.name.as_str()),
-        plain("IMGSEARCH_MODEL_DIR", "/usr/share/imgsearch/model"),
-        plain("RUST_LOG", "info"),
+        plain(env::MILVUS_URI, &uri),
+        plain(env::COLLECTION, &ic.milvus_collection()),
+        plain(env::MODEL, ic.spec.model.name.as_str()),
+        plain(env::MODEL_DIR, "/usr/share/imgsearch/model"),
+        plain(env::RUST_LOG, "info"),
     ];
     if let Some(database) = &ic.spec.milvus.database {
-        env.push(plain("MILVUS_DATABASE", database));
+        env.push(plain(env::MILVUS_DATABASE, database));
     }
     if let Some(secret) = &ic.spec.milvus.secret_ref {
         // The Secret holds `token`, or `username` and `password`: each is passed if present.
         for (variable, key) in
-            [("MILVUS_TOKEN", "token"), ("MILVUS_USERNAME", "username"), ("MILVUS_PASSWORD", "password")]
+            [(env::MILVUS_TOKEN, "token"), (env::MILVUS_USERNAME, "username"), (env::MILVUS_PASSWORD, "password")]
         {
             env.push(from_secret(variable, &secret.name, key, true));
         }
     }
     match &ic.spec.catalog {
-        Some(catalog) => env.push(from_secret("DATABASE_URL", &catalog.secret_ref.name, "DATABASE_URL", false)),
+        Some(catalog) => env.push(from_secret(env::DATABASE_URL, &catalog.secret_ref.name, CATALOG_SECRET_KEY, false)),
         // No SQL catalog: Milvus's rows are the record, shared by every pod (catalog/milvus.rs).
-        None => env.push(plain("DATABASE_URL", crate::catalog::NO_DATABASE)),
+        None => env.push(plain(env::DATABASE_URL, crate::catalog::NO_DATABASE)),
     }
     Ok(env)
 }
@@ -261,16 +265,16 @@ const URL_LIST_FILE_NAME: &str = "urls.txt";
 fn s3_access(s3: &S3Source) -> (String, Vec<EnvVar>) {
     let mut env = Vec::new();
     if let Some(endpoint) = &s3.endpoint {
-        env.push(plain("IMGSEARCH_S3_ENDPOINT", endpoint));
+        env.push(plain(env::S3_ENDPOINT, endpoint));
     }
     if let Some(region) = &s3.region {
-        env.push(plain("AWS_REGION", region));
+        env.push(plain(env::AWS_REGION, region));
     }
     // Without a Secret, credentials come from the pod's identity (e.g. IRSA on EKS).
     if let Some(secret) = &s3.secret_ref {
-        env.push(from_secret("AWS_ACCESS_KEY_ID", &secret.name, "AWS_ACCESS_KEY_ID", false));
-        env.push(from_secret("AWS_SECRET_ACCESS_KEY", &secret.name, "AWS_SECRET_ACCESS_KEY", false));
-        env.push(from_secret("AWS_SESSION_TOKEN", &secret.name, "AWS_SESSION_TOKEN", true));
+        env.push(from_secret(env::AWS_ACCESS_KEY_ID, &secret.name, env::AWS_ACCESS_KEY_ID, false));
+        env.push(from_secret(env::AWS_SECRET_ACCESS_KEY, &secret.name, env::AWS_SECRET_ACCESS_KEY, false));
+        env.push(from_secret(env::AWS_SESSION_TOKEN, &secret.name, env::AWS_SESSION_TOKEN, true));
     }
     (format!("s3://{}/{}", s3.bucket, s3.prefix.trim_matches('/')), env)
 }
@@ -316,7 +320,7 @@ fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
         };
         let mut env = Vec::new();
         if !urls.allow_private_networks.is_empty() {
-            env.push(plain("IMGSEARCH_ALLOW_PRIVATE_NETWORKS", &urls.allow_private_networks.join(",")));
+            env.push(plain(env::ALLOW_PRIVATE_NETWORKS, &urls.allow_private_networks.join(",")));
         }
         return Ok(IngestSource {
             args: vec!["--url-list".into(), format!("{URL_LIST_DIR}/{URL_LIST_FILE_NAME}")],
@@ -346,12 +350,12 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
     let shards = ic.spec.ingest.parallelism.max(1);
     let mut env = common_env(ic)?;
     env.extend(source.env);
-    env.push(plain("IMGSEARCH_BATCH_SIZE", &ic.spec.ingest.batch_size.to_string()));
+    env.push(plain(env::BATCH_SIZE, &ic.spec.ingest.batch_size.to_string()));
     // Kubernetes sets JOB_COMPLETION_INDEX in each pod; the shard count is the completion count.
-    env.push(plain("IMGSEARCH_SHARD_COUNT", &shards.to_string()));
-    env.push(plain("IMGSEARCH_PRUNE", if ic.spec.ingest.prune { "true" } else { "false" }));
+    env.push(plain(env::SHARD_COUNT, &shards.to_string()));
+    env.push(plain(env::PRUNE, if ic.spec.ingest.prune { "true" } else { "false" }));
     // The run's counts go to the termination message, where the controller reads them back.
-    env.push(plain("IMGSEARCH_SUMMARY_FILE", TERMINATION_MESSAGE_PATH));
+    env.push(plain(env::SUMMARY_FILE, TERMINATION_MESSAGE_PATH));
     let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
         source.volumes.into_iter().chain([scratch_volume()]).unzip();
 
@@ -461,23 +465,23 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     let (name, namespace) = name_and_namespace(ic)?;
     let port = ic.spec.search.port;
     let mut env = common_env(ic)?;
-    env.push(plain("IMGSEARCH_LISTEN", &format!("0.0.0.0:{port}")));
+    env.push(plain(env::LISTEN, &format!("0.0.0.0:{port}")));
     // Kubernetes takes a terminating pod out of the Service's endpoints while it signals it, and
     // proxies learn of it a moment later: the server keeps answering (readiness failing) for
     // this long after SIGTERM before it stops accepting. In-process, so no shell or newer
     // kubelet (a preStop sleep) is needed; well inside the default 30 s grace period.
-    env.push(plain("IMGSEARCH_SHUTDOWN_DRAIN_SECONDS", &SEARCH_DRAIN_SECONDS.to_string()));
-    env.push(plain("IMGSEARCH_UPLOAD_DIR", &format!("{SCRATCH_MOUNT}/uploads")));
+    env.push(plain(env::SHUTDOWN_DRAIN_SECONDS, &SEARCH_DRAIN_SECONDS.to_string()));
+    env.push(plain(env::UPLOAD_DIR, &format!("{SCRATCH_MOUNT}/uploads")));
     // Result images of a bucket source are read from the bucket, with the ingest Jobs' settings.
     if let Some(s3) = &ic.spec.source.s3 {
         let (location, access) = s3_access(s3);
         env.extend(access);
-        env.push(plain("IMGSEARCH_IMAGE_BUCKET", &location));
+        env.push(plain(env::IMAGE_BUCKET, &location));
     }
     // Write routes need the Secret's `token`; the pod does not start without it (not optional),
     // rather than serve unprotected.
     if let Some(auth) = &ic.spec.search.auth {
-        env.push(from_secret("IMGSEARCH_AUTH_TOKEN", &auth.secret_ref.name, "token", false));
+        env.push(from_secret(env::AUTH_TOKEN, &auth.secret_ref.name, "token", false));
     }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {

@@ -25,8 +25,10 @@ use tokio::sync::Mutex;
 
 use super::children::{self, BuildError, ChildConfig, LABEL_COLLECTION, LABEL_GENERATION, MANAGER};
 use super::metrics::Metrics;
+use super::reasons;
 use super::status::{self, ChildFailure, IngestObservation, MilvusObservation, Observed, SearchObservation};
 use crate::crd::{DeletionPolicy, ImageCollection, ImageCollectionStatus};
+use crate::shutdown::Shutdown;
 use crate::store::{IndexSpec, MilvusStore, StoreError};
 
 pub const FINALIZER: &str = "imgsearch.io/cleanup";
@@ -36,7 +38,6 @@ pub const FINALIZER: &str = "imgsearch.io/cleanup";
 /// address of their own, and receive the token from the controller or from the pods it creates.
 pub const MILVUS_URI_ANNOTATION: &str = "imgsearch.io/milvus-uri";
 const MILVUS_PATIENCE: Duration = Duration::from_secs(8);
-const SECRET_NOT_BOUND: &str = status::SECRET_NOT_BOUND;
 /// The label the Job controller puts on a Job's pods.
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
@@ -89,6 +90,25 @@ impl Error {
             Self::NoNamespace => "invalid_spec",
             Self::StaleChild(_) => "stale_child",
             Self::PodsStopping(_) => "pods_stopping",
+        }
+    }
+
+    /// The reason a condition or Event gives for this failure ([`reasons`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            // A collection of another dimension is a spec the controller refuses, not an outage.
+            Self::Store(StoreError::DimensionMismatch { .. }) => reasons::COLLECTION_MISMATCH,
+            Self::Store(StoreError::IndexFailed { .. }) => reasons::INDEX_FAILED,
+            Self::Store(_) => reasons::MILVUS_UNAVAILABLE,
+            Self::Secret { .. } => reasons::SECRET_INVALID,
+            Self::SecretNotBound { .. } | Self::CredentialsWithheld(_) => reasons::SECRET_NOT_BOUND,
+            Self::Build(_) | Self::NoNamespace => reasons::INVALID_SPEC,
+            // A 4xx needs someone to change something; anything else is the server's moment.
+            Self::Kube(kube::Error::Api(status)) if (400..500).contains(&status.code) => reasons::CHILD_REJECTED,
+            Self::Kube(_) | Self::Finalizer(_) => reasons::API_UNAVAILABLE,
+            Self::StaleChild(_) => reasons::STALE_CHILD,
+            Self::Catalog(_) => reasons::CATALOG_UNAVAILABLE,
+            Self::PodsStopping(_) => reasons::STOPPING_PODS,
         }
     }
 }
@@ -192,8 +212,8 @@ fn object_key(ic: &ImageCollection) -> String {
     format!("{}/{}", ic.namespace().unwrap_or_default(), ic.name_any())
 }
 
-/// Runs the controller until SIGTERM / Ctrl-C.
-pub async fn run(context: Arc<Context>) {
+/// Runs the controller until `shutdown`, then lets the reconciles in flight finish.
+pub async fn run(context: Arc<Context>, shutdown: Shutdown) {
     let client = context.client.clone();
     // The ImageCollection watch passes on only changes the controller must act on. Without the
     // filter every status write (the indexed count rises during an ingest) came back as a watch
@@ -209,7 +229,7 @@ pub async fn run(context: Arc<Context>) {
         .owns(Api::<CronJob>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Service>::all(client), watcher::Config::default().labels(LABEL_COLLECTION))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(async move { shutdown.requested().await })
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
@@ -295,14 +315,10 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     let milvus = match ensure_milvus(ic, context, &collection).await {
         Ok(rows) => MilvusObservation::Ready { rows },
         Err(error) => {
-            // A collection of another dimension is a spec the controller refuses, not an outage.
-            let reason = match &error {
-                Error::Store(StoreError::DimensionMismatch { .. }) => "CollectionMismatch",
-                Error::Store(StoreError::IndexFailed { .. }) => "IndexFailed",
-                Error::Secret { .. } => "SecretInvalid",
-                Error::SecretNotBound { .. } => SECRET_NOT_BOUND,
-                Error::Build(_) => "InvalidSpec",
-                _ => "MilvusUnavailable",
+            let reason = match error.reason() {
+                // Reading the Milvus Secret is part of reaching Milvus.
+                reasons::API_UNAVAILABLE | reasons::CHILD_REJECTED => reasons::MILVUS_UNAVAILABLE,
+                reason => reason,
             };
             publish(context, ic, EventType::Warning, reason, &error.to_string()).await;
             MilvusObservation::Failed { reason, message: error.to_string() }
@@ -315,7 +331,7 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     // Pods get the Milvus Secret's keys and send them to spec.milvus.uri: no pod is made while
     // the Secret does not name that address (the controller would be the confused deputy).
     let unbound = match &milvus {
-        MilvusObservation::Failed { reason: SECRET_NOT_BOUND, message } => Some(message.clone()),
+        MilvusObservation::Failed { reason: reasons::SECRET_NOT_BOUND, message } => Some(message.clone()),
         _ => None,
     };
     let withheld = || unbound.clone().map(Error::CredentialsWithheld);
@@ -406,14 +422,20 @@ fn settle<T>(failures: &mut Vec<ChildFailure>, object: String, result: Result<T>
         Ok(value) => return Some(value),
         Err(error) => error,
     };
-    let (reason, message) = match &error {
-        Error::Build(problem) => ("InvalidSpec", problem.to_string()),
-        Error::Kube(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
-            ("ChildRejected", format!("the API server refused it ({}): {}", status.code, status.message))
+    let reason = match error.reason() {
+        reason @ (reasons::INVALID_SPEC
+        | reasons::CHILD_REJECTED
+        | reasons::STALE_CHILD
+        | reasons::SECRET_NOT_BOUND) => reason,
+        _ => reasons::API_UNAVAILABLE,
+    };
+    let message = match &error {
+        Error::Build(problem) => problem.to_string(),
+        Error::Kube(kube::Error::Api(status)) if reason == reasons::CHILD_REJECTED => {
+            format!("the API server refused it ({}): {}", status.code, status.message)
         }
-        Error::StaleChild(message) => ("StaleChild", message.clone()),
-        withheld @ Error::CredentialsWithheld(_) => (SECRET_NOT_BOUND, withheld.to_string()),
-        other => ("ApiUnavailable", other.to_string()),
+        Error::StaleChild(message) => message.clone(),
+        other => other.to_string(),
     };
     tracing::warn!(%object, reason, %message, "child not applied");
     failures.push(ChildFailure { object, reason, message });
@@ -473,7 +495,7 @@ async fn ensure_ingest_job(
         if job.metadata.deletion_timestamp.is_none() {
             jobs.delete(&job_name, &background()).await?;
             let note = format!("deleted Job {job_name} left by an earlier ImageCollection of this name");
-            publish(context, ic, EventType::Normal, "StaleJobDeleted", &note).await;
+            publish(context, ic, EventType::Normal, reasons::STALE_JOB_DELETED, &note).await;
         }
         return Err(Error::StaleChild(format!(
             "Job {job_name} of an earlier ImageCollection {} is being deleted",
@@ -486,7 +508,8 @@ async fn ensure_ingest_job(
     match children::ingest_job(ic, &context.children) {
         Ok(job) => {
             let created = jobs.patch(&job_name, params, &Patch::Apply(&job)).await?;
-            publish(context, ic, EventType::Normal, "IngestStarted", &format!("created ingest Job {job_name}")).await;
+            publish(context, ic, EventType::Normal, reasons::INGEST_STARTED, &format!("created ingest Job {job_name}"))
+                .await;
             Ok(Some(created))
         }
         Err(BuildError::UnsupportedSource(_)) => Ok(None),
@@ -554,7 +577,8 @@ async fn ensure_rescan_cronjob(
         Ok(None) | Err(BuildError::UnsupportedSource(_)) => {
             if cronjobs.get_opt(&name).await?.is_some() {
                 cronjobs.delete(&name, &background()).await?;
-                publish(context, ic, EventType::Normal, "RescanRemoved", &format!("deleted CronJob {name}")).await;
+                publish(context, ic, EventType::Normal, reasons::RESCAN_REMOVED, &format!("deleted CronJob {name}"))
+                    .await;
             }
         }
         Err(other) => return Err(other.into()),
@@ -613,7 +637,7 @@ async fn ensure_milvus(ic: &ImageCollection, context: &Context, collection: &str
     if !existed {
         let note =
             format!("created Milvus collection {collection} ({} dimensions, HNSW index), loaded", model.dimension);
-        publish(context, ic, EventType::Normal, "CollectionCreated", &note).await;
+        publish(context, ic, EventType::Normal, reasons::COLLECTION_CREATED, &note).await;
     }
     Ok(store.count(collection).await?)
 }
@@ -723,7 +747,7 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
                  Retrying; the object stays until this succeeds (set deletionPolicy: Retain to keep the data \
                  and let the object go)"
             );
-            publish(context, ic, EventType::Warning, "CleanupBlocked", &message).await;
+            publish(context, ic, EventType::Warning, reasons::CLEANUP_BLOCKED, &message).await;
             let blocked = status::Deletion::Blocked(&message);
             write_status(context, ic, &status::deleting(ic.status.as_ref(), blocked, generation(ic), now())).await.ok();
             return Err(error);
@@ -779,7 +803,7 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
             context,
             ic,
             EventType::Normal,
-            "CollectionDropped",
+            reasons::COLLECTION_DROPPED,
             &format!("dropped Milvus collection {collection}"),
         )
         .await;
@@ -789,7 +813,7 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
         let field = "spec.catalog.secretRef";
         let name = &catalog.secret_ref.name;
         let data = secret_data(context, ic, field, name).await?;
-        let url = data.get("DATABASE_URL").ok_or_else(|| Error::Secret {
+        let url = data.get(children::CATALOG_SECRET_KEY).ok_or_else(|| Error::Secret {
             field,
             name: name.clone(),
             problem: "has no DATABASE_URL key".into(),
@@ -802,7 +826,7 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
             context,
             ic,
             EventType::Normal,
-            "CatalogPurged",
+            reasons::CATALOG_PURGED,
             &format!("deleted {rows} catalog rows of {collection}"),
         )
         .await;

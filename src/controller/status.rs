@@ -6,6 +6,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::reasons::{
+    AVAILABLE, CHILD_REASONS, CLEANUP_BLOCKED, COLLECTION_LOADED, DELETING, INDEX_BUILT, INGEST_COMPLETED,
+    INGEST_FAILED, INGESTING, JOB_FAILED, JOB_NOT_CREATED, JOB_RUNNING, JOB_SUCCEEDED, NOT_BLOCKED, NOT_READY,
+    POD_NOT_STARTING, PODS_NOT_STARTING, PROGRESSING, READY as READY_REASON, STOPPING_PODS, SUSPENDED, UNAVAILABLE,
+    UNSUPPORTED_SOURCE,
+};
 use crate::crd::conditions::*;
 use crate::crd::{ImageCollectionStatus, ImageCounts, LastIngest, Phase};
 
@@ -196,10 +202,10 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
             set(
                 COLLECTION_READY,
                 true,
-                "CollectionLoaded",
+                COLLECTION_LOADED,
                 format!("Milvus collection {} exists and is loaded", observed.collection),
             );
-            set(INDEX_READY, true, "IndexBuilt", "HNSW index built".into());
+            set(INDEX_READY, true, INDEX_BUILT, "HNSW index built".into());
             (true, Some(*rows))
         }
         MilvusObservation::Failed { reason, message } => {
@@ -212,11 +218,11 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     let mut ingest_failure = None;
     let (ingesting, ingest_failed, last_ingest) = match &observed.ingest {
         IngestObservation::Suspended => {
-            set(INGESTED, false, "Suspended", "spec.suspend is true: no ingest Job is started".into());
+            set(INGESTED, false, SUSPENDED, "spec.suspend is true: no ingest Job is started".into());
             (false, false, None)
         }
         IngestObservation::Running { job, started_at } => {
-            set(INGESTED, false, "JobRunning", format!("ingest Job {job} is running"));
+            set(INGESTED, false, JOB_RUNNING, format!("ingest Job {job} is running"));
             (
                 true,
                 false,
@@ -234,7 +240,7 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
                 Some(summary) => format!("ingest Job {job} completed: {summary}"),
                 None => format!("ingest Job {job} completed (its pods left no summary)"),
             };
-            set(INGESTED, true, "JobSucceeded", message);
+            set(INGESTED, true, JOB_SUCCEEDED, message);
             (
                 false,
                 false,
@@ -248,8 +254,8 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         }
         IngestObservation::Failed { job, message } => {
             let said = format!("ingest Job {job} failed: {message}");
-            ingest_failure = Some(("IngestFailed", said.clone()));
-            set(INGESTED, false, "JobFailed", said);
+            ingest_failure = Some((INGEST_FAILED, said.clone()));
+            set(INGESTED, false, JOB_FAILED, said);
             (
                 false,
                 true,
@@ -262,16 +268,16 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
             )
         }
         IngestObservation::NotCreated { message } => {
-            set(INGESTED, false, "JobNotCreated", message.clone());
+            set(INGESTED, false, JOB_NOT_CREATED, message.clone());
             (false, false, None)
         }
         IngestObservation::NotStarting { job, message } => {
-            set(INGESTED, false, "PodsNotStarting", format!("ingest Job {job} cannot start: {message}"));
+            set(INGESTED, false, PODS_NOT_STARTING, format!("ingest Job {job} cannot start: {message}"));
             (false, true, None)
         }
         IngestObservation::Unsupported { message } => {
-            ingest_failure = Some(("UnsupportedSource", message.clone()));
-            set(INGESTED, false, "UnsupportedSource", message.clone());
+            ingest_failure = Some((UNSUPPORTED_SOURCE, message.clone()));
+            set(INGESTED, false, UNSUPPORTED_SOURCE, message.clone());
             (false, true, None)
         }
     };
@@ -281,7 +287,7 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     set(
         SEARCH_READY,
         search_ok,
-        if search_ok { "Available" } else { "Unavailable" },
+        if search_ok { AVAILABLE } else { UNAVAILABLE },
         format!("{} of {} search replicas available", search.available, search.desired),
     );
 
@@ -298,7 +304,7 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
     } else {
         "the search service is not available".to_string()
     };
-    set(READY, ready, if ready { "Ready" } else { "NotReady" }, ready_message);
+    set(READY, ready, if ready { READY_REASON } else { NOT_READY }, ready_message);
     // kstatus: Reconciling while work is in flight, Stalled when it cannot progress on its own.
     // Stalled says what blocks progress: children first (nothing else can fix them), then
     // Milvus, then the ingest Job.
@@ -310,15 +316,10 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         ingest_failure
     };
     let stalled = stalled_by.is_some();
-    set(
-        RECONCILING,
-        ingesting || (!ready && !stalled),
-        if ingesting { "Ingesting" } else { "Progressing" },
-        String::new(),
-    );
+    set(RECONCILING, ingesting || (!ready && !stalled), if ingesting { INGESTING } else { PROGRESSING }, String::new());
     match stalled_by {
         Some((reason, message)) => set(STALLED, true, reason, message),
-        None => set(STALLED, false, "NotBlocked", String::new()),
+        None => set(STALLED, false, NOT_BLOCKED, String::new()),
     }
 
     let phase = if !milvus_ok {
@@ -353,17 +354,6 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         collection_name: Some(observed.collection.clone()),
     }
 }
-
-/// Stalled reasons of [`ChildFailure`]s.
-pub const CHILD_REASONS: [&str; 6] =
-    ["InvalidSpec", "ChildRejected", "ApiUnavailable", "StaleChild", POD_NOT_STARTING, SECRET_NOT_BOUND];
-
-/// The reason for a Milvus Secret that does not name the collection's Milvus address, and for
-/// the workloads withheld because of it.
-pub const SECRET_NOT_BOUND: &str = "SecretNotBound";
-
-/// The Stalled reason for a pod that has not started within the grace period.
-pub const POD_NOT_STARTING: &str = "PodNotStarting";
 
 /// Container waiting reasons that mean the container is not about to start: each needs someone
 /// to fix something (a Secret, an image reference, a registry credential, the program itself).
@@ -451,11 +441,11 @@ pub fn transitions(
     };
     let message = |type_: &str| next.conditions.iter().find(|c| c.type_ == type_).map(|c| c.message.clone());
     match changed(INGESTED) {
-        Some((_, reason)) if reason == "JobSucceeded" => {
-            events.push((Normal, "IngestCompleted".into(), message(INGESTED).unwrap_or_default()))
+        Some((_, reason)) if reason == JOB_SUCCEEDED => {
+            events.push((Normal, INGEST_COMPLETED.into(), message(INGESTED).unwrap_or_default()))
         }
-        Some((_, reason)) if reason == "JobFailed" => {
-            events.push((Warning, "IngestFailed".into(), message(INGESTED).unwrap_or_default()))
+        Some((_, reason)) if reason == JOB_FAILED => {
+            events.push((Warning, INGEST_FAILED.into(), message(INGESTED).unwrap_or_default()))
         }
         _ => {}
     }
@@ -473,11 +463,11 @@ pub fn transitions(
     }
     match changed(READY) {
         Some((status, _)) if status == "True" => {
-            events.push((Normal, "Ready".into(), message(READY).unwrap_or_default()))
+            events.push((Normal, READY_REASON.into(), message(READY).unwrap_or_default()))
         }
         // Not ready from the start is the normal beginning, not news.
         Some((status, _)) if status == "False" && find(previous, READY).is_some_and(|(s, _)| s == "True") => {
-            events.push((Warning, "NotReady".into(), message(READY).unwrap_or_default()))
+            events.push((Warning, NOT_READY.into(), message(READY).unwrap_or_default()))
         }
         _ => {}
     }
@@ -504,13 +494,13 @@ pub fn deleting(
     let mut status = previous.cloned().unwrap_or_default();
     let blocked = matches!(step, Deletion::Blocked(_));
     let (reason, message) = match step {
-        Deletion::Blocked(why) => ("CleanupBlocked", why.to_string()),
-        Deletion::Stopping(what) => ("StoppingPods", what.to_string()),
+        Deletion::Blocked(why) => (CLEANUP_BLOCKED, why.to_string()),
+        Deletion::Stopping(what) => (STOPPING_PODS, what.to_string()),
     };
     let replaced = [
         condition(previous, READY, "False", reason, message.clone(), generation, &now),
         condition(previous, STALLED, if blocked { "True" } else { "False" }, reason, message, generation, &now),
-        condition(previous, RECONCILING, "True", "Deleting", String::new(), generation, &now),
+        condition(previous, RECONCILING, "True", DELETING, String::new(), generation, &now),
     ];
     status.conditions.retain(|c| !replaced.iter().any(|r| r.type_ == c.type_));
     status.conditions.extend(replaced);

@@ -87,6 +87,74 @@ pub struct ModelConfig {
     pub sessions: usize,
 }
 
+/// What the model will mostly do, which decides how its cores are shared out by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Many images (ingest): one single-threaded session per core, batches side by side; they
+    /// keep running at full speed while decode threads take turns on the same cores.
+    Throughput,
+    /// One image at a time (search requests, eval's one thread): one session using every core.
+    Latency,
+}
+
+/// The most inference sessions a throughput workload starts on its own.
+const MAX_DEFAULT_SESSIONS: usize = 4;
+
+/// The model as a command's flags choose it; what they leave open, the workload decides.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub name: String,
+    pub model_dir: Option<PathBuf>,
+    pub ort_dylib: Option<PathBuf>,
+    /// ONNX Runtime threads per session, if set.
+    pub threads: Option<usize>,
+    /// Sessions running batches side by side, if set.
+    pub sessions: Option<usize>,
+    pub limits: DecodeLimits,
+}
+
+impl ModelSettings {
+    /// Sessions and threads for `workload` on this machine's cores, where the flags are silent.
+    pub fn config(&self, workload: Workload) -> ModelConfig {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (sessions, threads) = match workload {
+            Workload::Throughput => {
+                // Each session holds its own copy of the model and activation arena (≈ 290 MiB
+                // at batch 8): a pod without a CPU limit on a large node would otherwise start
+                // dozens. Four keep the gain on small nodes; more is a flag away.
+                let sessions = self.sessions.unwrap_or(cores.min(MAX_DEFAULT_SESSIONS)).max(1);
+                (sessions, self.threads.unwrap_or_else(|| (cores / sessions).max(1)))
+            }
+            Workload::Latency => (self.sessions.unwrap_or(1), self.threads.unwrap_or(0)),
+        };
+        ModelConfig {
+            name: self.name.clone(),
+            model_dir: self.model_dir.clone(),
+            ort_dylib: self.ort_dylib.clone(),
+            threads,
+            sessions,
+        }
+    }
+
+    /// Loads the model for `workload` (on the blocking pool: it reads and optimises the graph)
+    /// and says what was loaded.
+    pub async fn load(&self, workload: Workload) -> Result<std::sync::Arc<EmbeddingModel>, EmbedError> {
+        let config = self.config(workload);
+        let threads = config.threads;
+        let model = tokio::task::spawn_blocking(move || EmbeddingModel::load(&config)).await.map_err(|e| {
+            EmbedError::ModelLoad { path: PathBuf::new(), detail: format!("the loading task failed: {e}") }
+        })??;
+        tracing::info!(
+            model = model.spec().name,
+            dimension = model.dimension(),
+            sessions = model.sessions(),
+            threads_per_session = if threads == 0 { "all cores".to_string() } else { threads.to_string() },
+            "model loaded"
+        );
+        Ok(std::sync::Arc::new(model))
+    }
+}
+
 impl EmbeddingModel {
     pub fn load(config: &ModelConfig) -> Result<Self, EmbedError> {
         let spec = builtin(&config.name)?;

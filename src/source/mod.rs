@@ -58,6 +58,32 @@ impl ReadError {
     }
 }
 
+/// Where a run's images come from, as `imgsearch ingest`'s arguments say: opened into a
+/// [`Source`] when the run starts.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// A folder, or a bucket's prefix as `s3://bucket/prefix` with the settings that reach it.
+    Location { location: String, s3: s3::S3Settings },
+    /// A file listing image URLs, fetched within the guard: internal addresses refused unless
+    /// one of `allowed_networks` (CIDRs) holds them, each fetch limited to `timeout`.
+    UrlList { file: PathBuf, allowed_networks: Vec<String>, timeout: std::time::Duration },
+}
+
+impl SourceSpec {
+    pub fn open(&self) -> Result<Source, SourceError> {
+        match self {
+            Self::UrlList { file, allowed_networks, timeout } => {
+                let fetcher = urls::Fetcher::new(urls::AllowedNetworks::parse(allowed_networks)?, *timeout)?;
+                Ok(Source::Urls(urls::UrlList::read(file, fetcher)?))
+            }
+            Self::Location { location, s3 } if location.starts_with("s3://") => {
+                Ok(Source::S3(s3::Bucket::connect(s3::S3Location::parse(location)?, s3)?))
+            }
+            Self::Location { location, .. } => Source::directory(Path::new(location)),
+        }
+    }
+}
+
 /// Where a run's images come from.
 #[derive(Debug)]
 pub enum Source {

@@ -10,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 use image::ImageFormat;
 use imgsearch::catalog::Catalog;
 use imgsearch::embed::{DecodeLimits, EmbeddingModel, ModelConfig};
-use imgsearch::ingest::{IngestOptions, Ingestor};
+use imgsearch::index::ImageIndex;
+use imgsearch::ingest::IngestOptions;
 use imgsearch::store::{IndexSpec, MilvusStore};
 
 pub mod databases;
@@ -44,21 +45,21 @@ pub fn unique_collection(purpose: &str) -> String {
     format!("t_{purpose}_{}_{}_{}", std::process::id(), nanos, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// An ingestor against the shared Milvus and a fresh SQLite catalog in `dir`.
-pub async fn ingestor(dir: &Path) -> Ingestor {
+/// An image index on the shared Milvus and a fresh SQLite catalog in `dir`.
+pub async fn index(dir: &Path) -> ImageIndex {
     let store = MilvusStore::connect(&milvus_uri(), None).await.expect("connect to the test Milvus");
     let catalog = Catalog::open(&format!("sqlite://{}", dir.join("catalog.db").display())).await.expect("open catalog");
-    Ingestor { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
+    ImageIndex { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
 }
 
-/// An ingestor against the shared Milvus with no SQL catalog (`DATABASE_URL=none`, the
+/// An image index on the shared Milvus with no SQL catalog (`DATABASE_URL=none`, the
 /// operator's default): Milvus's rows are the record, lookups by id look in `collection`.
-pub async fn ingestor_without_catalog(collection: &str) -> Ingestor {
+pub async fn index_without_catalog(collection: &str) -> ImageIndex {
     let store = MilvusStore::connect(&milvus_uri(), None).await.expect("connect to the test Milvus");
     let catalog = Catalog::open_or_milvus(imgsearch::catalog::NO_DATABASE, &store, &[collection.to_string()])
         .await
         .expect("a catalog of Milvus's rows");
-    Ingestor { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
+    ImageIndex { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
 }
 
 pub fn options(collection: &str) -> IngestOptions {
@@ -79,6 +80,35 @@ pub fn photo(name: &str) -> PathBuf {
 /// An input a fuzzing run found (fuzz/regressions/<target>/), kept once fixed.
 pub fn fuzz_regression(target: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target).join(name)
+}
+
+/// Copies sample photos by name into `to`.
+pub fn copy_photos(names: &[&str], to: &Path) {
+    for name in names {
+        std::fs::copy(photo(name), to.join(name)).expect("copy sample photo");
+    }
+}
+
+/// Waits up to 30 s, checking every 100 ms, until `check` gives a value; fails naming `what`.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Serves `router` on a free loopback port until the test ends; its address and task.
+pub async fn loopback_server(router: axum::Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let address = listener.local_addr().expect("its address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (address, task)
 }
 
 /// The first `per_class` Fashion-MNIST sample images of every class, each with a flat name

@@ -1,0 +1,136 @@
+//! The search server's settings: [`ServerSettings`] as `imgsearch serve`'s flags give them, and
+//! [`ServeConfig`], what the server runs with once they are resolved (folders checked, the token
+//! file read, the bucket and the URL fetcher set up). `standalone` builds a `ServeConfig`
+//! directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::auth::{AuthConfig, AuthConfigError, TokenSource};
+use super::server::ConnectionLimits;
+use crate::search::SearchSettings;
+use crate::source::s3::{self, S3Settings};
+use crate::source::{SourceError, urls};
+use crate::store::SearchConsistency;
+
+/// What the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Collection used when a request names none (`table_name` / `collection`).
+    pub default_collection: String,
+    pub max_body_bytes: usize,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    /// A bearer token for write routes (and reads, if it says so); `None`: everything open.
+    pub auth: Option<AuthConfig>,
+    /// How long to keep answering after a shutdown signal before the listener closes.
+    pub shutdown_drain: Duration,
+    /// What one client may hold: header and body timeouts, open connections.
+    pub connection_limits: ConnectionLimits,
+    /// What the search service behind the routes may do.
+    pub search: SearchSettings,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            default_collection: "images".into(),
+            max_body_bytes: 20 << 20,
+            default_top_k: 10,
+            max_top_k: 100,
+            auth: None,
+            shutdown_drain: Duration::ZERO,
+            connection_limits: ConnectionLimits::default(),
+            search: SearchSettings::default(),
+        }
+    }
+}
+
+/// The server as its flags describe it.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Folders `POST /img/load` may read; must exist.
+    pub load_roots: Vec<PathBuf>,
+    pub upload_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_concurrent_inference: usize,
+    pub batch_size: usize,
+    pub decode_workers: usize,
+    /// `s3://bucket/prefix` of a bucket-sourced collection, whose images results come from.
+    pub image_bucket: Option<String>,
+    pub s3: S3Settings,
+    pub token: TokenSource,
+    pub protect_reads: bool,
+    pub search_consistency: SearchConsistency,
+    pub shutdown_drain: Duration,
+    /// Searching by URL: off with `None`, else on with these internal networks allowed.
+    pub search_by_url: Option<Vec<String>>,
+    pub connection_limits: ConnectionLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("load root {path} does not exist: {reason}")]
+    LoadRoot { path: String, reason: String },
+    #[error("upload dir {path}: {reason}")]
+    UploadDir { path: String, reason: String },
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// How long a search by URL may take to download its image: shorter than an ingest's limit,
+/// since someone is waiting for the answer.
+const SEARCH_URL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ServerSettings {
+    /// The configuration these settings mean, serving `collection` by default. Reads the token
+    /// file and checks the folders now, so a mistake is reported at start, not at first use.
+    pub fn resolve(&self, collection: &str) -> Result<ServeConfig, ConfigError> {
+        let mut load_roots = Vec::new();
+        for root in self.load_roots.iter().filter(|r| !r.as_os_str().is_empty()) {
+            let canonical = root.canonicalize().map_err(|error| ConfigError::LoadRoot {
+                path: root.display().to_string(),
+                reason: error.to_string(),
+            })?;
+            load_roots.push(canonical);
+        }
+        let upload_dir = std::path::absolute(&self.upload_dir).map_err(|error| ConfigError::UploadDir {
+            path: self.upload_dir.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        let image_bucket = match &self.image_bucket {
+            Some(location) => Some(Arc::new(s3::Bucket::connect(s3::S3Location::parse(location)?, &self.s3)?)),
+            None => None,
+        };
+        let url_fetcher = match &self.search_by_url {
+            Some(allowed) => {
+                let fetcher = urls::Fetcher::new(urls::AllowedNetworks::parse(allowed)?, SEARCH_URL_TIMEOUT)?;
+                Some(Arc::new(fetcher.with_max_bytes(self.max_body_bytes as u64)))
+            }
+            None => None,
+        };
+        Ok(ServeConfig {
+            default_collection: collection.to_string(),
+            max_body_bytes: self.max_body_bytes,
+            auth: self.token.config(self.protect_reads)?,
+            shutdown_drain: self.shutdown_drain,
+            connection_limits: self.connection_limits,
+            search: SearchSettings {
+                load_roots,
+                upload_dir,
+                max_concurrent_inference: self.max_concurrent_inference,
+                batch_size: self.batch_size,
+                decode_workers: self.decode_workers,
+                image_bucket,
+                url_fetcher,
+                ..SearchSettings::default()
+            },
+            ..ServeConfig::default()
+        })
+    }
+}

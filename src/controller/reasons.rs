@@ -1,0 +1,68 @@
+//! The operator's vocabulary: the reasons its conditions and Events carry, in one place, so the
+//! writer (status, reconcile) and every reader (tests, dashboards, `kubectl wait`) agree on one
+//! spelling. Condition types are the CRD's (`crate::crd::conditions`).
+
+// CollectionReady and IndexReady.
+pub const COLLECTION_LOADED: &str = "CollectionLoaded";
+pub const INDEX_BUILT: &str = "IndexBuilt";
+/// The Milvus collection exists with another dimension: the spec would mix embedding spaces.
+pub const COLLECTION_MISMATCH: &str = "CollectionMismatch";
+pub const INDEX_FAILED: &str = "IndexFailed";
+pub const MILVUS_UNAVAILABLE: &str = "MilvusUnavailable";
+/// The Milvus Secret is missing or has no usable credentials.
+pub const SECRET_INVALID: &str = "SecretInvalid";
+/// A Milvus Secret that does not name the collection's Milvus address, and the workloads
+/// withheld because of it.
+pub const SECRET_NOT_BOUND: &str = "SecretNotBound";
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+// Ingested.
+pub const SUSPENDED: &str = "Suspended";
+pub const JOB_RUNNING: &str = "JobRunning";
+pub const JOB_SUCCEEDED: &str = "JobSucceeded";
+pub const JOB_FAILED: &str = "JobFailed";
+pub const JOB_NOT_CREATED: &str = "JobNotCreated";
+pub const PODS_NOT_STARTING: &str = "PodsNotStarting";
+pub const UNSUPPORTED_SOURCE: &str = "UnsupportedSource";
+
+// SearchReady and Ready.
+pub const AVAILABLE: &str = "Available";
+pub const UNAVAILABLE: &str = "Unavailable";
+pub const READY: &str = "Ready";
+pub const NOT_READY: &str = "NotReady";
+
+// Reconciling and Stalled (kstatus).
+pub const INGESTING: &str = "Ingesting";
+pub const PROGRESSING: &str = "Progressing";
+pub const NOT_BLOCKED: &str = "NotBlocked";
+pub const DELETING: &str = "Deleting";
+/// A deletion waits for Milvus (or the catalog) to answer before it can drop the data.
+pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
+/// A deletion waits for the collection's pods to stop before it drops the data.
+pub const STOPPING_PODS: &str = "StoppingPods";
+
+// Why a child object was not applied (Stalled), one per failure.
+/// The API server refused the object (a 4xx): someone must change something.
+pub const CHILD_REJECTED: &str = "ChildRejected";
+/// The API server did not answer the apply; the next pass retries.
+pub const API_UNAVAILABLE: &str = "ApiUnavailable";
+/// A child of this name belongs to an earlier object of the same name.
+pub const STALE_CHILD: &str = "StaleChild";
+/// A pod that has not started within the grace period.
+pub const POD_NOT_STARTING: &str = "PodNotStarting";
+/// The catalog could not be reached while cleaning up.
+pub const CATALOG_UNAVAILABLE: &str = "CatalogUnavailable";
+
+/// Stalled reasons of child failures (status keeps Events about them from repeating).
+pub const CHILD_REASONS: [&str; 6] =
+    [INVALID_SPEC, CHILD_REJECTED, API_UNAVAILABLE, STALE_CHILD, POD_NOT_STARTING, SECRET_NOT_BOUND];
+
+// Events only.
+pub const INGEST_STARTED: &str = "IngestStarted";
+pub const INGEST_COMPLETED: &str = "IngestCompleted";
+pub const INGEST_FAILED: &str = "IngestFailed";
+pub const STALE_JOB_DELETED: &str = "StaleJobDeleted";
+pub const RESCAN_REMOVED: &str = "RescanRemoved";
+pub const COLLECTION_CREATED: &str = "CollectionCreated";
+pub const COLLECTION_DROPPED: &str = "CollectionDropped";
+pub const CATALOG_PURGED: &str = "CatalogPurged";

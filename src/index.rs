@@ -1,0 +1,167 @@
+//! The image index: Milvus's vectors, the catalog's rows and the model that turns images into
+//! vectors, held together as one handle that ingest writes through and the search service reads
+//! through. The write order lives here, because every writer must keep it:
+//!
+//! 1. catalog: reserve the image's id, status `pending` (an existing URI keeps its id);
+//! 2. Milvus: upsert the vector under that id (a retry replaces rather than duplicates);
+//! 3. catalog: mark `indexed`.
+//!
+//! Deletes go the other way: Milvus first, then the catalog, so a process killed in between
+//! leaves rows that the next delete or prune finds again (deleting an absent vector is a no-op),
+//! never a vector that nothing lists. Without a SQL catalog (`DATABASE_URL=none`) steps 1 and 3
+//! fall away: the id derives from the URI ([`crate::catalog::uri_id`]) and the Milvus upsert is
+//! the record.
+
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, CatalogError, ImageStatus, KnownImage, NewImage};
+use crate::embed::preprocess::{DecodeLimits, PreparedImage};
+use crate::embed::{EmbedError, EmbeddingModel, ModelSettings, Workload};
+use crate::store::{IndexSpec, MilvusStore, StoreError, VectorRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("{0}")]
+    InvalidCollection(String),
+    #[error("an embedding task stopped unexpectedly: {0}")]
+    Worker(String),
+}
+
+/// Where the vectors and the catalog are.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub milvus_uri: String,
+    /// `user:password` or an API key; none for Milvus Lite.
+    pub milvus_token: Option<String>,
+    /// The Milvus database (`None`: the server's default).
+    pub milvus_database: Option<String>,
+    /// `sqlite://…`, `postgres://…`, `mysql://…`, or `none` for Milvus's own rows.
+    pub database_url: String,
+}
+
+/// The store, the catalog and the model every reader and writer of a collection shares.
+#[derive(Clone, Debug)]
+pub struct ImageIndex {
+    pub store: MilvusStore,
+    pub catalog: Catalog,
+    pub model: Arc<EmbeddingModel>,
+    pub index: IndexSpec,
+    pub limits: DecodeLimits,
+}
+
+impl ImageIndex {
+    /// Connects to Milvus, opens the catalog, then loads the model for `workload` (so that a
+    /// wrong address is reported before the model's seconds of loading). `collection` is the one
+    /// this process ingests into or searches by default: without a SQL catalog, lookups by image
+    /// id alone look there.
+    pub async fn open(
+        backend: &BackendConfig,
+        collection: &str,
+        model: &ModelSettings,
+        workload: Workload,
+        index: IndexSpec,
+    ) -> Result<Self, IndexError> {
+        let token = backend.milvus_token.as_deref();
+        let store = MilvusStore::connect_to(&backend.milvus_uri, token, backend.milvus_database.as_deref()).await?;
+        let catalog = Catalog::open_or_milvus(&backend.database_url, &store, &[collection.to_string()]).await?;
+        Ok(Self { store, catalog, model: model.load(workload).await?, index, limits: model.limits })
+    }
+
+    /// Adds one already decoded image (an upload). Returns its catalog id; an identical image
+    /// already indexed under the same URI is not embedded again.
+    pub async fn add_prepared(
+        &self,
+        collection: &str,
+        image: NewImage,
+        prepared: PreparedImage,
+    ) -> Result<i64, IndexError> {
+        crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
+        self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
+        if let Some(existing) = self.catalog.find(collection, &image.uri).await?
+            && existing.status == ImageStatus::Indexed
+            && existing.content_hash.as_deref() == Some(image.content_hash.as_str())
+        {
+            return Ok(existing.id);
+        }
+        self.catalog.check_id_free(collection, &image.uri).await?;
+        let (images, vectors) = self.embed(vec![(image, prepared)]).await?;
+        let ids = self.write_embedded(collection, images, vectors).await?;
+        ids.first().copied().ok_or_else(|| IndexError::Worker("no id returned for the image".into()))
+    }
+
+    /// Runs the model over a batch (on the blocking pool: inference is CPU work).
+    pub(crate) async fn embed(
+        &self,
+        batch: Vec<(NewImage, PreparedImage)>,
+    ) -> Result<(Vec<NewImage>, Vec<Vec<f32>>), IndexError> {
+        let (images, prepared): (Vec<NewImage>, Vec<PreparedImage>) = batch.into_iter().unzip();
+        let model = Arc::clone(&self.model);
+        let vectors = tokio::task::spawn_blocking(move || model.embed_batch(&prepared))
+            .await
+            .map_err(|e| IndexError::Worker(e.to_string()))??;
+        Ok((images, vectors))
+    }
+
+    /// Writes embedded images in the order that makes a kill at any point safe (module docs).
+    pub(crate) async fn write_embedded(
+        &self,
+        collection: &str,
+        images: Vec<NewImage>,
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<Vec<i64>, IndexError> {
+        let ids = self.catalog.reserve(collection, &images).await?;
+        let rows: Vec<VectorRow> = images
+            .into_iter()
+            .zip(vectors)
+            .zip(&ids)
+            .map(|((image, vector), &id)| VectorRow { id, vector, uri: image.uri, content_hash: image.content_hash })
+            .collect();
+        self.store.upsert(collection, &rows).await?;
+        self.catalog.mark_indexed(&ids).await?;
+        Ok(ids)
+    }
+
+    /// Records why an image could not be indexed; an image that was searchable and is now
+    /// broken stops matching searches.
+    pub(crate) async fn record_failure(
+        &self,
+        collection: &str,
+        known: Option<&KnownImage>,
+        failure: &ImageFailure<'_>,
+    ) -> Result<(), IndexError> {
+        let ImageFailure { uri, content_hash, size_bytes, reason } = *failure;
+        let id = self.catalog.record_failure(collection, uri, content_hash, size_bytes, reason).await?;
+        if known.is_some_and(|k| k.status != ImageStatus::Failed) {
+            self.store.delete(collection, &[id]).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes images from Milvus, then from the catalog (module docs), a thousand at a time.
+    /// A collection Milvus no longer has holds no vectors to delete.
+    pub async fn delete(&self, collection: &str, ids: &[i64]) -> Result<(), IndexError> {
+        for chunk in ids.chunks(1000) {
+            match self.store.delete(collection, chunk).await {
+                Ok(()) | Err(StoreError::CollectionNotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+            self.catalog.delete_images(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+/// An image that could not be indexed, as the catalog records it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ImageFailure<'a> {
+    pub uri: &'a str,
+    pub content_hash: Option<&'a str>,
+    pub size_bytes: Option<i64>,
+    pub reason: &'a str,
+}

@@ -1,0 +1,205 @@
+//! Ingest: a source (a folder, a bucket, a URL list) brought into a collection. This module
+//! holds the options, the entry point and the pruning of what the source no longer has;
+//! [`pipeline`] the stages an image goes through; [`report`] what a run tells; [`command`] the
+//! `imgsearch ingest` command around it. The writes and their order are the image index's
+//! ([`crate::index`]), shared with the search service's uploads.
+//!
+//! A rerun skips images whose URI and content hash are already `indexed` (or `failed`, since the
+//! same bytes fail the same way) and redoes `pending` ones, so a run killed at any point can
+//! simply be run again. Without a SQL catalog a rerun reads what is indexed back from Milvus.
+
+pub mod command;
+mod pipeline;
+pub mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::catalog::{CatalogError, KnownImage};
+use crate::embed::EmbedError;
+use crate::index::{ImageIndex, IndexError};
+use crate::progress::Progress;
+use crate::source::{Shard, Source, SourceError};
+use crate::store::StoreError;
+
+pub use crate::source::MAX_FILE_BYTES;
+pub use report::{IngestFailure, IngestReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("{0}")]
+    InvalidCollection(String),
+    #[error("an ingest worker stopped unexpectedly: {0}")]
+    Worker(String),
+}
+
+impl From<IndexError> for IngestError {
+    fn from(error: IndexError) -> Self {
+        match error {
+            IndexError::Store(e) => Self::Store(e),
+            IndexError::Catalog(e) => Self::Catalog(e),
+            IndexError::Embed(e) => Self::Embed(e),
+            IndexError::InvalidCollection(message) => Self::InvalidCollection(message),
+            IndexError::Worker(detail) => Self::Worker(detail),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub collection: String,
+    /// Images per inference call and per Milvus/catalog write.
+    pub batch_size: usize,
+    /// Images decoded at once while the model runs.
+    pub decode_workers: usize,
+    /// The part of the source this run covers (an Indexed Job pod's share).
+    pub shard: Shard,
+    /// Remove images that are gone from the source (only its own images, and only this shard's).
+    pub prune: bool,
+}
+
+impl IngestOptions {
+    /// The whole source, no pruning.
+    pub fn new(collection: &str, batch_size: usize, decode_workers: usize) -> Self {
+        Self { collection: collection.to_string(), batch_size, decode_workers, shard: Shard::WHOLE, prune: false }
+    }
+}
+
+impl ImageIndex {
+    /// Ingests a folder (see [`ImageIndex::ingest`]).
+    pub async fn ingest_directory(
+        &self,
+        root: &Path,
+        options: &IngestOptions,
+        progress: &Progress,
+    ) -> Result<IngestReport, IngestError> {
+        self.ingest(&Source::directory(root)?, options, progress).await
+    }
+
+    /// Lists the source (this run's shard of it) and brings the collection and the catalog up
+    /// to date with it: the [`pipeline`]'s stages run at once, then, with `prune`, what the
+    /// source no longer lists is removed.
+    pub async fn ingest(
+        &self,
+        source: &Source,
+        options: &IngestOptions,
+        progress: &Progress,
+    ) -> Result<IngestReport, IngestError> {
+        let started = Instant::now();
+        let collection = options.collection.as_str();
+        crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
+        self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
+
+        let mut files = source.list().await?;
+        files.retain(|file| options.shard.contains(&file.uri));
+        let listed: HashSet<String> =
+            if options.prune { files.iter().map(|f| f.uri.clone()).collect() } else { Default::default() };
+        let known = Arc::new(self.catalog.known_images(collection).await?);
+        let mut report =
+            IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
+        // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
+        tracing::info!(
+            collection,
+            source = source.describe(),
+            images = files.len(),
+            shard = options.shard.index,
+            shards = options.shard.count,
+            "ingest started"
+        );
+        progress.begin(files.len() as u64);
+
+        let decode_workers = options.decode_workers.max(1);
+        let (to_decoders, fetched) = mpsc::channel(decode_workers * 2);
+        let (to_batcher, decoded) = mpsc::channel(options.batch_size.max(1) * 2);
+        // Batching, embedding and writing overlap: the model embeds up to one batch per session
+        // at once while Milvus and the catalog take the batch before, so inference never waits
+        // on a write.
+        let (to_model, batches) = mpsc::channel(1);
+        let (to_writer, embedded) = mpsc::channel(1);
+        let batching =
+            pipeline::Batching { index: self, collection, batch_size: options.batch_size, known: &known, progress };
+        let (reading, (), batching, embedding, writing) = tokio::join!(
+            pipeline::read(source, files, to_decoders),
+            pipeline::decode(fetched, Arc::clone(&known), self.limits, self.model.input(), decode_workers, to_batcher),
+            pipeline::batch(batching, decoded, to_model, &mut report),
+            pipeline::embed(self, batches, to_writer),
+            pipeline::write(self, collection, embedded, progress),
+        );
+        progress.finish();
+        // The first stage to fail is the one to blame: a write error stops embedding, which
+        // stops reading, not the other way round.
+        report.indexed += writing?;
+        embedding?;
+        batching?;
+        reading?;
+        if options.prune {
+            report.pruned = self.prune(collection, source, options.shard, &known, &listed).await?;
+        }
+        if report.indexed > 0 || report.pruned > 0 {
+            // Sealed segments get indexed; left growing, every search scans them in full.
+            self.store.flush(collection).await?;
+        }
+
+        report.seconds = started.elapsed().as_secs_f64();
+        report.images_per_second = (report.indexed as f64) / report.seconds.max(1e-9);
+        tracing::info!(
+            collection,
+            discovered = report.discovered,
+            indexed = report.indexed,
+            skipped = report.skipped,
+            failed = report.failed,
+            pruned = report.pruned,
+            seconds = format!("{:.1}", report.seconds),
+            "ingest finished"
+        );
+        Ok(report)
+    }
+
+    /// Removes catalogued images of this source and shard that the listing no longer has, in
+    /// the index's delete order (a kill in between leaves rows the next prune finds again).
+    /// Images of other sources, uploads and other shards are never touched.
+    async fn prune(
+        &self,
+        collection: &str,
+        source: &Source,
+        shard: Shard,
+        known: &HashMap<String, KnownImage>,
+        listed: &HashSet<String>,
+    ) -> Result<u64, IngestError> {
+        let gone: Vec<i64> = known
+            .iter()
+            .filter(|(uri, _)| source.owns(uri) && shard.contains(uri) && !listed.contains(*uri))
+            .map(|(_, image)| image.id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        // A source that lists nothing at all is far more often misconfigured (a wrong prefix, an
+        // empty mount) than emptied on purpose; emptying the collection then would be the wrong
+        // guess, and an expensive one.
+        if listed.is_empty() {
+            tracing::warn!(
+                collection,
+                source = source.describe(),
+                catalogued = gone.len(),
+                "the source listed no images; not pruning (delete the images explicitly if that is intended)"
+            );
+            return Ok(0);
+        }
+        self.delete(collection, &gone).await?;
+        tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the source");
+        Ok(gone.len() as u64)
+    }
+}

@@ -1,0 +1,497 @@
+//! The search service: what the search API does, without HTTP. Searching by image, URL or
+//! vector, uploads, deletes, reading an indexed image back, loading a folder and dropping a
+//! collection, each with the limits that keep a shared server healthy (a bounded inference
+//! queue, one load at a time, uploads never racing deletes). The HTTP handlers (`api/`) parse
+//! requests, call this and map its [`SearchError`]s to status codes in one place; tests and other
+//! transports call it directly.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::catalog::{CatalogError, ImageRecord, ImageStatus, NewImage};
+use crate::embed::{EmbedBytesError, EmbedError, ImageError, preprocess};
+use crate::index::{ImageIndex, IndexError};
+use crate::ingest::{IngestError, IngestOptions, IngestReport};
+use crate::progress::Progress;
+use crate::source::{ReadError, SourceError, SourceImage};
+use crate::store::{Hit, SearchFilter, StoreError};
+
+/// What the search service may do, and how much of it at once.
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    /// Folders a load may read; anything else is refused. Stored canonicalised.
+    pub load_roots: Vec<PathBuf>,
+    /// Where uploads are stored, named by content hash.
+    pub upload_dir: PathBuf,
+    /// Inferences allowed at once; more requests wait up to `queue_timeout`, then are refused
+    /// as busy.
+    pub max_concurrent_inference: usize,
+    pub queue_timeout: Duration,
+    /// Images per batch and decoded at once during a load.
+    pub batch_size: usize,
+    pub decode_workers: usize,
+    /// Where images catalogued as `s3://…` are read from, when the collection came from a bucket.
+    pub image_bucket: Option<Arc<crate::source::s3::Bucket>>,
+    /// Fetches query images for searches by URL; `None`: searching by URL is refused.
+    pub url_fetcher: Option<Arc<crate::source::urls::Fetcher>>,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            load_roots: Vec::new(),
+            upload_dir: PathBuf::from("data/uploads"),
+            max_concurrent_inference: 2,
+            queue_timeout: Duration::from_secs(10),
+            batch_size: 8,
+            decode_workers: 1,
+            image_bucket: None,
+            url_fetcher: None,
+        }
+    }
+}
+
+/// Why the service could not do what was asked. Each says what a client can do about it; the
+/// API turns them into status codes (api/error.rs).
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("collection {0:?} does not exist; load or upload images first")]
+    NoCollection(String),
+    /// `what` names the image as the client did: `with id 3`, `at "/photos/a.jpg"`.
+    #[error("no indexed image {0}")]
+    NoIndexedImage(String),
+    #[error("no image with id {0}")]
+    NoImage(i64),
+    #[error(
+        "image {id} is catalogued as indexed in {collection:?} but Milvus has no vector for it; run the ingest again"
+    )]
+    VectorMissing { id: i64, collection: String },
+    #[error("image {what} is in a bucket ({uri}) this server was not given (start it with --image-bucket)")]
+    BucketNotGiven { what: String, uri: String },
+    #[error("image {what} cannot be read from its bucket: {reason}")]
+    BucketObjectUnreadable { what: String, reason: String },
+    #[error("the image bucket is unreachable; try again shortly")]
+    BucketUnreachable(#[source] SourceError),
+    #[error("image {0} is catalogued but its file is no longer readable")]
+    FileGone(String),
+    #[error("the server is busy embedding other images; retry shortly")]
+    Busy,
+    #[error("searching by URL is disabled on this server (start it with --search-by-url); upload the image instead")]
+    UrlSearchDisabled,
+    #[error("cannot search by url {url:?}: {reason}")]
+    UrlUnusable { url: String, reason: String },
+    #[error("loading folders is disabled on this server (start it with --load-root DIR)")]
+    LoadingDisabled,
+    #[error("folder {folder:?} is not under an allowed load root ({roots})")]
+    OutsideLoadRoots { folder: String, roots: String },
+    #[error("{0:?} is not a folder")]
+    NotAFolder(String),
+    #[error("folder {0:?} does not exist")]
+    NoFolder(String),
+    #[error("another load is running; watch GET /progress and retry when it is done")]
+    LoadRunning,
+    #[error("a load is running; drop the collection after it finishes")]
+    DropDuringLoad,
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// A bug or an unexpected state (a task that panicked, a path that is not UTF-8).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<EmbedError> for SearchError {
+    fn from(error: EmbedError) -> Self {
+        Self::Index(IndexError::Embed(error))
+    }
+}
+
+pub type Result<T, E = SearchError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `milvus_check` (does the collection exist), `queue` (waiting for an inference slot),
+    /// `embed` (decode, resize, inference), `fetch_url` (a search by URL's download),
+    /// `milvus_search`, `catalog_lookup`. Recorded whatever the outcome.
+    pub stage: &'static str,
+}
+
+/// How long each stage of a search took (the server publishes it at `/metrics`).
+#[derive(Clone, Debug)]
+pub struct StageTimings(Family<StageLabels, Histogram>);
+
+impl Default for StageTimings {
+    fn default() -> Self {
+        // 1 ms … 30 s: a cached probe to a large upload queued behind others.
+        fn buckets() -> Histogram {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        }
+        Self(Family::new_with_constructor(buckets as fn() -> Histogram))
+    }
+}
+
+impl StageTimings {
+    pub fn record(&self, stage: &'static str, took: Duration) {
+        self.0.get_or_create(&StageLabels { stage }).observe(took.as_secs_f64());
+    }
+
+    /// The histograms, to register with a Prometheus registry.
+    pub fn family(&self) -> Family<StageLabels, Histogram> {
+        self.0.clone()
+    }
+}
+
+/// An indexed image to hand back: its bytes, or where it lives (an image of a URL list).
+#[derive(Debug)]
+pub enum ImageContent {
+    Bytes { bytes: Vec<u8>, mime: &'static str },
+    Elsewhere(String),
+}
+
+pub struct SearchService {
+    pub index: ImageIndex,
+    pub settings: SearchSettings,
+    pub stages: StageTimings,
+    /// Progress of the current or last load.
+    pub progress: Progress,
+    inference: Semaphore,
+    /// One load at a time: two loads of one collection would race on the same rows.
+    load: tokio::sync::Mutex<()>,
+    /// Uploads and deletes one at a time: an upload of bytes already stored reuses the file, so
+    /// a delete removing it "because no row names it" must not run between the two steps.
+    uploads: tokio::sync::Mutex<()>,
+    /// Collections seen to exist in Milvus, so a search skips the existence check's round
+    /// trip (1–8 ms measured). Only presence is remembered, and a call that finds a remembered
+    /// collection gone (dropped by another server or the controller) forgets it: that call
+    /// answers "not found" as the check would have, and the next one checks again.
+    known_collections: std::sync::Mutex<HashSet<String>>,
+}
+
+impl SearchService {
+    pub fn new(index: ImageIndex, settings: SearchSettings) -> Self {
+        Self {
+            inference: Semaphore::new(settings.max_concurrent_inference.max(1)),
+            index,
+            settings,
+            stages: StageTimings::default(),
+            progress: Progress::silent(),
+            load: Default::default(),
+            uploads: Default::default(),
+            known_collections: Default::default(),
+        }
+    }
+
+    fn known_collections(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Poisoning cannot leave the set half-changed (each use is one insert or remove).
+        self.known_collections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Passes a Milvus result through, forgetting the collection if Milvus no longer has it.
+    fn forget_if_missing<T>(&self, collection: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::CollectionNotFound { .. }) = &result {
+            self.known_collections().remove(collection);
+        }
+        result
+    }
+
+    /// Fails unless Milvus has the collection (asked once; see `known_collections`).
+    pub async fn require_collection(&self, collection: &str) -> Result<()> {
+        if self.known_collections().contains(collection) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let exists = self.index.store.has_collection(collection).await;
+        self.stages.record("milvus_check", started.elapsed());
+        if !exists? {
+            return Err(SearchError::NoCollection(collection.to_string()));
+        }
+        self.known_collections().insert(collection.to_string());
+        Ok(())
+    }
+
+    /// Image bytes → nearest images, holding an inference slot for the embedding only.
+    pub async fn search_by_image(&self, collection: &str, bytes: Vec<u8>, top_k: usize) -> Result<Vec<Hit>> {
+        self.require_collection(collection).await?;
+        let vector = self.embed_query(bytes).await?;
+        self.search_by_vector(collection, vector, top_k, &SearchFilter::default()).await
+    }
+
+    pub async fn search_by_vector(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        top_k: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Hit>> {
+        // Timed whatever the outcome: a slow failure is exactly what the histogram is for.
+        let started = Instant::now();
+        let hits = self.index.store.search_many(collection, vec![vector], top_k, filter, &self.index.index).await;
+        self.stages.record("milvus_search", started.elapsed());
+        Ok(self.forget_if_missing(collection, hits)?.pop().unwrap_or_default())
+    }
+
+    /// The embedding of a query image, computed when an inference slot frees within the queue
+    /// wait (else [`SearchError::Busy`]).
+    pub async fn embed_query(&self, bytes: Vec<u8>) -> Result<Vec<f32>> {
+        let queued = Instant::now();
+        let permit = tokio::time::timeout(self.settings.queue_timeout, self.inference.acquire()).await;
+        // Recorded before the outcome is judged: waits that end refused are the ones to see.
+        self.stages.record("queue", queued.elapsed());
+        let _permit = permit.map_err(|_| SearchError::Busy)?.map_err(|e| SearchError::Internal(e.to_string()))?;
+        let model = Arc::clone(&self.index.model);
+        let limits = self.index.limits;
+        let started = Instant::now();
+        let embedded = tokio::task::spawn_blocking(move || model.embed_bytes(&bytes, limits))
+            .await
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
+        self.stages.record("embed", started.elapsed());
+        match embedded {
+            Ok((_, vector)) => Ok(vector),
+            Err(EmbedBytesError::Image(e)) => Err(e.into()),
+            Err(EmbedBytesError::Embed(e)) => Err(e.into()),
+        }
+    }
+
+    /// The query image of a search by URL, through the SSRF-guarded fetcher (no private,
+    /// loopback or link-local addresses unless allowed, http(s) only, size and time limits,
+    /// redirects checked again).
+    pub async fn fetch_query_image(&self, url: &str) -> Result<Vec<u8>> {
+        let fetcher = self.settings.url_fetcher.as_ref().ok_or(SearchError::UrlSearchDisabled)?;
+        let started = Instant::now();
+        let fetched = fetcher.fetch(url).await;
+        self.stages.record("fetch_url", started.elapsed());
+        // Whatever went wrong over there (refused address, 404, a down or slow host) is the
+        // URL's problem, not this server's.
+        fetched.map_err(|error| SearchError::UrlUnusable { url: url.to_string(), reason: error.to_string() })
+    }
+
+    /// An indexed image's catalog row and its vector as Milvus holds it.
+    pub async fn indexed_vector(&self, id: i64) -> Result<(ImageRecord, Vec<f32>)> {
+        let record = self
+            .index
+            .catalog
+            .get(id)
+            .await?
+            .filter(|r| r.status == ImageStatus::Indexed)
+            .ok_or_else(|| SearchError::NoIndexedImage(format!("with id {id}")))?;
+        let mut vectors = self.index.store.vectors(&record.collection, &[id]).await?;
+        let vector = vectors
+            .remove(&id)
+            .ok_or_else(|| SearchError::VectorMissing { id, collection: record.collection.clone() })?;
+        Ok((record, vector))
+    }
+
+    /// Stored vectors by id; ids without one are left out.
+    pub async fn vectors(&self, collection: &str, ids: &[i64]) -> Result<HashMap<i64, Vec<f32>>> {
+        Ok(self.forget_if_missing(collection, self.index.store.vectors(collection, ids).await)?)
+    }
+
+    /// Vectors searchable in the collection.
+    pub async fn count(&self, collection: &str) -> Result<u64> {
+        self.require_collection(collection).await?;
+        Ok(self.forget_if_missing(collection, self.index.store.count(collection).await)?)
+    }
+
+    /// Vectors in the collection, 0 for one not created yet (the bootcamp's count), asked of
+    /// Milvus each time.
+    pub async fn count_or_zero(&self, collection: &str) -> Result<u64> {
+        if !self.index.store.has_collection(collection).await? {
+            return Ok(0);
+        }
+        Ok(self.index.store.count(collection).await?)
+    }
+
+    /// The catalog row of an image, by id, timed as `catalog_lookup`.
+    pub async fn image_by_id(&self, id: i64) -> Result<Option<ImageRecord>> {
+        let started = Instant::now();
+        let record = self.index.catalog.get(id).await;
+        self.stages.record("catalog_lookup", started.elapsed());
+        Ok(record?)
+    }
+
+    /// The catalog row of an image, by URI, timed as `catalog_lookup`.
+    pub async fn image_by_uri(&self, uri: &str) -> Result<Option<ImageRecord>> {
+        let started = Instant::now();
+        let record = self.index.catalog.find_by_uri(uri).await;
+        self.stages.record("catalog_lookup", started.elapsed());
+        Ok(record?)
+    }
+
+    /// Validates, stores (under its content hash, never a client-chosen name) and indexes an
+    /// upload; returns its id.
+    pub async fn add_upload(&self, collection: &str, bytes: Vec<u8>) -> Result<i64> {
+        let limits = self.index.limits;
+        let input = self.index.model.input();
+        let (prepared, bytes) =
+            tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input), bytes))
+                .await
+                .map_err(|e| SearchError::Internal(e.to_string()))?;
+        let prepared = prepared?;
+        let content_hash = hex::encode(Sha256::digest(&bytes));
+        let extension = prepared.format.extensions_str().first().copied().unwrap_or("img");
+        let path = self.settings.upload_dir.join(format!("{content_hash}.{extension}"));
+        let _no_delete_meanwhile = self.uploads.lock().await;
+        store_upload(&path, &bytes).await?;
+        let uri = path
+            .to_str()
+            .ok_or_else(|| SearchError::Internal("upload directory is not valid UTF-8".into()))?
+            .to_string();
+        let image = NewImage {
+            uri,
+            content_hash,
+            size_bytes: bytes.len() as i64,
+            width: i64::from(prepared.width),
+            height: i64::from(prepared.height),
+        };
+        Ok(self.index.add_prepared(collection, image, prepared).await?)
+    }
+
+    /// Removes an image from search and the catalog (in the index's delete order: if Milvus
+    /// fails nothing changed; if the catalog fails after, the row is still there and a retry
+    /// finishes the job). An uploaded file goes too once no catalog row names it; an image of
+    /// a folder, bucket or URL list stays where it is.
+    pub async fn delete_image(&self, id: i64) -> Result<()> {
+        let record = self.index.catalog.get(id).await?.ok_or(SearchError::NoImage(id))?;
+        let _no_upload_meanwhile = self.uploads.lock().await;
+        self.index.delete(&record.collection, &[record.id]).await?;
+        // The image is deleted; the file is tidying-up, and its failure is logged, not answered.
+        let path = Path::new(&record.uri);
+        if path.starts_with(&self.settings.upload_dir) {
+            match self.index.catalog.find_by_uri(&record.uri).await {
+                Ok(None) => {
+                    if let Err(error) = tokio::fs::remove_file(path).await {
+                        tracing::warn!(path = %path.display(), %error, "deleted image's upload file could not be removed");
+                    }
+                }
+                Ok(Some(_)) => {} // another collection holds the same upload
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "deleted image's upload file left: catalog lookup failed");
+                }
+            }
+        }
+        tracing::info!(id = record.id, collection = %record.collection, uri = %record.uri, "deleted image");
+        Ok(())
+    }
+
+    /// A catalogued, indexed image's content. Only images the catalog lists are ever read;
+    /// `what` names the image in errors (`with id 3`).
+    pub async fn read_image(&self, record: Option<ImageRecord>, what: &str) -> Result<ImageContent> {
+        let record = record
+            .filter(|r| r.status == ImageStatus::Indexed)
+            .ok_or_else(|| SearchError::NoIndexedImage(what.to_string()))?;
+        // Images of a URL list are the listed URLs: the client fetches them from their origin, so
+        // this server never fetches arbitrary addresses on a client's behalf.
+        if record.uri.starts_with("https://") || record.uri.starts_with("http://") {
+            return Ok(ImageContent::Elsewhere(record.uri));
+        }
+        let bytes =
+            if record.uri.starts_with("s3://") {
+                let bucket =
+                    self.settings.image_bucket.as_ref().filter(|bucket| bucket.owns(&record.uri)).ok_or_else(|| {
+                        SearchError::BucketNotGiven { what: what.to_string(), uri: record.uri.clone() }
+                    })?;
+                let object = SourceImage { uri: record.uri.clone(), size: None };
+                bucket.read(&object).await.map_err(|error| match error {
+                    ReadError::Source(error) => SearchError::BucketUnreachable(error),
+                    other => SearchError::BucketObjectUnreadable { what: what.to_string(), reason: other.to_string() },
+                })?
+            } else {
+                tokio::fs::read(&record.uri).await.map_err(|_| SearchError::FileGone(what.to_string()))?
+            };
+        let mime = preprocess::sniff_format(&bytes).map(preprocess::mime_type).unwrap_or("application/octet-stream");
+        Ok(ImageContent::Bytes { bytes, mime })
+    }
+
+    /// Ingests a folder under a load root into `collection`, one load at a time; progress in
+    /// [`SearchService::progress`].
+    pub async fn load_folder(&self, collection: &str, folder: &str) -> Result<IngestReport> {
+        let folder = self.allowed_folder(folder)?;
+        let _only_load = self.load.try_lock().map_err(|_| SearchError::LoadRunning)?;
+        let options = IngestOptions::new(collection, self.settings.batch_size, self.settings.decode_workers);
+        Ok(self.index.ingest_directory(&folder, &options, &self.progress).await?)
+    }
+
+    /// Drops the collection from Milvus and the catalog (not while a load runs); `false` if
+    /// neither had it.
+    pub async fn drop_collection(&self, collection: &str) -> Result<bool> {
+        let _no_load_meanwhile = self.load.try_lock().map_err(|_| SearchError::DropDuringLoad)?;
+        let existed = self.index.store.has_collection(collection).await?;
+        if existed {
+            self.known_collections().remove(collection);
+            self.index.store.drop_collection(collection).await?;
+        }
+        let rows = self.index.catalog.delete_collection(collection).await?;
+        if existed || rows > 0 {
+            tracing::info!(collection, catalog_rows = rows, "dropped collection");
+        }
+        Ok(existed || rows > 0)
+    }
+
+    /// Milvus and the catalog both answer.
+    pub async fn ready(&self) -> Result<()> {
+        self.index.store.ping().await?;
+        self.index.catalog.ping().await?;
+        Ok(())
+    }
+
+    /// Resolves a folder a client asked to load and checks it lies under an allowed root.
+    fn allowed_folder(&self, requested: &str) -> Result<PathBuf> {
+        let roots = &self.settings.load_roots;
+        let requested_path = Path::new(requested);
+        let refuse = || {
+            if roots.is_empty() {
+                SearchError::LoadingDisabled
+            } else {
+                let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+                SearchError::OutsideLoadRoots { folder: requested.to_string(), roots: roots.join(", ") }
+            }
+        };
+        if !requested_path.is_absolute() || requested_path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(refuse());
+        }
+        match requested_path.canonicalize() {
+            // Canonical form resolves symlinks, so a link inside a root cannot point outside it.
+            Ok(canonical) if roots.iter().any(|root| canonical.starts_with(root)) => {
+                if canonical.is_dir() {
+                    Ok(canonical)
+                } else {
+                    Err(SearchError::NotAFolder(requested.to_string()))
+                }
+            }
+            Ok(_) => Err(refuse()),
+            Err(_) if roots.iter().any(|root| requested_path.starts_with(root)) => {
+                Err(SearchError::NoFolder(requested.to_string()))
+            }
+            Err(_) => Err(refuse()),
+        }
+    }
+}
+
+/// Writes to a temporary name and renames, so a reader never sees half a file.
+async fn store_upload(path: &Path, bytes: &[u8]) -> Result<()> {
+    if tokio::fs::try_exists(path).await.unwrap_or(false) {
+        return Ok(()); // same content, same name
+    }
+    let internal = |what: String| SearchError::Internal(what);
+    let dir = path.parent().ok_or_else(|| internal("upload path has no parent".into()))?;
+    tokio::fs::create_dir_all(dir).await.map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
+    let temporary = path.with_extension(format!("partial-{}", std::process::id()));
+    tokio::fs::write(&temporary, bytes).await.map_err(|e| internal(format!("writing {}: {e}", temporary.display())))?;
+    tokio::fs::rename(&temporary, path).await.map_err(|e| internal(format!("renaming to {}: {e}", path.display())))?;
+    Ok(())
+}
