@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::server::ConnectionLimits;
 use crate::api::{ServeCommand, ServeConfig, ServerSettings, auth::TokenSource};
 use crate::controller::ControllerCommand;
+use crate::embed::batcher::BatchSettings;
 use crate::embed::{DecodeLimits, ModelSettings};
 use crate::env;
 use crate::eval::EvalCommand;
@@ -278,9 +279,20 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = env::MAX_BODY_BYTES, default_value_t = ServeConfig::default().max_body_bytes)]
     pub max_body_bytes: usize,
-    /// Image embeddings computed at once; further requests queue briefly, then get 503.
-    #[arg(long, env = env::MAX_CONCURRENT_INFERENCE, default_value_t = SearchSettings::default().max_concurrent_inference)]
-    pub max_concurrent_inference: usize,
+    /// Query images decoded at once, beside the model [default: one per core].
+    #[arg(long, env = env::QUERY_DECODERS)]
+    pub query_decoders: Option<usize>,
+    /// Most query images in one forward pass of the model: queries arriving together are
+    /// embedded together (a lone query runs at once, nothing waits for company).
+    #[arg(long, env = env::MAX_QUERY_BATCH, default_value_t = BatchSettings::default().max_batch as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_query_batch: u16,
+    /// Most decoded query images waiting for the model; more wait (see --queue-timeout-seconds),
+    /// then get 503 with Retry-After.
+    #[arg(long, env = env::MAX_QUEUED_QUERIES, default_value_t = BatchSettings::default().max_queued as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_queued_queries: u16,
+    /// Longest a query waits for a decoder and for room in the model's queue before a 503.
+    #[arg(long, env = env::QUEUE_TIMEOUT_SECONDS, default_value_t = SearchSettings::default().queue_timeout.as_secs())]
+    pub queue_timeout_seconds: u64,
     /// The bucket search results' images are read from, `s3://bucket/prefix` (a collection
     /// ingested from S3); credentials as for ingest.
     #[arg(long, env = env::IMAGE_BUCKET)]
@@ -376,7 +388,12 @@ impl ServeArgs {
             load_roots: self.load_roots.clone(),
             upload_dir: self.upload_dir.clone(),
             max_body_bytes: self.max_body_bytes,
-            max_concurrent_inference: self.max_concurrent_inference,
+            query_decoders: self.query_decoders.unwrap_or_else(|| SearchSettings::default().query_decoders),
+            batching: BatchSettings {
+                max_batch: usize::from(self.max_query_batch),
+                max_queued: usize::from(self.max_queued_queries),
+            },
+            queue_timeout: Duration::from_secs(self.queue_timeout_seconds.max(1)),
             batch_size: usize::from(self.batch.batch_size),
             decode_workers: self.batch.decode_workers(),
             image_bucket: self.image_bucket.clone(),

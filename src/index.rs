@@ -6,9 +6,12 @@
 //! 2. Milvus: upsert the vector under that id (a retry replaces rather than duplicates);
 //! 3. catalog: mark `indexed`.
 //!
-//! Deletes go the other way: Milvus first, then the catalog, so a process killed in between
-//! leaves rows that the next delete or prune finds again (deleting an absent vector is a no-op),
-//! never a vector that nothing lists. Without a SQL catalog (`DATABASE_URL=none`) steps 1 and 3
+//! Deletes go the other way: the catalog marks the rows `pending` again, Milvus deletes the
+//! vectors, then the catalog deletes the rows. A process killed in between leaves rows that the
+//! next delete or prune finds again (deleting an absent vector is a no-op), never a vector that
+//! nothing lists, and never a row that says `indexed` without its vector: had the row kept
+//! `indexed`, the same file coming back (or the same picture uploaded again) would be skipped as
+//! done and stay unsearchable for good. Without a SQL catalog (`DATABASE_URL=none`) steps 1 and 3
 //! fall away: the id derives from the URI ([`crate::catalog::uri_id`]) and the Milvus upsert is
 //! the record.
 
@@ -73,25 +76,42 @@ impl ImageIndex {
         Ok(Self { store, catalog, model: model.load(workload).await?, index, limits: model.limits })
     }
 
-    /// Adds one already decoded image (an upload). Returns its catalog id; an identical image
-    /// already indexed under the same URI is not embedded again.
+    /// Adds one already decoded image (an upload), embedding it here. Returns its catalog id;
+    /// an identical image already indexed under the same URI is not embedded again.
     pub async fn add_prepared(
         &self,
         collection: &str,
         image: NewImage,
         prepared: PreparedImage,
     ) -> Result<i64, IndexError> {
+        if let Some(id) = self.already_indexed(collection, &image).await? {
+            return Ok(id);
+        }
+        let (images, vectors) = self.embed(vec![(image, prepared)]).await?;
+        let ids = self.write_embedded(collection, images, vectors).await?;
+        ids.first().copied().ok_or_else(|| IndexError::Worker("no id returned for the image".into()))
+    }
+
+    /// Before one image is embedded and added: makes sure the collection exists, and gives the
+    /// id of an identical image already indexed under the same URI (nothing to do then). Fails
+    /// when, without a SQL catalog, another URI holds the id this one derives to.
+    pub async fn already_indexed(&self, collection: &str, image: &NewImage) -> Result<Option<i64>, IndexError> {
         crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
         self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
         if let Some(existing) = self.catalog.find(collection, &image.uri).await?
             && existing.status == ImageStatus::Indexed
             && existing.content_hash.as_deref() == Some(image.content_hash.as_str())
         {
-            return Ok(existing.id);
+            return Ok(Some(existing.id));
         }
         self.catalog.check_id_free(collection, &image.uri).await?;
-        let (images, vectors) = self.embed(vec![(image, prepared)]).await?;
-        let ids = self.write_embedded(collection, images, vectors).await?;
+        Ok(None)
+    }
+
+    /// Adds one image embedded elsewhere (the search service's batches), after
+    /// [`ImageIndex::already_indexed`]; returns its id.
+    pub async fn add_embedded(&self, collection: &str, image: NewImage, vector: Vec<f32>) -> Result<i64, IndexError> {
+        let ids = self.write_embedded(collection, vec![image], vec![vector]).await?;
         ids.first().copied().ok_or_else(|| IndexError::Worker("no id returned for the image".into()))
     }
 
@@ -136,17 +156,23 @@ impl ImageIndex {
         failure: &ImageFailure<'_>,
     ) -> Result<(), IndexError> {
         let ImageFailure { uri, content_hash, size_bytes, reason } = *failure;
-        let id = self.catalog.record_failure(collection, uri, content_hash, size_bytes, reason).await?;
-        if known.is_some_and(|k| k.status != ImageStatus::Failed) {
-            self.store.delete(collection, &[id]).await?;
+        // A formerly searchable image loses its vector first, in the delete order: a kill
+        // before the failure is recorded leaves a `pending` row, which the next ingest examines
+        // again, rather than a `failed` row whose stale vector still answers searches.
+        if let Some(known) = known.filter(|k| k.status != ImageStatus::Failed) {
+            self.catalog.mark_pending(&[known.id]).await?;
+            self.store.delete(collection, &[known.id]).await?;
         }
+        self.catalog.record_failure(collection, uri, content_hash, size_bytes, reason).await?;
         Ok(())
     }
 
-    /// Removes images from Milvus, then from the catalog (module docs), a thousand at a time.
+    /// Removes images from Milvus, then from the catalog (module docs: the rows are marked
+    /// `pending` first), a thousand at a time.
     /// A collection Milvus no longer has holds no vectors to delete.
     pub async fn delete(&self, collection: &str, ids: &[i64]) -> Result<(), IndexError> {
         for chunk in ids.chunks(1000) {
+            self.catalog.mark_pending(chunk).await?;
             match self.store.delete(collection, chunk).await {
                 Ok(()) | Err(StoreError::CollectionNotFound { .. }) => {}
                 Err(error) => return Err(error.into()),

@@ -10,18 +10,22 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::catalog::{CatalogError, ImageRecord, ImageStatus, NewImage};
-use crate::embed::{EmbedBytesError, EmbedError, ImageError, preprocess};
+use crate::embed::batcher::{BatchError, BatchSettings, QueryBatcher};
+use crate::embed::{EmbedError, ImageError, preprocess};
 use crate::index::{ImageIndex, IndexError};
 use crate::ingest::{IngestError, IngestOptions, IngestReport};
 use crate::progress::Progress;
 use crate::source::{ReadError, SourceError, SourceImage};
+use crate::store::grouped::GroupedSearches;
 use crate::store::{Hit, SearchFilter, StoreError};
 
 /// What the search service may do, and how much of it at once.
@@ -31,9 +35,12 @@ pub struct SearchSettings {
     pub load_roots: Vec<PathBuf>,
     /// Where uploads are stored, named by content hash.
     pub upload_dir: PathBuf,
-    /// Inferences allowed at once; more requests wait up to `queue_timeout`, then are refused
-    /// as busy.
-    pub max_concurrent_inference: usize,
+    /// Query images decoded at once (decoding runs beside the model, on the blocking pool).
+    pub query_decoders: usize,
+    /// How queries share the model: largest batch, longest queue.
+    pub batching: BatchSettings,
+    /// Longest a query waits for a decoder and for room in the model's queue; then it is
+    /// refused as busy (503 with `Retry-After`).
     pub queue_timeout: Duration,
     /// Images per batch and decoded at once during a load.
     pub batch_size: usize,
@@ -49,7 +56,8 @@ impl Default for SearchSettings {
         Self {
             load_roots: Vec::new(),
             upload_dir: PathBuf::from("data/uploads"),
-            max_concurrent_inference: 2,
+            query_decoders: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            batching: BatchSettings::default(),
             queue_timeout: Duration::from_secs(10),
             batch_size: 8,
             decode_workers: 1,
@@ -121,38 +129,80 @@ impl From<EmbedError> for SearchError {
     }
 }
 
+impl From<BatchError> for SearchError {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Full => Self::Busy,
+            BatchError::Stopped => Self::Internal(error.to_string()),
+            BatchError::Embed(error) => error.into(),
+        }
+    }
+}
+
 pub type Result<T, E = SearchError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
-    /// `milvus_check` (does the collection exist), `queue` (waiting for an inference slot),
-    /// `embed` (decode, resize, inference), `fetch_url` (a search by URL's download),
-    /// `milvus_search`, `catalog_lookup`. Recorded whatever the outcome.
+    /// `milvus_check` (does the collection exist), `decode` (a query image decoded, resized
+    /// and normalised), `queue` (waiting for a decoder and for the model's batch),
+    /// `embed` (the forward pass of the query's batch), `fetch_url` (a search by URL's
+    /// download), `milvus_search`, `catalog_lookup`. Recorded whatever the outcome.
     pub stage: &'static str,
 }
 
-/// How long each stage of a search took (the server publishes it at `/metrics`).
+/// What the search service measures (the server publishes it at `/metrics`): how long each
+/// stage of a search took, and how many queries each forward pass of the model carried.
 #[derive(Clone, Debug)]
-pub struct StageTimings(Family<StageLabels, Histogram>);
+pub struct SearchMetrics {
+    stages: Family<StageLabels, Histogram>,
+    batch_sizes: Histogram,
+    search_group_sizes: Histogram,
+}
 
-impl Default for StageTimings {
+impl Default for SearchMetrics {
     fn default() -> Self {
         // 1 ms … 30 s: a cached probe to a large upload queued behind others.
         fn buckets() -> Histogram {
             Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         }
-        Self(Family::new_with_constructor(buckets as fn() -> Histogram))
+        Self {
+            stages: Family::new_with_constructor(buckets as fn() -> Histogram),
+            // 1, 2, 4 … 128 queries.
+            batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            search_group_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 5)),
+        }
     }
 }
 
-impl StageTimings {
+impl SearchMetrics {
     pub fn record(&self, stage: &'static str, took: Duration) {
-        self.0.get_or_create(&StageLabels { stage }).observe(took.as_secs_f64());
+        self.stages.get_or_create(&StageLabels { stage }).observe(took.as_secs_f64());
     }
 
-    /// The histograms, to register with a Prometheus registry.
-    pub fn family(&self) -> Family<StageLabels, Histogram> {
-        self.0.clone()
+    /// One query embedded in a forward pass of `size` queries (counted per query, so the
+    /// histogram says how many queries saw which batch size).
+    pub fn record_batch(&self, size: usize) {
+        self.batch_sizes.observe(size as f64);
+    }
+
+    /// One search sent to Milvus in a request of `size` query vectors.
+    pub fn record_search_group(&self, size: usize) {
+        self.search_group_sizes.observe(size as f64);
+    }
+
+    /// The metrics, for a Prometheus registry.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("search_stage_duration_seconds", "Time spent in each stage of a search", self.stages.clone());
+        registry.register(
+            "query_batch_size",
+            "Queries in the model's forward pass that embedded each query",
+            self.batch_sizes.clone(),
+        );
+        registry.register(
+            "milvus_search_group_size",
+            "Query vectors in the Milvus search request that answered each search",
+            self.search_group_sizes.clone(),
+        );
     }
 }
 
@@ -166,10 +216,14 @@ pub enum ImageContent {
 pub struct SearchService {
     pub index: ImageIndex,
     pub settings: SearchSettings,
-    pub stages: StageTimings,
+    pub metrics: SearchMetrics,
     /// Progress of the current or last load.
     pub progress: Progress,
-    inference: Semaphore,
+    /// Query images being decoded at once.
+    decoders: Semaphore,
+    batcher: QueryBatcher,
+    /// Searches arriving together (a model batch's queries) go to Milvus in one request.
+    searches: GroupedSearches,
     /// One load at a time: two loads of one collection would race on the same rows.
     load: tokio::sync::Mutex<()>,
     /// Uploads and deletes one at a time: an upload of bytes already stored reuses the file, so
@@ -183,12 +237,16 @@ pub struct SearchService {
 }
 
 impl SearchService {
+    /// Starts the service's model batcher (its own threads) and Milvus search grouping (a task
+    /// on the current Tokio runtime, so this is called inside one).
     pub fn new(index: ImageIndex, settings: SearchSettings) -> Self {
         Self {
-            inference: Semaphore::new(settings.max_concurrent_inference.max(1)),
+            decoders: Semaphore::new(settings.query_decoders.max(1)),
+            batcher: QueryBatcher::start(Arc::clone(&index.model), settings.batching),
+            searches: GroupedSearches::start(index.store.clone(), index.index.clone()),
             index,
             settings,
-            stages: StageTimings::default(),
+            metrics: SearchMetrics::default(),
             progress: Progress::silent(),
             load: Default::default(),
             uploads: Default::default(),
@@ -216,7 +274,7 @@ impl SearchService {
         }
         let started = Instant::now();
         let exists = self.index.store.has_collection(collection).await;
-        self.stages.record("milvus_check", started.elapsed());
+        self.metrics.record("milvus_check", started.elapsed());
         if !exists? {
             return Err(SearchError::NoCollection(collection.to_string()));
         }
@@ -224,8 +282,8 @@ impl SearchService {
         Ok(())
     }
 
-    /// Image bytes → nearest images, holding an inference slot for the embedding only.
-    pub async fn search_by_image(&self, collection: &str, bytes: Vec<u8>, top_k: usize) -> Result<Vec<Hit>> {
+    /// Image bytes → nearest images.
+    pub async fn search_by_image(&self, collection: &str, bytes: Bytes, top_k: usize) -> Result<Vec<Hit>> {
         self.require_collection(collection).await?;
         let vector = self.embed_query(bytes).await?;
         self.search_by_vector(collection, vector, top_k, &SearchFilter::default()).await
@@ -240,44 +298,72 @@ impl SearchService {
     ) -> Result<Vec<Hit>> {
         // Timed whatever the outcome: a slow failure is exactly what the histogram is for.
         let started = Instant::now();
-        let hits = self.index.store.search_many(collection, vec![vector], top_k, filter, &self.index.index).await;
-        self.stages.record("milvus_search", started.elapsed());
-        Ok(self.forget_if_missing(collection, hits)?.pop().unwrap_or_default())
+        let searched = self.searches.search(collection, vector, top_k, filter).await;
+        self.metrics.record("milvus_search", started.elapsed());
+        let searched = self.forget_if_missing(collection, searched)?;
+        self.metrics.record_search_group(searched.group_size);
+        Ok(searched.hits)
     }
 
-    /// The embedding of a query image, computed when an inference slot frees within the queue
-    /// wait (else [`SearchError::Busy`]).
-    pub async fn embed_query(&self, bytes: Vec<u8>) -> Result<Vec<f32>> {
+    /// The embedding of a query image: decoded here, beside the model, then embedded in the
+    /// next batch the model takes. [`SearchError::Busy`] when no decoder or no room in the
+    /// model's queue frees within the queue wait.
+    pub async fn embed_query(&self, bytes: Bytes) -> Result<Vec<f32>> {
         let queued = Instant::now();
-        let permit = tokio::time::timeout(self.settings.queue_timeout, self.inference.acquire()).await;
-        // Recorded before the outcome is judged: waits that end refused are the ones to see.
-        self.stages.record("queue", queued.elapsed());
-        let _permit = permit.map_err(|_| SearchError::Busy)?.map_err(|e| SearchError::Internal(e.to_string()))?;
-        let model = Arc::clone(&self.index.model);
-        let limits = self.index.limits;
+        let prepared = self.prepare_query(bytes).await;
+        let waited_for_decoder = prepared.as_ref().map_or(Duration::ZERO, |(_, waited)| *waited);
+        let (prepared, _) = prepared?;
+        let room = self.settings.queue_timeout.saturating_sub(queued.elapsed());
+        match self.batcher.embed(prepared, room).await {
+            Ok(embedded) => {
+                self.metrics.record("queue", waited_for_decoder + embedded.waited);
+                self.metrics.record("embed", embedded.inference);
+                self.metrics.record_batch(embedded.batch_size);
+                Ok(embedded.vector)
+            }
+            Err(error) => {
+                if let BatchError::Full = error {
+                    // Refused waits are the ones the histogram is for.
+                    self.metrics.record("queue", queued.elapsed());
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// A query image decoded for the model (by one of the query decoders), and how long it
+    /// waited for one.
+    async fn prepare_query(&self, bytes: Bytes) -> Result<(preprocess::PreparedImage, Duration)> {
+        let queued = Instant::now();
+        let slot = tokio::time::timeout(self.settings.queue_timeout, self.decoders.acquire()).await;
+        let waited = queued.elapsed();
+        let Ok(slot) = slot else {
+            self.metrics.record("queue", waited);
+            return Err(SearchError::Busy);
+        };
+        let _slot = slot.map_err(|e| SearchError::Internal(e.to_string()))?;
+        let (limits, input) = (self.index.limits, self.index.model.input());
         let started = Instant::now();
-        let embedded = tokio::task::spawn_blocking(move || model.embed_bytes(&bytes, limits))
+        let prepared = tokio::task::spawn_blocking(move || preprocess::prepare(&bytes, limits, input))
             .await
             .map_err(|e| SearchError::Internal(e.to_string()))?;
-        self.stages.record("embed", started.elapsed());
-        match embedded {
-            Ok((_, vector)) => Ok(vector),
-            Err(EmbedBytesError::Image(e)) => Err(e.into()),
-            Err(EmbedBytesError::Embed(e)) => Err(e.into()),
-        }
+        self.metrics.record("decode", started.elapsed());
+        Ok((prepared?, waited))
     }
 
     /// The query image of a search by URL, through the SSRF-guarded fetcher (no private,
     /// loopback or link-local addresses unless allowed, http(s) only, size and time limits,
     /// redirects checked again).
-    pub async fn fetch_query_image(&self, url: &str) -> Result<Vec<u8>> {
+    pub async fn fetch_query_image(&self, url: &str) -> Result<Bytes> {
         let fetcher = self.settings.url_fetcher.as_ref().ok_or(SearchError::UrlSearchDisabled)?;
         let started = Instant::now();
         let fetched = fetcher.fetch(url).await;
-        self.stages.record("fetch_url", started.elapsed());
+        self.metrics.record("fetch_url", started.elapsed());
         // Whatever went wrong over there (refused address, 404, a down or slow host) is the
         // URL's problem, not this server's.
-        fetched.map_err(|error| SearchError::UrlUnusable { url: url.to_string(), reason: error.to_string() })
+        fetched
+            .map(Bytes::from)
+            .map_err(|error| SearchError::UrlUnusable { url: url.to_string(), reason: error.to_string() })
     }
 
     /// An indexed image's catalog row and its vector as Milvus holds it.
@@ -320,7 +406,7 @@ impl SearchService {
     pub async fn image_by_id(&self, id: i64) -> Result<Option<ImageRecord>> {
         let started = Instant::now();
         let record = self.index.catalog.get(id).await;
-        self.stages.record("catalog_lookup", started.elapsed());
+        self.metrics.record("catalog_lookup", started.elapsed());
         Ok(record?)
     }
 
@@ -328,25 +414,19 @@ impl SearchService {
     pub async fn image_by_uri(&self, uri: &str) -> Result<Option<ImageRecord>> {
         let started = Instant::now();
         let record = self.index.catalog.find_by_uri(uri).await;
-        self.stages.record("catalog_lookup", started.elapsed());
+        self.metrics.record("catalog_lookup", started.elapsed());
         Ok(record?)
     }
 
     /// Validates, stores (under its content hash, never a client-chosen name) and indexes an
-    /// upload; returns its id.
-    pub async fn add_upload(&self, collection: &str, bytes: Vec<u8>) -> Result<i64> {
-        let limits = self.index.limits;
-        let input = self.index.model.input();
-        let (prepared, bytes) =
-            tokio::task::spawn_blocking(move || (preprocess::prepare(&bytes, limits, input), bytes))
-                .await
-                .map_err(|e| SearchError::Internal(e.to_string()))?;
-        let prepared = prepared?;
+    /// upload; returns its id. The upload is embedded through the same queue as searches, so
+    /// uploads and searches share the model's limits.
+    pub async fn add_upload(&self, collection: &str, bytes: Bytes) -> Result<i64> {
+        let queued = Instant::now();
+        let (prepared, _) = self.prepare_query(bytes.clone()).await?;
         let content_hash = hex::encode(Sha256::digest(&bytes));
         let extension = prepared.format.extensions_str().first().copied().unwrap_or("img");
         let path = self.settings.upload_dir.join(format!("{content_hash}.{extension}"));
-        let _no_delete_meanwhile = self.uploads.lock().await;
-        store_upload(&path, &bytes).await?;
         let uri = path
             .to_str()
             .ok_or_else(|| SearchError::Internal("upload directory is not valid UTF-8".into()))?
@@ -358,7 +438,15 @@ impl SearchService {
             width: i64::from(prepared.width),
             height: i64::from(prepared.height),
         };
-        Ok(self.index.add_prepared(collection, image, prepared).await?)
+        let _no_delete_meanwhile = self.uploads.lock().await;
+        store_upload(&path, &bytes).await?;
+        if let Some(id) = self.index.already_indexed(collection, &image).await? {
+            return Ok(id);
+        }
+        let room = self.settings.queue_timeout.saturating_sub(queued.elapsed());
+        let embedded = self.batcher.embed(prepared, room).await?;
+        self.metrics.record_batch(embedded.batch_size);
+        Ok(self.index.add_embedded(collection, image, embedded.vector).await?)
     }
 
     /// Removes an image from search and the catalog (in the index's delete order: if Milvus

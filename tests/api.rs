@@ -803,9 +803,14 @@ async fn metrics_count_every_route_by_status_time_the_search_stages_and_answers_
         r#"imgsearch_http_request_duration_seconds_count{method="POST",route="/v1/search"} 2"#,
         r#"imgsearch_search_stage_duration_seconds_count{stage="milvus_search"} 1"#,
         r#"imgsearch_search_stage_duration_seconds_count{stage="catalog_lookup"} 1"#,
-        // Both searches got a slot and were embedded (the second failed in decoding).
-        r#"imgsearch_search_stage_duration_seconds_count{stage="queue"} 2"#,
-        r#"imgsearch_search_stage_duration_seconds_count{stage="embed"} 2"#,
+        // Both searches were decoded; the second failed there, so only the first waited for
+        // the model and was embedded, alone in its forward pass.
+        r#"imgsearch_search_stage_duration_seconds_count{stage="decode"} 2"#,
+        r#"imgsearch_search_stage_duration_seconds_count{stage="queue"} 1"#,
+        r#"imgsearch_search_stage_duration_seconds_count{stage="embed"} 1"#,
+        r#"imgsearch_query_batch_size_count 1"#,
+        r#"imgsearch_query_batch_size_bucket{le="1.0"} 1"#,
+        r#"imgsearch_milvus_search_group_size_count 1"#,
         // This very request.
         "imgsearch_http_requests_in_flight 1",
         r#"imgsearch_model_info{model="efficientnet-lite0",dimension="1280","#,
@@ -1446,13 +1451,15 @@ async fn search_options_count_from_the_query_string_and_unknown_parameters_are_n
     assert_eq!(f.count().await, 5, "nothing was added by the refused requests");
 }
 
-/// More searches at once than inference slots, with a queue wait shorter than an embedding:
+/// More searches at once than one decoder and a model queue of one can take, with a queue wait
+/// shorter than an embedding:
 /// the ones that waited in vain get 503 `unavailable` with `Retry-After: 1`, the others their
 /// results; once the burst is over a search is answered again.
 #[tokio::test]
 async fn a_full_inference_queue_answers_503_with_retry_after_and_recovers() {
     let f = fixture_with(&["coffee.jpg", "rocket.jpg"], |config| {
-        config.search.max_concurrent_inference = 1;
+        config.search.query_decoders = 1;
+        config.search.batching = imgsearch::embed::batcher::BatchSettings { max_batch: 1, max_queued: 1 };
         config.search.queue_timeout = Duration::from_millis(1);
     })
     .await;
@@ -1490,4 +1497,80 @@ async fn a_second_load_or_a_drop_during_a_load_is_a_409() {
     assert_eq!(dropped, StatusCode::CONFLICT, "{drop_refusal}");
     assert!(drop_refusal["error"]["message"].as_str().unwrap().contains("a load is running"), "{drop_refusal}");
     assert_eq!(f.count().await, 4, "the running load finished");
+}
+
+/// Under concurrency the model embeds queries together (issue 21), and every answer must still
+/// be its own query's: 12 photos searched at once, each must come back with itself first (the
+/// same bytes, distance ≈ 0), while corrupt files sent in the same burst fail alone with a 422.
+/// Bursts repeat until the metrics show queries that shared a forward pass, so the check is made
+/// on batches, not on queries that happened to run one by one.
+#[tokio::test]
+async fn queries_embedded_together_each_get_their_own_results_and_a_bad_one_fails_alone() {
+    const PHOTOS: [&str; 12] = [
+        "astronaut.jpg",
+        "brick.jpg",
+        "camera.jpg",
+        "cell.jpg",
+        "chelsea.jpg",
+        "coffee.jpg",
+        "coins.jpg",
+        "grass.jpg",
+        "hubble_deep_field.jpg",
+        "moon.jpg",
+        "retina.jpg",
+        "rocket.jpg",
+    ];
+    let f = fixture_with(&PHOTOS, |config| {
+        // Many decoders, so decoded queries pile up while the model runs.
+        config.search.query_decoders = 12;
+        config.search.batching = imgsearch::embed::batcher::BatchSettings { max_batch: 16, max_queued: 64 };
+    })
+    .await;
+    f.load().await;
+    let mut ids = std::collections::HashMap::new();
+    for name in PHOTOS {
+        ids.insert(name, f.id_of(&format!("/{name}")).await);
+    }
+    let corrupt = common::corrupt_jpeg();
+    let mut batched = false;
+    for burst in 0..5 {
+        let requests = PHOTOS
+            .iter()
+            .map(|name| (Some(*name), photo_bytes(name)))
+            .chain([(None, corrupt.clone()), (None, corrupt.clone())]);
+        let calls = requests.map(|(name, bytes)| {
+            let app = app(f.state.clone());
+            async move {
+                let request = multipart("/v1/search", &[("image", "q.jpg", &bytes)], &[("top_k", "1")]);
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (name, status, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+            }
+        });
+        for (name, status, body) in futures::future::join_all(calls).await {
+            match name {
+                Some(name) => {
+                    assert_eq!(status, StatusCode::OK, "burst {burst}, {name}: {body}");
+                    let first = &body["results"][0];
+                    assert_eq!(first["id"].as_i64(), Some(ids[name]), "burst {burst}: {name} was answered with {body}");
+                    assert!(first["distance"].as_f64().is_some_and(|d| d < 1e-3), "burst {burst}, {name}: {body}");
+                }
+                None => assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "burst {burst}, the corrupt file: {body}"),
+            }
+        }
+        let (_, metrics) = f.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        let metrics = String::from_utf8(metrics).unwrap();
+        let value = |prefix: &str| -> f64 {
+            metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+        };
+        let queries = value("imgsearch_query_batch_size_count ");
+        let alone = value(r#"imgsearch_query_batch_size_bucket{le="1.0"} "#);
+        assert!(queries >= 12.0 * (burst + 1) as f64, "every query is counted: {queries}\n{metrics}");
+        if queries > alone {
+            batched = true;
+            break;
+        }
+    }
+    assert!(batched, "in 5 bursts of 14 concurrent searches no two queries shared a forward pass");
 }

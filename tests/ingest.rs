@@ -240,11 +240,13 @@ async fn prune_removes_only_images_gone_from_the_folder() {
     assert!(hits.iter().all(|h| !h.uri.ends_with("coffee.jpg")), "{hits:?}");
 }
 
-/// Prune deletes from Milvus, then from the catalog. A process killed between the two leaves
-/// catalog rows whose vectors are gone; the next prune must find those rows again and finish,
-/// not leave them behind as images that search can never return. The catalog here refuses the
-/// delete (a trigger in the test's own SQLite file), which leaves exactly the state such a
-/// kill leaves, at a known point instead of a raced one.
+/// Prune marks the rows pending, deletes from Milvus, then from the catalog. A process killed
+/// between the two deletes leaves catalog rows whose vectors are gone; the next prune must find
+/// those rows again and finish, and a file that came back meanwhile must be embedded again, not
+/// skipped as indexed (which is what the soak caught: a row `indexed` with no vector, never
+/// searchable again). The catalog here refuses the delete (a trigger in the test's own SQLite
+/// file), which leaves exactly the state such a kill leaves, at a known point instead of a
+/// raced one.
 #[tokio::test]
 async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_by_the_next_one() {
     let work = tempfile::tempdir().unwrap();
@@ -267,15 +269,25 @@ async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_b
     let error = stopped.expect_err("the catalog refused the delete, so the prune must not report success");
     assert!(format!("{error:#}").contains("stopped here"), "the catalog's refusal is reported: {error:#}");
     assert_eq!(index.store.count(&collection).await.unwrap(), 3, "the vectors went first");
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 5, "the rows stayed");
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Pending).await.unwrap(), 2, "the rows stayed, pending");
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "no row claims a lost vector");
 
+    // One of the two comes back, unchanged, before the next run.
+    copy_photos(&["coffee.jpg"], &images);
     sqlx::query("DROP TRIGGER refuse_deletes").execute(&mut sql).await.expect("drop the trigger");
     let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("the next prune");
-    assert_eq!((report.pruned, report.indexed, report.skipped), (2, 0, 3), "{}", report.summary());
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "Milvus and catalog agree");
-    let coffee = images.canonicalize().unwrap().join("coffee.jpg");
-    assert!(index.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
+    assert_eq!(
+        (report.pruned, report.indexed, report.skipped),
+        (1, 1, 3),
+        "rocket pruned, coffee embedded again: {}",
+        report.summary()
+    );
+    assert_eq!(index.store.count(&collection).await.unwrap(), 4);
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4, "Milvus and catalog agree");
+    let rocket = images.canonicalize().unwrap().join("rocket.jpg");
+    assert!(index.catalog.find(&collection, &rocket.to_string_lossy()).await.unwrap().is_none());
+    let hits = search_top(&index, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
+    assert!(hits[0].uri.ends_with("coffee.jpg"), "the file that came back is searchable again: {hits:?}");
 }
 
 /// What phones and web pages produce: a photo stored sideways with its EXIF orientation, WebP,

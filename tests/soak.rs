@@ -7,7 +7,8 @@
 //! picture; every acknowledged delete is gone from both; Milvus and the catalog agree exactly
 //! (no vector without a row, none twice); the folder's files are exactly the folder's rows;
 //! every failed request fell inside an outage and was a 503 with `Retry-After`; service came
-//! back after each outage. The serve process's memory is reported (start, peak, end), not
+//! back after each outage. Like a client honouring `Retry-After`, the load sends a write answered
+//! 503 again until it is acknowledged. The serve process's memory is reported (start, peak, end), not
 //! asserted: memory is for benchmarks to judge.
 //!
 //! `SOAK_SECONDS` sets the length: 100 by default (in `make test`), 600 for `make soak`, which
@@ -183,6 +184,16 @@ struct Record {
     folder_added: usize,
     folder_removed: usize,
     rss_kib: Vec<(Instant, u64)>,
+    /// Every upload attempt: (sent, answered, status, id acknowledged, the picture's fingerprint),
+    /// to tell, when an upload goes missing, which outage its attempts met.
+    upload_attempts: Vec<(Instant, Instant, u16, Option<i64>, u64)>,
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// splitmix64: a seeded, repeatable stream of choices (the soak's run is the same every time
@@ -350,6 +361,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
 
     let record = Arc::new(Mutex::new(Record::default()));
     let started = Instant::now();
+    let wall_start = std::time::SystemTime::now();
     let end = started + length;
     let queries: Vec<Vec<u8>> = bases.iter().step_by(7).map(|p| std::fs::read(p).unwrap()).collect();
 
@@ -376,39 +388,68 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     {
         let (client, base, record, bases) = (client.clone(), base.clone(), record.clone(), bases.clone());
         tasks.push(runtime.spawn(async move {
+            // A write answered 503 is sent again, as its Retry-After asks, until it is
+            // acknowledged: a delete that failed half-way leaves its row `pending` (hidden from
+            // searches, its vector perhaps still there) for the retry to finish. Outstanding
+            // retries are finished after the load, within a deadline.
+            enum Write {
+                Delete(i64),
+                Upload(Vec<u8>),
+            }
             let mut rng = Choices(18);
-            while Instant::now() < end {
-                let deletable: Vec<i64> = {
-                    let record = record.lock().unwrap();
-                    record.uploaded.keys().filter(|id| !record.deleted.contains(id)).copied().collect()
+            let mut retry: Option<Write> = None;
+            let settle_by = end + RECOVERY_LIMIT * 2;
+            while Instant::now() < end || (retry.is_some() && Instant::now() < settle_by) {
+                let write = match retry.take() {
+                    Some(write) => write,
+                    None => {
+                        let deletable: Vec<i64> = {
+                            let record = record.lock().unwrap();
+                            record.uploaded.keys().filter(|id| !record.deleted.contains(id)).copied().collect()
+                        };
+                        if !deletable.is_empty() && rng.chance(30) {
+                            Write::Delete(deletable[rng.below(deletable.len())])
+                        } else {
+                            Write::Upload(unique_picture(&bases[rng.below(bases.len())], &mut rng))
+                        }
+                    }
                 };
-                if !deletable.is_empty() && rng.chance(30) {
-                    let id = deletable[rng.below(deletable.len())];
-                    let sent = Instant::now();
-                    let answer = client.delete(format!("{base}/v1/images/{id}")).send().await;
-                    let (outcome, _) = outcome("delete", sent, answer).await;
-                    let mut record = record.lock().unwrap();
-                    if outcome.status == 204 {
-                        record.deleted.insert(id);
+                match write {
+                    Write::Delete(id) => {
+                        let sent = Instant::now();
+                        let answer = client.delete(format!("{base}/v1/images/{id}")).send().await;
+                        let (outcome, _) = outcome("delete", sent, answer).await;
+                        let mut record = record.lock().unwrap();
+                        if outcome.status == 204 {
+                            record.deleted.insert(id);
+                        } else {
+                            retry = Some(Write::Delete(id));
+                        }
+                        record.outcomes.push(outcome);
                     }
-                    record.outcomes.push(outcome);
-                } else {
-                    let picture = unique_picture(&bases[rng.below(bases.len())], &mut rng);
-                    let sent = Instant::now();
-                    let answer = client.post(format!("{base}/v1/images")).multipart(image_form(&picture)).send().await;
-                    let (outcome, body) = outcome("upload", sent, answer).await;
-                    let id = body
-                        .filter(|_| outcome.status == 201)
-                        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-                        .and_then(|v| v["id"].as_i64());
-                    let mut record = record.lock().unwrap();
-                    if let Some(id) = id {
-                        record.uploaded.insert(id, picture);
+                    Write::Upload(picture) => {
+                        let sent = Instant::now();
+                        let answer =
+                            client.post(format!("{base}/v1/images")).multipart(image_form(&picture)).send().await;
+                        let (outcome, body) = outcome("upload", sent, answer).await;
+                        let id = body
+                            .filter(|_| outcome.status == 201)
+                            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                            .and_then(|v| v["id"].as_i64());
+                        let mut record = record.lock().unwrap();
+                        record.upload_attempts.push((sent, Instant::now(), outcome.status, id, fingerprint(&picture)));
+                        match id {
+                            Some(id) => {
+                                record.uploaded.insert(id, picture);
+                            }
+                            None => retry = Some(Write::Upload(picture)),
+                        }
+                        record.outcomes.push(outcome);
                     }
-                    record.outcomes.push(outcome);
                 }
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
+            assert!(retry.is_none(), "a write answered 503 was still refused {:?} after the load", settle_by - end);
         }));
     }
     // The folder changes and is ingested again, over and over.
@@ -534,13 +575,16 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         }
     });
     let indexed: Vec<i64> = rows.values().filter(|r| r.status == ImageStatus::Indexed).map(|r| r.id).collect();
-    let (milvus_count, vectors) = runtime.block_on(async {
+    let (milvus_count, vectors, without_vector) = runtime.block_on(async {
         let count = store.count(COLLECTION).await.expect("Milvus count");
         let mut found = 0;
+        let mut without_vector = Vec::new();
         for chunk in indexed.chunks(500) {
-            found += store.vectors(COLLECTION, chunk).await.expect("read vectors").len();
+            let held = store.vectors(COLLECTION, chunk).await.expect("read vectors");
+            found += held.len();
+            without_vector.extend(chunk.iter().filter(|id| !held.contains_key(id)).map(|id| rows[id].uri.clone()));
         }
-        (count, found)
+        (count, found, without_vector)
     });
 
     let acknowledged: Vec<i64> = record.uploaded.keys().filter(|id| !record.deleted.contains(id)).copied().collect();
@@ -693,9 +737,45 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     assert!(lost_rows.is_empty(), "acknowledged uploads missing from the catalog: {lost_rows:?}");
     assert!(kept_deleted.is_empty(), "acknowledged deletes still catalogued: {kept_deleted:?}");
     assert_eq!(deleted_vectors, 0, "acknowledged deletes still have vectors");
-    assert!(unfound.is_empty(), "acknowledged uploads not found by their own picture: {unfound:?}");
+    // What a missing image met: its row's times, its upload attempts and the outages.
+    let wall_start_ms = wall_start.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let since = |at: Instant| format!("{:.1} s", (at - started).as_secs_f64());
+    let history = |ids: &[i64]| -> String {
+        let mut lines = Vec::new();
+        for id in ids {
+            let row = rows.get(id);
+            let ms = |t: Option<i64>| t.map(|t| format!("{:.1} s", (t - wall_start_ms) as f64 / 1000.0)).unwrap_or("-".into());
+            lines.push(format!(
+                "id {id}: row {:?} created {} updated {}",
+                row.map(|r| r.status),
+                ms(row.and_then(|r| r.created_at_ms)),
+                ms(row.and_then(|r| r.updated_at_ms))
+            ));
+            if let Some(picture) = record.uploaded.get(id) {
+                let print = fingerprint(picture);
+                for (sent, answered, status, acked, _) in record.upload_attempts.iter().filter(|a| a.4 == print) {
+                    lines.push(format!("  upload sent {} answered {} status {status} id {acked:?}", since(*sent), since(*answered)));
+                }
+            }
+        }
+        for outage in &outages {
+            lines.push(format!("{} from {} restarted {}", outage.what, since(outage.from), since(outage.restarted)));
+        }
+        lines.join("\n")
+    };
+    let without_vector_ids: Vec<i64> = indexed.iter().filter(|id| without_vector.contains(&rows[id].uri)).copied().collect();
+    assert!(
+        unfound.is_empty(),
+        "acknowledged uploads not found by their own picture: {unfound:?}\n{}",
+        history(&unfound)
+    );
+    assert!(
+        without_vector.is_empty(),
+        "indexed rows without a vector: {without_vector:?}\n{}",
+        history(&without_vector_ids)
+    );
+    assert_eq!(vectors, indexed.len(), "every indexed row has its vector; these have none: {without_vector:?}");
     assert_eq!(milvus_count as usize, indexed.len(), "Milvus holds exactly one vector per indexed row");
-    assert_eq!(vectors, indexed.len(), "every indexed row has its vector");
     assert_eq!(folder_rows, folder_uris, "the folder's rows are exactly its files");
     drop(milvus);
 }

@@ -309,3 +309,56 @@ async fn a_milvus_that_silently_stops_answering_fails_each_call_within_its_patie
         fresh.drop_collection(&collection).await.unwrap();
     }
 }
+
+/// Searches sent at the same moment go to Milvus together (issue 21) and each still gets its own
+/// answer: 12 vectors searched at once each find their own row first, while searches with a
+/// filter that matches nothing, or another `top_k`, in the same burst get theirs (empty, or
+/// shorter), not a neighbour's. Bursts repeat until a request carried more than one vector, so
+/// the check is made on grouped requests.
+#[tokio::test]
+async fn searches_sent_together_are_grouped_and_each_gets_its_own_hits_on_every_server() {
+    use imgsearch::store::grouped::GroupedSearches;
+    for (name, uri) in servers() {
+        let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        let collection = common::unique_collection("grouped");
+        let index = IndexSpec::default();
+        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let rows: Vec<VectorRow> = (1..=30).map(|id| row(id, id as u64)).collect();
+        store.upsert(&collection, &rows).await.unwrap_or_else(|e| panic!("{name}: upsert: {e}"));
+        let searches = GroupedSearches::start(store.clone(), index.clone());
+        let nothing = SearchFilter { uri_prefix: Some("/nowhere/".into()), ..Default::default() };
+        let everything = SearchFilter::default();
+        let mut largest_group = 0;
+        for burst in 0..5 {
+            let own = (1..=12).map(|id| searches.search(&collection, vector(id), 3, &everything));
+            let unmatched = (13..=14).map(|id| searches.search(&collection, vector(id), 3, &nothing));
+            let shorter = (15..=16).map(|id| searches.search(&collection, vector(id), 1, &everything));
+            let (own, unmatched, shorter) = tokio::join!(
+                futures::future::join_all(own),
+                futures::future::join_all(unmatched),
+                futures::future::join_all(shorter)
+            );
+            for (id, answer) in (1..=12).zip(own) {
+                let answer = answer.unwrap_or_else(|e| panic!("{name}, burst {burst}: search {id}: {e}"));
+                largest_group = largest_group.max(answer.group_size);
+                assert_eq!(answer.hits.len(), 3, "{name}, burst {burst}: search {id}: {answer:?}");
+                assert_eq!(answer.hits[0].id, id as i64, "{name}, burst {burst}: search {id} got {answer:?}");
+            }
+            for answer in unmatched {
+                let answer = answer.unwrap_or_else(|e| panic!("{name}, burst {burst}: a filtered search: {e}"));
+                assert!(answer.hits.is_empty(), "{name}, burst {burst}: the filter matches nothing: {answer:?}");
+            }
+            for (id, answer) in (15..=16).zip(shorter) {
+                let answer = answer.unwrap_or_else(|e| panic!("{name}, burst {burst}: search {id}: {e}"));
+                assert_eq!(answer.hits.iter().map(|h| h.id).collect::<Vec<_>>(), [id as i64], "{name}, burst {burst}");
+            }
+            if largest_group > 1 {
+                break;
+            }
+        }
+        assert!(largest_group > 1, "{name}: in 5 bursts of 16 searches sent at once none shared a request");
+        let gone = searches.search("t_no_such_collection_grouped", vector(1), 3, &everything).await;
+        assert!(matches!(gone, Err(StoreError::CollectionNotFound { .. })), "{name}: {gone:?}");
+        store.drop_collection(&collection).await.ok();
+    }
+}

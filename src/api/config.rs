@@ -56,7 +56,12 @@ pub struct ServerSettings {
     pub load_roots: Vec<PathBuf>,
     pub upload_dir: PathBuf,
     pub max_body_bytes: usize,
-    pub max_concurrent_inference: usize,
+    /// Query images decoded at once.
+    pub query_decoders: usize,
+    /// How queries share the model.
+    pub batching: crate::embed::batcher::BatchSettings,
+    /// Longest a query waits for a decoder and for room in the model's queue.
+    pub queue_timeout: Duration,
     pub batch_size: usize,
     pub decode_workers: usize,
     /// `s3://bucket/prefix` of a bucket-sourced collection, whose images results come from.
@@ -123,7 +128,9 @@ impl ServerSettings {
             search: SearchSettings {
                 load_roots,
                 upload_dir,
-                max_concurrent_inference: self.max_concurrent_inference,
+                query_decoders: self.query_decoders,
+                batching: self.batching,
+                queue_timeout: self.queue_timeout,
                 batch_size: self.batch_size,
                 decode_workers: self.decode_workers,
                 image_bucket,

@@ -38,7 +38,8 @@ pub enum ApiError {
     /// A dependency (Milvus, the catalog, the model) is down or overloaded; the detail is logged.
     #[error("{public}")]
     Unavailable { public: String, detail: String },
-    /// Every inference slot stayed taken for the whole queue wait: try again in a moment.
+    /// No decoder, or no room in the model's queue, freed within the queue wait: try again in
+    /// a moment.
     #[error("{0}")]
     Busy(String),
     /// A bug or an unexpected state; the detail is logged, never sent.

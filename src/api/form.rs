@@ -2,6 +2,7 @@
 //! [`UploadForm`] as an extractor; a body that is not multipart, or is malformed, or carries a
 //! text field over 1,024 bytes, is refused with the API's own error before the handler runs.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request};
 
 use super::ApiError;
@@ -11,7 +12,8 @@ const MAX_FIELD_BYTES: usize = 1024;
 
 /// An uploaded form: the bytes of its `image` file field and its short text fields.
 pub struct UploadForm {
-    image: Option<Vec<u8>>,
+    /// As the body parser handed it over: no copy.
+    image: Option<Bytes>,
     fields: Vec<(String, String)>,
 }
 
@@ -47,7 +49,7 @@ impl UploadForm {
     }
 
     /// The `image` file's bytes, or a 400 saying the form has none.
-    pub fn take_image(&mut self) -> Result<Vec<u8>, ApiError> {
+    pub fn take_image(&mut self) -> Result<Bytes, ApiError> {
         self.image.take().ok_or_else(|| ApiError::BadRequest("the form has no `image` file field".into()))
     }
 }
@@ -60,7 +62,7 @@ pub async fn read_form(mut multipart: Multipart) -> Result<UploadForm, ApiError>
     while let Some(field) = multipart.next_field().await? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "image" {
-            form.image = Some(field.bytes().await?.to_vec());
+            form.image = Some(field.bytes().await?);
         } else if field.file_name().is_none() {
             let value = field.text().await?;
             if value.len() > MAX_FIELD_BYTES {

@@ -61,8 +61,8 @@ fn latency_buckets() -> Histogram {
 
 impl ApiMetrics {
     /// The registry of a server whose model is `model`, publishing the search service's
-    /// `stages` beside the HTTP metrics.
-    pub fn new(model: &str, dimension: usize, sessions: usize, stages: &crate::search::StageTimings) -> Self {
+    /// the search service's own metrics beside the HTTP ones.
+    pub fn new(model: &str, dimension: usize, sessions: usize, search: &crate::search::SearchMetrics) -> Self {
         let mut registry = Registry::with_prefix("imgsearch");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
@@ -70,7 +70,7 @@ impl ApiMetrics {
         registry.register("http_request_duration_seconds", "Time to answer, by method and route", latency.clone());
         let in_flight = Gauge::default();
         registry.register("http_requests_in_flight", "Requests being answered now", in_flight.clone());
-        registry.register("search_stage_duration_seconds", "Time spent in each stage of a search", stages.family());
+        search.register(&mut registry);
         let info = Family::<ModelLabels, Gauge>::default();
         registry.register("model_info", "The embedding model this server loaded (value 1)", info.clone());
         info.get_or_create(&ModelLabels {
@@ -185,8 +185,8 @@ mod tests {
     #[test]
     fn generated_request_ids_differ_between_server_processes_even_with_the_same_pid() {
         // Two servers stand for two pods whose processes are both pid 1.
-        let stages = crate::search::StageTimings::default();
-        let (a, b) = (ApiMetrics::new("m", 1, 1, &stages), ApiMetrics::new("m", 1, 1, &stages));
+        let search = crate::search::SearchMetrics::default();
+        let (a, b) = (ApiMetrics::new("m", 1, 1, &search), ApiMetrics::new("m", 1, 1, &search));
         let request = || Request::new(axum::body::Body::empty());
         assert_ne!(a.request_id(&request()), b.request_id(&request()));
         assert_ne!(a.request_id(&request()), a.request_id(&request()), "and within one server");

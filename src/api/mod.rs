@@ -54,7 +54,8 @@ impl ServerState {
     pub fn new(index: ImageIndex, config: ServeConfig) -> AppState {
         let service = SearchService::new(index, config.search.clone());
         let model = &service.index.model;
-        let metrics = metrics::ApiMetrics::new(model.spec().name, model.dimension(), model.sessions(), &service.stages);
+        let metrics =
+            metrics::ApiMetrics::new(model.spec().name, model.dimension(), model.sessions(), &service.metrics);
         Arc::new(Self {
             metrics,
             openapi_json: openapi().to_pretty_json().unwrap_or_default(),

@@ -100,7 +100,7 @@ pub async fn serve(
 
 /// Middleware: a request body that stops arriving for [`ConnectionLimits::body_idle_timeout`]
 /// fails the request with 408 and closes the connection, instead of holding a handler (and an
-/// inference slot, an upload lock) for as long as the client likes.
+/// query decoder, an upload lock) for as long as the client likes.
 pub async fn body_idle_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let idle = state.config.connection_limits.body_idle_timeout;
     let stalled = Arc::new(AtomicBool::new(false));

@@ -120,7 +120,9 @@ pub fn redacted(url: &str) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageStatus {
-    /// Reserved an id; its vector may or may not have reached Milvus yet.
+    /// Between the catalog and Milvus: an id reserved whose vector may not have reached Milvus
+    /// yet, or a row being deleted whose vector may already be gone. The next ingest embeds it
+    /// again (or prunes it); never skipped as done.
     Pending,
     Indexed,
     Failed,
@@ -292,6 +294,15 @@ impl Catalog {
     pub async fn mark_indexed(&self, ids: &[i64]) -> Result<()> {
         match self {
             Self::Sql(sql) => sql.mark_indexed(ids).await,
+            Self::Milvus(_) => Ok(()),
+        }
+    }
+
+    /// Called before the vectors of `ids` are deleted from Milvus: until the rows are gone too,
+    /// they no longer claim a vector (for Milvus, the delete is the record).
+    pub async fn mark_pending(&self, ids: &[i64]) -> Result<()> {
+        match self {
+            Self::Sql(sql) => sql.mark_pending(ids).await,
             Self::Milvus(_) => Ok(()),
         }
     }

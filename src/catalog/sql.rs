@@ -218,6 +218,24 @@ impl SqlCatalog {
         .await
     }
 
+    /// Marks rows `pending` again before their vectors are deleted (the index's delete order).
+    pub async fn mark_pending(&self, ids: &[i64]) -> Result<()> {
+        self.retrying("mark pending", || async {
+            let now = now_ms();
+            let mut tx = self.pool.begin().await?;
+            for id in ids {
+                sqlx::query(&self.sql("UPDATE images SET status = 'pending', updated_at_ms = $1 WHERE id = $2"))
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Records why an image cannot be indexed. Returns the row id, so a formerly indexed image
     /// that turned bad can have its stale vector removed by the caller.
     pub async fn record_failure(

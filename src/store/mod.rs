@@ -13,6 +13,8 @@ use std::time::Duration;
 use milvus::v2::prelude::*;
 use milvus::v2::{CollectionSchema, DataType, FieldSchema};
 
+pub mod grouped;
+
 pub const ID_FIELD: &str = "id";
 pub const VECTOR_FIELD: &str = "vector";
 pub const URI_FIELD: &str = "uri";
@@ -33,7 +35,7 @@ pub const STORED_PER_QUERY: usize = 900;
 /// says otherwise.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(20);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot reach Milvus at {uri}: {detail}")]
     Connect { uri: String, detail: String },
