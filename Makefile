@@ -11,8 +11,8 @@ build: setup
 demo: build
 	target/debug/imgsearch standalone --images data/sample --data-dir data/standalone
 
-## Every test, against a real Milvus Lite, a real Milvus 2.3.5, ONNX Runtime, SQLite, PostgreSQL
-## and MariaDB. (cargo
+## Every test, against a real Milvus Lite, a real Milvus 2.3.5, ONNX Runtime, SQLite, PostgreSQL,
+## MariaDB and a real Kubernetes control plane, whose kubectl comes first on PATH. (cargo
 ## test builds the binary too; a separate `cargo build` first would compile the dependencies
 ## twice, since dev-dependencies change their feature sets.)
 ## Each test binary runs under a 10-minute limit (the slowest takes about one): a test that
@@ -21,7 +21,7 @@ demo: build
 TEST_RUNNER := CARGO_TARGET_$(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER
 test:
 	scripts/setup.sh --test-servers
-	$(TEST_RUNNER)="timeout --kill-after=10 600" scripts/test-databases.sh scripts/milvus-server.sh scripts/milvus-lite.sh cargo test --locked --all-targets
+	PATH="$$(scripts/kube-build.sh):$$PATH" $(TEST_RUNNER)="timeout --kill-after=10 600" scripts/test-databases.sh scripts/milvus-server.sh scripts/milvus-lite.sh cargo test --locked --all-targets
 
 ## Retrieval quality of the built-in model: precision@1/5/10 on the labelled Fashion-MNIST sample,
 ## and recall@1, MRR and distances per kind of copy on the near-duplicate photo benchmark.

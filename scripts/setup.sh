@@ -43,8 +43,11 @@ if [ "${1:-}" = "--test-servers" ]; then
   apt_install postgresql mariadb-server mariadb-client
   # tests/web_page.rs drives the search page in headless Chromium through ChromeDriver.
   apt_install chromium chromium-driver
-  # tests/manifests.rs renders manifests/ with `kubectl kustomize` (offline; no cluster).
-  command -v kubectl >/dev/null || die "kubectl not found: make test renders manifests/ with it; install kubectl (https://kubernetes.io/docs/tasks/tools/)"
+  # The operator's tests run on a real control plane (etcd, kube-apiserver,
+  # kube-controller-manager) and use one kubectl of the same release, all built from their Go
+  # modules once per machine into a cache outside the work tree (scripts/kube-build.sh).
+  command -v go >/dev/null || die "go not found: make test builds the Kubernetes control plane from its Go modules; install Go 1.26 (Debian: apt-get install golang, if new enough)"
+  scripts/kube-build.sh >/dev/null
 fi
 
 # Python virtualenv: Milvus Lite, ONNX Runtime's shared library, sample-data tools.

@@ -744,7 +744,9 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         let mut lines = Vec::new();
         for id in ids {
             let row = rows.get(id);
-            let ms = |t: Option<i64>| t.map(|t| format!("{:.1} s", (t - wall_start_ms) as f64 / 1000.0)).unwrap_or("-".into());
+            let ms = |t: Option<i64>| {
+                t.map(|t| format!("{:.1} s", (t - wall_start_ms) as f64 / 1000.0)).unwrap_or("-".into())
+            };
             lines.push(format!(
                 "id {id}: row {:?} created {} updated {}",
                 row.map(|r| r.status),
@@ -754,7 +756,11 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
             if let Some(picture) = record.uploaded.get(id) {
                 let print = fingerprint(picture);
                 for (sent, answered, status, acked, _) in record.upload_attempts.iter().filter(|a| a.4 == print) {
-                    lines.push(format!("  upload sent {} answered {} status {status} id {acked:?}", since(*sent), since(*answered)));
+                    lines.push(format!(
+                        "  upload sent {} answered {} status {status} id {acked:?}",
+                        since(*sent),
+                        since(*answered)
+                    ));
                 }
             }
         }
@@ -763,7 +769,8 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         }
         lines.join("\n")
     };
-    let without_vector_ids: Vec<i64> = indexed.iter().filter(|id| without_vector.contains(&rows[id].uri)).copied().collect();
+    let without_vector_ids: Vec<i64> =
+        indexed.iter().filter(|id| without_vector.contains(&rows[id].uri)).copied().collect();
     assert!(
         unfound.is_empty(),
         "acknowledged uploads not found by their own picture: {unfound:?}\n{}",

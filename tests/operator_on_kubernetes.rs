@@ -1,0 +1,912 @@
+//! The operator on a real Kubernetes control plane: kube-apiserver, kube-controller-manager and
+//! etcd v1.37.2 built from their Go modules (tests/control_plane), with RBAC enforced.
+//!
+//! What runs here is Kubernetes' own: the CRD's structural schema, defaults and CEL rules in
+//! the apiextensions server, admission (PodSecurity, ServiceAccount, …), server-side apply, and
+//! the Job, Deployment/ReplicaSet, garbage-collector and namespace controllers. The operator is
+//! the real `imgsearch controller` binary with a token that the TokenRequest API issued for its
+//! ServiceAccount, so every call it makes passes the real authorizer against the roles in
+//! manifests/ or fails.
+//!
+//! Pods run on a test node (tests/control_plane/node.rs) only in the tests that start one for
+//! their namespace: it binds and runs them as local processes of the real binary and reports
+//! their status as a kubelet does. Elsewhere the pods the Job and ReplicaSet controllers create
+//! stay Pending, as on a cluster without a node for them.
+//!
+//! The tests share one control plane and run one at a time: each starts a controller, and a
+//! controller reconciles collections in every namespace.
+
+mod common;
+mod control_plane;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use control_plane::{ControlPlane, control_plane};
+use imgsearch::crd::ImageCollection;
+use imgsearch::store::MilvusStore;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const OPERATOR_NAMESPACE: &str = "imgsearch-system";
+const OPERATOR_ACCOUNT: &str = "imgsearch-controller";
+
+/// One test at a time: see the module's comment.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `check` every 250 ms until it gives a value; panics with `what` and the last state
+/// `describe` gives at the deadline.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if tokio::time::Instant::now() >= until => {
+                panic!("{what} did not happen within {} s; last seen: {state}", deadline.as_secs())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// `kubectl kustomize manifests | kubectl apply --server-side -f -` once per binary: the CRD,
+/// the operator's namespace, ServiceAccount, roles and bindings, its Deployment, Service and
+/// PodDisruptionBudget, exactly as a user installs them.
+fn install_operator(plane: &ControlPlane) {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let (ok, rendered, err) = plane.run_kubectl(&["kustomize", "manifests"], None);
+        assert!(ok, "kubectl kustomize manifests failed: {err}");
+        let (ok, out, err) = plane.run_kubectl(
+            &["apply", "--server-side", "--field-manager=installer", "-f", "-"],
+            Some(rendered.as_bytes()),
+        );
+        assert!(ok, "the real API server refused the install (kubectl kustomize manifests):\n{err}\n{out}");
+        let (ok, _, err) = plane.run_kubectl(
+            &["wait", "--for=condition=Established", "crd/imagecollections.imgsearch.io", "--timeout=60s"],
+            None,
+        );
+        assert!(ok, "the CRD was not Established within 60 s: {err}");
+    });
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a namespace");
+    match namespaces.create(&PostParams::default(), &namespace).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// A namespace of its own for a test: `purpose` plus this process's id.
+fn test_namespace(purpose: &str) -> String {
+    format!("{purpose}-{}", std::process::id())
+}
+
+/// The real `imgsearch controller`, as manifests/base/deployment.yaml runs it (leader election
+/// on, in imgsearch-system, as `identity`), authenticated by `kubeconfig`. Killed when dropped,
+/// and when the test's thread ends however it ends.
+fn start_controller(kubeconfig: &Path, log: &Path, identity: &str) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgsearch"));
+    control_plane::die_with_this_thread(command.as_std_mut());
+    command
+        .arg("controller")
+        .env("KUBECONFIG", kubeconfig)
+        .env("IMGSEARCH_IMAGE", "imgsearch:test")
+        .env("IMGSEARCH_CONTROLLER_LISTEN", "127.0.0.1:0")
+        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
+        .env("POD_NAME", identity)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("controller log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start imgsearch controller")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+fn yaml_files(folder: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn the_real_api_server_accepts_the_install_and_samples_and_refuses_each_broken_sample_with_its_message() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+
+    // The samples name their namespaces; the real server refuses objects in one that does not exist.
+    for namespace in ["shop", "newsroom"] {
+        create_namespace(&admin, namespace).await;
+    }
+    let mut checked = 0;
+    for path in yaml_files(&root().join("manifests/samples")) {
+        // milvus.yaml is milvus-operator's Milvus, whose CRD imgsearch does not install.
+        if path.file_name().is_some_and(|name| name == "milvus.yaml") {
+            continue;
+        }
+        let file = path.display().to_string();
+        let (ok, out, err) = plane.run_kubectl(&["apply", "--dry-run=server", "-f", &file], None);
+        assert!(ok, "the real API server refused {file}:\n{err}");
+        assert!(out.contains("(server dry run)"), "{file}: not a server dry run: {out}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "the samples are missing from manifests/samples");
+
+    // Each broken sample is refused, with the real server's message that its second line names
+    // (the first names the offline validator's words, checked by tests/manifests.rs).
+    let mut wrong = Vec::new();
+    let broken = yaml_files(&root().join("tests/broken-samples"));
+    assert!(broken.len() >= 8, "the broken samples are missing");
+    for path in broken {
+        let text = read(&path);
+        let file = path.display().to_string();
+        let (ok, out, err) = plane.run_kubectl(&["apply", "--dry-run=server", "-f", &file], None);
+        let expected = text.lines().find_map(|line| line.strip_prefix("# kube-apiserver: ")).map(str::trim);
+        match expected {
+            _ if ok => wrong.push(format!("{file} was accepted by the real API server: {out}")),
+            None => wrong.push(format!("{file}: no `# kube-apiserver: <message>` line; the server said:\n{err}")),
+            Some(expected) if !err.contains(expected) => {
+                wrong.push(format!("{file}: the real API server's refusal does not say {expected:?}:\n{err}"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+#[tokio::test]
+async fn immutable_fields_are_refused_by_the_real_servers_cel_transition_rules_and_defaults_are_filled_in() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let namespace = test_namespace("immutable");
+    create_namespace(&admin, &namespace).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let collection = ImageCollection::test("catalogue");
+    collections.create(&PostParams::default(), &collection).await.expect("create a collection");
+
+    // The defaults the schema gives, filled in by the real server.
+    let stored: Value = serde_json::to_value(collections.get("catalogue").await.expect("read back")).expect("json");
+    assert_eq!(stored["spec"]["deletionPolicy"], "Retain", "the schema's default: {}", stored["spec"]);
+
+    // The model's rule cannot be reached while the schema's enum holds one model: an unknown
+    // model is refused by the enum first, which the real server says in its own words.
+    for (change, message) in [
+        (json!({ "spec": { "collectionName": "another" } }), imgsearch::crd::rules::COLLECTION_IMMUTABLE),
+        (json!({ "spec": { "model": { "name": "resnet50" } } }), "supported values: \"efficientnet-lite0\""),
+    ] {
+        let refused = collections
+            .patch("catalogue", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .expect_err(&format!("the real server accepted the change {change}"));
+        let kube::Error::Api(status) = &refused else { panic!("not an API refusal: {refused}") };
+        assert_eq!(status.code, 422, "{change}: {status:?}");
+        assert!(status.message.contains(message), "{change}: the refusal does not say {message:?}: {}", status.message);
+    }
+    collections.delete("catalogue", &DeleteParams::default()).await.expect("delete");
+}
+
+#[tokio::test]
+async fn the_operator_under_its_own_rbac_makes_and_removes_a_collections_children_on_a_real_control_plane() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+
+    // The operator's own Deployment passes the restricted Pod Security Standard that its
+    // namespace enforces: the ReplicaSet controller got its pod admitted.
+    let operator_pods: Api<Pod> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    eventually(
+        "the operator's pod admitted under the restricted Pod Security Standard",
+        Duration::from_secs(60),
+        || {
+            let (operator_pods, replica_sets) = (operator_pods.clone(), replica_sets.clone());
+            async move {
+                let pods = operator_pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+                if !pods.items.is_empty() {
+                    return Ok(());
+                }
+                let sets = replica_sets.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+                Err(format!(
+                    "no pod; ReplicaSet status: {:?}",
+                    sets.items.iter().map(|s| &s.status).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+
+    // The controller's identity: a token for its ServiceAccount, and nothing more.
+    let (kubeconfig, operator) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let listing = Api::<Secret>::all(operator.clone()).list(&ListParams::default()).await;
+    match listing {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("the operator's token may list Secrets, which its role does not grant: {other:?}"),
+    }
+
+    let namespace = test_namespace("lifecycle");
+    create_namespace(&admin, &namespace).await;
+    let name = "catalogue";
+    let collection_name = common::unique_collection("real_k8s");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test(name).with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": collection_name,
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let mut controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+
+    // The Milvus collection, the finalizer, an observed generation.
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(admin.clone(), &namespace, &kube::api::ApiResource::erase::<ImageCollection>(&()));
+    let status = eventually("CollectionReady=True and observedGeneration 1", Duration::from_secs(90), || {
+        let raw = raw.clone();
+        let log = log.clone();
+        async move {
+            let object =
+                serde_json::to_value(raw.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let ready = condition(&object, "CollectionReady").is_some_and(|c| c["status"] == "True");
+            if ready && object["status"]["observedGeneration"] == 1 {
+                Ok(object)
+            } else {
+                Err(format!("{}\ncontroller log:\n{}", object["status"], read(&log)))
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        status["metadata"]["finalizers"],
+        json!([imgsearch::controller::reconcile::FINALIZER]),
+        "Delete needs the cleanup finalizer: {}",
+        status["metadata"]
+    );
+    let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    assert!(
+        store.has_collection(&collection_name).await.expect("ask Milvus"),
+        "no Milvus collection {collection_name}"
+    );
+
+    // The children, each accepted by the real server, and Kubernetes' controllers at work on
+    // them: the Job controller made the Indexed Job's pods, the Deployment controller a
+    // ReplicaSet and its pods, the Service got an address from the service range.
+    let job_name = format!("{name}-ingest-g1");
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+    let job = eventually("the ingest Job and its pods from the real Job controller", Duration::from_secs(60), || {
+        let (jobs, pods, job_name) = (jobs.clone(), pods.clone(), job_name.clone());
+        async move {
+            let job = jobs.get(&job_name).await.map_err(|e| e.to_string())?;
+            let selector = format!("batch.kubernetes.io/job-name={job_name}");
+            let made = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+            if made.items.is_empty() { Err(format!("no pods yet; Job status {:?}", job.status)) } else { Ok(job) }
+        }
+    })
+    .await;
+    let job_spec = job.spec.expect("a Job has a spec");
+    assert_eq!(job_spec.completion_mode.as_deref(), Some("Indexed"));
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &namespace);
+    let sets: Api<ReplicaSet> = Api::namespaced(admin.clone(), &namespace);
+    let search = format!("{name}-search");
+    eventually("the search Deployment rolled out into a ReplicaSet with pods", Duration::from_secs(60), || {
+        let (deployments, sets, pods, search) = (deployments.clone(), sets.clone(), pods.clone(), search.clone());
+        async move {
+            let deployment = deployments.get(&search).await.map_err(|e| e.to_string())?;
+            let owned = sets.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let uid = deployment.metadata.uid.clone().unwrap_or_default();
+            let set = owned
+                .items
+                .iter()
+                .find(|s| s.metadata.owner_references.iter().flatten().any(|o| o.uid == uid))
+                .ok_or("no ReplicaSet owned by the Deployment")?;
+            let hash =
+                set.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().unwrap_or_default();
+            let made = pods
+                .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
+                .await
+                .map_err(|e| e.to_string())?;
+            if made.items.is_empty() { Err(format!("ReplicaSet {:?} has no pods", set.metadata.name)) } else { Ok(()) }
+        }
+    })
+    .await;
+    let service = Api::<Service>::namespaced(admin.clone(), &namespace).get(&search).await.expect("the search Service");
+    let address = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    assert!(address.starts_with("10.0.0."), "the Service has no address from 10.0.0.0/24: {address:?}");
+
+    // The controller's Events, written under its own identity.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &namespace);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == imgsearch::controller::reasons::COLLECTION_CREATED),
+        "no {} Event; Events: {reasons:?}",
+        imgsearch::controller::reasons::COLLECTION_CREATED
+    );
+
+    // Delete: the controller removes its children and drops the Milvus collection, then lets
+    // the object go; the garbage collector removes what the children owned.
+    collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
+    eventually("the collection gone, its finalizer done", Duration::from_secs(120), || {
+        let (collections, log) = (collections.clone(), log.clone());
+        async move {
+            match collections.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(object) => Err(format!("{:?}\ncontroller log:\n{}", object.status, read(&log))),
+            }
+        }
+    })
+    .await;
+    assert!(!store.has_collection(&collection_name).await.expect("ask Milvus"), "Milvus collection kept under Delete");
+    eventually("every child and pod gone", Duration::from_secs(60), || {
+        let (jobs, deployments, sets, pods) = (jobs.clone(), deployments.clone(), sets.clone(), pods.clone());
+        let services: Api<Service> = Api::namespaced(admin.clone(), &namespace);
+        async move {
+            let left = [
+                jobs.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len(),
+                deployments.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len(),
+                sets.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len(),
+                pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len(),
+                services.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len(),
+            ];
+            if left == [0; 5] {
+                Ok(())
+            } else {
+                Err(format!("jobs, deployments, replicasets, pods, services left: {left:?}"))
+            }
+        }
+    })
+    .await;
+
+    // Nothing the controller did was refused by the authorizer.
+    controller.start_kill().ok();
+    controller.wait().await.ok();
+    let said = read(&log);
+    assert!(!said.contains("forbidden"), "the controller was refused something under its own RBAC:\n{said}");
+}
+
+#[tokio::test]
+async fn deleting_the_namespace_of_a_collection_lets_the_real_namespace_controller_finish_with_the_data_retained() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+
+    let namespace = test_namespace("doomed");
+    create_namespace(&admin, &namespace).await;
+    let collection_name = common::unique_collection("real_k8s_ns");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("kept").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": collection_name
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let _controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+    let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    eventually("the Milvus collection created", Duration::from_secs(90), || {
+        let (store, name, log) = (store.clone(), collection_name.clone(), log.clone());
+        async move {
+            if store.has_collection(&name).await.map_err(|e| e.to_string())? {
+                Ok(())
+            } else {
+                Err(format!("not yet; controller log:\n{}", read(&log)))
+            }
+        }
+    })
+    .await;
+
+    // The namespace controller deletes everything in it, the collection too, and waits for its
+    // finalizer; the namespace is gone only once the controller has let the collection go.
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    namespaces.delete(&namespace, &DeleteParams::default()).await.expect("delete the namespace");
+    eventually("the namespace gone", Duration::from_secs(120), || {
+        let (namespaces, namespace, log) = (namespaces.clone(), namespace.clone(), log.clone());
+        async move {
+            match namespaces.get_opt(&namespace).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(left) => Err(format!("{:?}\ncontroller log:\n{}", left.status, read(&log))),
+            }
+        }
+    })
+    .await;
+    // Retain, the default: the vectors outlive the object.
+    assert!(store.has_collection(&collection_name).await.expect("ask Milvus"), "Retain dropped the Milvus collection");
+    store.drop_collection(&collection_name).await.ok();
+}
+
+/// The search pod's answer to `POST /v1/search` with `image` and `top_k` 3.
+async fn search_top_3(search: std::net::SocketAddr, image: Vec<u8>) -> Value {
+    let form = reqwest::multipart::Form::new()
+        .part("image", reqwest::multipart::Part::bytes(image).file_name("query"))
+        .text("top_k", "3");
+    let response = common::http_client().post(format!("http://{search}/v1/search")).multipart(form).send();
+    response.await.expect("the search pod answers").json().await.expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn a_collection_over_a_folder_is_ingested_by_the_real_job_controller_and_served_by_a_real_rollout() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("photos");
+    create_namespace(&admin, &namespace).await;
+
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let photos = work.path().join("volume/catalogue");
+    std::fs::create_dir_all(&photos).expect("create the claim's folder");
+    for name in ["astronaut.jpg", "coffee.jpg", "rocket.jpg"] {
+        std::fs::copy(common::photo(name), photos.join(name)).expect("copy a photo");
+    }
+    // One bad file: counted as failed, not a failed Job.
+    std::fs::write(photos.join("truncated.jpg"), common::corrupt_jpeg()).expect("write a corrupt JPEG");
+    let claims = std::collections::BTreeMap::from([("photos".to_string(), work.path().join("volume"))]);
+    let (node, _node_task) =
+        control_plane::node::Node::start(admin.clone(), &namespace, Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims)
+            .await;
+
+    // The catalog the Job's pods and the search pods share, as a cluster's PostgreSQL would be.
+    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
+    let catalog: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": catalog_url }
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &catalog)
+        .await
+        .expect("Secret");
+    let name = "photos";
+    let collection_name = common::unique_collection("real_k8s_e2e");
+    let object = ImageCollection::test(name).with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": collection_name,
+        "source": { "pvc": { "claimName": "photos", "path": "/catalogue" } },
+        "catalog": { "secretRef": { "name": "catalog" } },
+        "deletionPolicy": "Delete"
+    }));
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let _controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(admin.clone(), &namespace, &kube::api::ApiResource::erase::<ImageCollection>(&()));
+    let status = eventually("Ready with 3 images indexed", Duration::from_secs(240), || {
+        let (raw, log, node) = (raw.clone(), log.clone(), node.clone());
+        async move {
+            let object =
+                serde_json::to_value(raw.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let status = &object["status"];
+            if status["phase"] == "Ready" && status["images"]["indexed"] == 3 {
+                Ok(status.clone())
+            } else {
+                Err(format!("{status}\ncontroller log:\n{}\npods:\n{}", read(&log), node.logs("photos-")))
+            }
+        }
+    })
+    .await;
+    assert_eq!(status["lastIngest"]["job"], "photos-ingest-g1", "{status}");
+    // The counts the ingest pod left in its termination message, which the node wrote into the
+    // pod's status as a kubelet does and the controller read back.
+    assert_eq!(status["images"], json!({ "indexed": 3, "failed": 1, "skipped": 0 }), "{status}");
+    let job = Api::<Job>::namespaced(admin.clone(), &namespace).get("photos-ingest-g1").await.expect("the Job");
+    let job_status = job.status.expect("the Job controller wrote status");
+    assert_eq!(job_status.succeeded, Some(1), "{job_status:?}");
+    assert!(
+        job_status.conditions.iter().flatten().any(|c| c.type_ == "Complete" && c.status == "True"),
+        "the real Job controller did not mark the Job Complete: {job_status:?}"
+    );
+
+    // The search pod, rolled out by the real Deployment and ReplicaSet controllers, answers.
+    let search = eventually("a ready search pod", Duration::from_secs(60), || {
+        let node = node.clone();
+        async move { node.ready_address("photos-search-").ok_or_else(|| node.logs("photos-search-")) }
+    })
+    .await;
+    let response = search_top_3(search, std::fs::read(common::photo("coffee.jpg")).expect("read a photo")).await;
+    let top = response["results"][0]["uri"].as_str().unwrap_or_default();
+    assert!(top.ends_with("/catalogue/coffee.jpg"), "the search pod's best match is not the photo itself: {response}");
+    let deployment =
+        Api::<Deployment>::namespaced(admin.clone(), &namespace).get("photos-search").await.expect("Deployment");
+    let available = deployment.status.and_then(|s| s.available_replicas).unwrap_or(0);
+    assert!(available >= 1, "the real Deployment controller counts no available replica");
+
+    // Delete: the pods stop, then the data goes, then the object.
+    collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
+    eventually("the collection gone", Duration::from_secs(120), || {
+        let (collections, log) = (collections.clone(), log.clone());
+        async move {
+            match collections.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(object) => Err(format!("{:?}\ncontroller log:\n{}", object.status, read(&log))),
+            }
+        }
+    })
+    .await;
+    let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    assert!(!store.has_collection(&collection_name).await.expect("ask Milvus"), "the Milvus collection was kept");
+    let catalog = imgsearch::catalog::Catalog::open(&catalog_url).await.expect("open the catalog");
+    let indexed = catalog.count(&collection_name, imgsearch::catalog::ImageStatus::Indexed).await.expect("count");
+    assert_eq!(indexed, 0, "catalog rows left after a Delete");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+    eventually("every pod gone", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            if left.items.is_empty() { Ok(()) } else { Err(format!("{} pods left", left.items.len())) }
+        }
+    })
+    .await;
+}
+
+/// A folder of `photos` (sample photo names) for the claim `photos`, and a node that runs the
+/// pods of `namespace` with it.
+async fn node_with_photos(
+    admin: &kube::Client,
+    namespace: &str,
+    work: &Path,
+    photos: &[&str],
+) -> (control_plane::node::Node, tokio::task::JoinHandle<()>) {
+    let folder = work.join("volume");
+    std::fs::create_dir_all(&folder).expect("create the claim's folder");
+    for name in photos {
+        std::fs::copy(common::photo(name), folder.join(name)).expect("copy a photo");
+    }
+    let claims = std::collections::BTreeMap::from([("photos".to_string(), folder)]);
+    control_plane::node::Node::start(admin.clone(), namespace, Path::new(env!("CARGO_BIN_EXE_imgsearch")), claims).await
+}
+
+/// The collection's status once `check` holds for it, or a failure naming `what` with the last
+/// status and the controller's log.
+async fn status_where(
+    collections: &Api<ImageCollection>,
+    name: &str,
+    log: &Path,
+    what: &str,
+    deadline: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, deadline, || {
+        let collections = collections.clone();
+        let log = log.to_path_buf();
+        let check = &check;
+        async move {
+            let object = collections.get(name).await.map_err(|e| e.to_string())?;
+            let object = serde_json::to_value(object).map_err(|e| e.to_string())?;
+            if check(&object) {
+                Ok(object)
+            } else {
+                Err(format!("{}\ncontroller log:\n{}", object["status"], read(&log)))
+            }
+        }
+    })
+    .await
+}
+
+/// Deletes the collection and waits until the controller has let it go.
+async fn delete_and_wait(collections: &Api<ImageCollection>, name: &str, log: &Path) {
+    collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
+    eventually("the collection gone", Duration::from_secs(120), || {
+        let (collections, log) = (collections.clone(), log.to_path_buf());
+        async move {
+            match collections.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(object) => Err(format!("{:?}\ncontroller log:\n{}", object.status, read(&log))),
+            }
+        }
+    })
+    .await;
+}
+
+async fn stop(mut controller: tokio::process::Child) {
+    // SIGTERM: the controller releases its Lease on the way out, so the next one need not wait.
+    if let Some(pid) = controller.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(30), controller.wait()).await {
+        Ok(_) => {}
+        Err(_) => panic!("the controller did not exit within 30 s of SIGTERM"),
+    }
+}
+
+#[tokio::test]
+async fn server_side_apply_on_the_real_server_a_taken_field_is_forced_back_and_a_field_no_longer_applied_is_removed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("ownership");
+    create_namespace(&admin, &namespace).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("catalogue").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_ssa"),
+        "imagePullSecrets": [{ "name": "regcred" }]
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &namespace);
+    let search = "catalogue-search";
+    let pull_secrets = |d: &Deployment| -> Vec<String> {
+        let pod = d.spec.template.spec.as_ref();
+        pod.and_then(|p| p.image_pull_secrets.clone()).unwrap_or_default().into_iter().map(|s| s.name).collect()
+    };
+    let image = |d: &Deployment| -> String {
+        let pod = d.spec.template.spec.as_ref();
+        pod.and_then(|p| p.containers.first()).and_then(|c| c.image.clone()).unwrap_or_default()
+    };
+    let deployment = eventually("the search Deployment", Duration::from_secs(60), || {
+        let deployments = deployments.clone();
+        async move { deployments.get(search).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    assert_eq!(pull_secrets(&deployment), ["regcred"]);
+    assert_eq!(image(&deployment), "imgsearch:test");
+
+    // Someone else applies the image the controller owns: the real server refuses the conflict,
+    // naming the owner, unless forced.
+    let taken = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{ name: {search}, namespace: {namespace} }}\n\
+         spec: {{ template: {{ spec: {{ containers: [{{ name: search, image: someone/else:1 }}] }} }} }}\n"
+    );
+    let (ok, _, err) =
+        plane.run_kubectl(&["apply", "--server-side", "--field-manager=someone", "-f", "-"], Some(taken.as_bytes()));
+    assert!(!ok, "the real server let another manager take the controller's field without force");
+    assert!(err.contains("conflict with \"imgsearch-controller\""), "the conflict does not name the owner: {err}");
+    let (ok, _, err) = plane.run_kubectl(
+        &["apply", "--server-side", "--field-manager=someone", "--force-conflicts", "-f", "-"],
+        Some(taken.as_bytes()),
+    );
+    assert!(ok, "a forced apply was refused: {err}");
+    // The controller sees its child change and forces its own value back.
+    let restored = eventually("the controller's image forced back", Duration::from_secs(60), || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(search).await.map_err(|e| e.to_string())?;
+            if image(&d) == "imgsearch:test" { Ok(d) } else { Err(format!("image {}", image(&d))) }
+        }
+    })
+    .await;
+    let someone_owns_image = restored
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.manager.as_deref() == Some("someone"))
+        .any(|entry| serde_json::to_string(&entry.fields_v1).unwrap_or_default().contains("f:image"));
+    assert!(!someone_owns_image, "the forced apply left the image owned by the other manager");
+
+    // A spec change: generation 2, its own Job, and the pull secret the controller no longer
+    // applies is removed from the Deployment (a merge would have kept it).
+    let change = json!({ "spec": { "imagePullSecrets": null, "ingest": { "batchSize": 16 } } });
+    collections.patch("catalogue", &PatchParams::default(), &Patch::Merge(&change)).await.expect("change the spec");
+    status_where(&collections, "catalogue", &log, "observedGeneration 2", Duration::from_secs(60), |o| {
+        o["status"]["observedGeneration"] == 2
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
+    jobs.get("catalogue-ingest-g2").await.expect("generation 2 has its own Job");
+    let deployment = eventually("the pull secret removed", Duration::from_secs(60), || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(search).await.map_err(|e| e.to_string())?;
+            if pull_secrets(&d).is_empty() { Ok(d) } else { Err(format!("{:?}", pull_secrets(&d))) }
+        }
+    })
+    .await;
+    assert_eq!(image(&deployment), "imgsearch:test");
+    delete_and_wait(&collections, "catalogue", &log).await;
+    stop(controller).await;
+}
+
+#[tokio::test]
+async fn a_controller_restarted_mid_ingest_adopts_the_running_job_instead_of_making_another() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("restart");
+    create_namespace(&admin, &namespace).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("photos").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_restart"),
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let first = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+
+    // The Job exists and its pod waits: no node runs this namespace's pods yet.
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
+    let job = eventually("the ingest Job", Duration::from_secs(60), || {
+        let jobs = jobs.clone();
+        async move { jobs.get("photos-ingest-g1").await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    let uid = job.metadata.uid.clone().expect("a stored Job has a uid");
+    stop(first).await;
+
+    let log = plane.dir.join(format!("controller-{namespace}-2.log"));
+    let _second = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (_node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["astronaut.jpg", "coffee.jpg"]).await;
+    let status = status_where(&collections, "photos", &log, "Ready with 2 images", Duration::from_secs(180), |o| {
+        o["status"]["phase"] == "Ready" && o["status"]["images"]["indexed"] == 2
+    })
+    .await;
+    assert_eq!(status["status"]["lastIngest"]["job"], "photos-ingest-g1");
+    let all = jobs.list(&ListParams::default()).await.expect("list Jobs");
+    let uids: Vec<_> = all.items.iter().filter_map(|j| j.metadata.uid.clone()).collect();
+    assert_eq!(uids, [uid], "the restarted controller made another Job instead of adopting the running one");
+    delete_and_wait(&collections, "photos", &log).await;
+}
+
+#[tokio::test]
+async fn two_controllers_elect_one_leader_with_a_real_lease_and_the_other_takes_over_when_it_dies() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("leases");
+    create_namespace(&admin, &namespace).await;
+    let logs = [plane.dir.join("controller-a.log"), plane.dir.join("controller-b.log")];
+    let mut a = Some(start_controller(&kubeconfig, &logs[0], "controller-a"));
+    let mut b = Some(start_controller(&kubeconfig, &logs[1], "controller-b"));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    let holder = || {
+        let leases = leases.clone();
+        async move {
+            let lease = leases.get("imgsearch-controller").await.map_err(|e| e.to_string())?;
+            let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            if holder == "controller-a" || holder == "controller-b" {
+                Ok(holder)
+            } else {
+                Err(format!("held by {holder:?}"))
+            }
+        }
+    };
+    let leader = eventually("one of the two leading", Duration::from_secs(60), holder).await;
+
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("catalogue").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_lease"),
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let (leader_log, standby_log) = if leader == "controller-a" { (&logs[0], &logs[1]) } else { (&logs[1], &logs[0]) };
+    status_where(&collections, "catalogue", leader_log, "reconciled by the leader", Duration::from_secs(60), |o| {
+        o["status"]["observedGeneration"] == 1
+    })
+    .await;
+    assert!(!read(standby_log).contains("catalogue"), "the standby reconciled too:\n{}", read(standby_log));
+
+    // The leader dies without a word (SIGKILL: no release); the standby takes over once the
+    // Lease has not been renewed for its duration, and reconciles a change.
+    let dead = if leader == "controller-a" { a.take() } else { b.take() };
+    drop(dead); // kill_on_drop: SIGKILL
+    let next = eventually("the standby leading", Duration::from_secs(60), || {
+        let leases = leases.clone();
+        let leader = leader.clone();
+        async move {
+            let lease = leases.get("imgsearch-controller").await.map_err(|e| e.to_string())?;
+            let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            if holder != leader && !holder.is_empty() { Ok(holder) } else { Err(format!("held by {holder:?}")) }
+        }
+    })
+    .await;
+    let change = json!({ "spec": { "ingest": { "batchSize": 4 } } });
+    collections.patch("catalogue", &PatchParams::default(), &Patch::Merge(&change)).await.expect("change the spec");
+    status_where(
+        &collections,
+        "catalogue",
+        standby_log,
+        "the change reconciled by the new leader",
+        Duration::from_secs(60),
+        |o| o["status"]["observedGeneration"] == 2,
+    )
+    .await;
+    delete_and_wait(&collections, "catalogue", standby_log).await;
+    let survivor = if next == "controller-a" { a.take() } else { b.take() };
+    stop(survivor.expect("the new leader is running")).await;
+}
+
+#[tokio::test]
+async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_a_new_photo() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("rescan");
+    create_namespace(&admin, &namespace).await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["astronaut.jpg", "coffee.jpg"]).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("photos").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_rescan"),
+        "ingest": { "schedule": "* * * * *" },
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+    status_where(&collections, "photos", &log, "Ready with 2 images", Duration::from_secs(180), |o| {
+        o["status"]["phase"] == "Ready" && o["status"]["images"]["indexed"] == 2
+    })
+    .await;
+
+    // A photo arrives; the next minute's rescan, a Job the real CronJob controller makes from
+    // the operator's CronJob, indexes it.
+    std::fs::copy(common::photo("rocket.jpg"), work.path().join("volume/rocket.jpg")).expect("copy a photo");
+    let status = status_where(&collections, "photos", &log, "3 images after a rescan", Duration::from_secs(150), |o| {
+        o["status"]["images"]["indexed"] == 3
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
+    let rescans: Vec<Job> = jobs
+        .list(&ListParams::default())
+        .await
+        .expect("list Jobs")
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.metadata.owner_references.iter().flatten().any(|o| o.kind == "CronJob" && o.name == "photos-rescan")
+        })
+        .collect();
+    assert!(
+        !rescans.is_empty(),
+        "no Job made by the CronJob controller; status {}\npods:\n{}",
+        status["status"],
+        node.logs("photos-")
+    );
+    delete_and_wait(&collections, "photos", &log).await;
+    stop(controller).await;
+}
