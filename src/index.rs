@@ -174,7 +174,18 @@ impl ImageIndex {
         for chunk in ids.chunks(1000) {
             self.catalog.mark_pending(chunk).await?;
             match self.store.delete(collection, chunk).await {
-                Ok(()) | Err(StoreError::CollectionNotFound { .. }) => {}
+                Ok(()) => {}
+                // Nothing to delete only if the collection really is gone: a Milvus still
+                // recovering from a restart may say "not found" of one it holds.
+                Err(StoreError::CollectionNotFound { .. }) if !self.store.has_collection(collection).await? => {}
+                Err(StoreError::CollectionNotFound { .. }) => {
+                    return Err(StoreError::DeleteUnconfirmed {
+                        uri: self.store.uri().to_string(),
+                        collection: collection.to_string(),
+                        remaining: chunk.len(),
+                    }
+                    .into());
+                }
                 Err(error) => return Err(error.into()),
             }
             self.catalog.delete_images(chunk).await?;

@@ -187,6 +187,9 @@ struct Record {
     /// Every upload attempt: (sent, answered, status, id acknowledged, the picture's fingerprint),
     /// to tell, when an upload goes missing, which outage its attempts met.
     upload_attempts: Vec<(Instant, Instant, u16, Option<i64>, u64)>,
+    /// Every delete attempt: (sent, answered, status, id), to tell, when a deleted image keeps
+    /// its vector, which outage its attempts met.
+    delete_attempts: Vec<(Instant, Instant, u16, i64)>,
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -420,6 +423,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
                         let answer = client.delete(format!("{base}/v1/images/{id}")).send().await;
                         let (outcome, _) = outcome("delete", sent, answer).await;
                         let mut record = record.lock().unwrap();
+                        record.delete_attempts.push((sent, Instant::now(), outcome.status, id));
                         if outcome.status == 204 {
                             record.deleted.insert(id);
                         } else {
@@ -592,9 +596,9 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     let kept_deleted: Vec<i64> = record.deleted.iter().filter(|id| rows.contains_key(id)).copied().collect();
     let deleted_vectors = runtime.block_on(async {
         let deleted: Vec<i64> = record.deleted.iter().copied().collect();
-        let mut found = 0;
+        let mut found = Vec::new();
         for chunk in deleted.chunks(500) {
-            found += store.vectors(COLLECTION, chunk).await.expect("read vectors").len();
+            found.extend(store.vectors(COLLECTION, chunk).await.expect("read vectors").into_keys());
         }
         found
     });
@@ -704,9 +708,12 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         mib(rss.last()),
         mib(rss.iter().max())
     );
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    // A delete Milvus accepted without removing the vectors, refused (503) and retried.
+    let unconfirmed = server_log.matches("accepted a delete").count();
+    println!("| deletes Milvus accepted but did not apply (answered 503, retried) | {unconfirmed} |");
     println!("| requests outside the policy | {} |\n", bad.len());
 
-    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let tail: String =
         server_log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     let examples: Vec<String> = bad
@@ -736,7 +743,6 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     );
     assert!(lost_rows.is_empty(), "acknowledged uploads missing from the catalog: {lost_rows:?}");
     assert!(kept_deleted.is_empty(), "acknowledged deletes still catalogued: {kept_deleted:?}");
-    assert_eq!(deleted_vectors, 0, "acknowledged deletes still have vectors");
     // What a missing image met: its row's times, its upload attempts and the outages.
     let wall_start_ms = wall_start.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let since = |at: Instant| format!("{:.1} s", (at - started).as_secs_f64());
@@ -763,12 +769,20 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
                     ));
                 }
             }
+            for (sent, answered, status, _) in record.delete_attempts.iter().filter(|a| a.3 == *id) {
+                lines.push(format!("  delete sent {} answered {} status {status}", since(*sent), since(*answered)));
+            }
         }
         for outage in &outages {
             lines.push(format!("{} from {} restarted {}", outage.what, since(outage.from), since(outage.restarted)));
         }
         lines.join("\n")
     };
+    assert!(
+        deleted_vectors.is_empty(),
+        "acknowledged deletes still have vectors: {deleted_vectors:?}\n{}",
+        history(&deleted_vectors)
+    );
     let without_vector_ids: Vec<i64> =
         indexed.iter().filter(|id| without_vector.contains(&rows[id].uri)).copied().collect();
     assert!(

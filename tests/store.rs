@@ -62,7 +62,12 @@ async fn create_write_search_replace_delete_and_drop_on_every_server() {
         let hits = store.search(&collection, vector(1007), 1, &index).await.unwrap();
         assert_eq!(hits[0].id, 7, "{name}: {hits:?}");
 
+        // The read a delete confirms itself with sees what is there, and then what is gone.
+        let mut present = store.present(&collection, &[1, 2, 3, 99]).await.unwrap();
+        present.sort();
+        assert_eq!(present, [1, 2, 3], "{name}: present before the delete");
         store.delete(&collection, &[1, 2, 3]).await.unwrap_or_else(|e| panic!("{name}: delete: {e}"));
+        assert_eq!(store.present(&collection, &[1, 2, 3]).await.unwrap(), Vec::<i64>::new(), "{name}: after");
         assert_eq!(store.count(&collection).await.unwrap(), 17, "{name}");
         let hits = store.search(&collection, vector(1), 3, &index).await.unwrap();
         assert!(hits.iter().all(|h| ![1, 2, 3].contains(&h.id)), "{name}: deleted rows found: {hits:?}");

@@ -61,6 +61,12 @@ pub enum StoreError {
     Unanswered { uri: String, operation: &'static str, collection: String, seconds: u64 },
     #[error("timed out after {seconds} s waiting for {what} of {collection:?}")]
     Timeout { what: &'static str, collection: String, seconds: u64 },
+    /// A delete Milvus accepted without removing everything (measured: a Milvus Lite killed
+    /// and restarted can answer a delete during its recovery and keep the vectors).
+    #[error(
+        "Milvus at {uri} accepted a delete on {collection:?} but {remaining} of its vectors are still there; retry"
+    )]
+    DeleteUnconfirmed { uri: String, collection: String, remaining: usize },
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -508,7 +514,42 @@ impl MilvusStore {
         self.bounded(op, collection, self.client.delete(request))
             .await?
             .map_err(|e| self.not_found_or(op, collection, e))?;
+        // Confirmed by a strongly consistent read before anyone is told the vectors are gone:
+        // the catalog row goes after this, and a vector without its row can never be found or
+        // deleted again through the API.
+        let remaining = self.present(collection, ids).await?;
+        if !remaining.is_empty() {
+            return Err(StoreError::DeleteUnconfirmed {
+                uri: self.uri.clone(),
+                collection: collection.to_string(),
+                remaining: remaining.len(),
+            });
+        }
         Ok(())
+    }
+
+    /// Which of `ids` a strongly consistent read still finds.
+    pub async fn present(&self, collection: &str, ids: &[i64]) -> Result<Vec<i64>> {
+        let op = "query ids";
+        let mut present = Vec::new();
+        for chunk in ids.chunks(VECTORS_PER_QUERY) {
+            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            let request = QueryRequest::builder()
+                .collection_name(collection)
+                .filter(format!("{ID_FIELD} in [{list}]"))
+                .output_fields([ID_FIELD])
+                .consistency_level(ConsistencyLevel::Strong)
+                .build()
+                .map_err(|e| self.error(op, collection, e))?;
+            let response = self
+                .bounded(op, collection, self.client.query(request))
+                .await?
+                .map_err(|e| self.not_found_or(op, collection, e))?;
+            for row in response.results().rows().map_err(|e| self.error(op, collection, e))? {
+                present.push(row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?);
+            }
+        }
+        Ok(present)
     }
 
     /// Rows visible to a strongly consistent read.
