@@ -910,3 +910,74 @@ async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_
     delete_and_wait(&collections, "photos", &log).await;
     stop(controller).await;
 }
+
+#[tokio::test]
+async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_job_controller_and_covers_every_photo_once()
+ {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("shards");
+    create_namespace(&admin, &namespace).await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let photos = ["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"];
+    let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &photos).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let collection_name = common::unique_collection("real_k8s_shards");
+    let object = ImageCollection::test("photos").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": collection_name,
+        "ingest": { "parallelism": 2 },
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+    status_where(&collections, "photos", &log, "Ready with every photo", Duration::from_secs(180), |o| {
+        o["status"]["phase"] == "Ready" && o["status"]["images"]["indexed"] == photos.len()
+    })
+    .await;
+
+    // Two pods, one per completion index, each told its index by the Job controller's own
+    // annotation through the downward API; together they indexed each photo once.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+    let selector = "batch.kubernetes.io/job-name=photos-ingest-g1";
+    let succeeded: Vec<Pod> = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list the Job's pods")
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+        .collect();
+    let mut indexes: Vec<String> = succeeded
+        .iter()
+        .filter_map(|p| p.metadata.annotations.as_ref()?.get("batch.kubernetes.io/job-completion-index").cloned())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1"], "one succeeded pod per completion index\n{}", node.logs("photos-ingest-"));
+    // Each shard found part of the folder (its summary, the termination message), and the
+    // parts add up to the whole: a pod that missed its index would have scanned shard 0 twice.
+    let found: Vec<u64> = succeeded
+        .iter()
+        .map(|p| {
+            let statuses = p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+            let message = statuses
+                .first()
+                .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+                .unwrap_or_default();
+            let summary: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
+            summary["discovered"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no summary in the ingest pod's termination message: {message:?}"))
+        })
+        .collect();
+    assert!(found.iter().all(|&n| n > 0), "a shard found nothing (so sharding was not tested): {found:?}");
+    assert_eq!(found.iter().sum::<u64>(), photos.len() as u64, "the shards overlap or miss photos: {found:?}");
+    let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    assert_eq!(store.count(&collection_name).await.expect("count"), photos.len() as u64, "each photo once in Milvus");
+    delete_and_wait(&collections, "photos", &log).await;
+    stop(controller).await;
+}
