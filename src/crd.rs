@@ -325,6 +325,12 @@ pub struct IngestConfig {
     #[serde(default = "default_history")]
     #[schemars(range(min = 0, max = 20))]
     pub history_limit: i32,
+    /// Failed ingest pods retried before the Job fails (the Job's `backoffLimit`). A bad image
+    /// never fails a pod; one fails when Milvus, the catalog or the source cannot be reached,
+    /// and the Job controller waits 10 s, 20 s, 40 s … (at most 6 minutes) before each retry.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: i32,
     /// Remove images that were deleted from the source, so the collection mirrors it.
     #[serde(default = "default_prune")]
     pub prune: bool,
@@ -344,6 +350,7 @@ impl Default for IngestConfig {
             schedule: None,
             time_zone: None,
             history_limit: default_history(),
+            backoff_limit: default_backoff_limit(),
             prune: default_prune(),
             resources: None,
         }
@@ -363,6 +370,11 @@ fn default_batch_size() -> i32 {
 
 fn default_history() -> i32 {
     3
+}
+
+/// Kubernetes' own default for a Job: about ten minutes of retries.
+fn default_backoff_limit() -> i32 {
+    6
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

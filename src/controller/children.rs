@@ -377,8 +377,9 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
         completion_mode: Some("Indexed".into()),
         completions: Some(shards),
         parallelism: Some(shards),
-        // A bad image never fails a pod; a pod fails only when Milvus or the catalog does.
-        backoff_limit: Some(6),
+        // A bad image never fails a pod; a pod fails only when Milvus, the catalog or the
+        // source does, and is retried `spec.ingest.backoffLimit` times.
+        backoff_limit: Some(ic.spec.ingest.backoff_limit.max(0)),
         template: PodTemplateSpec {
             metadata: Some(ObjectMeta { labels: Some(ingest_labels(ic)?), ..ObjectMeta::default() }),
             spec: Some(PodSpec {
@@ -659,6 +660,17 @@ mod tests {
             volume.persistent_volume_claim.as_ref().map(|p| (p.claim_name.as_str(), p.read_only)),
             Some(("catalogue", Some(true)))
         );
+    }
+
+    #[test]
+    fn the_ingest_jobs_retries_are_the_specs_backoff_limit_six_by_default() {
+        let backoff = |ic: &ImageCollection| ingest_job(ic, &config()).unwrap().spec.unwrap().backoff_limit;
+        let mut ic = pvc_collection();
+        assert_eq!(backoff(&ic), Some(6), "Kubernetes' own default for a Job");
+        ic.spec.ingest.backoff_limit = 1;
+        assert_eq!(backoff(&ic), Some(1));
+        ic.spec.ingest.backoff_limit = 0;
+        assert_eq!(backoff(&ic), Some(0), "0: a failed pod fails the Job");
     }
 
     #[test]
