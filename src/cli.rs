@@ -493,6 +493,11 @@ pub struct ControllerArgs {
     /// This replica's identity in the election (default: the pod name, else the host name).
     #[arg(long, env = env::POD_NAME)]
     pub identity: Option<String>,
+    /// How long a collection's pod may wait to start (a Secret, claim or image missing) before
+    /// the collection reports it as `Stalled` (`PodNotStarting`): long enough for a retried
+    /// image pull or a Secret applied just after the collection.
+    #[arg(long, env = env::POD_START_GRACE_SECONDS, default_value_t = 120)]
+    pub pod_start_grace_seconds: u64,
 }
 
 impl ControllerArgs {
@@ -507,6 +512,7 @@ impl ControllerArgs {
             lease_namespace: self.lease_namespace.clone(),
             lease_name: self.lease_name.clone(),
             identity: self.identity.clone(),
+            pod_start_grace: std::time::Duration::from_secs(self.pod_start_grace_seconds),
         }
     }
 }

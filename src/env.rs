@@ -76,6 +76,7 @@ pub const IMAGE_PULL_POLICY: &str = "IMGSEARCH_IMAGE_PULL_POLICY";
 pub const CONTROLLER_LISTEN: &str = "IMGSEARCH_CONTROLLER_LISTEN";
 pub const LEADER_ELECTION: &str = "IMGSEARCH_LEADER_ELECTION";
 pub const LEASE_NAME: &str = "IMGSEARCH_LEASE_NAME";
+pub const POD_START_GRACE_SECONDS: &str = "IMGSEARCH_POD_START_GRACE_SECONDS";
 /// Set from the pod's own metadata by the Downward API (manifests/base).
 pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
 pub const POD_NAME: &str = "POD_NAME";

@@ -1051,3 +1051,69 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
     delete_and_wait(&collections, "photos", &log).await;
     stop(controller).await;
 }
+
+#[tokio::test]
+async fn pods_waiting_for_a_missing_secret_are_reported_as_stalled_and_the_collection_recovers_once_it_exists() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("waiting");
+    create_namespace(&admin, &namespace).await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["coffee.jpg", "rocket.jpg"]).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    // The catalog Secret the spec names does not exist yet.
+    let object = ImageCollection::test("photos").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_waiting"),
+        "catalog": { "secretRef": { "name": "catalog" } },
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgsearch"));
+    control_plane::die_with_this_thread(command.as_std_mut());
+    let controller = command
+        .arg("controller")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("IMGSEARCH_IMAGE", "imgsearch:test")
+        .env("IMGSEARCH_CONTROLLER_LISTEN", "127.0.0.1:0")
+        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
+        .env("POD_NAME", "imgsearch-controller-test")
+        .env("RUST_LOG", "info")
+        .env(imgsearch::env::POD_START_GRACE_SECONDS, "5")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("controller log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start imgsearch controller");
+
+    // The node holds the pods in CreateContainerConfigError, as a kubelet does; once past the
+    // grace period the collection says so, naming the Secret.
+    let stalled =
+        status_where(&collections, "photos", &log, "Stalled with PodNotStarting", Duration::from_secs(90), |o| {
+            condition(o, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "PodNotStarting")
+        })
+        .await;
+    let message = condition(&stalled, "Stalled").and_then(|c| c["message"].as_str()).unwrap_or_default().to_string();
+    assert!(message.contains("secret \"catalog\" not found"), "the condition does not name the Secret: {message}");
+
+    // The Secret arrives: the pods start, the ingest runs, and the collection is Ready.
+    let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": catalog_url }
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(admin.clone(), &namespace).create(&PostParams::default(), &secret).await.expect("Secret");
+    let ready = status_where(&collections, "photos", &log, "Ready with 2 images", Duration::from_secs(180), |o| {
+        o["status"]["phase"] == "Ready" && o["status"]["images"]["indexed"] == 2
+    })
+    .await;
+    let still_stalled = condition(&ready, "Stalled").is_some_and(|c| c["status"] == "True");
+    assert!(!still_stalled, "Stalled stayed True after recovering: {}\n{}", ready["status"], node.logs("photos-"));
+    delete_and_wait(&collections, "photos", &log).await;
+    stop(controller).await;
+}

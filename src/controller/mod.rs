@@ -82,6 +82,8 @@ pub struct ControllerCommand {
     pub lease_name: String,
     /// This replica's name in the election (default: the host name and process id).
     pub identity: Option<String>,
+    /// How long a pod may wait to start before the collection reports it (see [`reconcile::Recheck`]).
+    pub pod_start_grace: std::time::Duration,
 }
 
 /// Connects to the API server the environment names (in-cluster or kubeconfig), serves the
@@ -93,7 +95,8 @@ pub async fn run_command(command: ControllerCommand, shutdown: Shutdown) -> anyh
         let identity = command.identity.unwrap_or_else(default_identity);
         LeaseSettings::new(&namespace, &command.lease_name, &identity)
     });
-    let context = Context::new(client, command.children);
+    let recheck = reconcile::Recheck { pod_start_grace: command.pod_start_grace, ..reconcile::Recheck::default() };
+    let context = Context::with_recheck(client, command.children, recheck);
     let listener = metrics::bind(command.listen)
         .await
         .with_context(|| format!("cannot listen on {} for metrics and probes", command.listen))?;
