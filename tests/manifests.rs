@@ -10,6 +10,7 @@
 //! - tests/broken-samples/ holds deliberately broken objects, each refused with the message
 //!   its first line names.
 
+mod common;
 mod k8s;
 
 use std::path::{Path, PathBuf};
@@ -40,18 +41,8 @@ fn documents(yaml: &str, what: &str) -> Vec<Value> {
         .collect()
 }
 
-fn yaml_files(folder: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
-        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
 fn samples() -> Vec<(PathBuf, Value)> {
-    yaml_files(&root().join("manifests/samples"))
+    common::yaml_files(&root().join("manifests/samples"))
         .into_iter()
         .flat_map(|path| {
             let text = std::fs::read_to_string(&path).expect("sample readable");
@@ -293,7 +284,7 @@ fn every_sample_collection_is_valid_against_the_crd_schema_and_its_cel_rules() {
 fn broken_samples_are_refused_with_the_message_they_name() {
     let work = tempfile::tempdir().unwrap();
     let schema = write_schema(work.path());
-    let files = yaml_files(&root().join("tests/broken-samples"));
+    let files = common::yaml_files(&root().join("tests/broken-samples"));
     assert!(files.len() >= 8, "the broken samples are missing");
     let mut wrong = Vec::new();
     for path in files {

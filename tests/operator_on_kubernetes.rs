@@ -97,10 +97,37 @@ fn test_namespace(purpose: &str) -> String {
     format!("{purpose}-{}", std::process::id())
 }
 
+/// What most scenarios start from: their turn, the control plane with the operator installed,
+/// an admin client, the operator's kubeconfig (a token for its ServiceAccount) and a namespace
+/// of their own named after `purpose`.
+struct Scene {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    plane: &'static ControlPlane,
+    admin: kube::Client,
+    kubeconfig: PathBuf,
+    namespace: String,
+}
+
+async fn scene(purpose: &str) -> Scene {
+    let turn = ONE_AT_A_TIME.lock().await;
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace(purpose);
+    create_namespace(&admin, &namespace).await;
+    Scene { _turn: turn, plane, admin, kubeconfig, namespace }
+}
+
 /// The real `imgsearch controller`, as manifests/base/deployment.yaml runs it (leader election
 /// on, in imgsearch-system, as `identity`), authenticated by `kubeconfig`. Killed when dropped,
 /// and when the test's thread ends however it ends.
 fn start_controller(kubeconfig: &Path, log: &Path, identity: &str) -> tokio::process::Child {
+    start_controller_with(kubeconfig, log, identity, &[])
+}
+
+/// [`start_controller`] with more environment variables (its flags).
+fn start_controller_with(kubeconfig: &Path, log: &Path, identity: &str, env: &[(&str, &str)]) -> tokio::process::Child {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgsearch"));
     control_plane::die_with_this_thread(command.as_std_mut());
     command
@@ -111,6 +138,7 @@ fn start_controller(kubeconfig: &Path, log: &Path, identity: &str) -> tokio::pro
         .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
         .env("POD_NAME", identity)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("controller log"))
         .kill_on_drop(true)
@@ -126,16 +154,6 @@ fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
     object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
 }
 
-fn yaml_files(folder: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
-        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test]
 async fn the_real_api_server_accepts_the_install_and_samples_and_refuses_each_broken_sample_with_its_message() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -148,7 +166,7 @@ async fn the_real_api_server_accepts_the_install_and_samples_and_refuses_each_br
         create_namespace(&admin, namespace).await;
     }
     let mut checked = 0;
-    for path in yaml_files(&root().join("manifests/samples")) {
+    for path in common::yaml_files(&root().join("manifests/samples")) {
         // milvus.yaml is milvus-operator's Milvus, whose CRD imgsearch does not install.
         if path.file_name().is_some_and(|name| name == "milvus.yaml") {
             continue;
@@ -164,7 +182,7 @@ async fn the_real_api_server_accepts_the_install_and_samples_and_refuses_each_br
     // Each broken sample is refused, with the real server's message that its second line names
     // (the first names the offline validator's words, checked by tests/manifests.rs).
     let mut wrong = Vec::new();
-    let broken = yaml_files(&root().join("tests/broken-samples"));
+    let broken = common::yaml_files(&root().join("tests/broken-samples"));
     assert!(broken.len() >= 8, "the broken samples are missing");
     for path in broken {
         let text = read(&path);
@@ -465,13 +483,7 @@ async fn search_top_3(search: std::net::SocketAddr, image: Vec<u8>) -> Value {
 
 #[tokio::test]
 async fn a_collection_over_a_folder_is_ingested_by_the_real_job_controller_and_served_by_a_real_rollout() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("photos");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("photos").await;
 
     let work = tempfile::tempdir().expect("a temporary folder");
     let photos = work.path().join("volume/catalogue");
@@ -653,13 +665,7 @@ async fn stop(mut controller: tokio::process::Child) {
 
 #[tokio::test]
 async fn server_side_apply_on_the_real_server_a_taken_field_is_forced_back_and_a_field_no_longer_applied_is_removed() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("ownership");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("ownership").await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
     let object = ImageCollection::test("catalogue").with_spec(json!({
         "milvus": { "uri": common::milvus_uri() },
@@ -745,13 +751,7 @@ async fn server_side_apply_on_the_real_server_a_taken_field_is_forced_back_and_a
 
 #[tokio::test]
 async fn a_controller_restarted_mid_ingest_adopts_the_running_job_instead_of_making_another() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("restart");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("restart").await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
     let object = ImageCollection::test("photos").with_spec(json!({
         "milvus": { "uri": common::milvus_uri() },
@@ -789,13 +789,7 @@ async fn a_controller_restarted_mid_ingest_adopts_the_running_job_instead_of_mak
 
 #[tokio::test]
 async fn two_controllers_elect_one_leader_with_a_real_lease_and_the_other_takes_over_when_it_dies() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("leases");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("leases").await;
     let logs = [plane.dir.join("controller-a.log"), plane.dir.join("controller-b.log")];
     let mut a = Some(start_controller(&kubeconfig, &logs[0], "controller-a"));
     let mut b = Some(start_controller(&kubeconfig, &logs[1], "controller-b"));
@@ -859,13 +853,7 @@ async fn two_controllers_elect_one_leader_with_a_real_lease_and_the_other_takes_
 
 #[tokio::test]
 async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_a_new_photo() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("rescan");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("rescan").await;
     let work = tempfile::tempdir().expect("a temporary folder");
     let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["astronaut.jpg", "coffee.jpg"]).await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
@@ -914,13 +902,7 @@ async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_
 #[tokio::test]
 async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_job_controller_and_covers_every_photo_once()
  {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("shards");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("shards").await;
     let work = tempfile::tempdir().expect("a temporary folder");
     // Shards split by a hash of each file's path, which holds the temporary folder's random
     // name: with all 16 sample photos a shard is left empty once in 32,768 runs (with 4 it was
@@ -1004,13 +986,7 @@ async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_
 
 #[tokio::test]
 async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backoff_limit_then_reported() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("failing");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("failing").await;
     let work = tempfile::tempdir().expect("a temporary folder");
     let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["coffee.jpg"]).await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
@@ -1054,13 +1030,7 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
 
 #[tokio::test]
 async fn pods_waiting_for_a_missing_secret_are_reported_as_stalled_and_the_collection_recovers_once_it_exists() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let plane = control_plane();
-    install_operator(plane);
-    let admin = plane.admin_client().await;
-    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let namespace = test_namespace("waiting");
-    create_namespace(&admin, &namespace).await;
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("waiting").await;
     let work = tempfile::tempdir().expect("a temporary folder");
     let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["coffee.jpg", "rocket.jpg"]).await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
@@ -1073,22 +1043,12 @@ async fn pods_waiting_for_a_missing_secret_are_reported_as_stalled_and_the_colle
     }));
     collections.create(&PostParams::default(), &object).await.expect("create the collection");
     let log = plane.dir.join(format!("controller-{namespace}.log"));
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgsearch"));
-    control_plane::die_with_this_thread(command.as_std_mut());
-    let controller = command
-        .arg("controller")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("IMGSEARCH_IMAGE", "imgsearch:test")
-        .env("IMGSEARCH_CONTROLLER_LISTEN", "127.0.0.1:0")
-        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
-        .env("POD_NAME", "imgsearch-controller-test")
-        .env("RUST_LOG", "info")
-        .env(imgsearch::env::POD_START_GRACE_SECONDS, "5")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("controller log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start imgsearch controller");
+    let controller = start_controller_with(
+        &kubeconfig,
+        &log,
+        "imgsearch-controller-test",
+        &[(imgsearch::env::POD_START_GRACE_SECONDS, "5")],
+    );
 
     // The node holds the pods in CreateContainerConfigError, as a kubelet does; once past the
     // grace period the collection says so, naming the Secret.

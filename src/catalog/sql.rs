@@ -200,35 +200,28 @@ impl SqlCatalog {
 
     /// Called once the vectors of `ids` are in Milvus.
     pub async fn mark_indexed(&self, ids: &[i64]) -> Result<()> {
-        self.retrying("mark indexed", || async {
-            let now = now_ms();
-            let mut tx = self.pool.begin().await?;
-            for id in ids {
-                sqlx::query(
-                    &self.sql("UPDATE images SET status = 'indexed', error = NULL, updated_at_ms = $1 WHERE id = $2"),
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
+        self.update_each(
+            "mark indexed",
+            "UPDATE images SET status = 'indexed', error = NULL, updated_at_ms = $1 WHERE id = $2",
+            ids,
+        )
         .await
     }
 
     /// Marks rows `pending` again before their vectors are deleted (the index's delete order).
     pub async fn mark_pending(&self, ids: &[i64]) -> Result<()> {
-        self.retrying("mark pending", || async {
+        self.update_each("mark pending", "UPDATE images SET status = 'pending', updated_at_ms = $1 WHERE id = $2", ids)
+            .await
+    }
+
+    /// Runs `statement` (the time bound as $1, the id as $2) for each id in one transaction.
+    async fn update_each(&self, what: &'static str, statement: &str, ids: &[i64]) -> Result<()> {
+        let statement = self.sql(statement);
+        self.retrying(what, || async {
             let now = now_ms();
             let mut tx = self.pool.begin().await?;
             for id in ids {
-                sqlx::query(&self.sql("UPDATE images SET status = 'pending', updated_at_ms = $1 WHERE id = $2"))
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(&statement).bind(now).bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

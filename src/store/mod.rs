@@ -533,23 +533,34 @@ impl MilvusStore {
         let op = "query ids";
         let mut present = Vec::new();
         for chunk in ids.chunks(VECTORS_PER_QUERY) {
-            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-            let request = QueryRequest::builder()
-                .collection_name(collection)
-                .filter(format!("{ID_FIELD} in [{list}]"))
-                .output_fields([ID_FIELD])
-                .consistency_level(ConsistencyLevel::Strong)
-                .build()
-                .map_err(|e| self.error(op, collection, e))?;
-            let response = self
-                .bounded(op, collection, self.client.query(request))
-                .await?
-                .map_err(|e| self.not_found_or(op, collection, e))?;
+            let response = self.query_ids(op, collection, chunk, &[ID_FIELD], ConsistencyLevel::Strong).await?;
             for row in response.results().rows().map_err(|e| self.error(op, collection, e))? {
                 present.push(row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?);
             }
         }
         Ok(present)
+    }
+
+    /// One query for the rows of `ids`, answering `fields` (the callers chunk `ids`).
+    async fn query_ids(
+        &self,
+        op: &'static str,
+        collection: &str,
+        ids: &[i64],
+        fields: &[&str],
+        level: ConsistencyLevel,
+    ) -> Result<milvus::v2::response::dql::QueryResponse> {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let request = QueryRequest::builder()
+            .collection_name(collection)
+            .filter(format!("{ID_FIELD} in [{list}]"))
+            .output_fields(fields.iter().copied())
+            .consistency_level(level)
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        self.bounded(op, collection, self.client.query(request))
+            .await?
+            .map_err(|e| self.not_found_or(op, collection, e))
     }
 
     /// Rows visible to a strongly consistent read.
@@ -649,18 +660,8 @@ impl MilvusStore {
         let op = "query vectors";
         let mut vectors = HashMap::new();
         for chunk in ids.chunks(VECTORS_PER_QUERY) {
-            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-            let request = QueryRequest::builder()
-                .collection_name(collection)
-                .filter(format!("{ID_FIELD} in [{list}]"))
-                .output_fields([ID_FIELD, VECTOR_FIELD])
-                .consistency_level(self.search_level())
-                .build()
-                .map_err(|e| self.error(op, collection, e))?;
-            let response = self
-                .bounded(op, collection, self.client.query(request))
-                .await?
-                .map_err(|e| self.not_found_or(op, collection, e))?;
+            let response =
+                self.query_ids(op, collection, chunk, &[ID_FIELD, VECTOR_FIELD], self.search_level()).await?;
             for row in response.results().rows().map_err(|e| self.error(op, collection, e))? {
                 let id = row.get_i64(ID_FIELD).map_err(|e| self.error(op, collection, e))?;
                 let vector = row.get_float_vector(VECTOR_FIELD).map_err(|e| self.error(op, collection, e))?;

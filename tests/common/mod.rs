@@ -204,3 +204,14 @@ pub fn http_client() -> reqwest::Client {
     imgsearch::source::install_crypto_provider();
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("an HTTP client")
 }
+
+/// The `.yaml` files of a folder, sorted (the samples, the broken samples).
+pub fn yaml_files(folder: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
