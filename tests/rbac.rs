@@ -1,33 +1,36 @@
-//! Least privilege, proven: the real `imgsearch controller` binary runs against the fake API
-//! server under its ServiceAccount's name through a whole collection lifecycle (create, ingest,
-//! rescan schedule, spec change, old Job pruned, schedule removed, delete with cleanup, shutdown
-//! with the lease released). Every call it makes must be granted by the RBAC that
-//! `kubectl kustomize manifests` renders (from manifests/base/rbac.yaml), and every grant there
-//! must be used by some call.
+//! Least privilege, proven by Kubernetes: the real `imgsearch controller` binary runs on the
+//! real control plane (tests/control_plane) with a token for its ServiceAccount, through a
+//! whole collection lifecycle (create, ingest on a test node, rescan schedule, spec change, old
+//! Job pruned, schedule removed, delete with cleanup, shutdown with the lease released). The
+//! API server's own audit log then says what it asked and what the RBAC authorizer decided:
+//! nothing may have been refused, and every permission that `kubectl kustomize manifests`
+//! grants (from manifests/base/rbac.yaml) must have been used by some request, or it is more
+//! than the controller needs.
 //!
 //! The search and ingest pods get no API rights at all: nothing in the manifests binds a role
 //! to anything but the controller's ServiceAccount, and the pods the controller creates do not
 //! mount a token.
 
 mod common;
-mod k8s;
+mod control_plane;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use imgsearch::crd::{ImageCollection, ImageCollectionSpec};
-use k8s::fake_apiserver::{Call, FakeApiServer};
-use k8s::kubelet::SimulatedKubelet;
+use control_plane::control_plane;
+use control_plane::operator::{
+    OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, delete_and_wait, eventually, install_operator,
+    node_with_photos, read, start_controller, status_where, stop, test_namespace,
+};
+use imgsearch::crd::ImageCollection;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-const NAMESPACE: &str = "imgsearch-system";
-const SERVICE_ACCOUNT: &str = "imgsearch-controller";
-const COLLECTIONS: &str = "imgsearch.io/v1alpha1/imagecollections";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,18 +55,48 @@ struct Grant {
 /// One (role, rule, group, resource, verb) a role grants: the unit that must be used.
 type Permission = (String, usize, String, String, String);
 
-/// The objects `kubectl apply -k manifests/` would install.
-fn installed_objects() -> Vec<Value> {
-    let output = std::process::Command::new("kubectl")
-        .args(["kustomize", "manifests"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("kubectl not found: it renders manifests/ (kubectl kustomize); install kubectl");
-    assert!(output.status.success(), "kubectl kustomize manifests: {}", String::from_utf8_lossy(&output.stderr));
-    serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&output.stdout))
-        .map(|document| Value::deserialize(document).expect("rendered YAML"))
-        .filter(|document| !document.is_null())
-        .collect()
+/// One request as the audit log records it.
+#[derive(Debug)]
+struct Request {
+    verb: String,
+    group: String,
+    /// With its subresource: `imagecollections/status`.
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    /// The RBAC authorizer's decision (`allow` or `forbid`) and its reason.
+    decision: String,
+    reason: String,
+    /// The response's status code: 403 also when a check made inside the request was refused
+    /// (a server-side apply that creates is authorized as `patch`, then again as `create`).
+    code: i64,
+    uri: String,
+}
+
+impl Request {
+    /// The verbs the request needed: its own, and `create` for a server-side apply that made
+    /// the object (201). The audit log annotates only the first decision; that the second is
+    /// real was seen on this server: without `create`, such an apply gets 403 "cannot create".
+    fn verbs(&self) -> Vec<&str> {
+        let mut verbs = vec![self.verb.as_str()];
+        if self.verb == "patch" && self.code == 201 {
+            verbs.push("create");
+        }
+        verbs
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() { String::new() } else { format!("{}/", self.group) };
+        let place = self.namespace.as_deref().unwrap_or("all namespaces");
+        let name = self.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+        write!(
+            f,
+            "{} {group}{} in {place}{name} ({}): {} {}",
+            self.verb, self.resource, self.code, self.uri, self.reason
+        )
+    }
 }
 
 /// The roles bound to the controller's ServiceAccount, and a check that no binding names any
@@ -80,7 +113,7 @@ fn controller_grants(documents: &[Value]) -> Vec<Grant> {
         for subject in subjects {
             assert_eq!(
                 (subject["kind"].as_str(), subject["name"].as_str(), subject["namespace"].as_str()),
-                (Some("ServiceAccount"), Some(SERVICE_ACCOUNT), Some(NAMESPACE)),
+                (Some("ServiceAccount"), Some(OPERATOR_ACCOUNT), Some(OPERATOR_NAMESPACE)),
                 "{} binds a role to something other than the controller: {subject}",
                 name_of(binding)
             );
@@ -90,7 +123,7 @@ fn controller_grants(documents: &[Value]) -> Vec<Grant> {
         let role = roles
             .get(&(role_kind.clone(), role_name.clone()))
             .unwrap_or_else(|| panic!("{} refers to {role_kind} {role_name}, which is not defined", name_of(binding)));
-        let namespace = (binding["kind"] == "RoleBinding").then(|| NAMESPACE.to_string());
+        let namespace = (binding["kind"] == "RoleBinding").then(|| OPERATOR_NAMESPACE.to_string());
         let rules: Vec<Rule> = serde_json::from_value(role["rules"].clone()).expect("RBAC rules");
         grants.push(Grant { role: format!("{role_kind}/{role_name}"), namespace, rules });
     }
@@ -101,34 +134,35 @@ fn name_of(document: &Value) -> String {
     document["metadata"]["name"].as_str().unwrap_or_default().to_string()
 }
 
-fn resource_of(call: &Call) -> String {
-    match &call.subresource {
-        Some(sub) => format!("{}/{sub}", call.resource),
-        None => call.resource.clone(),
-    }
-}
-
-/// The permissions that allow `call`, as the API server's RBAC authorizer decides: a rule
-/// matches on group, resource (with subresource), verb and, if it lists names, the object's
-/// name; a Role only within its own namespace.
-fn permissions_for(call: &Call, grants: &[Grant]) -> Vec<Permission> {
-    let resource = resource_of(call);
+/// The rules that allow `request`, matched as the RBAC authorizer matches them: group,
+/// resource (with subresource), verb and, if the rule lists names, the object's name; a Role
+/// only within its own namespace.
+fn permissions_for(request: &Request, grants: &[Grant]) -> Vec<Permission> {
     let mut found = Vec::new();
-    for grant in grants {
-        if grant.namespace.is_some() && grant.namespace != call.namespace {
-            continue;
-        }
-        for (index, rule) in grant.rules.iter().enumerate() {
-            let named = rule.resource_names.is_empty()
-                || call.name.as_ref().is_some_and(|name| rule.resource_names.contains(name));
-            if rule.api_groups.contains(&call.group)
-                && rule.resources.contains(&resource)
-                && rule.verbs.contains(&call.verb)
-                && named
-            {
-                found.push((grant.role.clone(), index, call.group.clone(), resource.clone(), call.verb.clone()));
+    for verb in request.verbs() {
+        let mut allowing = Vec::new();
+        for grant in grants {
+            if grant.namespace.is_some() && grant.namespace != request.namespace {
+                continue;
+            }
+            for (index, rule) in grant.rules.iter().enumerate() {
+                let named = rule.resource_names.is_empty()
+                    || request.name.as_ref().is_some_and(|name| rule.resource_names.contains(name));
+                if rule.api_groups.contains(&request.group)
+                    && rule.resources.contains(&request.resource)
+                    && rule.verbs.iter().any(|v| v == verb)
+                    && named
+                {
+                    let resource = request.resource.clone();
+                    allowing.push((grant.role.clone(), index, request.group.clone(), resource, verb.to_string()));
+                }
             }
         }
+        // Every verb the request needed must be granted, or none of its rules explain it.
+        if allowing.is_empty() {
+            return Vec::new();
+        }
+        found.extend(allowing);
     }
     found
 }
@@ -149,143 +183,164 @@ fn all_permissions(grants: &[Grant]) -> BTreeSet<Permission> {
     all
 }
 
-async fn eventually<T>(what: &str, log: &Path, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(value) = check() {
-            return value;
+/// The requests `user` made, from the audit log's lines after byte `from`, once each (a watch
+/// is logged when its response starts and again when it ends).
+fn audited_requests(log: &Path, from: u64, user: &str) -> Vec<Request> {
+    let mut file = std::fs::File::open(log).unwrap_or_else(|e| panic!("the audit log {}: {e}", log.display()));
+    file.seek(SeekFrom::Start(from)).expect("seek in the audit log");
+    let mut text = String::new();
+    file.read_to_string(&mut text).expect("read the audit log");
+    let mut seen = BTreeSet::new();
+    let mut requests = Vec::new();
+    for line in text.lines().filter(|line| !line.trim().is_empty()) {
+        let event: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("an audit line that is not JSON ({e}): {line}"));
+        if event["user"]["username"] != user || !seen.insert(event["auditID"].as_str().unwrap_or_default().to_string())
+        {
+            continue;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; controller log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let object = &event["objectRef"];
+        let text = |value: &Value| value.as_str().map(str::to_string);
+        let resource = match (text(&object["resource"]), text(&object["subresource"])) {
+            (Some(resource), Some(sub)) => format!("{resource}/{sub}"),
+            (Some(resource), None) => resource,
+            // A non-resource URL (discovery, /version): no rule here grants one.
+            (None, _) => String::new(),
+        };
+        requests.push(Request {
+            verb: text(&event["verb"]).unwrap_or_default(),
+            group: text(&object["apiGroup"]).unwrap_or_default(),
+            resource,
+            namespace: text(&object["namespace"]),
+            name: text(&object["name"]),
+            decision: text(&event["annotations"]["authorization.k8s.io/decision"]).unwrap_or_default(),
+            reason: text(&event["annotations"]["authorization.k8s.io/reason"]).unwrap_or_default(),
+            code: event["responseStatus"]["code"].as_i64().unwrap_or_default(),
+            uri: text(&event["requestURI"]).unwrap_or_default(),
+        });
     }
+    requests
 }
 
 #[tokio::test]
-async fn the_controller_calls_only_what_its_rbac_grants_and_uses_every_grant() {
-    let grants = controller_grants(&installed_objects());
+async fn the_real_authorizer_refuses_the_controller_nothing_and_every_grant_is_used() {
+    let plane = control_plane();
+    install_operator(plane);
+    let (ok, rendered, err) = plane.run_kubectl(&["kustomize", "manifests"], None);
+    assert!(ok, "kubectl kustomize manifests failed: {err}");
+    let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|document| Value::deserialize(document).expect("rendered YAML"))
+        .filter(|document| !document.is_null())
+        .collect();
+    let grants = controller_grants(&documents);
     assert!(!grants.is_empty(), "manifests/base/rbac.yaml binds no role to the controller");
 
-    let work = tempfile::tempdir().unwrap();
-    let photos = work.path().join("volume/catalogue");
-    std::fs::create_dir_all(&photos).unwrap();
-    for name in ["astronaut.jpg", "coffee.jpg"] {
-        std::fs::copy(common::photo(name), photos.join(name)).unwrap();
-    }
-    let (server, address, _api_task) = FakeApiServer::start().await;
-    let claims = BTreeMap::from([("photos".to_string(), work.path().join("volume"))]);
-    let binary = Path::new(env!("CARGO_BIN_EXE_imgsearch"));
-    let (_kubelet, _kubelet_task) = SimulatedKubelet::start(server.clone(), binary, claims);
-
-    // The controller binary, as the Deployment in manifests/base runs it, under its
-    // ServiceAccount's user name.
-    let user = format!("system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}");
-    let kubeconfig = work.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, FakeApiServer::kubeconfig(address, &user, NAMESPACE)).unwrap();
-    let log = work.path().join("controller.log");
-    let mut controller = tokio::process::Command::new(binary)
-        .arg("controller")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("IMGSEARCH_IMAGE", "imgsearch:test")
-        .env("IMGSEARCH_CONTROLLER_LISTEN", "127.0.0.1:0")
-        .env("POD_NAMESPACE", NAMESPACE)
-        .env("POD_NAME", "imgsearch-controller-0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start imgsearch controller");
+    let admin = plane.admin_client().await;
+    let (kubeconfig, _) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+    let namespace = test_namespace("rbac");
+    create_namespace(&admin, &namespace).await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (_node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["astronaut.jpg", "coffee.jpg"]).await;
 
     // What a user does, as another user: a catalog Secret and a collection with a schedule.
-    let admin = FakeApiServer::client(address);
     let catalog_url = format!("sqlite://{}", work.path().join("catalog.db").display());
     let secret: Secret = serde_json::from_value(json!({
         "metadata": { "name": "catalog" },
         "stringData": { "DATABASE_URL": catalog_url }
     }))
-    .unwrap();
-    Api::<Secret>::namespaced(admin.clone(), "shop").create(&PostParams::default(), &secret).await.unwrap();
-    let spec: ImageCollectionSpec = serde_json::from_value(json!({
+    .expect("a Secret");
+    Api::<Secret>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the catalog Secret");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("photos").with_spec(json!({
         "milvus": { "uri": common::milvus_uri() },
         "collectionName": common::unique_collection("rbac"),
-        "source": { "pvc": { "claimName": "photos", "path": "/catalogue" } },
+        "source": { "pvc": { "claimName": "photos" } },
         "catalog": { "secretRef": { "name": "catalog" } },
         "ingest": { "schedule": "30 2 * * *", "historyLimit": 0 },
         "deletionPolicy": "Delete"
-    }))
-    .unwrap();
-    let collections: Api<ImageCollection> = Api::namespaced(admin, "shop");
-    collections.create(&PostParams::default(), &ImageCollection::new("photos", spec)).await.unwrap();
-    let ready_at = |generation: i64| {
-        let server = server.clone();
-        move || {
-            let object = server.object(COLLECTIONS, "shop", "photos")?;
-            let status = &object["status"];
-            (status["phase"] == "Ready"
-                && status["observedGeneration"] == generation
-                && status["images"]["indexed"] == 2)
-                .then_some(())
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+
+    // From here on, what the audit log holds is this test's.
+    let audit_from = std::fs::metadata(&plane.audit_log).map(|m| m.len()).unwrap_or(0);
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let controller = start_controller(&kubeconfig, &log, "imgsearch-controller-rbac");
+    let ready = |generation: i64| {
+        move |s: &Value| {
+            s["status"]["phase"] == "Ready"
+                && s["status"]["observedGeneration"] == generation
+                && s["status"]["images"]["indexed"] == 2
         }
     };
-    eventually("Ready with 2 images", &log, ready_at(1)).await;
-    assert!(server.object("batch/v1/cronjobs", "shop", "photos-rescan").is_some(), "the rescan CronJob");
+    status_where(&collections, "photos", &log, "Ready with 2 images", Duration::from_secs(180), ready(1)).await;
+    let cronjobs: Api<CronJob> = Api::namespaced(admin.clone(), &namespace);
+    assert!(cronjobs.get_opt("photos-rescan").await.expect("get the CronJob").is_some(), "no rescan CronJob");
 
     // A spec change: a new generation's Job, the old one pruned (historyLimit 0), the
     // schedule's CronJob deleted.
     let change = json!({ "spec": { "ingest": { "schedule": null, "batchSize": 4 } } });
-    collections.patch("photos", &PatchParams::default(), &Patch::Merge(change)).await.unwrap();
-    eventually("generation 2 ingested", &log, ready_at(2)).await;
-    eventually("the generation-1 Job pruned", &log, || {
-        server.object("batch/v1/jobs", "shop", "photos-ingest-g1").is_none().then_some(())
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(change)).await.expect("change the spec");
+    status_where(&collections, "photos", &log, "generation 2 ingested", Duration::from_secs(180), ready(2)).await;
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
+    eventually("the generation-1 Job pruned", Duration::from_secs(60), || {
+        let jobs = jobs.clone();
+        async move {
+            match jobs.get_opt("photos-ingest-g1").await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(job) => Err(format!("still there: {:?}", job.status)),
+            }
+        }
     })
     .await;
-    assert!(server.object("batch/v1/cronjobs", "shop", "photos-rescan").is_none(), "the CronJob went");
+    assert!(cronjobs.get_opt("photos-rescan").await.expect("get the CronJob").is_none(), "the CronJob stayed");
 
-    // The pods it creates carry no API token.
-    for (key, name) in [("batch/v1/jobs", "photos-ingest-g2"), ("apps/v1/deployments", "photos-search")] {
-        let object = server.object(key, "shop", name).unwrap_or_else(|| panic!("{name} exists"));
-        let pod = &object["spec"]["template"]["spec"];
-        assert_eq!(pod["automountServiceAccountToken"], false, "{name}: {pod}");
-        assert!(pod.get("serviceAccountName").is_none(), "{name} runs as the namespace's default account");
+    // The pods it creates carry no API token and run as the namespace's default account.
+    let job = jobs.get("photos-ingest-g2").await.expect("the generation-2 Job");
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), &namespace)
+        .get("photos-search")
+        .await
+        .expect("the search Deployment");
+    let templates = [
+        ("the ingest Job", job.spec.and_then(|s| s.template.spec)),
+        ("the search Deployment", deployment.spec.template.spec),
+    ];
+    for (what, pod) in templates {
+        let pod = pod.unwrap_or_else(|| panic!("{what} has no pod template"));
+        assert_eq!(pod.automount_service_account_token, Some(false), "{what} mounts an API token");
+        assert_eq!(pod.service_account_name, None, "{what} names a ServiceAccount");
     }
 
     // Deletion with cleanup (Milvus drop, catalog purge through the Secret), then shutdown.
-    collections.delete("photos", &DeleteParams::default()).await.unwrap();
-    eventually("the collection deleted", &log, || server.object(COLLECTIONS, "shop", "photos").is_none().then_some(()))
-        .await;
-    let pid = nix::unistd::Pid::from_raw(controller.id().expect("running") as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let exit = tokio::time::timeout(Duration::from_secs(20), controller.wait()).await.expect("exits").unwrap();
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(exit.success(), "controller exit {exit}; log:\n{log_text}");
-    assert!(log_text.contains("released the leader lease"), "the lease is released on shutdown:\n{log_text}");
+    delete_and_wait(&collections, "photos", &log).await;
+    stop(controller).await;
+    let said = read(&log);
+    assert!(said.contains("released the leader lease"), "the lease is released on shutdown:\n{said}");
 
-    let calls: Vec<Call> = server.calls().into_iter().filter(|c| c.user == user).collect();
-    assert!(calls.len() > 20, "the controller's calls were recorded under its user: {calls:?}");
-    let mut denied = BTreeSet::new();
+    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}");
+    let requests = audited_requests(&plane.audit_log, audit_from, &user);
+    assert!(requests.len() > 20, "the audit log holds {} requests of {user}: {requests:?}", requests.len());
+    let mut refused = Vec::new();
+    let mut unexplained = Vec::new();
     let mut used = BTreeSet::new();
-    for call in &calls {
-        let allowing = permissions_for(call, &grants);
-        if allowing.is_empty() {
-            denied.insert(format!(
-                "{} {}{} in {}{}",
-                call.verb,
-                if call.group.is_empty() { String::new() } else { format!("{}/", call.group) },
-                resource_of(call),
-                call.namespace.as_deref().unwrap_or("all namespaces"),
-                call.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
-            ));
+    for request in &requests {
+        let allowing = permissions_for(request, &grants);
+        match request.decision.as_str() {
+            "allow" if request.code == 403 => refused.push(request.to_string()),
+            "allow" if allowing.is_empty() => unexplained.push(request.to_string()),
+            "allow" => used.extend(allowing),
+            _ => refused.push(request.to_string()),
         }
-        used.extend(allowing);
     }
-    assert!(denied.is_empty(), "calls the RBAC does not grant:\n{}", denied.into_iter().collect::<Vec<_>>().join("\n"));
+    assert!(refused.is_empty(), "the real authorizer refused the controller:\n{}", refused.join("\n"));
+    // The server allowed these, but no rule here matched them: this test's reading of the
+    // rules is wrong, and its "unused" list below cannot be trusted.
+    assert!(unexplained.is_empty(), "allowed by the server, matched by no rule here:\n{}", unexplained.join("\n"));
     let unused: Vec<String> = all_permissions(&grants)
         .difference(&used)
         .map(|(role, rule, group, resource, verb)| format!("{role} rule {rule}: {verb} {group}/{resource}"))
         .collect();
-    assert!(unused.is_empty(), "granted but never called (remove them):\n{}", unused.join("\n"));
+    assert!(unused.is_empty(), "granted but never used (remove them):\n{}", unused.join("\n"));
 }

@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod operator;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// The Kubernetes release the control plane is built from (scripts/kube/go.mod).
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
+/// The namespace whose ServiceAccounts' requests the audit log records: the operator's.
+pub const AUDITED_NAMESPACE: &str = "imgsearch-system";
 /// How long the control plane may take to become ready on a loaded 2-core machine.
 const START_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -42,6 +45,10 @@ pub struct ControlPlane {
     pub admin_kubeconfig: PathBuf,
     /// The cluster CA, PEM.
     pub ca_pem: String,
+    /// The API server's audit log (JSON lines, `audit.k8s.io/v1` Events at Metadata level):
+    /// every request a ServiceAccount of [`AUDITED_NAMESPACE`] made, with the authorizer's
+    /// decision. How a test learns what the operator asked of Kubernetes, from Kubernetes.
+    pub audit_log: PathBuf,
     /// Children: kept so they are not reaped early; killed with the binary (PDEATHSIG).
     processes: Vec<(String, u32)>,
 }
@@ -276,6 +283,15 @@ fn start() -> Result<ControlPlane, String> {
     let serving_key = write("apiserver.key", &pki.serving_key)?;
     let sa_key = write("sa.key", &pki.signing_key)?;
     let sa_pub = write("sa.pub", &pki.signing_public_key)?;
+    // Only the operator's accounts: Kubernetes' own controllers would fill the log otherwise.
+    let audit_policy = write(
+        "audit-policy.yaml",
+        &format!(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Metadata\n  userGroups: [\"system:serviceaccounts:{AUDITED_NAMESPACE}\"]\n- level: None\n"
+        ),
+    )?;
+    let audit_log = dir.join("audit.log");
 
     let etcd_port = free_port();
     let peer_port = free_port();
@@ -333,6 +349,11 @@ fn start() -> Result<ControlPlane, String> {
         &format!("--service-account-signing-key-file={}", sa_key.display()),
         // No kubelet or kube-proxy answers for the `kubernetes` Service's endpoints.
         "--endpoint-reconciler-type=none",
+        &format!("--audit-policy-file={}", audit_policy.display()),
+        &format!("--audit-log-path={}", audit_log.display()),
+        "--audit-log-format=json",
+        // Written as each request completes, so a test reads every request made before it looks.
+        "--audit-log-mode=blocking",
         "--v=1",
     ]);
     processes.push(("kube-apiserver".to_string(), spawn(apiserver, &dir.join("kube-apiserver.log"))?));
@@ -379,7 +400,7 @@ fn start() -> Result<ControlPlane, String> {
     };
     wait_for("kube-controller-manager", &manager_log, default_account, START_DEADLINE)?;
 
-    Ok(ControlPlane { bin, dir, server, admin_kubeconfig, ca_pem: pki.ca_cert, processes })
+    Ok(ControlPlane { bin, dir, server, admin_kubeconfig, ca_pem: pki.ca_cert, audit_log, processes })
 }
 
 /// Polls `ready` until it holds; an error naming `what`, with the tail of its log, at the deadline.
