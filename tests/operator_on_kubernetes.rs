@@ -27,6 +27,7 @@ use control_plane::operator::{
     node_with_photos, read, root, start_controller, start_controller_with, status_where, stop, test_namespace,
 };
 use control_plane::{ControlPlane, control_plane};
+use imgsearch::catalog::ImageStatus;
 use imgsearch::crd::ImageCollection;
 use imgsearch::store::MilvusStore;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -466,28 +467,62 @@ async fn a_collection_over_a_folder_is_ingested_by_the_real_job_controller_and_s
     let response = search_top_3(search, std::fs::read(common::photo("coffee.jpg")).expect("read a photo")).await;
     let top = response["results"][0]["uri"].as_str().unwrap_or_default();
     assert!(top.ends_with("/catalogue/coffee.jpg"), "the search pod's best match is not the photo itself: {response}");
+    let image_url = response["results"][0]["image_url"].as_str().unwrap_or_default();
+    let served = common::http_client().get(format!("http://{search}{image_url}")).send().await.expect("GET the image");
+    assert_eq!(served.status(), reqwest::StatusCode::OK, "the search pod does not serve {image_url}");
+    let bytes = served.bytes().await.expect("the image's bytes");
+    assert_eq!(bytes.as_ref(), std::fs::read(common::photo("coffee.jpg")).expect("read a photo"), "other bytes served");
     let deployment =
         Api::<Deployment>::namespaced(admin.clone(), &namespace).get("photos-search").await.expect("Deployment");
     let available = deployment.status.and_then(|s| s.available_replicas).unwrap_or(0);
     assert!(available >= 1, "the real Deployment controller counts no available replica");
 
-    // Delete: the pods stop, then the data goes, then the object.
+    // Delete: the pods stop (the search pod drains for 5 s after SIGTERM, and the status says
+    // it waits for them), then the data goes, then the object.
     collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
+    let stopping_seen = std::sync::atomic::AtomicBool::new(false);
     eventually("the collection gone", Duration::from_secs(120), || {
-        let (collections, log) = (collections.clone(), log.clone());
+        let (collections, log, stopping_seen) = (collections.clone(), log.clone(), &stopping_seen);
         async move {
             match collections.get_opt(name).await.map_err(|e| e.to_string())? {
                 None => Ok(()),
-                Some(object) => Err(format!("{:?}\ncontroller log:\n{}", object.status, read(&log))),
+                Some(object) => {
+                    let status = serde_json::to_value(&object.status).map_err(|e| e.to_string())?;
+                    if status.to_string().contains("StoppingPods") {
+                        stopping_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(format!("{status}\ncontroller log:\n{}", read(&log)))
+                }
             }
         }
     })
     .await;
+    assert!(stopping_seen.into_inner(), "the status never said it was waiting for the pods to stop");
     let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
     assert!(!store.has_collection(&collection_name).await.expect("ask Milvus"), "the Milvus collection was kept");
+    // In that order: every pod had stopped before the collection was dropped, so nothing wrote
+    // to it or created it again afterwards.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &namespace);
+    let dropped = events
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some(imgsearch::controller::reasons::COLLECTION_DROPPED))
+        .and_then(|e| e.event_time)
+        .expect("a CollectionDropped Event with its time");
+    let last_stopped = node.last_stopped("photos-search-").expect("the search pod was stopped by its deletion");
+    assert!(
+        last_stopped < dropped.0,
+        "the collection was dropped at {} while a search pod ran until {last_stopped}",
+        dropped.0
+    );
     let catalog = imgsearch::catalog::Catalog::open(&catalog_url).await.expect("open the catalog");
-    let indexed = catalog.count(&collection_name, imgsearch::catalog::ImageStatus::Indexed).await.expect("count");
-    assert_eq!(indexed, 0, "catalog rows left after a Delete");
+    for status in [ImageStatus::Indexed, ImageStatus::Failed, ImageStatus::Pending] {
+        let left = catalog.count(&collection_name, status).await.expect("count");
+        assert_eq!(left, 0, "{status:?} catalog rows left after a Delete");
+    }
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
     eventually("every pod gone", Duration::from_secs(60), || {
         let pods = pods.clone();
@@ -738,7 +773,7 @@ async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_
 }
 
 #[tokio::test]
-async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_job_controller_and_covers_every_photo_once()
+async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_job_controller_and_covers_every_photo_once_and_a_rescan_keeps_ids()
  {
     let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("shards").await;
     let work = tempfile::tempdir().expect("a temporary folder");
@@ -769,7 +804,7 @@ async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_
     let object = ImageCollection::test("photos").with_spec(json!({
         "milvus": { "uri": common::milvus_uri() },
         "collectionName": collection_name,
-        "ingest": { "parallelism": 2 },
+        "ingest": { "parallelism": 2, "prune": true },
         "deletionPolicy": "Delete"
     }));
     collections.create(&PostParams::default(), &object).await.expect("create the collection");
@@ -818,8 +853,98 @@ async fn an_indexed_job_of_two_shards_gets_its_completion_indexes_from_the_real_
     assert_eq!(found.iter().sum::<u64>(), photos.len() as u64, "the shards overlap or miss photos: {found:?}");
     let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
     assert_eq!(store.count(&collection_name).await.expect("count"), photos.len() as u64, "each photo once in Milvus");
+
+    // No catalog (the default): Milvus's rows are the record the shards and the search pod
+    // share. Each photo is listed once with an id of its own, served by that id, and finds
+    // itself: no shard overwrote another's.
+    let search = eventually("a ready search pod", Duration::from_secs(60), || {
+        let node = node.clone();
+        async move { node.ready_address("photos-search-").ok_or_else(|| node.logs("photos-search-")) }
+    })
+    .await;
+    let folder = work.path().join("volume");
+    let listed = listed_images(search).await;
+    let names: std::collections::BTreeSet<String> = listed.keys().map(|uri| file_name(uri)).collect();
+    assert_eq!(names, photos.iter().map(|p| p.to_string()).collect(), "the listing is not the folder");
+    let ids: std::collections::HashSet<i64> = listed.values().copied().collect();
+    assert_eq!(ids.len(), photos.len(), "two photos share an id: {listed:?}");
+    for (uri, id) in listed.iter().take(4) {
+        let bytes = std::fs::read(folder.join(file_name(uri))).expect("read a photo");
+        let served = common::http_client().get(format!("http://{search}/v1/images/{id}")).send().await.expect("GET");
+        assert_eq!(served.bytes().await.expect("bytes").as_ref(), bytes, "{uri}: other bytes served for id {id}");
+        let found = search_top_3(search, bytes).await;
+        let itself = found["results"].as_array().and_then(|r| r.iter().find(|hit| hit["id"] == *id));
+        assert!(itself.and_then(|hit| hit["score"].as_f64()).is_some_and(|s| s > 0.999), "{uri} not found: {found}");
+    }
+
+    // A rescan (a spec change makes one) after two files were added and one removed: the
+    // unchanged ones keep their ids and are not embedded again, the removed one is pruned by
+    // the shard it falls in, the new ones are served.
+    let added: Vec<(String, PathBuf)> = common::fashion_images(1).into_iter().take(2).collect();
+    for (name, path) in &added {
+        std::fs::copy(path, folder.join(name)).expect("add a file");
+    }
+    let removed = photos[0];
+    std::fs::remove_file(folder.join(removed)).expect("remove a file");
+    let now = photos.len() + added.len() - 1;
+    let patch = json!({ "spec": { "ingest": { "batchSize": 16 } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("change the spec");
+    let status = status_where(&collections, "photos", &log, "the rescan done", Duration::from_secs(180), |o| {
+        let s = &o["status"];
+        s["phase"] == "Ready" && s["lastIngest"]["job"] == "photos-ingest-g2" && s["images"]["indexed"] == now
+    })
+    .await;
+    assert_eq!(
+        status["status"]["images"]["skipped"],
+        photos.len() - 1,
+        "unchanged photos embedded again: {}",
+        status["status"]
+    );
+    let relisted = listed_images(search).await;
+    assert_eq!(relisted.len(), now, "{relisted:?}");
+    for (uri, id) in &listed {
+        if file_name(uri) == removed {
+            assert!(!relisted.contains_key(uri), "the removed file was not pruned");
+        } else {
+            assert_eq!(relisted.get(uri), Some(id), "{uri} changed id");
+        }
+    }
+    for (name, path) in &added {
+        let (_, id) = relisted.iter().find(|(uri, _)| file_name(uri) == *name).expect("a new file listed");
+        let served = common::http_client().get(format!("http://{search}/v1/images/{id}")).send().await.expect("GET");
+        let bytes = std::fs::read(path).expect("read a file");
+        assert_eq!(served.bytes().await.expect("bytes").as_ref(), bytes, "{name}: the new file is not served");
+    }
     delete_and_wait(&collections, "photos", &log).await;
     stop(controller).await;
+}
+
+fn file_name(uri: &str) -> String {
+    uri.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// Every image the search pod lists (uri → id), read through pages of 7.
+async fn listed_images(search: std::net::SocketAddr) -> std::collections::BTreeMap<String, i64> {
+    let mut listed = std::collections::BTreeMap::new();
+    let mut token: Option<String> = None;
+    for _page in 0..100 {
+        let mut url = format!("http://{search}/v1/images?limit=7");
+        if let Some(token) = &token {
+            url.push_str(&format!("&page_token={token}"));
+        }
+        let response = common::http_client().get(&url).send().await.expect("list the images");
+        let page: Value = response.json().await.expect("a JSON listing");
+        for image in page["images"].as_array().unwrap_or_else(|| panic!("not a listing: {page}")) {
+            let uri = image["uri"].as_str().unwrap_or_default().to_string();
+            let id = image["id"].as_i64().unwrap_or_else(|| panic!("no id: {image}"));
+            assert!(listed.insert(uri.clone(), id).is_none(), "{uri} listed twice");
+        }
+        match page["next_page_token"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => return listed,
+        }
+    }
+    panic!("the listing did not end within 100 pages of 7");
 }
 
 #[tokio::test]
@@ -914,4 +1039,119 @@ async fn pods_waiting_for_a_missing_secret_are_reported_as_stalled_and_the_colle
     assert!(!still_stalled, "Stalled stayed True after recovering: {}\n{}", ready["status"], node.logs("photos-"));
     delete_and_wait(&collections, "photos", &log).await;
     stop(controller).await;
+}
+
+#[tokio::test]
+async fn pods_refused_an_image_a_claim_or_a_secret_key_are_each_reported_with_the_kubelets_words() {
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("refused").await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["coffee.jpg", "rocket.jpg"]).await;
+    // The controller's image lives in a private registry: pulling it needs the `regcred` Secret.
+    let image = "registry.example/imgsearch:private";
+    node.require_pull_secret(image, "regcred");
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &namespace);
+    let regcred: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "regcred" },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": { ".dockerconfigjson": "{\"auths\":{}}" }
+    }))
+    .expect("a pull Secret");
+    secrets.create(&PostParams::default(), &regcred).await.expect("create the pull Secret");
+    let nokey: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "nokey" }, "stringData": { "URL": "x" } }))
+            .expect("a Secret");
+    secrets.create(&PostParams::default(), &nokey).await.expect("create a Secret without the key");
+
+    // Three ways a pod never starts: no pull secret named, a claim that does not exist, a
+    // Secret without the key the spec needs.
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let mut kept = Vec::new();
+    for (name, changes) in [
+        ("pull", json!({ "imagePullSecrets": [] })),
+        ("claim", json!({ "source": { "pvc": { "claimName": "elsewhere" } } })),
+        // Retain: deleting with Delete would need the catalog's URL from that Secret.
+        ("key", json!({ "catalog": { "secretRef": { "name": "nokey" } }, "deletionPolicy": "Retain" })),
+    ] {
+        let collection_name = common::unique_collection(&format!("real_k8s_{name}"));
+        let mut spec = json!({
+            "milvus": { "uri": common::milvus_uri() },
+            "collectionName": collection_name,
+            "source": { "pvc": { "claimName": "photos" } },
+            "imagePullSecrets": [{ "name": "regcred" }],
+            "deletionPolicy": "Delete"
+        });
+        for (key, value) in changes.as_object().cloned().unwrap_or_default() {
+            spec[key] = value;
+        }
+        if name == "key" {
+            kept.push(collection_name);
+        }
+        let object = ImageCollection::test(name).with_spec(spec);
+        collections.create(&PostParams::default(), &object).await.expect("create a collection");
+    }
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let controller = start_controller_with(
+        &kubeconfig,
+        &log,
+        "imgsearch-controller-test",
+        &[(imgsearch::env::POD_START_GRACE_SECONDS, "3"), ("IMGSEARCH_IMAGE", image)],
+    );
+
+    let stalled =
+        |o: &Value| condition(o, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "PodNotStarting");
+    let message_of =
+        |o: &Value| condition(o, "Stalled").and_then(|c| c["message"].as_str()).unwrap_or_default().to_string();
+    let deadline = Duration::from_secs(90);
+    let pull = status_where(&collections, "pull", &log, "pull: Stalled with PodNotStarting", deadline, stalled).await;
+    let message = message_of(&pull);
+    assert!(message.contains("ImagePullBackOff") || message.contains("ErrImagePull"), "{message}");
+    assert!(message.contains("spec.imagePullSecrets"), "the message does not say what to do: {message}");
+    let ingested = condition(&pull, "Ingested").map(|c| c["reason"].clone());
+    assert_eq!(ingested, Some(json!("PodsNotStarting")), "{}", pull["status"]);
+    assert_ne!(pull["status"]["phase"], "Ingesting", "a Job whose pods cannot start is not ingesting");
+    let claim =
+        status_where(&collections, "claim", &log, "claim: Stalled with PodNotStarting", deadline, stalled).await;
+    let message = message_of(&claim);
+    assert!(message.contains("persistentvolumeclaim \"elsewhere\" not found"), "{message}");
+    let key = status_where(&collections, "key", &log, "key: Stalled with PodNotStarting", deadline, stalled).await;
+    let message = message_of(&key);
+    assert!(message.contains("CreateContainerConfigError"), "{message}");
+    let missing = format!("couldn't find key DATABASE_URL in Secret {namespace}/nokey");
+    assert!(message.contains(&missing), "{message}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &namespace);
+    let warned = events.list(&ListParams::default()).await.expect("list Events").items.into_iter().any(|e| {
+        e.reason.as_deref() == Some("PodNotStarting") && e.regarding.and_then(|r| r.name).as_deref() == Some("key")
+    });
+    assert!(warned, "no PodNotStarting Warning Event about `key`");
+
+    // Fixed: the spec names the pull secret. The new generation's pods start, and the
+    // collection becomes Ready with its photos.
+    let patch = json!({ "spec": { "imagePullSecrets": [{ "name": "regcred" }] } });
+    collections.patch("pull", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("name the pull secret");
+    let ready = status_where(&collections, "pull", &log, "pull: Ready with 2 photos", Duration::from_secs(180), |o| {
+        o["status"]["phase"] == "Ready" && o["status"]["images"]["indexed"] == 2
+    })
+    .await;
+    let still_stalled = condition(&ready, "Stalled").is_some_and(|c| c["status"] == "True");
+    assert!(!still_stalled, "Stalled stayed True after recovering: {}\n{}", ready["status"], node.logs("pull-"));
+
+    // Pods that never started go with their collections.
+    for name in ["pull", "claim", "key"] {
+        delete_and_wait(&collections, name, &log).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+    eventually("every pod gone", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let names: Vec<_> = left.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            if names.is_empty() { Ok(()) } else { Err(format!("pods left: {names:?}")) }
+        }
+    })
+    .await;
+    stop(controller).await;
+    let store = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    for name in kept {
+        store.drop_collection(&name).await.ok();
+    }
 }

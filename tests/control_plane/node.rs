@@ -13,6 +13,9 @@
 //!   ConfigMap → its keys as files, the image's model folder → the checkout's `model/`), and a
 //!   free loopback port for a container that declares one (passed as `IMGSEARCH_LISTEN`: the
 //!   pod network, reduced to loopback).
+//! - An image the test marked as private ([`Node::require_pull_secret`]) is pulled only for a
+//!   pod whose `imagePullSecrets` name an existing Secret of that name: otherwise the pod waits
+//!   with `ErrImagePull`, then `ImagePullBackOff`, in the kubelet's words.
 //! - It writes pod status as the kubelet does: Pending with `CreateContainerConfigError` while
 //!   a Secret, ConfigMap or key is missing (retried), Running with the Ready condition from the
 //!   container's HTTP readiness probe, and on exit `Succeeded` or `Failed` with the terminated
@@ -63,6 +66,12 @@ struct State {
     waiting: HashMap<String, String>,
     /// Pod name → what its container wrote, kept once the process is gone, for messages.
     old_logs: BTreeMap<String, String>,
+    /// Image → the pull Secret its registry needs.
+    private_images: HashMap<String, String>,
+    /// Pod uid → failed pulls of its image so far.
+    pull_failures: HashMap<String, u32>,
+    /// Pod name → when its process was seen gone after a deletion's SIGTERM.
+    stopped: BTreeMap<String, k8s_openapi::jiff::Timestamp>,
 }
 
 /// What a container needs from the API before it starts: its environment, and the files of its
@@ -160,6 +169,18 @@ impl Node {
             .map(|(name, log)| format!("--- pod {name} ---\n{log}"))
             .collect();
         if wanted.is_empty() { format!("(no pod {prefix}* ran)") } else { wanted.join("\n") }
+    }
+
+    /// From now on `image` can be pulled only by pods whose `imagePullSecrets` name `secret`,
+    /// and only once that Secret exists in the namespace.
+    pub fn require_pull_secret(&self, image: &str, secret: &str) {
+        self.lock().private_images.insert(image.into(), secret.into());
+    }
+
+    /// When the last pod whose name starts with `prefix` stopped after being deleted (its
+    /// process seen gone), if any did.
+    pub fn last_stopped(&self, prefix: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.lock().stopped.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, at)| *at).max()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -348,6 +369,7 @@ impl Node {
         let removed = self.lock().running.remove(uid);
         if let Some(process) = removed {
             self.keep_log(&process);
+            self.lock().stopped.insert(name.into(), k8s_openapi::jiff::Timestamp::now());
         }
         let confirm = DeleteParams {
             grace_period_seconds: Some(0),
@@ -437,6 +459,9 @@ impl Node {
         spec: &PodSpec,
         container: &Container,
     ) -> Result<Result<Prepared, Waiting>, kube::Error> {
+        if let Some(waiting) = self.pull(pod, spec, container).await? {
+            return Ok(Err(waiting));
+        }
         let env = match self.environment(pod, container).await? {
             Ok(env) => env,
             Err(waiting) => return Ok(Err(waiting)),
@@ -464,6 +489,34 @@ impl Node {
             volume_files.insert(volume.name.clone(), files);
         }
         Ok(Ok(Prepared { env, volume_files }))
+    }
+
+    /// The image pull, as the kubelet and a registry that wants credentials do it: the first
+    /// failure is `ErrImagePull`, later ones `ImagePullBackOff`.
+    async fn pull(&self, pod: &Pod, spec: &PodSpec, container: &Container) -> Result<Option<Waiting>, kube::Error> {
+        let image = container.image.clone().unwrap_or_default();
+        let Some(needed) = self.lock().private_images.get(&image).cloned() else { return Ok(None) };
+        let named = spec.image_pull_secrets.iter().flatten().any(|s| s.name == needed);
+        if named && self.secret(&needed).await?.is_some() {
+            return Ok(None);
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let failures = {
+            let mut state = self.lock();
+            let count = state.pull_failures.entry(uid).or_default();
+            *count += 1;
+            *count
+        };
+        Ok(Some(if failures == 1 {
+            Waiting {
+                reason: "ErrImagePull",
+                message: format!(
+                    "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials"
+                ),
+            }
+        } else {
+            Waiting { reason: "ImagePullBackOff", message: format!("Back-off pulling image \"{image}\"") }
+        }))
     }
 
     async fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
