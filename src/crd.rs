@@ -551,9 +551,10 @@ pub mod rules {
     pub const MODEL_IMMUTABLE: &str = "spec.model.name is immutable: vectors of different models cannot share a collection; create a new ImageCollection instead";
     pub const COLLECTION_IMMUTABLE: &str =
         "spec.collectionName is immutable: renaming would orphan the existing Milvus collection";
-    /// The search Service is `<name>-search`, and a Service's name must be a DNS-1035 label.
+    /// The search Service is `<name>-search`, and a Service's name must be a DNS-1035 label on
+    /// Kubernetes before 1.36 (a DNS-1123 label from 1.36 on: RelaxedServiceNameValidation).
     pub const NAME_FORMAT_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
-    pub const NAME_FORMAT: &str = "metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' (not at the end): it names the search Service, which Kubernetes requires to be a DNS-1035 label";
+    pub const NAME_FORMAT: &str = "metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' (not at the end): it names the search Service, which Kubernetes before 1.36 requires to be a DNS-1035 label";
     /// `controller::children::MAX_NAME_LENGTH`, which says where 44 comes from.
     pub const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 44";
     pub const NAME_LENGTH: &str = "metadata.name may have at most 44 characters: the rescan CronJob's Job pods are named <name>-rescan-<minutes>-<shard>, which Kubernetes limits to 63";

@@ -15,8 +15,6 @@ mod common;
 mod control_plane;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::time::Duration;
 
 use control_plane::control_plane;
@@ -183,22 +181,10 @@ fn all_permissions(grants: &[Grant]) -> BTreeSet<Permission> {
     all
 }
 
-/// The requests `user` made, from the audit log's lines after byte `from`, once each (a watch
-/// is logged when its response starts and again when it ends).
-fn audited_requests(log: &Path, from: u64, user: &str) -> Vec<Request> {
-    let mut file = std::fs::File::open(log).unwrap_or_else(|e| panic!("the audit log {}: {e}", log.display()));
-    file.seek(SeekFrom::Start(from)).expect("seek in the audit log");
-    let mut text = String::new();
-    file.read_to_string(&mut text).expect("read the audit log");
-    let mut seen = BTreeSet::new();
+/// The requests `user` made after `position` in the control plane's audit log.
+fn audited_requests(plane: &control_plane::ControlPlane, position: u64, user: &str) -> Vec<Request> {
     let mut requests = Vec::new();
-    for line in text.lines().filter(|line| !line.trim().is_empty()) {
-        let event: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("an audit line that is not JSON ({e}): {line}"));
-        if event["user"]["username"] != user || !seen.insert(event["auditID"].as_str().unwrap_or_default().to_string())
-        {
-            continue;
-        }
+    for event in plane.audited_since(position, user) {
         let object = &event["objectRef"];
         let text = |value: &Value| value.as_str().map(str::to_string);
         let resource = match (text(&object["resource"]), text(&object["subresource"])) {
@@ -265,7 +251,7 @@ async fn the_real_authorizer_refuses_the_controller_nothing_and_every_grant_is_u
     collections.create(&PostParams::default(), &object).await.expect("create the collection");
 
     // From here on, what the audit log holds is this test's.
-    let audit_from = std::fs::metadata(&plane.audit_log).map(|m| m.len()).unwrap_or(0);
+    let audit_from = plane.audit_position();
     let log = plane.dir.join(format!("controller-{namespace}.log"));
     let controller = start_controller(&kubeconfig, &log, "imgsearch-controller-rbac");
     let ready = |generation: i64| {
@@ -320,7 +306,7 @@ async fn the_real_authorizer_refuses_the_controller_nothing_and_every_grant_is_u
     assert!(said.contains("released the leader lease"), "the lease is released on shutdown:\n{said}");
 
     let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}");
-    let requests = audited_requests(&plane.audit_log, audit_from, &user);
+    let requests = audited_requests(plane, audit_from, &user);
     assert!(requests.len() > 20, "the audit log holds {} requests of {user}: {requests:?}", requests.len());
     let mut refused = Vec::new();
     let mut unexplained = Vec::new();

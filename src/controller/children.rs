@@ -93,7 +93,8 @@ fn search_selector(instance: &str) -> BTreeMap<String, String> {
 
 /// The longest `metadata.name` whose children are all valid Kubernetes objects at every shard
 /// count the schema allows (the CRD refuses longer names; `crd::rules::NAME_LENGTH`):
-/// - the search Service `<name>-search` must be a DNS-1035 label (≤ 63);
+/// - the search Service `<name>-search` must be a DNS-1035 label (≤ 63) before Kubernetes 1.36
+///   (RelaxedServiceNameValidation: a DNS-1123 label from 1.36 on);
 /// - the rescan CronJob `<name>-rescan` may have at most 52 characters (its Jobs add 11);
 /// - the Jobs it starts, `<name>-rescan-<minutes since 1970>` (8 digits until 2160), are Indexed:
 ///   their pods' hostnames `<job>-<index>` (index ≤ 63) must be DNS-1123 labels (≤ 63), so
@@ -114,8 +115,8 @@ pub fn name_problem(name: &str) -> Option<String> {
     if !dns_1035 {
         return Some(format!(
             "metadata.name {name:?} must start with a lowercase letter and contain only lowercase letters, digits \
-             and '-' (not ending in '-'): it names the search Service, which Kubernetes requires to be a \
-             DNS-1035 label"
+             and '-' (not ending in '-'): it names the search Service, which Kubernetes before 1.36 requires \
+             to be a DNS-1035 label"
         ));
     }
     (name.len() > MAX_NAME_LENGTH).then(|| {

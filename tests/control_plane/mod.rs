@@ -99,6 +99,35 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Where the audit log ends now: pass it to [`ControlPlane::audited_since`] to read only
+    /// what comes after.
+    pub fn audit_position(&self) -> u64 {
+        std::fs::metadata(&self.audit_log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The audit events of `user` logged after `position`, once each (a watch is logged when
+    /// its response starts and again when it ends; the first is kept).
+    pub fn audited_since(&self, position: u64, user: &str) -> Vec<serde_json::Value> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.audit_log) {
+            file.seek(SeekFrom::Start(position)).expect("seek in the audit log");
+            file.read_to_string(&mut text).expect("read the audit log");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("an audit line that is not JSON ({e}): {line}"))
+            })
+            .filter(|event| event["user"]["username"] == user)
+            .filter(|event| seen.insert(event["auditID"].as_str().unwrap_or_default().to_string()))
+            .collect()
+    }
+}
+
 /// Issues a token for a ServiceAccount through its `token` subresource (TokenRequest).
 async fn request_token(admin: &kube::Client, namespace: &str, name: &str) -> String {
     use k8s_openapi::api::core::v1::ServiceAccount;

@@ -12,9 +12,9 @@
 //! names and schedules, immutable fields, and an ImageCollection's CRD defaults and CEL rules.
 //! Tests can make a resource answer 503 for a while ([`FakeApiServer::unavailable`]).
 //!
-//! Two controllers of kube-controller-manager run beside it: the garbage collector (every
-//! 100 ms, background propagation: what an owner owned goes after the owner, not with it) and
-//! the CronJob controller (every second, on a clock tests can move on; tests/k8s/cronjob.rs).
+//! One controller of kube-controller-manager runs beside it: the garbage collector (every
+//! 100 ms, background propagation: what an owner owned goes after the owner, not with it),
+//! which tests can pause to hold a deleted owner's children.
 //!
 //! Simplified on purpose (documented, not hidden): server-side apply merges the applied
 //! configuration into the object instead of tracking managed fields per manager, so fields a
@@ -82,11 +82,6 @@ struct Store {
     expired_watches: usize,
     /// While set, the garbage collector does nothing (a slow or backed-up one).
     gc_paused: bool,
-    /// How far the CronJob controller's clock is ahead of the real one (tests move it on
-    /// instead of waiting for a schedule).
-    clock_ahead: Duration,
-    /// Why CronJobs could not run (a schedule this emulation does not read, a Job refused).
-    cron_problems: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -167,12 +162,9 @@ impl FakeApiServer {
         let task = tokio::spawn(async move {
             // The garbage collector runs beside the server and stops with it.
             let collecting = async {
-                for tick in 0u64.. {
+                loop {
                     tokio::time::sleep(GC_PERIOD).await;
                     collector.collect_garbage();
-                    if tick % 10 == 0 {
-                        collector.run_cronjobs();
-                    }
                 }
             };
             tokio::select! {
@@ -237,29 +229,6 @@ impl FakeApiServer {
         if changed {
             self.changed.notify_waiters();
         }
-    }
-
-    /// Runs one pass of the CronJob controller now (it also runs every second): each CronJob
-    /// whose schedule fired since its last run gets its Job, as kube-controller-manager's does.
-    pub fn run_cronjobs(&self) {
-        let changed = {
-            let mut store = self.lock();
-            let now = k8s_openapi::jiff::Timestamp::now() + store.clock_ahead;
-            store.run_cronjobs(now)
-        };
-        if changed {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Moves the CronJob controller's clock on by `by`.
-    pub fn advance_clock(&self, by: Duration) {
-        self.lock().clock_ahead += by;
-    }
-
-    /// Why CronJobs could not run, so far.
-    pub fn cron_problems(&self) -> Vec<String> {
-        self.lock().cron_problems.clone()
     }
 
     /// Stops (true) or resumes (false) the garbage collector, to hold what a deleted owner
@@ -406,123 +375,6 @@ impl Store {
             }
         }
         !orphans.is_empty()
-    }
-
-    /// One pass of the CronJob controller (cronjob_controllerv2) at `now`: finished Jobs beyond
-    /// the history limits are deleted, and a CronJob whose schedule fired since its last run
-    /// (or its creation) gets the Job for the latest such minute unless it is suspended or,
-    /// under `Forbid`, a Job of it is still running (`Replace` deletes that Job first). The
-    /// Job goes through admission like any other create. Returns whether anything changed.
-    fn run_cronjobs(&mut self, now: k8s_openapi::jiff::Timestamp) -> bool {
-        use k8s_openapi::jiff::Timestamp;
-        let cronjobs: Vec<Value> = self
-            .objects
-            .iter()
-            .filter(|((key, _, _), o)| key == CRONJOBS && o["metadata"]["deletionTimestamp"].is_null())
-            .map(|(_, o)| o.clone())
-            .collect();
-        let mut changed = false;
-        for cronjob in cronjobs {
-            let namespace = cronjob["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            let name = cronjob["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            let uid = cronjob["metadata"]["uid"].clone();
-            // Owned Jobs in creation order (uids are handed out in order here).
-            let mut owned: Vec<Value> = self
-                .objects
-                .iter()
-                .filter(|((key, ns, _), o)| {
-                    key == JOBS
-                        && *ns == namespace
-                        && o["metadata"]["ownerReferences"]
-                            .as_array()
-                            .is_some_and(|r| r.iter().any(|r| r["uid"] == uid))
-                })
-                .map(|(_, o)| o.clone())
-                .collect();
-            owned.sort_by_key(|job| job["metadata"]["uid"].as_str().unwrap_or_default().to_string());
-            for (outcome, field, default) in
-                [("Complete", "successfulJobsHistoryLimit", 3), ("Failed", "failedJobsHistoryLimit", 1)]
-            {
-                let limit = cronjob["spec"][field].as_u64().unwrap_or(default) as usize;
-                let done: Vec<&Value> =
-                    owned.iter().filter(|job| super::cronjob::finished(job) == Some(outcome)).collect();
-                for job in done.iter().take(done.len().saturating_sub(limit)) {
-                    let job_name = job["metadata"]["name"].as_str().unwrap_or_default();
-                    changed |= self.remove(JOBS, &namespace, job_name).is_some();
-                }
-            }
-            let mut active: Vec<Value> = owned
-                .iter()
-                // (The history limit above deleted finished Jobs only: none of these.)
-                .filter(|job| super::cronjob::finished(job).is_none() && job["metadata"]["deletionTimestamp"].is_null())
-                .cloned()
-                .collect();
-            let mut status = cronjob["status"].clone();
-            if !status.is_object() {
-                status = json!({});
-            }
-            let schedule = cronjob["spec"]["schedule"].as_str().unwrap_or_default();
-            let since = [&status["lastScheduleTime"], &cronjob["metadata"]["creationTimestamp"]]
-                .into_iter()
-                .find_map(|t| t.as_str().and_then(|t| t.parse::<Timestamp>().ok()))
-                .unwrap_or(now);
-            let suspended = cronjob["spec"]["suspend"].as_bool().unwrap_or(false);
-            let fired = if suspended { Ok(None) } else { super::cronjob::latest_firing(schedule, since, now) };
-            match fired {
-                Err(problem) => {
-                    let problem = format!("CronJob {namespace}/{name}: {problem}");
-                    if !self.cron_problems.contains(&problem) {
-                        self.cron_problems.push(problem);
-                    }
-                }
-                Ok(None) => {}
-                Ok(Some(_)) if !active.is_empty() && cronjob["spec"]["concurrencyPolicy"] == "Forbid" => {
-                    // Skipped until the running one finishes; then the latest missed run starts.
-                }
-                Ok(Some(at)) => {
-                    if cronjob["spec"]["concurrencyPolicy"] == "Replace" {
-                        for job in active.drain(..) {
-                            let job_name = job["metadata"]["name"].as_str().unwrap_or_default();
-                            self.remove(JOBS, &namespace, job_name);
-                        }
-                    }
-                    let mut job = super::cronjob::job_for(&cronjob, at);
-                    let job_name = job["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                    let problems = admission::creation_problems("jobs", &job);
-                    if !problems.is_empty() {
-                        self.cron_problems.push(format!("Job {namespace}/{job_name} refused: {problems:?}"));
-                    } else if !self.objects.contains_key(&(JOBS.into(), namespace.clone(), job_name.clone())) {
-                        let target = Target {
-                            api_version: "batch/v1".into(),
-                            group: "batch".into(),
-                            resource: "jobs".into(),
-                            namespace: Some(namespace.clone()),
-                            name: Some(job_name.clone()),
-                            subresource: None,
-                        };
-                        initialise(self, &mut job, &target, &namespace);
-                        active.push(self.write(JOBS, &namespace, &job_name, job, true));
-                    }
-                    status["lastScheduleTime"] = json!(at.to_string());
-                }
-            }
-            status["active"] = json!(
-                active
-                    .iter()
-                    .map(|job| json!({
-                        "apiVersion": "batch/v1", "kind": "Job", "namespace": namespace,
-                        "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]
-                    }))
-                    .collect::<Vec<_>>()
-            );
-            if status != cronjob["status"] {
-                let mut updated = cronjob.clone();
-                updated["status"] = status;
-                self.write(CRONJOBS, &namespace, &name, updated, false);
-                changed = true;
-            }
-        }
-        changed
     }
 
     /// A graceful deletion: the object stays, with a deletionTimestamp, until whoever holds it

@@ -10,5 +10,4 @@
 #![allow(dead_code)]
 
 pub mod admission;
-pub mod cronjob;
 pub mod fake_apiserver;
