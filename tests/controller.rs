@@ -173,7 +173,8 @@ async fn a_child_the_api_server_refuses_is_reported_and_does_not_block_the_other
     })
     .await;
 
-    // A child the API server itself refuses: its 422 message reaches status.
+    // A name stored before the CRD's rules: the builders refuse it themselves, as Kubernetes
+    // before 1.36 would refuse its Service, and say so in status.
     let mut object =
         serde_json::to_value(photos_collection("2024-photos", common::milvus_uri(), &collection, "Retain")).unwrap();
     object["metadata"]["namespace"] = json!("shop");

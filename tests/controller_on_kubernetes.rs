@@ -587,3 +587,53 @@ async fn a_missing_or_keyless_milvus_secret_is_secret_invalid_and_fixing_it_reco
     .await;
     delete_and_wait(&collections, "credentials").await;
 }
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_reported_with_its_words_and_does_not_block_the_others() {
+    let Scene { admin, namespace, .. } = &scene("quota", quick()).await;
+    // A namespace whose quota allows no Services: the real ResourceQuota admission refuses the
+    // search Service (403) once the quota controller has counted what the namespace holds.
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(admin.clone(), namespace);
+    let quota = serde_json::from_value(
+        json!({ "metadata": { "name": "no-services" }, "spec": { "hard": { "services": "0" } } }),
+    )
+    .expect("a ResourceQuota");
+    quotas.create(&PostParams::default(), &quota).await.expect("create the quota");
+    eventually("the quota counted by the real quota controller", PATIENCE, || {
+        let quotas = quotas.clone();
+        async move {
+            let quota = quotas.get("no-services").await.map_err(|e| e.to_string())?;
+            let counted = quota.status.and_then(|s| s.hard).is_some_and(|h| h.contains_key("services"));
+            if counted { Ok(()) } else { Err("no status.hard yet".to_string()) }
+        }
+    })
+    .await;
+    let collection = common::unique_collection("quota");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+
+    let stalled = collection_where(&collections, "photos", "Stalled naming the Service", |o| {
+        condition(o, "Stalled").is_some_and(|c| c.0 == "True") && condition_message(o, "Stalled").contains("Service")
+    })
+    .await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(message.contains("photos-search") && message.contains("exceeded quota"), "{message}");
+    assert_eq!(condition(&stalled, "Ready").map(|c| c.0), Some("False".into()));
+    Api::<Job>::namespaced(admin.clone(), namespace)
+        .get("photos-ingest-g1")
+        .await
+        .expect("the ingest Job was still made");
+    Api::<Deployment>::namespaced(admin.clone(), namespace).get("photos-search").await.expect("the Deployment too");
+    let warning = event(admin, namespace, "ChildRejected", "photos").await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+
+    // The quota lifted: the Service is made and the condition clears.
+    quotas.delete("no-services", &DeleteParams::default()).await.expect("delete the quota");
+    collection_where(&collections, "photos", "Stalled cleared once the Service exists", |o| {
+        condition(o, "Stalled").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    Api::<Service>::namespaced(admin.clone(), namespace).get("photos-search").await.expect("the search Service");
+    delete_and_wait(&collections, "photos").await;
+}

@@ -7,10 +7,12 @@
 //! and the status subresource, `generation` bumped on spec changes only, a Secret's `stringData`
 //! folded into `data`, optimistic concurrency on updates (a stale resourceVersion is a 409).
 //!
-//! Admission (tests/k8s/admission.rs) refuses with 422 what kube-apiserver's validation refuses
-//! for the resources the controller writes: names and labels, Indexed Job hostnames, CronJob
-//! names and schedules, immutable fields, and an ImageCollection's CRD defaults and CEL rules.
-//! Tests can make a resource answer 503 for a while ([`FakeApiServer::unavailable`]).
+//! It validates nothing: Kubernetes' rules (names, labels, Job and CronJob rules, immutable
+//! fields, the CRD's schema, defaults and CEL) are the real API server's, and the tests that
+//! depend on them run on it (tests/kubernetes_rules.rs, tests/operator_on_kubernetes.rs). What
+//! this server is for is faults on demand: a resource answering 503, 500, 429 or 409 for a
+//! while ([`FakeApiServer::fault`]), watch history forgotten (410 Gone), a garbage collector
+//! held back, objects stored as if before the CRD's rules existed.
 //!
 //! One controller of kube-controller-manager runs beside it: the garbage collector (every
 //! 100 ms, background propagation: what an owner owned goes after the owner, not with it),
@@ -36,8 +38,6 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-
-use super::admission;
 
 /// One API call, for checking what the controller did and that RBAC allows it (tests/rbac.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,8 +298,9 @@ impl FakeApiServer {
         store.events.iter().map(|e| (e.resource_version, e.kind, e.resource.clone(), e.object.clone())).collect()
     }
 
-    /// Stores a new object without admission, as one stored before a validation rule existed
-    /// (e.g. by an older CRD version); the server-owned fields are set as on a create.
+    /// Stores a new object as one stored before a validation rule existed (e.g. by an older
+    /// CRD version), which the real server would refuse now; the server-owned fields are set
+    /// as on a create.
     pub fn create_unvalidated(&self, key: &str, mut object: Value) {
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
@@ -537,9 +538,7 @@ async fn handle(
             );
         }
     }
-    FIELD_VALIDATION.with(|m| *m.borrow_mut() = query.get("fieldValidation").cloned().unwrap_or_default());
-    WARNINGS.with(|w| w.borrow_mut().clear());
-    let mut response = match verb {
+    match verb {
         "watch" => return watch(server, target, query).await,
         "get" => get(&server, &target),
         "list" => list(&server, &target, &query),
@@ -548,14 +547,7 @@ async fn handle(
         "patch" => patch(&server, &target, &headers, &query, &body),
         "delete" => delete(&server, &target),
         _ => unreachable!("verbs are matched above"),
-    };
-    // Warnings as kube-apiserver sends them: one `Warning: 299 - "<text>"` header each.
-    for warning in WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut())) {
-        if let Ok(value) = axum::http::HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "\\\""))) {
-            response.headers_mut().append(header::WARNING, value);
-        }
     }
-    response
 }
 
 fn get(server: &FakeApiServer, target: &Target) -> Response {
@@ -604,9 +596,6 @@ fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
     let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
         return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required".into());
     };
-    if let Err(refused) = admit_creation(target, &mut object) {
-        return *refused;
-    }
     let mut store = server.lock();
     if store.objects.contains_key(&(target.key(), namespace.clone(), name.clone())) {
         return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", target.resource));
@@ -616,70 +605,6 @@ fn create(server: &FakeApiServer, target: &Target, body: &[u8]) -> Response {
     drop(store);
     server.changed.notify_waiters();
     ok_json(StatusCode::CREATED, &stored)
-}
-
-/// 422 Invalid, worded as kube-apiserver words it.
-fn invalid(target: &Target, name: &str, problems: &[String]) -> Response {
-    let kind = kind_of(&target.resource);
-    let group = if target.group.is_empty() { String::new() } else { format!(".{}", target.group) };
-    status(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "Invalid",
-        format!("{kind}{group} \"{name}\" is invalid: [{}]", problems.join(", ")),
-    )
-}
-
-thread_local! {
-    /// The request's `fieldValidation` (Ignore, Warn: the default, Strict) and the warnings to
-    /// send back, for the request being handled on this thread (the write handlers are
-    /// synchronous, so a request never moves between threads while they run).
-    static FIELD_VALIDATION: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    static WARNINGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The CRD's structural schema on an ImageCollection write: unknown fields pruned with a
-/// warning (or refused with 400 under `fieldValidation=Strict`, as `kubectl` sends by
-/// default), and the problems of values the schema refuses.
-fn apply_schema(target: &Target, object: &mut Value) -> Result<Vec<String>, Box<Response>> {
-    if target.resource != "imagecollections" {
-        return Ok(Vec::new());
-    }
-    let outcome = admission::apply_imagecollection_schema(object);
-    if !outcome.unknown_fields.is_empty() {
-        let mode = FIELD_VALIDATION.with(|m| m.borrow().clone());
-        if mode == "Strict" {
-            let fields: Vec<String> = outcome.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-            return Err(Box::new(status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("strict decoding error: {}", fields.join(", ")),
-            )));
-        }
-        if mode != "Ignore" {
-            WARNINGS.with(|w| {
-                w.borrow_mut().extend(outcome.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")))
-            });
-        }
-    }
-    Ok(outcome.problems)
-}
-
-/// Validation and defaulting of a new object; the 422 to answer if it is refused.
-fn admit_creation(target: &Target, object: &mut Value) -> Result<(), Box<Response>> {
-    let schema_problems = apply_schema(target, object)?;
-    if target.resource == "imagecollections" {
-        *object = admission::default_imagecollection(object);
-    }
-    let mut problems = schema_problems;
-    problems.extend(admission::creation_problems(&target.resource, object));
-    if target.resource == "imagecollections" {
-        problems.extend(admission::cel_problems(object, None));
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    Err(Box::new(invalid(target, &name, &problems)))
 }
 
 /// Fields the API server owns on creation.
@@ -753,10 +678,6 @@ fn patch(
         }
         let mut object = patch.clone();
         object["metadata"]["name"] = json!(name);
-        if let Err(refused) = admit_creation(target, &mut object) {
-            store.calls.pop(); // not created after all
-            return *refused;
-        }
         initialise(&mut store, &mut object, target, &namespace);
         let stored = store.write(&target.key(), &namespace, &name, object, true);
         drop(store);
@@ -826,35 +747,6 @@ fn write_changed(
     }
     next["apiVersion"] = current["apiVersion"].clone();
     next["kind"] = current["kind"].clone();
-    // Ratcheting as for CEL: a value already refused in the stored object does not block a
-    // write that leaves it as it was.
-    let schema_problems = match apply_schema(target, &mut next) {
-        Ok(problems) if problems.is_empty() => problems,
-        Ok(problems) => {
-            let before = admission::apply_imagecollection_schema(&mut current.clone()).problems;
-            problems.into_iter().filter(|p| !before.contains(p)).collect::<Vec<_>>()
-        }
-        Err(refused) => return *refused,
-    };
-    if !schema_problems.is_empty() {
-        return invalid(target, &name, &schema_problems);
-    }
-    if target.subresource.is_none() {
-        if target.resource == "imagecollections" {
-            next = admission::default_imagecollection(&next);
-        }
-        let mut problems = admission::update_problems(&target.resource, &current, &next);
-        if target.resource == "imagecollections" {
-            // Ratcheting (CRDValidationRatcheting, on by default since 1.30): what was already
-            // invalid in the stored object does not block an update that leaves it as it was,
-            // e.g. adding a finalizer to an object stored before a rule existed.
-            let before = admission::cel_problems(&current, Some(&current));
-            problems.extend(admission::cel_problems(&next, Some(&current)).into_iter().filter(|p| !before.contains(p)));
-        }
-        if !problems.is_empty() {
-            return invalid(target, &name, &problems);
-        }
-    }
     let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
     next["metadata"]["generation"] =
         json!(if spec_of(&next) != spec_of(&current) { generation + 1 } else { generation });

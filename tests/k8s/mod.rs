@@ -9,5 +9,4 @@
 //! RBAC check).
 #![allow(dead_code)]
 
-pub mod admission;
 pub mod fake_apiserver;
