@@ -1,6 +1,11 @@
 # The two commands that matter: `make demo` and `make test`. Both install what is missing first.
 .PHONY: setup build demo test eval bench-ingest bench-search fuzz soak clean
 
+# cargo's builds live outside the work tree, one folder per Rust toolchain, so a fresh clone on
+# the same machine (CI) compiles only what changed. Set CARGO_TARGET_DIR to build elsewhere.
+RUST_VERSION := $(shell rustc -V 2>/dev/null | sed 's/[^A-Za-z0-9.]\{1,\}/-/g; s/-$$//')
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/imgsearch/cargo-target-$(RUST_VERSION)
+
 setup:
 	scripts/setup.sh
 
@@ -9,7 +14,7 @@ build: setup
 
 ## Start Milvus Lite, ingest data/sample, serve search on http://127.0.0.1:8080 (Ctrl-C stops all).
 demo: build
-	target/debug/imgsearch standalone --images data/sample --data-dir data/standalone
+	"$(CARGO_TARGET_DIR)/debug/imgsearch" standalone --images data/sample --data-dir data/standalone
 
 ## Every test, against a real Milvus Lite, a real Milvus 2.3.5, ONNX Runtime, SQLite, PostgreSQL,
 ## MariaDB and a real Kubernetes control plane, whose kubectl comes first on PATH. (cargo
@@ -28,7 +33,7 @@ test:
 eval:
 	scripts/setup.sh --eval-data
 	cargo build --locked
-	target/debug/imgsearch eval --labels-from-dirs data/sample/fashion --near-duplicates data/near-duplicates
+	"$(CARGO_TARGET_DIR)/debug/imgsearch" eval --labels-from-dirs data/sample/fashion --near-duplicates data/near-duplicates
 
 # Benchmarks, not tests: release build, figures printed as a table (see docs/benchmarks.md).
 bench-ingest:

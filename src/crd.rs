@@ -544,7 +544,8 @@ impl ImageCollection {
 
 /// The messages of the schema's CEL rules (`x-kubernetes-validations`), for the tests that check
 /// each is refused with its message. The rules themselves are evaluated by the API server and,
-/// in the tests, by a real CEL engine over the committed CRD (tests/k8s/admission.rs).
+/// in the tests by the real kube-apiserver (tests/operator_on_kubernetes.rs) and, offline, by a
+/// real CEL engine over the committed CRD (tests/manifests.rs).
 pub mod rules {
     pub const ONE_SOURCE: &str = "set exactly one of spec.source.pvc, spec.source.s3 or spec.source.urls";
     pub const ONE_MILVUS: &str = "set exactly one of spec.milvus.uri or spec.milvus.milvusRef";

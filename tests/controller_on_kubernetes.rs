@@ -346,7 +346,19 @@ async fn a_spec_that_would_replace_an_existing_collection_is_refused_with_a_cond
     // timer brings at least one more pass (requests in the audit log), yet the object's
     // version stays put and the requests stay few. (A quiet period alone would also pass if
     // the controller had stopped.)
-    let version = refused["metadata"]["resourceVersion"].clone();
+    // The first passes may still fill the status in (seen: the version moved twice after the
+    // refusal was first read), so the check starts once two reads two recheck periods apart
+    // agree.
+    let version = eventually("the status to settle", PATIENCE, || {
+        let collections = collections.clone();
+        async move {
+            let before = collections.get("clash").await.map_err(|e| e.to_string())?.metadata.resource_version;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = collections.get("clash").await.map_err(|e| e.to_string())?.metadata.resource_version;
+            if before == after { Ok(after) } else { Err(format!("resourceVersion {before:?}, then {after:?}")) }
+        }
+    })
+    .await;
     let (position, started) = (plane.audit_position(), Instant::now());
     let user = operator_user();
     eventually("another pass of the controller (it stalled)", PATIENCE, || {
@@ -359,8 +371,8 @@ async fn a_spec_that_would_replace_an_existing_collection_is_refused_with_a_cond
     assert!((requests.len() as f64) <= 30.0 * seconds, "{} API requests in {seconds:.1} s: a hot loop", requests.len());
     let writes = status_writes(&requests);
     assert!(writes <= 2, "{writes} status writes in {seconds:.1} s: a hot loop");
-    let after = serde_json::to_value(collections.get("clash").await.expect("get the collection")).expect("JSON");
-    assert_eq!(after["metadata"]["resourceVersion"], version, "an unchanged status was rewritten");
+    let after = collections.get("clash").await.expect("get the collection").metadata.resource_version;
+    assert_eq!(after, version, "an unchanged status was rewritten");
 
     assert!(milvus.has_collection(&collection).await.expect("ask Milvus"), "the existing collection was dropped");
     assert_eq!(milvus.count(&collection).await.expect("count"), 0);

@@ -987,6 +987,16 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
     assert_eq!(failed_pods, 2, "the retry is a new pod the Job controller made\n{}", node.logs("photos-ingest-"));
     let message = condition(&failed, "Ingested").and_then(|c| c["message"].as_str()).unwrap_or_default().to_string();
     assert!(message.contains("missing"), "the condition does not say what failed: {message}");
+    // Failed, or Degraded while the search pod (run by the node) still serves what was there.
+    let serving = condition(&failed, "SearchReady").is_some_and(|c| c["status"] == "True");
+    let phase = if serving { "Degraded" } else { "Failed" };
+    assert_eq!(failed["status"]["phase"], phase, "{}", failed["status"]);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &namespace);
+    let warned = events.list(&ListParams::default()).await.expect("list Events").items.into_iter().any(|e| {
+        e.reason.as_deref() == Some(imgsearch::controller::reasons::INGEST_FAILED)
+            && e.type_.as_deref() == Some("Warning")
+    });
+    assert!(warned, "no IngestFailed Warning Event");
     delete_and_wait(&collections, "photos", &log).await;
     stop(controller).await;
 }
