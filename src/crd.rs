@@ -456,7 +456,12 @@ pub struct ImageCollectionStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// One entry per `type` (a list map, as Kubernetes' own `conditions` are): under
+    /// server-side apply each condition is owned on its own, so another manager's condition
+    /// (a policy engine's, a user's) is kept beside the controller's instead of replacing the
+    /// whole list or conflicting with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImageCounts>,

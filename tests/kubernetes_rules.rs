@@ -258,3 +258,51 @@ async fn the_crd_schema_prunes_a_misspelt_field_with_a_warning_or_refuses_it_und
     assert!(!ok, "accepted under --validate=strict");
     assert!(err.contains("strict decoding error") && err.contains("unknown field \"spec.deletionpolicy\""), "{err}");
 }
+
+/// `status.conditions` is a list map keyed by `type` in the CRD, so under server-side apply a
+/// condition another manager applies (a policy engine's, a user's) is kept beside the
+/// controller's, without a conflict; and a condition the controller stops applying goes.
+#[tokio::test]
+async fn conditions_of_two_managers_live_side_by_side_under_server_side_apply() {
+    let plane = control_plane();
+    install_operator(plane);
+    let admin = plane.admin_client().await;
+    let namespace = namespace(&admin).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    collections.create(&PostParams::default(), &ImageCollection::test("shared")).await.expect("create");
+    let condition = |kind: &str, status: &str| {
+        json!({ "type": kind, "status": status, "reason": "Test", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z" })
+    };
+    let status = |conditions: Vec<Value>| {
+        json!({ "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection",
+                "metadata": { "name": "shared" }, "status": { "conditions": conditions } })
+    };
+    let controller = PatchParams::apply("imgsearch-controller").force();
+    let policy = PatchParams::apply("policy-engine");
+    let types = |object: ImageCollection| -> Vec<String> {
+        object.status.map(|s| s.conditions.into_iter().map(|c| c.type_).collect()).unwrap_or_default()
+    };
+    let applied = collections
+        .patch_status(
+            "shared",
+            &controller,
+            &Patch::Apply(status(vec![condition("Ready", "True"), condition("Stalled", "False")])),
+        )
+        .await
+        .expect("the controller's conditions");
+    assert_eq!(types(applied), ["Ready", "Stalled"]);
+    // Another manager's condition, applied without force: no conflict, nothing of the
+    // controller's lost.
+    let applied = collections
+        .patch_status("shared", &policy, &Patch::Apply(status(vec![condition("PolicyCompliant", "True")])))
+        .await
+        .expect("another manager's condition is not a conflict");
+    assert_eq!(types(applied), ["Ready", "Stalled", "PolicyCompliant"]);
+    // The controller stops applying Stalled: it goes; the other manager's stays.
+    let applied = collections
+        .patch_status("shared", &controller, &Patch::Apply(status(vec![condition("Ready", "False")])))
+        .await
+        .expect("the controller's next conditions");
+    assert_eq!(types(applied), ["Ready", "PolicyCompliant"]);
+}
