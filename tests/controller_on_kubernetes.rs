@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::outage::Outage;
-use control_plane::operator::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, eventually, install_operator};
+use control_plane::operator::{
+    OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, eventually, gone, install_operator,
+};
 use control_plane::{ControlPlane, control_plane};
 use imgsearch::controller::children::ChildConfig;
 use imgsearch::controller::reconcile::{Context, FINALIZER, Recheck, run};
@@ -130,16 +132,7 @@ async fn collection_where(
 /// Deletes the collection and waits until the controller has let it go.
 async fn delete_and_wait(collections: &Api<ImageCollection>, name: &str) {
     collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
-    eventually("the collection gone", PATIENCE, || {
-        let collections = collections.clone();
-        async move {
-            match collections.get_opt(name).await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(object) => Err(format!("{:?}", object.status)),
-            }
-        }
-    })
-    .await;
+    gone(collections, name, "the collection gone", PATIENCE, String::new).await;
 }
 
 /// The Event of `reason` about `regarding` in `namespace`, once there is one.
@@ -422,16 +415,7 @@ async fn deleting_with_retain_keeps_the_milvus_collection_and_the_catalog_rows_a
     deployments.get("kept-search").await.expect("the search Deployment");
     delete_and_wait(&collections, "kept").await;
     // Retain leaves the children to the garbage collector, which follows the owner references.
-    eventually("the search Deployment collected", PATIENCE, || {
-        let deployments = deployments.clone();
-        async move {
-            match deployments.get_opt("kept-search").await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(_) => Err("still there".to_string()),
-            }
-        }
-    })
-    .await;
+    gone(&deployments, "kept-search", "the search Deployment collected", PATIENCE, String::new).await;
 
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
     assert!(milvus.has_collection(&collection).await.expect("ask Milvus"), "Retain dropped the collection");
@@ -464,16 +448,7 @@ async fn a_blocked_deletion_keeps_the_object_and_says_why_until_milvus_answers()
     event(admin, namespace, "CleanupBlocked", "doomed").await;
 
     milvus.restore();
-    eventually("the object gone once Milvus answers", PATIENCE, || {
-        let collections = collections.clone();
-        async move {
-            match collections.get_opt("doomed").await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(object) => Err(format!("{:?}", object.status)),
-            }
-        }
-    })
-    .await;
+    gone(&collections, "doomed", "the object gone once Milvus answers", PATIENCE, String::new).await;
     let direct = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
     assert!(!direct.has_collection(&collection).await.expect("ask Milvus"), "the collection was not dropped");
 }

@@ -44,27 +44,25 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> (u
 
 /// Creates `object` (JSON) as its kind, dry run: Ok, or the refusal's message.
 async fn dry_create(admin: &kube::Client, namespace: &str, object: Value) -> Result<(), String> {
-    let failed = |e: kube::Error| e.to_string();
-    let kind = object["kind"].as_str().unwrap_or_default().to_string();
-    match kind.as_str() {
-        "Service" => {
-            let service: Service = serde_json::from_value(object).map_err(|e| e.to_string())?;
-            Api::namespaced(admin.clone(), namespace).create(&dry_run(), &service).await.map(drop).map_err(failed)
-        }
-        "Deployment" => {
-            let deployment: Deployment = serde_json::from_value(object).map_err(|e| e.to_string())?;
-            Api::namespaced(admin.clone(), namespace).create(&dry_run(), &deployment).await.map(drop).map_err(failed)
-        }
-        "Job" => {
-            let job: Job = serde_json::from_value(object).map_err(|e| e.to_string())?;
-            Api::namespaced(admin.clone(), namespace).create(&dry_run(), &job).await.map(drop).map_err(failed)
-        }
-        "CronJob" => {
-            let cronjob: CronJob = serde_json::from_value(object).map_err(|e| e.to_string())?;
-            Api::namespaced(admin.clone(), namespace).create(&dry_run(), &cronjob).await.map(drop).map_err(failed)
-        }
+    match object["kind"].as_str().unwrap_or_default() {
+        "Service" => dry_create_as::<Service>(admin, namespace, object).await,
+        "Deployment" => dry_create_as::<Deployment>(admin, namespace, object).await,
+        "Job" => dry_create_as::<Job>(admin, namespace, object).await,
+        "CronJob" => dry_create_as::<CronJob>(admin, namespace, object).await,
         other => Err(format!("no dry run here for a {other}")),
     }
+}
+
+async fn dry_create_as<K>(admin: &kube::Client, namespace: &str, object: Value) -> Result<(), String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let typed: K = serde_json::from_value(object).map_err(|e| e.to_string())?;
+    Api::<K>::namespaced(admin.clone(), namespace).create(&dry_run(), &typed).await.map(drop).map_err(|e| e.to_string())
 }
 
 /// The builders' output for the names the CRD allows, at the extremes of generation and shard

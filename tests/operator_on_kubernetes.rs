@@ -289,17 +289,7 @@ async fn the_operator_under_its_own_rbac_makes_and_removes_a_collections_childre
 
     // Delete: the controller removes its children and drops the Milvus collection, then lets
     // the object go; the garbage collector removes what the children owned.
-    collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
-    eventually("the collection gone, its finalizer done", Duration::from_secs(120), || {
-        let (collections, log) = (collections.clone(), log.clone());
-        async move {
-            match collections.get_opt(name).await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(object) => Err(format!("{:?}\ncontroller log:\n{}", object.status, read(&log))),
-            }
-        }
-    })
-    .await;
+    delete_and_wait(&collections, name, &log).await;
     assert!(!store.has_collection(&collection_name).await.expect("ask Milvus"), "Milvus collection kept under Delete");
     eventually("every child and pod gone", Duration::from_secs(60), || {
         let (jobs, deployments, sets, pods) = (jobs.clone(), deployments.clone(), sets.clone(), pods.clone());

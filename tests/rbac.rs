@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use control_plane::control_plane;
 use control_plane::operator::{
-    OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, delete_and_wait, eventually, install_operator,
-    node_with_photos, read, start_controller, status_where, stop, test_namespace,
+    OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, delete_and_wait, gone, install_operator, node_with_photos,
+    read, start_controller, status_where, stop, test_namespace,
 };
 use imgsearch::crd::ImageCollection;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -271,16 +271,7 @@ async fn the_real_authorizer_refuses_the_controller_nothing_and_every_grant_is_u
     collections.patch("photos", &PatchParams::default(), &Patch::Merge(change)).await.expect("change the spec");
     status_where(&collections, "photos", &log, "generation 2 ingested", Duration::from_secs(180), ready(2)).await;
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
-    eventually("the generation-1 Job pruned", Duration::from_secs(60), || {
-        let jobs = jobs.clone();
-        async move {
-            match jobs.get_opt("photos-ingest-g1").await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(job) => Err(format!("still there: {:?}", job.status)),
-            }
-        }
-    })
-    .await;
+    gone(&jobs, "photos-ingest-g1", "the generation-1 Job pruned", Duration::from_secs(60), String::new).await;
     assert!(cronjobs.get_opt("photos-rescan").await.expect("get the CronJob").is_none(), "the CronJob stayed");
 
     // The pods it creates carry no API token and run as the namespace's default account.

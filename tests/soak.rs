@@ -711,7 +711,8 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     // A delete Milvus accepted without removing the vectors, refused (503) and retried.
     let unconfirmed = server_log.matches("accepted a delete").count();
-    println!("| deletes Milvus accepted but did not apply (answered 503, retried) | {unconfirmed} |");
+    let redone = server_log.matches("deleting them again").count();
+    println!("| deletes Milvus acknowledged but did not apply: sent again by the server / answered 503 | {redone} / {unconfirmed} |");
     println!("| requests outside the policy | {} |\n", bad.len());
 
     let tail: String =

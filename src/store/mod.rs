@@ -499,11 +499,45 @@ impl MilvusStore {
         Ok(())
     }
 
-    /// Deletes by a filter expression: Milvus Lite rejects id-list deletes from this SDK.
+    /// Deletes `ids` and confirms it. A delete is confirmed by a strongly consistent read
+    /// before anyone is told the vectors are gone: the catalog row goes after this, and a vector
+    /// without its row can never be found or deleted again through the API. Milvus Lite has
+    /// been seen to acknowledge a delete and still return the vector while healthy (once in the
+    /// soak, on an image upserted seconds before), so what remains is deleted again, as a retry
+    /// by the caller would, a few times before the caller is told to retry.
     pub async fn delete(&self, collection: &str, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
+        const ATTEMPTS: u32 = 3;
+        let mut remaining = ids.to_vec();
+        for attempt in 1..=ATTEMPTS {
+            if remaining.is_empty() {
+                return Ok(());
+            }
+            self.delete_once(collection, &remaining).await?;
+            let before = remaining.len();
+            remaining = self.present(collection, &remaining).await?;
+            if !remaining.is_empty() && attempt < ATTEMPTS {
+                tracing::warn!(
+                    collection,
+                    attempt,
+                    deleted = before,
+                    still_there = remaining.len(),
+                    "Milvus acknowledged a delete but a strongly consistent read still finds vectors; deleting them again"
+                );
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+        }
+        if remaining.is_empty() {
             return Ok(());
         }
+        Err(StoreError::DeleteUnconfirmed {
+            uri: self.uri.clone(),
+            collection: collection.to_string(),
+            remaining: remaining.len(),
+        })
+    }
+
+    /// One delete by a filter expression: Milvus Lite rejects id-list deletes from this SDK.
+    async fn delete_once(&self, collection: &str, ids: &[i64]) -> Result<()> {
         let op = "delete";
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         let request = DeleteRequest::builder()
@@ -514,17 +548,6 @@ impl MilvusStore {
         self.bounded(op, collection, self.client.delete(request))
             .await?
             .map_err(|e| self.not_found_or(op, collection, e))?;
-        // Confirmed by a strongly consistent read before anyone is told the vectors are gone:
-        // the catalog row goes after this, and a vector without its row can never be found or
-        // deleted again through the API.
-        let remaining = self.present(collection, ids).await?;
-        if !remaining.is_empty() {
-            return Err(StoreError::DeleteUnconfirmed {
-                uri: self.uri.clone(),
-                collection: collection.to_string(),
-                remaining: remaining.len(),
-            });
-        }
         Ok(())
     }
 

@@ -157,17 +157,30 @@ pub async fn status_where(
     .await
 }
 
+/// Waits until `name` is gone from `api`; at the deadline, a failure naming `what` with the
+/// object's last state and whatever `context` adds (a log).
+pub async fn gone<K>(api: &Api<K>, name: &str, what: &str, deadline: Duration, context: impl Fn() -> String)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(what, deadline, || {
+        let api = api.clone();
+        let context = &context;
+        async move {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(object) => Err(format!("{object:?}\n{}", context())),
+            }
+        }
+    })
+    .await
+}
+
 /// Deletes the collection and waits until the controller has let it go.
 pub async fn delete_and_wait(collections: &Api<ImageCollection>, name: &str, log: &Path) {
     collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
-    eventually("the collection gone", Duration::from_secs(120), || {
-        let (collections, log) = (collections.clone(), log.to_path_buf());
-        async move {
-            match collections.get_opt(name).await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(object) => Err(format!("{:?}\ncontroller log:\n{}", object.status, read(&log))),
-            }
-        }
+    gone(collections, name, "the collection gone", Duration::from_secs(120), || {
+        format!("controller log:\n{}", read(log))
     })
     .await;
 }
