@@ -22,6 +22,7 @@ use control_plane::operator::{
     OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, eventually, gone, install_operator,
 };
 use control_plane::{ControlPlane, control_plane};
+use futures::StreamExt;
 use imgsearch::controller::children::ChildConfig;
 use imgsearch::controller::reconcile::{Context, FINALIZER, Recheck, run};
 use imgsearch::crd::ImageCollection;
@@ -29,9 +30,9 @@ use imgsearch::shutdown::Shutdown;
 use imgsearch::store::{IndexSpec, MilvusStore, VectorRow};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
 /// One test at a time: see the module's comment.
@@ -299,9 +300,22 @@ async fn milvus_going_away_is_reported_and_recovered_from_without_a_restart() {
     collections.create(&PostParams::default(), &object).await.expect("create the collection");
     let ready = |wanted: &'static str| move |o: &Value| condition(o, "CollectionReady").is_some_and(|c| c.0 == wanted);
     collection_where(&collections, "flaky", "the collection ready", ready("True")).await;
+    // Three vectors, as an ingest would write them, counted before the outage.
+    let direct = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    let rows: Vec<VectorRow> = (1..=3)
+        .map(|id: i64| {
+            let mut vector = vec![0.0f32; 1280];
+            vector[id as usize] = 1.0;
+            VectorRow { id, vector, uri: format!("file:///images/{id}.jpg"), content_hash: format!("{id:064x}") }
+        })
+        .collect();
+    direct.upsert(&collection, &rows).await.expect("write vectors");
+    collection_where(&collections, "flaky", "3 vectors counted", |o| o["status"]["images"]["indexed"] == 3).await;
 
     milvus.cut();
     let object = collection_where(&collections, "flaky", "the outage in status", ready("False")).await;
+    // The counts stay, said to be stale, instead of vanishing from status while Milvus is away.
+    assert_eq!(object["status"]["images"], json!({ "indexed": 3, "stale": true }), "{}", object["status"]);
     assert_eq!(condition(&object, "CollectionReady").map(|c| c.1), Some("MilvusUnavailable".into()));
     assert_eq!(condition(&object, "Stalled").map(|c| c.0), Some("True".into()));
     assert_eq!(object["status"]["phase"], "Failed");
@@ -311,6 +325,11 @@ async fn milvus_going_away_is_reported_and_recovered_from_without_a_restart() {
     milvus.restore();
     let object = collection_where(&collections, "flaky", "recovery once Milvus is back", ready("True")).await;
     assert_eq!(condition(&object, "CollectionReady").map(|c| c.1), Some("CollectionLoaded".into()));
+    let object = collection_where(&collections, "flaky", "the counts current again", |o| {
+        o["status"]["images"].get("stale").is_none()
+    })
+    .await;
+    assert_eq!(object["status"]["images"]["indexed"], 3);
     delete_and_wait(&collections, "flaky").await;
 }
 
@@ -622,5 +641,151 @@ async fn a_child_the_api_server_refuses_is_reported_with_its_words_and_does_not_
     })
     .await;
     Api::<Service>::namespaced(admin.clone(), namespace).get("photos-search").await.expect("the search Service");
+    delete_and_wait(&collections, "photos").await;
+}
+
+#[tokio::test]
+async fn pods_a_quota_refuses_are_reported_with_its_words_and_the_default_resources_fit_a_compute_quota() {
+    let Scene { admin, namespace, .. } = &scene("podquota", quick()).await;
+    // A typical namespace quota on requests and limits, which also allows no pods yet: the
+    // Job and ReplicaSet controllers are refused every pod and say so only in a FailedCreate
+    // Event (the Job) and a ReplicaFailure condition (the ReplicaSet, copied to the Deployment).
+    let quotas: Api<ResourceQuota> = Api::namespaced(admin.clone(), namespace);
+    let compute = |pods: &str| -> ResourceQuota {
+        serde_json::from_value(json!({
+            "metadata": { "name": "compute" },
+            "spec": { "hard": {
+                "pods": pods,
+                "requests.cpu": "8", "requests.memory": "16Gi", "limits.cpu": "16", "limits.memory": "32Gi"
+            } }
+        }))
+        .expect("a ResourceQuota")
+    };
+    quotas.create(&PostParams::default(), &compute("0")).await.expect("create the quota");
+    eventually("the quota counted by the real quota controller", PATIENCE, || {
+        let quotas = quotas.clone();
+        async move {
+            let quota = quotas.get("compute").await.map_err(|e| e.to_string())?;
+            let counted = quota.status.and_then(|s| s.hard).is_some_and(|h| h.contains_key("pods"));
+            if counted { Ok(()) } else { Err("no status.hard yet".to_string()) }
+        }
+    })
+    .await;
+    let collection = common::unique_collection("podquota");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+
+    let refused = |o: &Value| {
+        let message = condition_message(o, "Stalled");
+        condition(o, "Stalled").is_some_and(|c| c == ("True".into(), "PodsNotCreated".into()))
+            && message.contains("Job photos-ingest-g1")
+            && message.contains("Deployment photos-search")
+    };
+    let stalled = collection_where(&collections, "photos", "Stalled naming the Job and the Deployment", refused).await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(message.contains("exceeded quota: compute"), "the quota's own words: {message}");
+    assert_eq!(condition(&stalled, "Ingested").map(|c| c.1), Some("PodsNotStarting".into()));
+    assert!(condition_message(&stalled, "Ingested").contains("cannot create its pods"), "{}", stalled["status"]);
+    assert_ne!(stalled["status"]["phase"], "Ingesting", "a Job with no pods is not ingesting");
+    let warning = event(admin, namespace, "PodsNotCreated", "photos").await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+
+    // Pods allowed: the default requests and limits satisfy the quota's other terms (a pod
+    // naming none would be refused "must specify limits.cpu…"), so both controllers now make
+    // their pods, and the refusal is no longer reported.
+    quotas
+        .replace("compute", &PostParams::default(), &{
+            let mut quota = compute("10");
+            quota.metadata.resource_version = quotas.get("compute").await.expect("the quota").metadata.resource_version;
+            quota
+        })
+        .await
+        .expect("allow pods");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    eventually("an ingest pod and a search pod created under the quota", Duration::from_secs(120), || {
+        let pods = pods.clone();
+        async move {
+            let names: Vec<String> = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            let made = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+            if made("photos-ingest-g1") && made("photos-search") { Ok(()) } else { Err(format!("pods: {names:?}")) }
+        }
+    })
+    .await;
+    collection_where(&collections, "photos", "the refusal no longer reported", |o| {
+        condition(o, "Stalled").is_some_and(|c| c.1 != "PodsNotCreated")
+    })
+    .await;
+    delete_and_wait(&collections, "photos").await;
+}
+
+#[tokio::test]
+async fn a_spec_edit_that_does_not_touch_ingest_keeps_the_job_and_one_that_does_stops_the_old_job_first() {
+    let Scene { admin, namespace, .. } = &scene("rekey", quick()).await;
+    let collection = common::unique_collection("rekey");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), namespace);
+    let names = || async {
+        let listed = jobs.list(&ListParams::default()).await.expect("list Jobs").items;
+        listed
+            .into_iter()
+            .map(|j| (j.metadata.name.unwrap_or_default(), j.metadata.deletion_timestamp.is_some()))
+            .collect::<Vec<_>>()
+    };
+    collection_where(&collections, "photos", "the first ingest Job reported", |o| {
+        o["status"]["lastIngest"]["job"] == "photos-ingest-g1"
+    })
+    .await;
+
+    // Search replicas, the deletion policy and a schedule do not change what an ingest does:
+    // the running Job stays the collection's, nothing is embedded again.
+    let elsewhere = json!({ "spec": { "search": { "replicas": 2 }, "deletionPolicy": "Retain", "ingest": { "schedule": "0 3 * * *" } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&elsewhere)).await.expect("edit the spec");
+    let status =
+        collection_where(&collections, "photos", "generation 2 reconciled", |o| o["status"]["observedGeneration"] == 2)
+            .await;
+    assert_eq!(status["status"]["lastIngest"]["job"], "photos-ingest-g1", "{}", status["status"]);
+    assert_eq!(names().await, [("photos-ingest-g1".to_string(), false)], "no new Job, the old one not stopped");
+
+    // The batch size is ingest's: a new Job, but only after the running one (its pods never
+    // start here: no node) has been stopped with its pods. The watch sees the order.
+    let version =
+        jobs.list(&ListParams::default()).await.expect("list Jobs").metadata.resource_version.expect("a version");
+    let mut changes = jobs.watch(&WatchParams::default(), &version).await.expect("watch Jobs").boxed();
+    let ingest = json!({ "spec": { "ingest": { "batchSize": 4 }, "deletionPolicy": "Delete" } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&ingest)).await.expect("edit ingest");
+    let mut order = Vec::new();
+    let seen = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = changes.next().await {
+            match event {
+                Ok(WatchEvent::Added(job)) => order.push(format!("added {}", job.metadata.name.unwrap_or_default())),
+                Ok(WatchEvent::Deleted(job)) => {
+                    order.push(format!("deleted {}", job.metadata.name.unwrap_or_default()))
+                }
+                _ => continue,
+            }
+            if order.iter().any(|o| o == "added photos-ingest-g3") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no Job photos-ingest-g3 within {PATIENCE:?}; Job changes seen: {order:?}");
+    assert_eq!(order, ["deleted photos-ingest-g1", "added photos-ingest-g3"], "the old Job must be gone first");
+    let stopped = event(admin, namespace, "IngestStopped", "photos").await;
+    assert!(stopped.note.unwrap_or_default().contains("photos-ingest-g1"));
+    collection_where(&collections, "photos", "the new Job reported", |o| {
+        o["status"]["observedGeneration"] == 3 && o["status"]["lastIngest"]["job"] == "photos-ingest-g3"
+    })
+    .await;
     delete_and_wait(&collections, "photos").await;
 }

@@ -27,13 +27,14 @@ use control_plane::operator::{
     node_with_photos, read, root, start_controller, start_controller_with, status_where, stop, test_namespace,
 };
 use control_plane::{ControlPlane, control_plane};
+use futures::StreamExt;
 use imgsearch::catalog::ImageStatus;
 use imgsearch::crd::ImageCollection;
 use imgsearch::store::MilvusStore;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
 /// One test at a time: see the module's comment.
@@ -734,6 +735,25 @@ async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_
     })
     .await;
 
+    // Every status written from here on, through a watch (which misses no write).
+    let ready = collections.get("photos").await.expect("read the collection");
+    let version = ready.metadata.resource_version.clone().expect("a resourceVersion");
+    let mut writes = collections.watch(&WatchParams::default(), &version).await.expect("watch the collection").boxed();
+    let seen = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        while let Some(event) = writes.next().await {
+            if let Ok(WatchEvent::Modified(object)) = event {
+                let object = serde_json::to_value(object).expect("JSON");
+                let done = object["status"]["images"]["indexed"] == 3;
+                statuses.push(object["status"].clone());
+                if done {
+                    break;
+                }
+            }
+        }
+        statuses
+    });
+
     // A photo arrives; the next minute's rescan, a Job the real CronJob controller makes from
     // the operator's CronJob, indexes it.
     std::fs::copy(common::photo("rocket.jpg"), work.path().join("volume/rocket.jpg")).expect("copy a photo");
@@ -741,6 +761,26 @@ async fn a_scheduled_rescan_is_fired_by_the_real_cronjob_controller_and_indexes_
         o["status"]["images"]["indexed"] == 3
     })
     .await;
+    let statuses = tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("the watch saw the status with 3 images within 30 s of its being read")
+        .expect("the watch task");
+    // Upkeep, not work toward the spec: GitOps health must not flip on every scheduled run.
+    let condition = |status: &Value, kind: &str| {
+        status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).cloned().unwrap_or_default()
+    };
+    for status in &statuses {
+        let (reconciling, ingested) = (condition(status, "Reconciling"), condition(status, "Ingested"));
+        assert!(
+            status["phase"] == "Ready" && reconciling["status"] == "False" && ingested["status"] == "True",
+            "during a scheduled rescan the collection left Ready: {status}"
+        );
+    }
+    assert!(
+        statuses.iter().any(|s| condition(s, "Ingested")["reason"] == "RescanRunning"),
+        "the running rescan was never reported (Ingested reason RescanRunning) in {} writes: {statuses:?}",
+        statuses.len()
+    );
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
     let rescans: Vec<Job> = jobs
         .list(&ListParams::default())
@@ -988,6 +1028,7 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
     });
     assert!(warned, "no IngestFailed Warning Event");
     delete_and_wait(&collections, "photos", &log).await;
+
     stop(controller).await;
 }
 
@@ -1134,6 +1175,35 @@ async fn pods_refused_an_image_a_claim_or_a_secret_key_are_each_reported_with_th
     .await;
     let still_stalled = condition(&ready, "Stalled").is_some_and(|c| c["status"] == "True");
     assert!(!still_stalled, "Stalled stayed True after recovering: {}\n{}", ready["status"], node.logs("pull-"));
+
+    // A broken rollout behind a serving ReplicaSet: the new template names a pull Secret that
+    // does not exist, so its pod never starts while the old one keeps answering. The real
+    // Deployment controller keeps the old pod (maxUnavailable rounds down to 0) and, after the
+    // 10 s progress deadline, sets Progressing=False ProgressDeadlineExceeded.
+    let broken =
+        json!({ "spec": { "imagePullSecrets": [{ "name": "gone" }], "search": { "progressDeadlineSeconds": 10 } } });
+    collections.patch("pull", &PatchParams::default(), &Patch::Merge(&broken)).await.expect("break the template");
+    let stuck =
+        |o: &Value| condition(o, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "RolloutStuck");
+    let status = status_where(&collections, "pull", &log, "pull: Stalled with RolloutStuck", deadline, stuck).await;
+    let message = message_of(&status);
+    assert!(message.contains("Deployment pull-search") && message.contains("timed out progressing"), "{message}");
+    assert!(message.contains("ErrImagePull") || message.contains("ImagePullBackOff"), "the new pod's cause: {message}");
+    assert_eq!(condition(&status, "Ready").map(|c| c["status"].clone()), Some(json!("True")), "the old pod serves");
+    assert_eq!(status["status"]["phase"], "Degraded", "{}", status["status"]);
+    // Fixed again: the rollout completes and nothing is left reported.
+    collections
+        .patch("pull", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("name the pull secret again");
+    let ready =
+        status_where(&collections, "pull", &log, "pull: Ready after the rollout", Duration::from_secs(180), |o| {
+            o["status"]["phase"] == "Ready"
+                && condition(o, "Stalled").is_some_and(|c| c["status"] == "False")
+                && condition(o, "Reconciling").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    assert_eq!(ready["status"]["images"]["indexed"], 2);
 
     // Pods that never started go with their collections.
     for name in ["pull", "claim", "key"] {

@@ -712,7 +712,9 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     // A delete Milvus accepted without removing the vectors, refused (503) and retried.
     let unconfirmed = server_log.matches("accepted a delete").count();
     let redone = server_log.matches("deleting them again").count();
-    println!("| deletes Milvus acknowledged but did not apply: sent again by the server / answered 503 | {redone} / {unconfirmed} |");
+    println!(
+        "| deletes Milvus acknowledged but did not apply: sent again by the server / answered 503 | {redone} / {unconfirmed} |"
+    );
     println!("| requests outside the policy | {} |\n", bad.len());
 
     let tail: String =

@@ -9,8 +9,10 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplat
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
@@ -332,6 +334,20 @@ fn ingest_source(ic: &ImageCollection) -> Result<IngestSource, BuildError> {
     Err(BuildError::UnsupportedSource("set one of spec.source.pvc, s3 or urls"))
 }
 
+/// Requests and limits of CPU and memory, `(cpu, memory)` each: a namespace whose ResourceQuota
+/// covers requests or limits refuses pods that name neither (the Job or ReplicaSet controller
+/// then only records `FailedCreate`).
+fn default_resources(requests: (&str, &str), limits: (&str, &str)) -> ResourceRequirements {
+    let pair = |(cpu, memory): (&str, &str)| {
+        BTreeMap::from([("cpu".to_string(), Quantity(cpu.into())), ("memory".to_string(), Quantity(memory.into()))])
+    };
+    ResourceRequirements {
+        requests: Some(pair(requests)),
+        limits: Some(pair(limits)),
+        ..ResourceRequirements::default()
+    }
+}
+
 /// Where Kubernetes reads a container's termination message from (its default path).
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 pub const INGEST_CONTAINER: &str = "ingest";
@@ -366,7 +382,9 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
         image_pull_policy: config.image_pull_policy.clone(),
         args: Some(["ingest".to_string()].into_iter().chain(source.args).collect()),
         env: Some(env),
-        resources: ic.spec.ingest.resources.clone(),
+        resources: Some(
+            ic.spec.ingest.resources.clone().unwrap_or_else(|| default_resources(("1", "1Gi"), ("2", "2Gi"))),
+        ),
         security_context: Some(restricted_container_security()),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
         // A crash leaves no summary: then the log's tail explains the failure instead.
@@ -400,17 +418,34 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
 /// The Job that ingests the source once for the current spec generation.
 pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, BuildError> {
     let (_, namespace) = name_and_namespace(ic)?;
+    let spec = ingest_job_spec(ic, config)?;
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(ingest_job_name(ic)?),
             namespace: Some(namespace),
             labels: Some(ingest_labels(ic)?),
+            annotations: Some(BTreeMap::from([(ANNOTATION_INGEST_SPEC.to_string(), ingest_spec_digest(&spec))])),
             owner_references: Some(vec![owner(ic)?]),
             ..ObjectMeta::default()
         },
-        spec: Some(ingest_job_spec(ic, config)?),
+        spec: Some(spec),
         ..Job::default()
     })
+}
+
+/// On an ingest Job: a digest of what it runs. A spec edit that leaves it unchanged (search
+/// replicas, the deletion policy, the schedule) needs no new ingest.
+pub const ANNOTATION_INGEST_SPEC: &str = "imgsearch.io/ingest-spec";
+
+/// The digest of an ingest Job's spec without its pod labels (they carry the generation),
+/// the first 16 hex digits of a SHA-256 of its JSON.
+fn ingest_spec_digest(spec: &JobSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut spec = spec.clone();
+    spec.template.metadata = None;
+    // Serialising a k8s-openapi struct cannot fail (no maps with non-string keys).
+    let json = serde_json::to_vec(&spec).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))[..16].to_string()
 }
 
 pub fn rescan_cronjob_name(name: &str) -> String {
@@ -516,7 +551,9 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         }]),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
-        resources: ic.spec.search.resources.clone(),
+        resources: Some(
+            ic.spec.search.resources.clone().unwrap_or_else(|| default_resources(("250m", "512Mi"), ("2", "1Gi"))),
+        ),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(volume_mounts),
         ..Container::default()
@@ -527,6 +564,7 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
         metadata: search_metadata(ic, &name, namespace)?,
         spec: DeploymentSpec {
             replicas: Some(ic.spec.search.replicas),
+            progress_deadline_seconds: ic.spec.search.progress_deadline_seconds,
             selector: LabelSelector { match_labels: Some(search_selector(&name)), ..LabelSelector::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),

@@ -19,6 +19,8 @@ pub const INVALID_SPEC: &str = "InvalidSpec";
 // Ingested.
 pub const SUSPENDED: &str = "Suspended";
 pub const JOB_RUNNING: &str = "JobRunning";
+/// A scheduled rescan of a collection already ingested (Ingested stays True meanwhile).
+pub const RESCAN_RUNNING: &str = "RescanRunning";
 pub const JOB_SUCCEEDED: &str = "JobSucceeded";
 pub const JOB_FAILED: &str = "JobFailed";
 pub const JOB_NOT_CREATED: &str = "JobNotCreated";
@@ -34,6 +36,8 @@ pub const NOT_READY: &str = "NotReady";
 // Reconciling and Stalled (kstatus).
 pub const INGESTING: &str = "Ingesting";
 pub const PROGRESSING: &str = "Progressing";
+/// The search Deployment is rolling out a new template (kstatus' rules for Deployments).
+pub const ROLLING_OUT: &str = "RollingOut";
 pub const NOT_BLOCKED: &str = "NotBlocked";
 pub const DELETING: &str = "Deleting";
 /// A deletion waits for Milvus (or the catalog) to answer before it can drop the data.
@@ -50,15 +54,33 @@ pub const API_UNAVAILABLE: &str = "ApiUnavailable";
 pub const STALE_CHILD: &str = "StaleChild";
 /// A pod that has not started within the grace period.
 pub const POD_NOT_STARTING: &str = "PodNotStarting";
+/// The Job or ReplicaSet controller could not create pods (a ResourceQuota, LimitRange,
+/// PodSecurity or a webhook refused them): only its `FailedCreate` Events and conditions say so.
+pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
+/// The search Deployment's rollout passed its progress deadline (`ProgressDeadlineExceeded`).
+pub const ROLLOUT_STUCK: &str = "RolloutStuck";
 /// The catalog could not be reached while cleaning up.
 pub const CATALOG_UNAVAILABLE: &str = "CatalogUnavailable";
 
 /// Stalled reasons of child failures (status keeps Events about them from repeating).
-pub const CHILD_REASONS: [&str; 6] =
-    [INVALID_SPEC, CHILD_REJECTED, API_UNAVAILABLE, STALE_CHILD, POD_NOT_STARTING, SECRET_NOT_BOUND];
+pub const CHILD_REASONS: [&str; 8] = [
+    INVALID_SPEC,
+    CHILD_REJECTED,
+    API_UNAVAILABLE,
+    STALE_CHILD,
+    POD_NOT_STARTING,
+    SECRET_NOT_BOUND,
+    PODS_NOT_CREATED,
+    ROLLOUT_STUCK,
+];
+/// Stalled reasons about a child's pods rather than the child itself: the child was applied,
+/// and whatever of it still runs (an older ReplicaSet's pods) keeps serving.
+pub const POD_REASONS: [&str; 3] = [POD_NOT_STARTING, PODS_NOT_CREATED, ROLLOUT_STUCK];
 
 // Events only.
 pub const INGEST_STARTED: &str = "IngestStarted";
+/// A running ingest Job of an earlier spec (or a rescan) stopped so the new spec's can start.
+pub const INGEST_STOPPED: &str = "IngestStopped";
 pub const INGEST_COMPLETED: &str = "IngestCompleted";
 pub const INGEST_FAILED: &str = "IngestFailed";
 pub const STALE_JOB_DELETED: &str = "StaleJobDeleted";

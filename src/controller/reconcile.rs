@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::PredicateConfig;
@@ -17,7 +17,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -225,7 +225,12 @@ pub async fn run(context: Arc<Context>, shutdown: Shutdown) {
         .applied_objects()
         .predicate_filter(wakes_the_controller, PredicateConfig::default());
     Controller::for_stream(collections, reader)
-        .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
+        // Ingest Jobs by their collection label rather than their owner: a scheduled rescan's
+        // Job is owned by the CronJob, and its progress is the collection's too.
+        .watches(Api::<Job>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION), |job| {
+            let collection = job.labels().get(LABEL_COLLECTION)?;
+            Some(ObjectRef::<ImageCollection>::new(collection).within(&job.namespace()?))
+        })
         .owns(Api::<CronJob>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(LABEL_COLLECTION))
         .owns(Api::<Service>::all(client), watcher::Config::default().labels(LABEL_COLLECTION))
@@ -354,19 +359,22 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     };
     settle(&mut failures, format!("CronJob {}", children::rescan_cronjob_name(&name)), cronjob);
     let job_name = children::ingest_job_name(ic).unwrap_or_else(|_| "of this generation".into());
+    let jobs: Api<Job> = Api::namespaced(context.client.clone(), &namespace);
+    let selector = format!("{LABEL_COLLECTION}={name}");
+    let listed = jobs.list(&ListParams::default().labels(&selector)).await?.items;
     let job = match withheld() {
-        None => ensure_ingest_job(ic, context, &namespace, &params).await,
+        None => ensure_ingest_job(ic, context, &namespace, &params, &listed).await,
         Some(refused) => Err(refused),
     };
     let generation_job = settle(&mut failures, format!("Job {job_name}"), job).flatten();
-    let jobs = prune_jobs(ic, context, &namespace, generation).await?;
+    let jobs = prune_jobs(ic, context, &namespace, generation, listed, generation_job.as_ref()).await?;
     // The newest ingest Job (this generation's, or a later scheduled rescan) is the one to report.
     let latest = jobs.into_iter().chain(generation_job).max_by(|a, b| {
         (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
             .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
     });
-    let ingest = match latest {
-        Some(job) => observe_job(context, &namespace, &job).await?,
+    let mut ingest = match &latest {
+        Some(job) => observe_job(context, &namespace, job).await?,
         None if ic.spec.suspend => IngestObservation::Suspended,
         None if failures.iter().any(|f| f.object.starts_with("Job ")) => IngestObservation::NotCreated {
             message: "the ingest Job could not be created (see the Stalled condition)".into(),
@@ -374,11 +382,32 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         None => IngestObservation::Unsupported { message: "spec.source sets none of pvc, s3 or urls".into() },
     };
 
+    // Pods refused before they exist (a ResourceQuota, LimitRange, PodSecurity, a webhook)
+    // leave a Job that looks as if it runs: only the Job controller's Events say otherwise.
+    if let (IngestObservation::Running { job, .. }, Some(latest)) = (&ingest, &latest)
+        && let Some(refusal) = job_pods_refused(context, &namespace, latest).await
+    {
+        let message = format!("the Job controller cannot create its pods: {refusal}");
+        failures.push(ChildFailure {
+            object: format!("Job {job}"),
+            reason: reasons::PODS_NOT_CREATED,
+            message: message.clone(),
+        });
+        ingest = IngestObservation::NotStarting { job: job.clone(), message };
+    }
+
+    let health = deployment.as_ref().map(status::deployment_health).unwrap_or_default();
+    if let Some((reason, message)) = health.failure {
+        failures.push(ChildFailure { object: format!("Deployment {search}"), reason, message });
+    }
     let available = deployment.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0);
     // Pods that cannot start (a Secret, claim or image missing) keep a Job "running" and a
-    // Deployment unavailable forever: their waiting reasons say what is wrong.
-    let mut ingest = ingest;
-    if matches!(ingest, IngestObservation::Running { .. }) || available < ic.spec.search.replicas {
+    // Deployment unavailable, or its rollout unfinished behind the old pods, forever: their
+    // waiting reasons say what is wrong.
+    if matches!(ingest, IngestObservation::Running { .. })
+        || available < ic.spec.search.replicas
+        || health.rolling_out.is_some()
+    {
         let current_job = match &ingest {
             IngestObservation::Running { job, .. } => Some(job.as_str()),
             _ => None,
@@ -404,6 +433,7 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
             desired: ic.spec.search.replicas,
             available,
             endpoint: children::search_endpoint(ic).unwrap_or_default(),
+            rolling_out: health.rolling_out,
         },
         failures,
     };
@@ -475,16 +505,58 @@ async fn pods_not_starting(
         .collect()
 }
 
-/// Creates the Job of this generation if missing (Jobs are immutable once created).
+/// Why the Job controller could not create `job`'s pods, from its latest `FailedCreate` Event,
+/// while none of them exists (no pod active, succeeded or failed). A listing that fails is
+/// logged and reports nothing: the next pass looks again.
+async fn job_pods_refused(context: &Context, namespace: &str, job: &Job) -> Option<String> {
+    let counts = job.status.as_ref().map(|s| (s.active, s.succeeded, s.failed)).unwrap_or_default();
+    if [counts.0, counts.1, counts.2].iter().any(|n| n.unwrap_or(0) > 0) {
+        return None;
+    }
+    let uid = job.metadata.uid.as_deref()?;
+    let events: Api<CoreEvent> = Api::namespaced(context.client.clone(), namespace);
+    let selector = format!("involvedObject.uid={uid},reason=FailedCreate");
+    let listed = match events.list(&ListParams::default().fields(&selector)).await {
+        Ok(listed) => listed.items,
+        Err(error) => {
+            tracing::warn!(job = %job.name_any(), %error, "could not list the Job's events");
+            return None;
+        }
+    };
+    let when = |event: &CoreEvent| {
+        event.last_timestamp.as_ref().map(|t| t.0).or_else(|| event.event_time.as_ref().map(|t| t.0))
+    };
+    listed.into_iter().max_by_key(when).and_then(|event| event.message)
+}
+
+/// The ingest Job for the current spec: the newest Job of this collection if it runs what the
+/// spec asks for now (a spec edit that does not touch ingest, such as search replicas or the
+/// deletion policy, re-embeds nothing), otherwise a new one for this generation, created once
+/// every earlier ingest (an older generation's Job, a scheduled rescan) has stopped: two Jobs
+/// writing and pruning one collection at once would race. Jobs are immutable once created.
+/// `jobs` are the collection's Jobs as listed this pass.
 async fn ensure_ingest_job(
     ic: &ImageCollection,
     context: &Context,
     namespace: &str,
     params: &PatchParams,
+    jobs: &[Job],
 ) -> Result<Option<Job>> {
-    let jobs: Api<Job> = Api::namespaced(context.client.clone(), namespace);
-    let job_name = children::ingest_job_name(ic)?;
-    if let Some(job) = jobs.get_opt(&job_name).await? {
+    let desired = match children::ingest_job(ic, &context.children) {
+        Ok(job) => job,
+        Err(BuildError::UnsupportedSource(_)) => return Ok(None),
+        Err(other) => return Err(other.into()),
+    };
+    let job_name = desired.name_any();
+    let newest = jobs
+        .iter()
+        .filter(|job| owned_by(*job, ic) && job.metadata.deletion_timestamp.is_none())
+        .max_by_key(|job| job_generation(job));
+    if let Some(newest) = newest.filter(|job| runs_the_same(job, &desired)) {
+        return Ok(Some(newest.clone()));
+    }
+    let api: Api<Job> = Api::namespaced(context.client.clone(), namespace);
+    if let Some(job) = api.get_opt(&job_name).await? {
         if owned_by(&job, ic) {
             return Ok(Some(job));
         }
@@ -493,7 +565,7 @@ async fn ensure_ingest_job(
         // not removed yet: it ingested with the old spec, so it is not this generation's. It is
         // deleted now and this generation's Job is created on the next pass.
         if job.metadata.deletion_timestamp.is_none() {
-            jobs.delete(&job_name, &background()).await?;
+            api.delete(&job_name, &background()).await?;
             let note = format!("deleted Job {job_name} left by an earlier ImageCollection of this name");
             publish(context, ic, EventType::Normal, reasons::STALE_JOB_DELETED, &note).await;
         }
@@ -505,16 +577,45 @@ async fn ensure_ingest_job(
     if ic.spec.suspend {
         return Ok(None);
     }
-    match children::ingest_job(ic, &context.children) {
-        Ok(job) => {
-            let created = jobs.patch(&job_name, params, &Patch::Apply(&job)).await?;
-            publish(context, ic, EventType::Normal, reasons::INGEST_STARTED, &format!("created ingest Job {job_name}"))
-                .await;
-            Ok(Some(created))
+    // Earlier ingests still running are stopped first, their pods with them (foreground: the
+    // Job goes only after its pods); the deletions wake this controller, which then creates
+    // the new Job.
+    let running: Vec<&Job> =
+        jobs.iter().filter(|job| !finished(job) && (owned_by(*job, ic) || made_by_cronjob(job))).collect();
+    if !running.is_empty() {
+        for job in running.iter().filter(|job| job.metadata.deletion_timestamp.is_none()) {
+            let old = job.name_any();
+            api.delete(&old, &foreground()).await?;
+            let note = format!("stopped ingest Job {old}: the spec changed, and Job {job_name} runs the new one");
+            publish(context, ic, EventType::Normal, reasons::INGEST_STOPPED, &note).await;
         }
-        Err(BuildError::UnsupportedSource(_)) => Ok(None),
-        Err(other) => Err(other.into()),
+        let names: Vec<String> = running.iter().map(|job| job.name_any()).collect();
+        tracing::info!(name = %ic.name_any(), stopping = ?names, next = %job_name, "waiting for earlier ingest Jobs to stop");
+        return Ok(None);
     }
+    let created = api.patch(&job_name, params, &Patch::Apply(&desired)).await?;
+    publish(context, ic, EventType::Normal, reasons::INGEST_STARTED, &format!("created ingest Job {job_name}")).await;
+    Ok(Some(created))
+}
+
+/// The generation a Job was made for, from its label (0 when unlabelled).
+fn job_generation(job: &Job) -> i64 {
+    job.labels().get(LABEL_GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0)
+}
+
+/// Whether `job` runs what `desired` would: the same ingest digest, or, for a Job made before
+/// the digest existed, the same generation.
+fn runs_the_same(job: &Job, desired: &Job) -> bool {
+    let digest = |job: &Job| job.annotations().get(children::ANNOTATION_INGEST_SPEC).cloned();
+    match digest(job) {
+        Some(ours) => Some(ours) == digest(desired),
+        None => job_generation(job) == job_generation(desired),
+    }
+}
+
+/// A scheduled rescan: made by the collection's CronJob.
+fn made_by_cronjob(job: &Job) -> bool {
+    job.owner_references().iter().any(|owner| owner.kind == "CronJob")
 }
 
 /// Whether `ic` (this very object, by uid) is the controller owner of `child`.
@@ -531,6 +632,7 @@ fn owned_by(child: &impl Resource, ic: &ImageCollection) -> bool {
 /// The Job's state from its conditions, and from its pods what the run reported.
 async fn observe_job(context: &Context, namespace: &str, job: &Job) -> Result<IngestObservation> {
     let name = job.name_any();
+    let scheduled = made_by_cronjob(job);
     let status = job.status.clone().unwrap_or_default();
     let condition = |type_: &str| {
         status.conditions.as_ref().and_then(|c| c.iter().find(|c| c.type_ == type_ && c.status == "True")).cloned()
@@ -555,9 +657,9 @@ async fn observe_job(context: &Context, namespace: &str, job: &Job) -> Result<In
             (None, Some(job)) => job,
             (None, None) => "the Job failed".into(),
         };
-        IngestObservation::Failed { job: name, message }
+        IngestObservation::Failed { job: name, message, scheduled }
     } else {
-        IngestObservation::Running { job: name, started_at: status.start_time }
+        IngestObservation::Running { job: name, started_at: status.start_time, scheduled }
     })
 }
 
@@ -590,19 +692,28 @@ fn background() -> DeleteParams {
     DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() }
 }
 
-/// Deletes finished ingest Jobs of older generations beyond `spec.ingest.historyLimit`;
-/// returns the ingest Jobs that remain.
-async fn prune_jobs(ic: &ImageCollection, context: &Context, namespace: &str, generation: i64) -> Result<Vec<Job>> {
+fn foreground() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..DeleteParams::default() }
+}
+
+/// Deletes finished ingest Jobs of older generations beyond `spec.ingest.historyLimit`, never
+/// `current` (the Job of the current spec, which may be of an older generation); returns the
+/// ingest Jobs that remain.
+async fn prune_jobs(
+    ic: &ImageCollection,
+    context: &Context,
+    namespace: &str,
+    generation: i64,
+    all: Vec<Job>,
+    current: Option<&Job>,
+) -> Result<Vec<Job>> {
     let jobs: Api<Job> = Api::namespaced(context.client.clone(), namespace);
-    let selector = format!("{LABEL_COLLECTION}={}", ic.name_any());
-    let all = jobs.list(&ListParams::default().labels(&selector)).await?.items;
+    let current = current.map(|job| job.name_any());
     let mut old: Vec<(i64, Job)> = all
         .iter()
-        .cloned()
-        .filter_map(|job| {
-            let job_generation = job.labels().get(LABEL_GENERATION)?.parse::<i64>().ok()?;
-            (job_generation < generation && finished(&job)).then_some((job_generation, job))
-        })
+        .filter(|job| job.labels().contains_key(LABEL_GENERATION) && Some(job.name_any()) != current)
+        .map(|job| (job_generation(job), job.clone()))
+        .filter(|(job_generation, job)| *job_generation < generation && finished(job))
         .collect();
     old.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
     let keep = usize::try_from(ic.spec.ingest.history_limit).unwrap_or(0);

@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::reasons::{
     AVAILABLE, CHILD_REASONS, CLEANUP_BLOCKED, COLLECTION_LOADED, DELETING, INDEX_BUILT, INGEST_COMPLETED,
     INGEST_FAILED, INGESTING, JOB_FAILED, JOB_NOT_CREATED, JOB_RUNNING, JOB_SUCCEEDED, NOT_BLOCKED, NOT_READY,
-    POD_NOT_STARTING, PODS_NOT_STARTING, PROGRESSING, READY as READY_REASON, STOPPING_PODS, SUSPENDED, UNAVAILABLE,
-    UNSUPPORTED_SOURCE,
+    POD_NOT_STARTING, POD_REASONS, PODS_NOT_CREATED, PODS_NOT_STARTING, PROGRESSING, READY as READY_REASON,
+    RESCAN_RUNNING, ROLLING_OUT, ROLLOUT_STUCK, STOPPING_PODS, SUSPENDED, UNAVAILABLE, UNSUPPORTED_SOURCE,
 };
 use crate::crd::conditions::*;
 use crate::crd::{ImageCollectionStatus, ImageCounts, LastIngest, Phase};
@@ -31,6 +32,8 @@ pub enum IngestObservation {
     Running {
         job: String,
         started_at: Option<Time>,
+        /// Made by the rescan CronJob, not for a spec change.
+        scheduled: bool,
     },
     Succeeded {
         job: String,
@@ -42,21 +45,16 @@ pub enum IngestObservation {
     Failed {
         job: String,
         message: String,
+        /// Made by the rescan CronJob: the next scheduled run tries again.
+        scheduled: bool,
     },
     /// This generation's Job could not be created; a [`ChildFailure`] says why.
-    NotCreated {
-        message: String,
-    },
+    NotCreated { message: String },
     /// The Job exists but its pods have not started within the grace period (a missing Secret,
     /// claim or image); a [`ChildFailure`] per pod says why.
-    NotStarting {
-        job: String,
-        message: String,
-    },
+    NotStarting { job: String, message: String },
     /// The spec's source cannot be ingested by this version.
-    Unsupported {
-        message: String,
-    },
+    Unsupported { message: String },
 }
 
 /// The ingest summaries of one Job's shards, added up.
@@ -143,6 +141,64 @@ pub struct SearchObservation {
     pub desired: i32,
     pub available: i32,
     pub endpoint: String,
+    /// What a rollout of the search Deployment still waits for; `None` once it is complete.
+    pub rolling_out: Option<String>,
+}
+
+/// The search Deployment as kstatus reads a Deployment: whether a rollout is still under way,
+/// and whether it failed (`ProgressDeadlineExceeded`) or its ReplicaSet cannot create pods
+/// (`ReplicaFailure`, e.g. refused by a ResourceQuota). Old pods may be serving meanwhile:
+/// `availableReplicas` alone hides a broken new template behind the previous ReplicaSet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentHealth {
+    pub rolling_out: Option<String>,
+    /// `(Stalled reason, the Deployment controller's message)`.
+    pub failure: Option<(&'static str, String)>,
+}
+
+pub fn deployment_health(deployment: &Deployment) -> DeploymentHealth {
+    let Some(status) = deployment.status.as_ref() else {
+        return DeploymentHealth {
+            rolling_out: Some("not yet observed by the Deployment controller".into()),
+            failure: None,
+        };
+    };
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let condition = |type_: &str| conditions.iter().find(|c| c.type_.as_deref() == Some(type_));
+    let failure = if let Some(stuck) =
+        condition("Progressing").filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+    {
+        Some((ROLLOUT_STUCK, stuck.message.clone().unwrap_or_else(|| "progress deadline exceeded".into())))
+    } else {
+        condition("ReplicaFailure").filter(|c| c.status.as_deref() == Some("True")).map(|c| {
+            (PODS_NOT_CREATED, c.message.clone().unwrap_or_else(|| "its ReplicaSet cannot create pods".into()))
+        })
+    };
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    let (replicas, updated, ready, available) = (
+        status.replicas.unwrap_or(0),
+        status.updated_replicas.unwrap_or(0),
+        status.ready_replicas.unwrap_or(0),
+        status.available_replicas.unwrap_or(0),
+    );
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    // kstatus' order: the first thing still awaited is the one said.
+    let rolling_out = if status.observed_generation.unwrap_or(0) < generation {
+        Some("the Deployment controller has not seen the new template yet".to_string())
+    } else if wanted > replicas {
+        Some(format!("replicas {replicas} of {wanted}"))
+    } else if wanted > updated {
+        Some(format!("updated {updated} of {wanted}"))
+    } else if replicas > wanted {
+        Some(format!("{} old replicas terminating", replicas - wanted))
+    } else if updated > available {
+        Some(format!("available {available} of {updated} updated"))
+    } else if wanted > ready {
+        Some(format!("ready {ready} of {wanted}"))
+    } else {
+        None
+    };
+    DeploymentHealth { rolling_out: rolling_out.map(|r| format!("search Deployment rolling out: {r}")), failure }
 }
 
 /// A child object the spec cannot produce or the API server refused. The other children are
@@ -221,7 +277,23 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
             set(INGESTED, false, SUSPENDED, "spec.suspend is true: no ingest Job is started".into());
             (false, false, None)
         }
-        IngestObservation::Running { job, started_at } => {
+        // A scheduled rescan of a collection this spec already ingested is upkeep, not work
+        // toward the spec: Reconciling stays False and the phase Ready, so GitOps health does
+        // not flip every night. Ingested stays True with its own reason, for progress and for
+        // the IngestCompleted Event when it ends; lastIngest keeps the last completed run.
+        IngestObservation::Running { job, started_at: _, scheduled: true }
+            if already_ingested(previous, generation) =>
+        {
+            let last = previous.and_then(|p| p.last_ingest.as_ref()).map_or("an earlier ingest", |l| l.job.as_str());
+            set(
+                INGESTED,
+                true,
+                RESCAN_RUNNING,
+                format!("scheduled rescan Job {job} is running; searches use what {last} indexed meanwhile"),
+            );
+            (false, false, None)
+        }
+        IngestObservation::Running { job, started_at, .. } => {
             set(INGESTED, false, JOB_RUNNING, format!("ingest Job {job} is running"));
             (
                 true,
@@ -252,9 +324,17 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
                 }),
             )
         }
-        IngestObservation::Failed { job, message } => {
-            let said = format!("ingest Job {job} failed: {message}");
-            ingest_failure = Some((INGEST_FAILED, said.clone()));
+        IngestObservation::Failed { job, message, scheduled } => {
+            let said = if *scheduled {
+                format!("scheduled rescan Job {job} failed (the next scheduled run tries again): {message}")
+            } else {
+                format!("ingest Job {job} failed: {message}")
+            };
+            // A failed rescan is told (Degraded, a Warning Event) but stalls nothing: the
+            // schedule retries it without anyone's help.
+            if !*scheduled {
+                ingest_failure = Some((INGEST_FAILED, said.clone()));
+            }
             set(INGESTED, false, JOB_FAILED, said);
             (
                 false,
@@ -291,9 +371,11 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         format!("{} of {} search replicas available", search.available, search.desired),
     );
 
-    // A search Service or Deployment that could not be applied leaves nothing to search through.
-    let search_child_failed =
-        observed.failures.iter().any(|f| f.object.starts_with("Service ") || f.object.starts_with("Deployment "));
+    // A search Service or Deployment that could not be applied leaves nothing to search through
+    // (pods that cannot start or be created are another matter: older ones may serve).
+    let search_child_failed = observed.failures.iter().any(|f| {
+        (f.object.starts_with("Service ") || f.object.starts_with("Deployment ")) && !POD_REASONS.contains(&f.reason)
+    });
     let ready = milvus_ok && search_ok && search.desired > 0 && !search_child_failed;
     let ready_message = if ready {
         format!("searchable at {}", search.endpoint)
@@ -316,7 +398,14 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         ingest_failure
     };
     let stalled = stalled_by.is_some();
-    set(RECONCILING, ingesting || (!ready && !stalled), if ingesting { INGESTING } else { PROGRESSING }, String::new());
+    let rolling_out = search.rolling_out.as_ref().filter(|_| !stalled);
+    let reconciling = ingesting || rolling_out.is_some() || (!ready && !stalled);
+    let (reason, message) = match rolling_out {
+        _ if ingesting => (INGESTING, String::new()),
+        Some(rollout) => (ROLLING_OUT, rollout.clone()),
+        None => (PROGRESSING, String::new()),
+    };
+    set(RECONCILING, reconciling, reason, message);
     match stalled_by {
         Some((reason, message)) => set(STALLED, true, reason, message),
         None => set(STALLED, false, NOT_BLOCKED, String::new()),
@@ -337,22 +426,35 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
         observed_generation: Some(generation),
         phase: Some(phase),
         conditions,
-        images: rows.map(|indexed| {
-            // Failed and skipped come from the last completed ingest; until one reports, they
-            // stay as they were (absent = unknown, never a made-up zero).
-            let previous = previous.and_then(|p| p.images.clone()).unwrap_or_default();
-            let (failed, skipped) = match &observed.ingest {
-                IngestObservation::Succeeded { totals: Some(totals), .. } => {
-                    (Some(count(totals.failed)), Some(count(totals.skipped)))
-                }
-                _ => (previous.failed, previous.skipped),
-            };
-            ImageCounts { indexed: count(indexed), failed, skipped }
-        }),
+        images: match rows {
+            Some(indexed) => {
+                // Failed and skipped come from the last completed ingest; until one reports,
+                // they stay as they were (absent = unknown, never a made-up zero).
+                let previous = previous.and_then(|p| p.images.clone()).unwrap_or_default();
+                let (failed, skipped) = match &observed.ingest {
+                    IngestObservation::Succeeded { totals: Some(totals), .. } => {
+                        (Some(count(totals.failed)), Some(count(totals.skipped)))
+                    }
+                    _ => (previous.failed, previous.skipped),
+                };
+                Some(ImageCounts { indexed: count(indexed), failed, skipped, stale: None })
+            }
+            // Milvus did not answer: the last counts seen stay, marked stale, rather than
+            // vanishing (under server-side apply an absent field is removed).
+            None => previous.and_then(|p| p.images.clone()).map(|images| ImageCounts { stale: Some(true), ..images }),
+        },
         last_ingest: last_ingest.or_else(|| previous.and_then(|p| p.last_ingest.clone())),
         search_endpoint: Some(search.endpoint.clone()),
         collection_name: Some(observed.collection.clone()),
     }
+}
+
+/// Whether the previous status says this generation's ingest completed: a scheduled rescan
+/// after that is upkeep.
+fn already_ingested(previous: Option<&ImageCollectionStatus>, generation: i64) -> bool {
+    previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == INGESTED))
+        .is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
 }
 
 /// Container waiting reasons that mean the container is not about to start: each needs someone
@@ -553,6 +655,7 @@ mod tests {
                 desired: 2,
                 available,
                 endpoint: "http://products-search.shop.svc:8080".into(),
+                rolling_out: None,
             },
             failures: Vec::new(),
         }
@@ -562,7 +665,7 @@ mod tests {
     fn a_child_that_cannot_be_applied_stalls_the_collection_with_its_name_and_the_servers_words() {
         let mut seen = observed(
             MilvusObservation::Ready { rows: 10 },
-            IngestObservation::Running { job: "products-ingest-g2".into(), started_at: None },
+            IngestObservation::Running { job: "products-ingest-g2".into(), started_at: None, scheduled: false },
             2,
         );
         seen.failures = vec![ChildFailure {
@@ -651,7 +754,7 @@ mod tests {
         let running = compute(
             &observed(
                 MilvusObservation::Ready { rows: 1 },
-                IngestObservation::Running { job: "j".into(), started_at: None },
+                IngestObservation::Running { job: "j".into(), started_at: None, scheduled: false },
                 0,
             ),
             None,
@@ -682,6 +785,165 @@ mod tests {
         let events = transitions(Some(&done), &lost);
         assert_eq!(events.len(), 1);
         assert_eq!((events[0].0, events[0].1.as_str()), (kube::runtime::events::EventType::Warning, "NotReady"));
+    }
+
+    #[test]
+    fn a_scheduled_rescan_of_an_ingested_collection_keeps_it_ready_and_a_failed_one_degrades_without_stalling() {
+        let succeeded = |job: &str| IngestObservation::Succeeded {
+            job: job.into(),
+            started_at: None,
+            completed_at: None,
+            totals: None,
+        };
+        let ready =
+            compute(&observed(MilvusObservation::Ready { rows: 5 }, succeeded("products-ingest-g2"), 2), None, time(1));
+        assert_eq!(ready.phase, Some(Phase::Ready));
+
+        let rescan = IngestObservation::Running { job: "products-rescan-1".into(), started_at: None, scheduled: true };
+        let rescanning =
+            compute(&observed(MilvusObservation::Ready { rows: 5 }, rescan.clone(), 2), Some(&ready), time(2));
+        assert_eq!(rescanning.phase, Some(Phase::Ready), "upkeep is not a phase of its own");
+        assert_eq!(get(&rescanning, RECONCILING).status, "False");
+        let ingested = get(&rescanning, INGESTED);
+        assert_eq!((ingested.status.as_str(), ingested.reason.as_str()), ("True", RESCAN_RUNNING));
+        assert!(ingested.message.contains("products-rescan-1") && ingested.message.contains("products-ingest-g2"));
+        assert_eq!(rescanning.last_ingest.as_ref().map(|l| l.job.as_str()), Some("products-ingest-g2"));
+        assert!(transitions(Some(&ready), &rescanning).is_empty(), "a rescan starting is no news");
+        let done = compute(
+            &observed(MilvusObservation::Ready { rows: 6 }, succeeded("products-rescan-1"), 2),
+            Some(&rescanning),
+            time(3),
+        );
+        let reasons: Vec<String> = transitions(Some(&rescanning), &done).into_iter().map(|e| e.1).collect();
+        assert_eq!(reasons, ["IngestCompleted"], "its end is");
+
+        let failed = IngestObservation::Failed {
+            job: "products-rescan-2".into(),
+            message: "Milvus went away".into(),
+            scheduled: true,
+        };
+        let broken = compute(&observed(MilvusObservation::Ready { rows: 6 }, failed, 2), Some(&done), time(4));
+        assert_eq!(broken.phase, Some(Phase::Degraded), "searchable, but new images are not being indexed");
+        assert_eq!(get(&broken, STALLED).status, "False", "the next scheduled run retries on its own");
+        assert!(get(&broken, INGESTED).message.contains("the next scheduled run tries again"));
+        let reasons: Vec<String> = transitions(Some(&done), &broken).into_iter().map(|e| e.1).collect();
+        assert_eq!(reasons, ["IngestFailed"]);
+
+        // After a failed ingest of this spec, or under a new spec, a rescan is the work itself.
+        let first_failed = compute(
+            &observed(
+                MilvusObservation::Ready { rows: 0 },
+                IngestObservation::Failed { job: "products-ingest-g2".into(), message: "no".into(), scheduled: false },
+                2,
+            ),
+            None,
+            time(5),
+        );
+        assert_eq!(get(&first_failed, STALLED).status, "True", "nothing retries a failed generation on its own");
+        let retrying =
+            compute(&observed(MilvusObservation::Ready { rows: 0 }, rescan.clone(), 2), Some(&first_failed), time(6));
+        assert_eq!(retrying.phase, Some(Phase::Ingesting));
+        assert_eq!(get(&retrying, RECONCILING).status, "True");
+        let mut next_spec = observed(MilvusObservation::Ready { rows: 5 }, rescan, 2);
+        next_spec.generation = 3;
+        assert_eq!(compute(&next_spec, Some(&ready), time(7)).phase, Some(Phase::Ingesting));
+    }
+
+    fn deployment(generation: i64, replicas: i32, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "products-search", "generation": generation },
+            "spec": { "replicas": replicas, "selector": {}, "template": {} },
+            "status": status
+        }))
+        .expect("a Deployment")
+    }
+
+    #[test]
+    fn a_deployment_is_read_as_kstatus_reads_one() {
+        let complete = serde_json::json!({
+            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2,
+            "conditions": [{ "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" }]
+        });
+        assert_eq!(deployment_health(&deployment(2, 2, complete.clone())), DeploymentHealth::default());
+        let mut not_seen = complete.clone();
+        not_seen["observedGeneration"] = 1.into();
+        assert!(deployment_health(&deployment(2, 2, not_seen)).rolling_out.is_some_and(|r| r.contains("not seen")));
+        // The old ReplicaSet still serves both replicas; the new one has one pod, not available:
+        // availableReplicas alone would call this done.
+        let hidden = serde_json::json!({
+            "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2,
+            "conditions": [{ "type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated" }]
+        });
+        let health = deployment_health(&deployment(2, 2, hidden));
+        assert_eq!(health.rolling_out.as_deref(), Some("search Deployment rolling out: updated 1 of 2"));
+        assert_eq!(health.failure, None);
+        let stuck = serde_json::json!({
+            "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2,
+            "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet \"products-search-7d9\" has timed out progressing." }]
+        });
+        let health = deployment_health(&deployment(2, 2, stuck));
+        assert_eq!(health.failure.map(|f| f.0), Some(ROLLOUT_STUCK));
+        let refused = serde_json::json!({
+            "observedGeneration": 1, "replicas": 0,
+            "conditions": [{ "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                "message": "pods \"products-search-7d9-x\" is forbidden: exceeded quota: compute" }]
+        });
+        let health = deployment_health(&deployment(1, 1, refused));
+        let (reason, message) = health.failure.expect("a failure");
+        assert_eq!(reason, PODS_NOT_CREATED);
+        assert!(message.contains("exceeded quota: compute"), "{message}");
+        assert_eq!(health.rolling_out.as_deref(), Some("search Deployment rolling out: replicas 0 of 1"));
+    }
+
+    #[test]
+    fn a_rollout_in_progress_is_reconciling_and_a_stuck_one_degrades_a_serving_collection() {
+        let succeeded =
+            IngestObservation::Succeeded { job: "j".into(), started_at: None, completed_at: None, totals: None };
+        let mut seen = observed(MilvusObservation::Ready { rows: 4 }, succeeded, 2);
+        seen.search.rolling_out = Some("search Deployment rolling out: updated 1 of 2".into());
+        let status = compute(&seen, None, time(1));
+        let reconciling = get(&status, RECONCILING);
+        assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("True", ROLLING_OUT));
+        assert!(reconciling.message.contains("updated 1 of 2"));
+        assert_eq!((status.phase.clone(), get(&status, READY).status.as_str()), (Some(Phase::Ready), "True"));
+        seen.failures = vec![ChildFailure {
+            object: "Deployment products-search".into(),
+            reason: ROLLOUT_STUCK,
+            message: "ReplicaSet \"products-search-7d9\" has timed out progressing.".into(),
+        }];
+        let status = compute(&seen, None, time(2));
+        assert_eq!(get(&status, STALLED).reason, ROLLOUT_STUCK);
+        assert_eq!(get(&status, READY).status, "True", "the old pods still serve");
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        assert_eq!(get(&status, RECONCILING).status, "False", "stalled, not progressing");
+    }
+
+    #[test]
+    fn counts_stay_marked_stale_while_milvus_does_not_answer() {
+        let succeeded = IngestObservation::Succeeded {
+            job: "j".into(),
+            started_at: None,
+            completed_at: None,
+            totals: Some(IngestTotals { shards: 1, discovered: 12, indexed: 9, skipped: 1, failed: 2, seconds: 1.0 }),
+        };
+        let ready = compute(&observed(MilvusObservation::Ready { rows: 9 }, succeeded.clone(), 2), None, time(1));
+        let down = MilvusObservation::Failed { reason: "MilvusUnavailable", message: "down".into() };
+        let lost = compute(&observed(down, succeeded.clone(), 2), Some(&ready), time(2));
+        let images = lost.images.clone().expect("the last counts are kept");
+        assert_eq!((images.indexed, images.failed, images.skipped, images.stale), (9, Some(2), Some(1), Some(true)));
+        let back = compute(&observed(MilvusObservation::Ready { rows: 9 }, succeeded, 2), Some(&lost), time(3));
+        assert_eq!(back.images.and_then(|i| i.stale), None, "current again once Milvus answers");
+        let never = compute(
+            &observed(
+                MilvusObservation::Failed { reason: "MilvusUnavailable", message: "down".into() },
+                IngestObservation::Suspended,
+                2,
+            ),
+            None,
+            time(1),
+        );
+        assert_eq!(never.images, None, "never counted: unknown, not zero");
     }
 
     #[test]
@@ -796,7 +1058,7 @@ mod tests {
         let status = compute(
             &observed(
                 MilvusObservation::Ready { rows: 3 },
-                IngestObservation::Running { job: "j".into(), started_at: None },
+                IngestObservation::Running { job: "j".into(), started_at: None, scheduled: false },
                 1,
             ),
             None,
@@ -812,6 +1074,7 @@ mod tests {
         let failed = || IngestObservation::Failed {
             job: "j".into(),
             message: "Job has reached the specified backoff limit".into(),
+            scheduled: false,
         };
         let serving = compute(&observed(MilvusObservation::Ready { rows: 3 }, failed(), 2), None, time(1));
         assert_eq!(serving.phase, Some(Phase::Degraded), "what was indexed before is still searchable");
@@ -850,7 +1113,7 @@ mod tests {
         let first = compute(
             &observed(
                 MilvusObservation::Ready { rows: 1 },
-                IngestObservation::Running { job: "j".into(), started_at: None },
+                IngestObservation::Running { job: "j".into(), started_at: None, scheduled: false },
                 0,
             ),
             None,
