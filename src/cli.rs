@@ -488,6 +488,8 @@ pub struct ControllerArgs {
     /// Namespace of the Lease (default: the client's namespace, i.e. the pod's own).
     #[arg(long, env = env::POD_NAMESPACE)]
     pub lease_namespace: Option<String>,
+    /// The Lease's name. The leader-election Role grants `get` and `update` on this one name
+    /// only (`resourceNames` in manifests/base/rbac.yaml): change both together.
     #[arg(long, env = env::LEASE_NAME, default_value = "imgsearch-controller")]
     pub lease_name: String,
     /// This replica's identity in the election (default: the pod name, else the host name).

@@ -384,9 +384,12 @@ fn default_backoff_limit() -> i32 {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchConfig {
-    #[serde(default = "default_replicas")]
+    /// Search pods. Unset: the Deployment starts with 1 and its replica count is left to
+    /// whoever scales it (a HorizontalPodAutoscaler, `kubectl scale`), as other operators'
+    /// Deployments do; set, the controller keeps it at this number. 0 runs no search pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
-    pub replicas: i32,
+    pub replicas: Option<i32>,
     #[serde(default)]
     pub service_type: ServiceType,
     #[serde(default = "default_port")]
@@ -411,7 +414,7 @@ pub struct SearchConfig {
 impl Default for SearchConfig {
     fn default() -> Self {
         Self {
-            replicas: default_replicas(),
+            replicas: None,
             service_type: ServiceType::default(),
             port: default_port(),
             auth: None,
@@ -419,10 +422,6 @@ impl Default for SearchConfig {
             progress_deadline_seconds: None,
         }
     }
-}
-
-fn default_replicas() -> i32 {
-    1
 }
 
 fn default_port() -> i32 {
@@ -637,7 +636,7 @@ spec:
         assert_eq!(object.spec.deletion_policy, DeletionPolicy::Retain);
         assert_eq!(
             (object.spec.ingest.parallelism, object.spec.search.replicas, object.spec.search.port),
-            (1, 1, 8080)
+            (1, None, 8080)
         );
         assert_eq!(object.spec.source.pvc.as_ref().map(|p| p.path.as_str()), Some("/"));
     }

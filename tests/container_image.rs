@@ -113,10 +113,19 @@ fn search_pod_env() -> BTreeMap<String, String> {
     let deployment = children::search_deployment(&ic, &config).expect("builds");
     let pod = deployment.spec.template.spec.expect("pod spec");
     let container = &pod.containers[0];
+    // The pods name no user: the image's numeric USER is what `runAsNonRoot` is checked
+    // against, and a platform assigning its own IDs (OpenShift) may replace it.
+    let security = pod.security_context.as_ref();
+    assert_eq!(security.and_then(|s| s.run_as_non_root), Some(true));
     assert_eq!(
-        pod.security_context.as_ref().and_then(|s| s.run_as_user).map(|u| u.to_string()),
-        runtime_stage().user.split(':').next().map(str::to_string),
-        "the pods run as the image's user"
+        security.and_then(|s| s.run_as_user),
+        None,
+        "pods that pin a UID are refused by OpenShift's restricted SCC"
+    );
+    let user = runtime_stage().user;
+    assert!(
+        user.split(':').all(|id| id.parse::<u32>().is_ok_and(|id| id != 0)),
+        "runAsNonRoot needs a numeric non-root USER, not {user}"
     );
     container.env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect()
 }

@@ -789,3 +789,47 @@ async fn a_spec_edit_that_does_not_touch_ingest_keeps_the_job_and_one_that_does_
     .await;
     delete_and_wait(&collections, "photos").await;
 }
+
+#[tokio::test]
+async fn search_replicas_left_unset_belong_to_whoever_scales_the_deployment_and_set_ones_are_kept() {
+    let Scene { admin, namespace, .. } = &scene("scale", quick()).await;
+    let collection = common::unique_collection("scale");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
+    let replicas = || async {
+        deployments.get_opt("photos-search").await.expect("get the Deployment").and_then(|d| d.spec.replicas)
+    };
+    collection_where(&collections, "photos", "generation 1 reconciled", |o| o["status"]["observedGeneration"] == 1)
+        .await;
+    assert_eq!(replicas().await, Some(1), "Kubernetes' default when the spec sets none");
+
+    // `kubectl scale` (or an autoscaler) through the scale subresource, as another manager.
+    let scale = json!({ "spec": { "replicas": 3 } });
+    deployments
+        .patch_scale("photos-search", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scale the Deployment");
+    // A spec edit makes the controller apply the Deployment again; the scale stands.
+    let edit = json!({ "spec": { "ingest": { "batchSize": 4 } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&edit)).await.expect("edit the spec");
+    let status =
+        collection_where(&collections, "photos", "generation 2 reconciled", |o| o["status"]["observedGeneration"] == 2)
+            .await;
+    assert_eq!(replicas().await, Some(3), "the controller took the replicas back from whoever scaled");
+    let search_ready = condition_message(&status, "SearchReady");
+    assert!(search_ready.ends_with("of 3 search replicas available"), "{search_ready}");
+
+    // Set in the spec, the number is the controller's again.
+    let set = json!({ "spec": { "search": { "replicas": 2 } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&set)).await.expect("set replicas");
+    eventually("the Deployment at the spec's 2 replicas", PATIENCE, || async {
+        match replicas().await {
+            Some(2) => Ok(()),
+            other => Err(format!("replicas {other:?}")),
+        }
+    })
+    .await;
+    delete_and_wait(&collections, "photos").await;
+}

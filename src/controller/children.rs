@@ -221,12 +221,12 @@ fn restricted_container_security() -> SecurityContext {
     }
 }
 
+/// Non-root without naming a user: the image runs as 65532 (a numeric USER, which is what
+/// `runAsNonRoot` checks), and a platform that assigns its own IDs (OpenShift's restricted SCC
+/// picks a UID and fsGroup from the namespace's range, and refuses pods that pin others) can.
 fn restricted_pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(65532),
-        run_as_group: Some(65532),
-        fs_group: Some(65532),
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
         ..PodSecurityContext::default()
     }
@@ -563,7 +563,9 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     Ok(Deployment {
         metadata: search_metadata(ic, &name, namespace)?,
         spec: DeploymentSpec {
-            replicas: Some(ic.spec.search.replicas),
+            // Unset in the spec, unset here: under server-side apply the field then belongs to
+            // whoever scales the Deployment, and this apply never resets it.
+            replicas: ic.spec.search.replicas,
             progress_deadline_seconds: ic.spec.search.progress_deadline_seconds,
             selector: LabelSelector { match_labels: Some(search_selector(&name)), ..LabelSelector::default() },
             template: PodTemplateSpec {
@@ -758,7 +760,10 @@ mod tests {
         let search_pod = search_deployment(&ic, &config()).unwrap().spec.template.spec.unwrap();
         for pod in [job_pod, search_pod] {
             assert_eq!(pod.automount_service_account_token, Some(false));
-            assert_eq!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+            let security = pod.security_context.as_ref();
+            assert_eq!(security.and_then(|s| s.run_as_non_root), Some(true));
+            let ids = security.map(|s| (s.run_as_user, s.run_as_group, s.fs_group));
+            assert_eq!(ids, Some((None, None, None)), "IDs are the image's or the platform's to assign");
             for container in &pod.containers {
                 let security = container.security_context.as_ref().unwrap();
                 assert_eq!(security.allow_privilege_escalation, Some(false));

@@ -88,7 +88,14 @@ async fn ready(State(metrics): State<Arc<Metrics>>) -> axum::response::Response 
     if metrics.api_reachable.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the Kubernetes API server has not answered yet").into_response()
+        // A 503 says when to ask again, as the search API's do (the lease loop retries every
+        // few seconds).
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "the Kubernetes API server has not answered yet",
+        )
+            .into_response()
     }
 }
 
@@ -119,7 +126,9 @@ mod tests {
             router(metrics.clone()).oneshot(request)
         };
         assert_eq!(get("/healthz").await.expect("response").status(), StatusCode::OK);
-        assert_eq!(get("/readyz").await.expect("response").status(), StatusCode::SERVICE_UNAVAILABLE);
+        let not_yet = get("/readyz").await.expect("response");
+        assert_eq!(not_yet.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(not_yet.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("5"));
         metrics.api_reachable.store(true, Ordering::Relaxed);
         assert_eq!(get("/readyz").await.expect("response").status(), StatusCode::OK);
         let response = get("/metrics").await.expect("response");

@@ -400,14 +400,14 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     if let Some((reason, message)) = health.failure {
         failures.push(ChildFailure { object: format!("Deployment {search}"), reason, message });
     }
+    // The replicas wanted are the Deployment's own: an autoscaler or `kubectl scale` may set
+    // them when the spec does not.
+    let desired = deployment.as_ref().and_then(|d| d.spec.replicas).or(ic.spec.search.replicas).unwrap_or(1);
     let available = deployment.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0);
     // Pods that cannot start (a Secret, claim or image missing) keep a Job "running" and a
     // Deployment unavailable, or its rollout unfinished behind the old pods, forever: their
     // waiting reasons say what is wrong.
-    if matches!(ingest, IngestObservation::Running { .. })
-        || available < ic.spec.search.replicas
-        || health.rolling_out.is_some()
-    {
+    if matches!(ingest, IngestObservation::Running { .. }) || available < desired || health.rolling_out.is_some() {
         let current_job = match &ingest {
             IngestObservation::Running { job, .. } => Some(job.as_str()),
             _ => None,
@@ -430,7 +430,7 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         milvus,
         ingest,
         search: SearchObservation {
-            desired: ic.spec.search.replicas,
+            desired,
             available,
             endpoint: children::search_endpoint(ic).unwrap_or_default(),
             rolling_out: health.rolling_out,

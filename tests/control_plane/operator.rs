@@ -60,9 +60,16 @@ pub fn install_operator(plane: &ControlPlane) {
     });
 }
 
+/// A namespace that enforces the `restricted` Pod Security Standard, as a locked-down cluster's
+/// namespaces do: every pod the operator's Jobs and Deployments make passes the real
+/// PodSecurity admission or is refused (and the tests that need it fail).
 pub async fn create_namespace(client: &kube::Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a namespace");
+    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"
+    } } }))
+    .expect("a namespace");
     match namespaces.create(&PostParams::default(), &namespace).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
