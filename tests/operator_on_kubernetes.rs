@@ -1027,8 +1027,32 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
             && e.type_.as_deref() == Some("Warning")
     });
     assert!(warned, "no IngestFailed Warning Event");
-    delete_and_wait(&collections, "photos", &log).await;
+    assert!(message.contains("imgsearch.io/retry-ingest"), "the condition does not say how to retry: {message}");
 
+    // The cause fixed (the folder now exists), the retry annotation runs the ingest again
+    // without a spec edit: the failed Job is replaced by one of the same name.
+    let first_uid = job.metadata.uid.clone();
+    let folder = work.path().join("volume/missing");
+    std::fs::create_dir_all(&folder).expect("create the folder");
+    std::fs::copy(common::photo("coffee.jpg"), folder.join("coffee.jpg")).expect("copy a photo");
+    let retry = json!({ "metadata": { "annotations": { "imgsearch.io/retry-ingest": "1" } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&retry)).await.expect("annotate");
+    let ready = status_where(&collections, "photos", &log, "Ingested after the retry", Duration::from_secs(150), |o| {
+        condition(o, "Ingested").is_some_and(|c| c["status"] == "True") && o["status"]["images"]["indexed"] == 1
+    })
+    .await;
+    assert_eq!(ready["metadata"]["generation"], 1, "no spec edit was needed");
+    let again = Api::<Job>::namespaced(admin.clone(), &namespace).get("photos-ingest-g1").await.expect("the Job");
+    assert_ne!(again.metadata.uid, first_uid, "the failed Job was replaced");
+    let retried = events
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some(imgsearch::controller::reasons::INGEST_RETRIED));
+    assert!(retried, "no IngestRetried Event");
+    delete_and_wait(&collections, "photos", &log).await;
     stop(controller).await;
 }
 

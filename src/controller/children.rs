@@ -424,13 +424,31 @@ pub fn ingest_job(ic: &ImageCollection, config: &ChildConfig) -> Result<Job, Bui
             name: Some(ingest_job_name(ic)?),
             namespace: Some(namespace),
             labels: Some(ingest_labels(ic)?),
-            annotations: Some(BTreeMap::from([(ANNOTATION_INGEST_SPEC.to_string(), ingest_spec_digest(&spec))])),
+            annotations: Some(
+                [
+                    (ANNOTATION_INGEST_SPEC.to_string(), Some(ingest_spec_digest(&spec))),
+                    (ANNOTATION_RETRY_INGEST.to_string(), retry_token(ic)),
+                ]
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value?)))
+                .collect(),
+            ),
             owner_references: Some(vec![owner(ic)?]),
             ..ObjectMeta::default()
         },
         spec: Some(spec),
         ..Job::default()
     })
+}
+
+/// On an ImageCollection: set (or change) its value to run a failed ingest again without
+/// editing the spec (`kubectl annotate imgc NAME imgsearch.io/retry-ingest=$(date +%s)
+/// --overwrite`). The ingest Job records the value it was made for, so one value retries once.
+pub const ANNOTATION_RETRY_INGEST: &str = "imgsearch.io/retry-ingest";
+
+/// The collection's retry token, if any.
+pub fn retry_token(ic: &ImageCollection) -> Option<String> {
+    ic.metadata.annotations.as_ref()?.get(ANNOTATION_RETRY_INGEST).cloned()
 }
 
 /// On an ingest Job: a digest of what it runs. A spec edit that leaves it unchanged (search

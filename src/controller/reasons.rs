@@ -79,6 +79,8 @@ pub const POD_REASONS: [&str; 3] = [POD_NOT_STARTING, PODS_NOT_CREATED, ROLLOUT_
 
 // Events only.
 pub const INGEST_STARTED: &str = "IngestStarted";
+/// A failed ingest Job deleted to run it again (the retry annotation changed).
+pub const INGEST_RETRIED: &str = "IngestRetried";
 /// A running ingest Job of an earlier spec (or a rescan) stopped so the new spec's can start.
 pub const INGEST_STOPPED: &str = "IngestStopped";
 pub const INGEST_COMPLETED: &str = "IngestCompleted";

@@ -258,6 +258,7 @@ fn wakes_the_controller(ic: &ImageCollection) -> Option<u64> {
     ic.metadata.generation.hash(&mut hasher);
     ic.metadata.finalizers.hash(&mut hasher);
     ic.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    children::retry_token(ic).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -552,10 +553,26 @@ async fn ensure_ingest_job(
         .iter()
         .filter(|job| owned_by(*job, ic) && job.metadata.deletion_timestamp.is_none())
         .max_by_key(|job| job_generation(job));
+    let api: Api<Job> = Api::namespaced(context.client.clone(), namespace);
     if let Some(newest) = newest.filter(|job| runs_the_same(job, &desired)) {
+        // A failed Job is run again when the collection's retry annotation asks for it: the
+        // failed one goes first (foreground, with its pods), then the next pass makes a new one.
+        let asked = children::retry_token(ic);
+        let made_for = newest.annotations().get(children::ANNOTATION_RETRY_INGEST).cloned();
+        if job_failed(newest) && asked.is_some() && asked != made_for {
+            let old = newest.name_any();
+            if newest.metadata.deletion_timestamp.is_none() {
+                api.delete(&old, &foreground()).await?;
+                let note = format!(
+                    "deleted failed ingest Job {old} to run it again ({ANNOTATION_RETRY} changed)",
+                    ANNOTATION_RETRY = children::ANNOTATION_RETRY_INGEST
+                );
+                publish(context, ic, EventType::Normal, reasons::INGEST_RETRIED, &note).await;
+            }
+            return Ok(None);
+        }
         return Ok(Some(newest.clone()));
     }
-    let api: Api<Job> = Api::namespaced(context.client.clone(), namespace);
     if let Some(job) = api.get_opt(&job_name).await? {
         if owned_by(&job, ic) {
             return Ok(Some(job));
@@ -723,6 +740,14 @@ async fn prune_jobs(
         pruned.push(job.name_any());
     }
     Ok(all.into_iter().filter(|job| !pruned.contains(&job.name_any())).collect())
+}
+
+/// Whether a Job ended in failure (its `Failed` condition is True).
+fn job_failed(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
 }
 
 /// Whether a Job is over: a terminal condition (`Complete` or `Failed`) is True. Counts are

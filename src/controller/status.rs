@@ -328,7 +328,10 @@ pub fn compute(observed: &Observed, previous: Option<&ImageCollectionStatus>, no
             let said = if *scheduled {
                 format!("scheduled rescan Job {job} failed (the next scheduled run tries again): {message}")
             } else {
-                format!("ingest Job {job} failed: {message}")
+                format!(
+                    "ingest Job {job} failed: {message}; once the cause is fixed, set the annotation {} to a new value to run it again",
+                    super::children::ANNOTATION_RETRY_INGEST
+                )
             };
             // A failed rescan is told (Degraded, a Warning Event) but stalls nothing: the
             // schedule retries it without anyone's help.
