@@ -130,6 +130,20 @@ async fn collection_where(
     .await
 }
 
+/// Waits until the real quota controller has counted `name`'s `resource`: ResourceQuota
+/// admission refuses nothing before that.
+async fn quota_counted(quotas: &Api<ResourceQuota>, name: &str, resource: &str) {
+    eventually("the quota counted by the real quota controller", PATIENCE, || {
+        let quotas = quotas.clone();
+        async move {
+            let quota = quotas.get(name).await.map_err(|e| e.to_string())?;
+            let counted = quota.status.and_then(|s| s.hard).is_some_and(|h| h.contains_key(resource));
+            if counted { Ok(()) } else { Err("no status.hard yet".to_string()) }
+        }
+    })
+    .await;
+}
+
 /// Deletes the collection and waits until the controller has let it go.
 async fn delete_and_wait(collections: &Api<ImageCollection>, name: &str) {
     collections.delete(name, &DeleteParams::default()).await.expect("delete the collection");
@@ -599,21 +613,13 @@ async fn a_child_the_api_server_refuses_is_reported_with_its_words_and_does_not_
     let Scene { admin, namespace, .. } = &scene("quota", quick()).await;
     // A namespace whose quota allows no Services: the real ResourceQuota admission refuses the
     // search Service (403) once the quota controller has counted what the namespace holds.
-    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(admin.clone(), namespace);
+    let quotas: Api<ResourceQuota> = Api::namespaced(admin.clone(), namespace);
     let quota = serde_json::from_value(
         json!({ "metadata": { "name": "no-services" }, "spec": { "hard": { "services": "0" } } }),
     )
     .expect("a ResourceQuota");
     quotas.create(&PostParams::default(), &quota).await.expect("create the quota");
-    eventually("the quota counted by the real quota controller", PATIENCE, || {
-        let quotas = quotas.clone();
-        async move {
-            let quota = quotas.get("no-services").await.map_err(|e| e.to_string())?;
-            let counted = quota.status.and_then(|s| s.hard).is_some_and(|h| h.contains_key("services"));
-            if counted { Ok(()) } else { Err("no status.hard yet".to_string()) }
-        }
-    })
-    .await;
+    quota_counted(&quotas, "no-services", "services").await;
     let collection = common::unique_collection("quota");
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
@@ -662,15 +668,7 @@ async fn pods_a_quota_refuses_are_reported_with_its_words_and_the_default_resour
         .expect("a ResourceQuota")
     };
     quotas.create(&PostParams::default(), &compute("0")).await.expect("create the quota");
-    eventually("the quota counted by the real quota controller", PATIENCE, || {
-        let quotas = quotas.clone();
-        async move {
-            let quota = quotas.get("compute").await.map_err(|e| e.to_string())?;
-            let counted = quota.status.and_then(|s| s.hard).is_some_and(|h| h.contains_key("pods"));
-            if counted { Ok(()) } else { Err("no status.hard yet".to_string()) }
-        }
-    })
-    .await;
+    quota_counted(&quotas, "compute", "pods").await;
     let collection = common::unique_collection("podquota");
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");

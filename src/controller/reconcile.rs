@@ -742,20 +742,23 @@ async fn prune_jobs(
     Ok(all.into_iter().filter(|job| !pruned.contains(&job.name_any())).collect())
 }
 
-/// Whether a Job ended in failure (its `Failed` condition is True).
-fn job_failed(job: &Job) -> bool {
+/// Whether one of the Job's conditions of `types` is True.
+fn has_condition(job: &Job, types: &[&str]) -> bool {
     job.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+        .is_some_and(|conditions| conditions.iter().any(|c| types.contains(&c.type_.as_str()) && c.status == "True"))
+}
+
+/// Whether a Job ended in failure (its `Failed` condition is True).
+fn job_failed(job: &Job) -> bool {
+    has_condition(job, &["Failed"])
 }
 
 /// Whether a Job is over: a terminal condition (`Complete` or `Failed`) is True. Counts are
 /// not enough: `failed > 0 && active == 0` also holds between a failed pod and its retry.
 fn finished(job: &Job) -> bool {
-    job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
-        conditions.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-    })
+    has_condition(job, &["Complete", "Failed"])
 }
 
 /// The collection with its index, loaded; returns the searchable row count.
