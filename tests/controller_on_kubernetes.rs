@@ -23,13 +23,13 @@ use control_plane::operator::{
 };
 use control_plane::{ControlPlane, control_plane};
 use futures::StreamExt;
-use imgsearch::controller::children::ChildConfig;
+use imgsearch::controller::children::{self, ChildConfig};
 use imgsearch::controller::reconcile::{Context, FINALIZER, Recheck, run};
 use imgsearch::crd::ImageCollection;
 use imgsearch::shutdown::Shutdown;
 use imgsearch::store::{IndexSpec, MilvusStore, VectorRow};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
@@ -48,16 +48,30 @@ struct Scene {
     plane: &'static ControlPlane,
     admin: kube::Client,
     namespace: String,
-    controller: tokio::task::JoinHandle<()>,
+    controller: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        self.controller.abort();
+        if let Some(controller) = &self.controller {
+            controller.abort();
+        }
     }
 }
 
-async fn scene(purpose: &str, recheck: Recheck) -> Scene {
+impl Scene {
+    /// Starts the controller (once).
+    async fn start_controller(&mut self, recheck: Recheck) {
+        assert!(self.controller.is_none(), "the controller runs already");
+        let (_, operator) = self.plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
+        let context = Context::with_recheck(operator, ChildConfig::test(), recheck);
+        self.controller = Some(tokio::spawn(run(context, Shutdown::never())));
+    }
+}
+
+/// A scene whose controller has not started: what the cluster held before it (an earlier
+/// version's objects) is set up first.
+async fn scene_before_the_controller(purpose: &str) -> Scene {
     let turn = ONE_AT_A_TIME.lock().await;
     imgsearch::telemetry::init();
     let plane = control_plane();
@@ -65,10 +79,13 @@ async fn scene(purpose: &str, recheck: Recheck) -> Scene {
     let admin = plane.admin_client().await;
     let namespace = format!("{purpose}-{}", std::process::id());
     create_namespace(&admin, &namespace).await;
-    let (_, operator) = plane.service_account_client(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await;
-    let context = Context::with_recheck(operator, ChildConfig::test(), recheck);
-    let controller = tokio::spawn(run(context, Shutdown::never()));
-    Scene { _turn: turn, plane, admin, namespace, controller }
+    Scene { _turn: turn, plane, admin, namespace, controller: None }
+}
+
+async fn scene(purpose: &str, recheck: Recheck) -> Scene {
+    let mut scene = scene_before_the_controller(purpose).await;
+    scene.start_controller(recheck).await;
+    scene
 }
 
 /// Timers short enough for a test to see them fire.
@@ -829,5 +846,190 @@ async fn search_replicas_left_unset_belong_to_whoever_scales_the_deployment_and_
         }
     })
     .await;
+    delete_and_wait(&collections, "photos").await;
+}
+
+#[tokio::test]
+async fn objects_of_a_childs_name_that_imgsearch_did_not_make_are_left_alone_and_reported() {
+    let Scene { admin, namespace, .. } = &scene("taken", quick()).await;
+    // A user's own Deployment, Service and CronJob that happen to have the names a collection
+    // called `photos` would give its children, made before the collection.
+    let mine = json!({ "app": "mine" });
+    let pod = json!({
+        "metadata": { "labels": mine },
+        "spec": { "containers": [{ "name": "web", "image": "registry.invalid/web:1" }], "restartPolicy": "Never" }
+    });
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(admin.clone(), namespace);
+    let cronjobs: Api<CronJob> = Api::namespaced(admin.clone(), namespace);
+    let deployment = serde_json::from_value(json!({
+        "metadata": { "name": "photos-search" },
+        "spec": { "selector": { "matchLabels": mine }, "template": { "metadata": pod["metadata"], "spec": {
+            "containers": pod["spec"]["containers"] } } }
+    }))
+    .expect("a Deployment");
+    deployments.create(&PostParams::default(), &deployment).await.expect("create my Deployment");
+    let service = serde_json::from_value(json!({
+        "metadata": { "name": "photos-search" },
+        "spec": { "selector": mine, "ports": [{ "port": 80 }] }
+    }))
+    .expect("a Service");
+    services.create(&PostParams::default(), &service).await.expect("create my Service");
+    let cronjob = serde_json::from_value(json!({
+        "metadata": { "name": "photos-rescan" },
+        "spec": { "schedule": "0 3 * * *", "jobTemplate": { "spec": { "template": pod } } }
+    }))
+    .expect("a CronJob");
+    cronjobs.create(&PostParams::default(), &cronjob).await.expect("create my CronJob");
+
+    let collection = common::unique_collection("taken");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let stalled = collection_where(&collections, "photos", "Stalled NameTaken", |o| {
+        condition(o, "Stalled") == Some(("True".into(), "NameTaken".into()))
+    })
+    .await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(
+        message.contains("Service photos-search, Deployment photos-search: ")
+            && message.contains("one of this name exists that imgsearch did not make for this collection")
+            && message.contains("it has no controller and not imgsearch's labels"),
+        "{message}"
+    );
+    assert_eq!(condition(&stalled, "Ready").map(|c| c.0), Some("False".into()));
+    let warning = event(admin, namespace, "NameTaken", "photos").await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    // Untouched: no owner added, no field of the controller's (their own controllers write
+    // their status, so the resourceVersion moves), and the CronJob of a collection without a
+    // schedule was not deleted as the collection's own would be.
+    let untouched = |what: &str, meta: kube::api::ObjectMeta| {
+        let managers: Vec<_> = meta.managed_fields.iter().flatten().filter_map(|f| f.manager.clone()).collect();
+        assert!(
+            meta.owner_references.is_none() && !managers.iter().any(|m| m == children::MANAGER),
+            "my {what} was taken over: owners {:?}, field managers {managers:?}",
+            meta.owner_references
+        );
+    };
+    untouched("Deployment", deployments.get("photos-search").await.expect("my Deployment").metadata);
+    untouched("Service", services.get("photos-search").await.expect("my Service").metadata);
+    untouched("CronJob", cronjobs.get("photos-rescan").await.expect("my CronJob was deleted").metadata);
+    assert_eq!(
+        deployments.get("photos-search").await.expect("my Deployment").spec.selector.match_labels,
+        Some(std::collections::BTreeMap::from([("app".to_string(), "mine".to_string())]))
+    );
+
+    // A schedule in the spec wants the CronJob's name too: refused the same way.
+    let schedule = json!({ "spec": { "ingest": { "schedule": "0 4 * * *" } } });
+    collections.patch("photos", &PatchParams::default(), &Patch::Merge(&schedule)).await.expect("set a schedule");
+    let stalled = collection_where(&collections, "photos", "Stalled naming the CronJob", |o| {
+        o["status"]["observedGeneration"] == 2 && condition_message(o, "Stalled").contains("CronJob photos-rescan")
+    })
+    .await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(
+        message.contains("CronJob photos-rescan: one of this name exists that imgsearch did not make"),
+        "{message}"
+    );
+    untouched("CronJob", cronjobs.get("photos-rescan").await.expect("my CronJob").metadata);
+
+    // Mine gone, the collection's own are made and the condition clears.
+    for (kind, result) in [
+        ("Deployment", deployments.delete("photos-search", &DeleteParams::default()).await.map(|_| ())),
+        ("Service", services.delete("photos-search", &DeleteParams::default()).await.map(|_| ())),
+        ("CronJob", cronjobs.delete("photos-rescan", &DeleteParams::default()).await.map(|_| ())),
+    ] {
+        result.unwrap_or_else(|e| panic!("delete my {kind}: {e}"));
+    }
+    let recovered = collection_where(&collections, "photos", "Stalled cleared once the names are free", |o| {
+        condition(o, "Stalled").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let uid = recovered["metadata"]["uid"].as_str().expect("a uid").to_string();
+    let controlled = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+    };
+    assert!(controlled(&deployments.get("photos-search").await.expect("the Deployment").metadata));
+    assert!(controlled(&services.get("photos-search").await.expect("the Service").metadata));
+    assert!(controlled(&cronjobs.get("photos-rescan").await.expect("the CronJob").metadata));
+    delete_and_wait(&collections, "photos").await;
+}
+
+#[tokio::test]
+async fn a_search_deployment_made_with_the_earlier_selector_is_replaced_and_its_pods_are_adopted_not_restarted() {
+    let mut scene = scene_before_the_controller("reselect").await;
+    let Scene { admin, namespace, .. } = &scene;
+    let (admin, namespace) = (admin.clone(), namespace.clone());
+    let collection = common::unique_collection("reselect");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete");
+    let stored = collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    // The search Deployment as the controller made it before the selector changed: selected by
+    // `app.kubernetes.io/instance` and component, applied by the controller's field manager.
+    let mut earlier = children::search_deployment(&stored, &ChildConfig::test()).expect("the search Deployment");
+    let earlier_selector = std::collections::BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), "photos".to_string()),
+        ("app.kubernetes.io/component".to_string(), "search".to_string()),
+    ]);
+    earlier.spec.selector.match_labels = Some(earlier_selector.clone());
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &namespace);
+    let earlier = deployments
+        .patch("photos-search", &PatchParams::apply(children::MANAGER), &Patch::Apply(&earlier))
+        .await
+        .expect("apply the earlier Deployment");
+    // The real Deployment and ReplicaSet controllers make its ReplicaSet and pod.
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(admin.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+    let of_collection = ListParams::default()
+        .labels(&format!("{}=photos,app.kubernetes.io/component=search", children::LABEL_COLLECTION));
+    let earlier_pod = eventually("the earlier Deployment's pod", PATIENCE, || async {
+        let listed = pods.list(&of_collection).await.map_err(|e| e.to_string())?.items;
+        match listed.as_slice() {
+            [pod] => Ok(pod.clone()),
+            other => Err(format!("{} pods", other.len())),
+        }
+    })
+    .await;
+    let earlier_set = replica_sets.list(&of_collection).await.expect("list ReplicaSets").items;
+    assert_eq!(earlier_set.len(), 1, "one ReplicaSet: {earlier_set:?}");
+
+    scene.start_controller(quick()).await;
+    // Replaced: a new Deployment (another uid) with the new selector, which adopted the same
+    // ReplicaSet, whose pod was never replaced.
+    let replaced = eventually("a Deployment with the new selector", PATIENCE, || async {
+        let now = deployments.get_opt("photos-search").await.map_err(|e| e.to_string())?;
+        match now {
+            Some(d) if d.metadata.uid != earlier.metadata.uid && d.metadata.deletion_timestamp.is_none() => Ok(d),
+            other => Err(format!("{:?}", other.map(|d| (d.metadata.uid, d.spec.selector)))),
+        }
+    })
+    .await;
+    assert_eq!(replaced.spec.selector.match_labels, Some(children::search_selector("photos")));
+    assert_ne!(children::search_selector("photos"), earlier_selector, "the selector did change");
+    let new_uid = replaced.metadata.uid.clone().expect("a uid");
+    let adopted = eventually("the earlier ReplicaSet adopted by the new Deployment", PATIENCE, || async {
+        let sets = replica_sets.list(&of_collection).await.map_err(|e| e.to_string())?.items;
+        let owners: Vec<_> = sets
+            .iter()
+            .map(|s| (s.metadata.name.clone(), s.metadata.owner_references.clone().unwrap_or_default()))
+            .collect();
+        match sets.as_slice() {
+            [set] if set.metadata.owner_references.iter().flatten().any(|o| o.uid == new_uid) => Ok(set.clone()),
+            _ => Err(format!("ReplicaSets and owners: {owners:?}")),
+        }
+    })
+    .await;
+    assert_eq!(adopted.metadata.name, earlier_set[0].metadata.name, "the same ReplicaSet, not a new rollout");
+    let now: Vec<Option<String>> =
+        pods.list(&of_collection).await.expect("list pods").items.into_iter().map(|p| p.metadata.name).collect();
+    assert_eq!(now, vec![earlier_pod.metadata.name.clone()], "the earlier pod, not a new one");
+    let note = event(&admin, &namespace, "SelectorChanged", "photos").await.note.unwrap_or_default();
+    assert!(note.contains("its pods keep serving"), "{note}");
+    collection_where(&collections, "photos", "the Service selecting by the new selector too", |o| {
+        o["status"]["observedGeneration"] == 1
+    })
+    .await;
+    let service = Api::<Service>::namespaced(admin.clone(), &namespace).get("photos-search").await.expect("Service");
+    assert_eq!(service.spec.and_then(|s| s.selector), Some(children::search_selector("photos")));
     delete_and_wait(&collections, "photos").await;
 }

@@ -86,9 +86,14 @@ fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
 }
 
 /// Labels that pick the search pods: stable across spec changes, unlike the full label set.
-fn search_selector(instance: &str) -> BTreeMap<String, String> {
+/// The collection is named by imgsearch's own label, not `app.kubernetes.io/instance`, which
+/// Helm and others set on their pods too: a Helm release of the collection's name with a
+/// `search` component would otherwise have its pods behind this Service. A Deployment's
+/// selector cannot change; one made with the earlier selector (instance and component) is
+/// replaced by the controller, its pods kept (see `reconcile::replace_if_reselected`).
+pub fn search_selector(instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/instance".to_string(), instance.to_string()),
+        (LABEL_COLLECTION.to_string(), instance.to_string()),
         ("app.kubernetes.io/component".to_string(), "search".to_string()),
     ])
 }

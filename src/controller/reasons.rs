@@ -52,6 +52,8 @@ pub const CHILD_REJECTED: &str = "ChildRejected";
 pub const API_UNAVAILABLE: &str = "ApiUnavailable";
 /// A child of this name belongs to an earlier object of the same name.
 pub const STALE_CHILD: &str = "StaleChild";
+/// An object of a child's name exists that imgsearch did not make; it is left alone.
+pub const NAME_TAKEN: &str = "NameTaken";
 /// A pod that has not started within the grace period.
 pub const POD_NOT_STARTING: &str = "PodNotStarting";
 /// The Job or ReplicaSet controller could not create pods (a ResourceQuota, LimitRange,
@@ -63,11 +65,12 @@ pub const ROLLOUT_STUCK: &str = "RolloutStuck";
 pub const CATALOG_UNAVAILABLE: &str = "CatalogUnavailable";
 
 /// Stalled reasons of child failures (status keeps Events about them from repeating).
-pub const CHILD_REASONS: [&str; 8] = [
+pub const CHILD_REASONS: [&str; 9] = [
     INVALID_SPEC,
     CHILD_REJECTED,
     API_UNAVAILABLE,
     STALE_CHILD,
+    NAME_TAKEN,
     POD_NOT_STARTING,
     SECRET_NOT_BOUND,
     PODS_NOT_CREATED,
@@ -86,6 +89,8 @@ pub const INGEST_STOPPED: &str = "IngestStopped";
 pub const INGEST_COMPLETED: &str = "IngestCompleted";
 pub const INGEST_FAILED: &str = "IngestFailed";
 pub const STALE_JOB_DELETED: &str = "StaleJobDeleted";
+/// The search Deployment replaced to change its (immutable) selector; its pods kept serving.
+pub const SELECTOR_CHANGED: &str = "SelectorChanged";
 pub const RESCAN_REMOVED: &str = "RescanRemoved";
 pub const COLLECTION_CREATED: &str = "CollectionCreated";
 pub const COLLECTION_DROPPED: &str = "CollectionDropped";

@@ -71,6 +71,15 @@ pub enum Error {
     /// A child of this name exists but belongs to an earlier object of the same name.
     #[error("{0}; retrying")]
     StaleChild(String),
+    /// An object of a child's name that imgsearch did not make (a user's, or another
+    /// controller's): applying it by force would take it over, and the garbage collector would
+    /// delete it with the collection.
+    /// (The object is named where the failure is reported.)
+    #[error(
+        "one of this name exists that imgsearch did not make for this collection ({why}); it is left as it is. \
+         Delete or rename it, or give the ImageCollection another name"
+    )]
+    NameTaken { why: String },
     /// Deleting with `deletionPolicy: Delete`: the collection's pods are still stopping, and
     /// its data goes only after them (a running pod would write to it or create it again).
     #[error("{0} pod(s) of the collection are still stopping")]
@@ -89,6 +98,7 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid_spec",
             Self::StaleChild(_) => "stale_child",
+            Self::NameTaken { .. } => "name_taken",
             Self::PodsStopping(_) => "pods_stopping",
         }
     }
@@ -107,6 +117,7 @@ impl Error {
             Self::Kube(kube::Error::Api(status)) if (400..500).contains(&status.code) => reasons::CHILD_REJECTED,
             Self::Kube(_) | Self::Finalizer(_) => reasons::API_UNAVAILABLE,
             Self::StaleChild(_) => reasons::STALE_CHILD,
+            Self::NameTaken { .. } => reasons::NAME_TAKEN,
             Self::Catalog(_) => reasons::CATALOG_UNAVAILABLE,
             Self::PodsStopping(_) => reasons::STOPPING_PODS,
         }
@@ -343,7 +354,11 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     let withheld = || unbound.clone().map(Error::CredentialsWithheld);
     let search = children::search_name(&name);
     let services: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
-    let service = async { Ok(services.patch(&search, &params, &Patch::Apply(&children::search_service(ic)?)).await?) };
+    let service = async {
+        let desired = children::search_service(ic)?;
+        claim(&services, &search, ic).await?;
+        Ok(services.patch(&search, &params, &Patch::Apply(&desired)).await?)
+    };
     settle(&mut failures, format!("Service {search}"), service.await);
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
     let deployment = async {
@@ -351,6 +366,9 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
             return Err(refused);
         }
         let desired = children::search_deployment(ic, &context.children)?;
+        if let Some(replaced) = replace_if_reselected(ic, context, &deployments, &desired).await? {
+            return Ok(replaced);
+        }
         Ok(deployments.patch(&search, &params, &Patch::Apply(&desired)).await?)
     };
     let deployment = settle(&mut failures, format!("Deployment {search}"), deployment.await);
@@ -457,6 +475,7 @@ fn settle<T>(failures: &mut Vec<ChildFailure>, object: String, result: Result<T>
         reason @ (reasons::INVALID_SPEC
         | reasons::CHILD_REJECTED
         | reasons::STALE_CHILD
+        | reasons::NAME_TAKEN
         | reasons::SECRET_NOT_BOUND) => reason,
         _ => reasons::API_UNAVAILABLE,
     };
@@ -646,6 +665,76 @@ fn owned_by(child: &impl Resource, ic: &ImageCollection) -> bool {
         .any(|owner| Some(owner.uid.as_str()) == uid && owner.controller == Some(true))
 }
 
+/// The child `name` as it exists, if it does and the operator may apply it: when this
+/// collection controls it, when imgsearch made it for an earlier object of this name (the
+/// garbage collector has not reached it yet), or when it carries imgsearch's labels for this
+/// collection and has no controller (left by `kubectl delete --cascade=orphan`). Anything else
+/// is [`Error::NameTaken`] and is not touched: a forced apply would take it over, and the
+/// garbage collector would then delete it with the collection.
+async fn claim<K>(api: &Api<K>, name: &str, ic: &ImageCollection) -> Result<Option<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(existing) = api.get_opt(name).await? else { return Ok(None) };
+    match foreign_owner(existing.meta(), ic) {
+        None => Ok(Some(existing)),
+        Some(why) => Err(Error::NameTaken { why }),
+    }
+}
+
+/// Why an object of a child's name is not the collection's to apply, or `None` when it is
+/// (see [`claim`]).
+fn foreign_owner(meta: &kube::api::ObjectMeta, ic: &ImageCollection) -> Option<String> {
+    let controller = meta.owner_references.iter().flatten().find(|owner| owner.controller == Some(true));
+    match controller {
+        Some(owner) if Some(owner.uid.as_str()) == ic.metadata.uid.as_deref() => None,
+        Some(owner)
+            // Any version of the group: a controller of another version made it just as well.
+            if owner.kind == ImageCollection::kind(&())
+                && owner.api_version.split('/').next() == Some(&*ImageCollection::group(&()))
+                && owner.name == ic.name_any() =>
+        {
+            None
+        }
+        Some(owner) => Some(format!("it is controlled by {} {}", owner.kind, owner.name)),
+        None => {
+            let labels = meta.labels.as_ref();
+            let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+            let ours = label("app.kubernetes.io/managed-by") == Some(MANAGER)
+                && label(LABEL_COLLECTION) == Some(&ic.name_any());
+            (!ours).then(|| "it has no controller and not imgsearch's labels".to_string())
+        }
+    }
+}
+
+/// The search Deployment as it is while it is replaced because its selector is not `desired`'s
+/// (a Deployment's selector cannot change; earlier versions selected by
+/// `app.kubernetes.io/instance`), or `None` when it can be applied. The old one is deleted
+/// with its ReplicaSets orphaned, so its pods keep serving; the new Deployment, made on the
+/// pass its deletion wakes, has the same pod template and adopts them without a rollout.
+async fn replace_if_reselected(
+    ic: &ImageCollection,
+    context: &Context,
+    deployments: &Api<Deployment>,
+    desired: &Deployment,
+) -> Result<Option<Deployment>> {
+    let name = desired.name_any();
+    let Some(existing) = claim(deployments, &name, ic).await? else { return Ok(None) };
+    if existing.spec.selector == desired.spec.selector {
+        return Ok(None);
+    }
+    if existing.metadata.deletion_timestamp.is_none() {
+        deployments.delete(&name, &orphan()).await?;
+        let note = format!(
+            "replacing Deployment {name} to change its selector to {:?}; its pods keep serving and the new \
+             Deployment adopts them",
+            children::search_selector(&ic.name_any())
+        );
+        publish(context, ic, EventType::Normal, reasons::SELECTOR_CHANGED, &note).await;
+    }
+    Ok(Some(existing))
+}
+
 /// The Job's state from its conditions, and from its pods what the run reported.
 async fn observe_job(context: &Context, namespace: &str, job: &Job) -> Result<IngestObservation> {
     let name = job.name_any();
@@ -691,10 +780,13 @@ async fn ensure_rescan_cronjob(
     let name = children::rescan_cronjob_name(&ic.name_any());
     match children::rescan_cronjob(ic, &context.children) {
         Ok(Some(cronjob)) => {
+            claim(&cronjobs, &name, ic).await?;
             cronjobs.patch(&name, params, &Patch::Apply(&cronjob)).await?;
         }
         Ok(None) | Err(BuildError::UnsupportedSource(_)) => {
-            if cronjobs.get_opt(&name).await?.is_some() {
+            // Only the collection's own CronJob goes: one of this name that imgsearch did not
+            // make is not this collection's business when it has no schedule.
+            if cronjobs.get_opt(&name).await?.is_some_and(|cronjob| foreign_owner(cronjob.meta(), ic).is_none()) {
                 cronjobs.delete(&name, &background()).await?;
                 publish(context, ic, EventType::Normal, reasons::RESCAN_REMOVED, &format!("deleted CronJob {name}"))
                     .await;
@@ -707,6 +799,12 @@ async fn ensure_rescan_cronjob(
 
 fn background() -> DeleteParams {
     DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() }
+}
+
+/// Deletes the object and leaves what it owns (its ReplicaSets) in place, their owner
+/// reference removed by the garbage collector.
+fn orphan() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..DeleteParams::default() }
 }
 
 fn foreground() -> DeleteParams {
@@ -1041,6 +1139,51 @@ mod tests {
         assert!(finished(&job(condition("Failed", "True"))));
         assert!(!finished(&job(condition("Failed", "False"))));
         assert!(!finished(&job(condition("Suspended", "True"))));
+    }
+
+    #[test]
+    fn a_child_is_claimed_only_when_imgsearch_made_it_for_a_collection_of_this_name() {
+        let ic: ImageCollection = serde_json::from_value(serde_json::json!({
+            "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection",
+            "metadata": { "name": "photos", "namespace": "ns", "uid": "u-now" },
+            "spec": { "milvus": { "uri": "http://milvus:19530" }, "source": { "pvc": { "claimName": "photos" } } }
+        }))
+        .unwrap();
+        let meta = |owner: serde_json::Value, labels: serde_json::Value| -> kube::api::ObjectMeta {
+            serde_json::from_value(
+                serde_json::json!({ "name": "photos-search", "ownerReferences": owner, "labels": labels }),
+            )
+            .unwrap()
+        };
+        let controller = |kind: &str, api: &str, name: &str, uid: &str| serde_json::json!([{ "apiVersion": api, "kind": kind, "name": name, "uid": uid, "controller": true }]);
+        let ours = serde_json::json!({ "app.kubernetes.io/managed-by": MANAGER, LABEL_COLLECTION: "photos" });
+        let api = ImageCollection::api_version(&());
+        let none = serde_json::Value::Null;
+        // This collection's, or an earlier collection of this name's (the collector is behind).
+        assert_eq!(
+            foreign_owner(&meta(controller("ImageCollection", &api, "photos", "u-now"), none.clone()), &ic),
+            None
+        );
+        assert_eq!(
+            foreign_owner(&meta(controller("ImageCollection", &api, "photos", "u-old"), none.clone()), &ic),
+            None
+        );
+        let later = controller("ImageCollection", "imgsearch.io/v1", "photos", "u-old");
+        assert_eq!(foreign_owner(&meta(later, none.clone()), &ic), None, "made by a controller of another version");
+        // Left without an owner by `--cascade=orphan`, with imgsearch's labels for it.
+        assert_eq!(foreign_owner(&meta(none.clone(), ours.clone()), &ic), None);
+        // Anything else is someone else's.
+        let other = ImageCollection::kind(&());
+        for (owner, labels, why) in [
+            (none.clone(), none.clone(), "it has no controller and not imgsearch's labels"),
+            (none.clone(), serde_json::json!({ LABEL_COLLECTION: "photos" }), "it has no controller"),
+            (controller(&other, &api, "albums", "u-2"), ours.clone(), "it is controlled by ImageCollection albums"),
+            (controller("HelmRelease", "helm.x/v1", "photos", "u-3"), ours, "it is controlled by HelmRelease photos"),
+            (controller(&other, "example.com/v1", "photos", "u-4"), none, "it is controlled by ImageCollection photos"),
+        ] {
+            let found = foreign_owner(&meta(owner, labels), &ic).unwrap_or_default();
+            assert!(found.starts_with(why), "{found:?} should start with {why:?}");
+        }
     }
 
     #[test]

@@ -183,7 +183,11 @@ pub fn deployment_health(deployment: &Deployment) -> DeploymentHealth {
     );
     let generation = deployment.metadata.generation.unwrap_or(0);
     // kstatus' order: the first thing still awaited is the one said.
-    let rolling_out = if status.observed_generation.unwrap_or(0) < generation {
+    let rolling_out = if deployment.metadata.deletion_timestamp.is_some() {
+        // kstatus: an object scheduled for deletion is in progress. The controller makes the
+        // search Deployment again once it is gone.
+        Some("the Deployment is being deleted and made again".to_string())
+    } else if status.observed_generation.unwrap_or(0) < generation {
         Some("the Deployment controller has not seen the new template yet".to_string())
     } else if wanted > replicas {
         Some(format!("replicas {replicas} of {wanted}"))
