@@ -223,12 +223,19 @@ pub enum ModelName {
     /// EfficientNet-Lite0, ImageNet weights, 1280-d.
     #[serde(rename = "efficientnet-lite0")]
     EfficientNetLite0,
+    /// A value of a newer CRD that this controller does not know (a rollback with the newer CRD
+    /// left installed): this object is InvalidSpec, the others are still reconciled (see
+    /// [`ImageCollection::values_not_understood`]). Never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl ModelName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EfficientNetLite0 => "efficientnet-lite0",
+            Self::Unknown => "(a model this controller does not know)",
         }
     }
 }
@@ -281,6 +288,12 @@ pub enum IndexType {
     #[default]
     #[serde(rename = "HNSW")]
     Hnsw,
+    /// A value of a newer CRD that this controller does not know (a rollback with the newer CRD
+    /// left installed): this object is InvalidSpec, the others are still reconciled (see
+    /// [`ImageCollection::values_not_understood`]). Never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -288,6 +301,12 @@ pub enum Metric {
     #[default]
     #[serde(rename = "COSINE")]
     Cosine,
+    /// A value of a newer CRD that this controller does not know (a rollback with the newer CRD
+    /// left installed): this object is InvalidSpec, the others are still reconciled (see
+    /// [`ImageCollection::values_not_understood`]). Never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -440,6 +459,12 @@ pub enum ServiceType {
     ClusterIP,
     NodePort,
     LoadBalancer,
+    /// A value of a newer CRD that this controller does not know (a rollback with the newer CRD
+    /// left installed): this object is InvalidSpec, the others are still reconciled (see
+    /// [`ImageCollection::values_not_understood`]). Never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -458,6 +483,11 @@ pub enum DeletionPolicy {
     Retain,
     /// Drop the Milvus collection and catalog rows with the object.
     Delete,
+    /// A policy of a newer CRD this controller does not know: the data is kept, as with
+    /// Retain (nothing is dropped on a value not understood). Never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// What the controller observed. Follows the kstatus conventions (`observedGeneration`, a
@@ -496,6 +526,11 @@ pub enum Phase {
     Degraded,
     Failed,
     Deleting,
+    /// A phase written by a newer controller (before a rollback): read without failing, and
+    /// replaced by this controller's own on its next status write. Never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -562,6 +597,24 @@ impl ImageCollection {
         let name = self.metadata.name.as_deref().unwrap_or("unnamed");
         format!("{namespace}_{name}").replace(['-', '.'], "_")
     }
+
+    /// The spec's fields holding a value this controller does not know: admitted by a newer
+    /// CRD than the controller (a controller rolled back, the CRD not). The object cannot be
+    /// reconciled as its author meant; every other object still is, because such values are
+    /// read as `Unknown` instead of failing the whole list the controller watches.
+    pub fn values_not_understood(&self) -> Vec<&'static str> {
+        let spec = &self.spec;
+        [
+            ("spec.model.name", spec.model.name == ModelName::Unknown),
+            ("spec.index.type", spec.index.r#type == IndexType::Unknown),
+            ("spec.index.metric", spec.index.metric == Metric::Unknown),
+            ("spec.search.serviceType", spec.search.service_type == ServiceType::Unknown),
+            ("spec.deletionPolicy", spec.deletion_policy == DeletionPolicy::Unknown),
+        ]
+        .into_iter()
+        .filter_map(|(field, unknown)| unknown.then_some(field))
+        .collect()
+    }
 }
 
 /// The messages of the schema's CEL rules (`x-kubernetes-validations`), for the tests that check
@@ -617,6 +670,35 @@ mod tests {
             committed == generated,
             "crds/ is stale: run `cargo run -- crd > crds/imagecollections.imgsearch.io.yaml`"
         );
+    }
+
+    #[test]
+    fn values_of_a_newer_crd_are_read_as_unknown_and_named() {
+        let object: ImageCollection = serde_json::from_value(serde_json::json!({
+            "apiVersion": "imgsearch.io/v1alpha1", "kind": "ImageCollection",
+            "metadata": { "name": "newer", "namespace": "ns" },
+            "spec": {
+                "milvus": { "uri": "http://milvus:19530" }, "source": { "pvc": { "claimName": "photos" } },
+                "model": { "name": "clip-vit-b32" }, "index": { "type": "DISKANN", "metric": "IP" },
+                "search": { "serviceType": "ExternalName" }, "deletionPolicy": "Archive"
+            },
+            "status": { "phase": "Hibernating" }
+        }))
+        .expect("values of a newer CRD do not fail the object");
+        assert_eq!(
+            object.values_not_understood(),
+            [
+                "spec.model.name",
+                "spec.index.type",
+                "spec.index.metric",
+                "spec.search.serviceType",
+                "spec.deletionPolicy"
+            ]
+        );
+        assert_ne!(object.spec.deletion_policy, DeletionPolicy::Delete, "a policy not understood drops nothing");
+        assert_eq!(object.status.and_then(|s| s.phase), Some(Phase::Unknown));
+        let schema = serde_json::to_string(&schemars::schema_for!(ImageCollection)).unwrap();
+        assert!(!schema.contains("\"Unknown\""), "Unknown is never a value the schema admits");
     }
 
     #[test]

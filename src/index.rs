@@ -70,10 +70,28 @@ impl ImageIndex {
         workload: Workload,
         index: IndexSpec,
     ) -> Result<Self, IndexError> {
+        let (store, catalog) = Self::connect(backend, collection).await?;
+        Ok(Self { store, catalog, model: model.load(workload).await?, index, limits: model.limits })
+    }
+
+    /// Connects to Milvus and opens the catalog around a model already loaded (the search server
+    /// loads its model first, then waits for Milvus and the catalog to answer).
+    pub async fn with_model(
+        backend: &BackendConfig,
+        collection: &str,
+        model: Arc<EmbeddingModel>,
+        limits: DecodeLimits,
+        index: IndexSpec,
+    ) -> Result<Self, IndexError> {
+        let (store, catalog) = Self::connect(backend, collection).await?;
+        Ok(Self { store, catalog, model, index, limits })
+    }
+
+    async fn connect(backend: &BackendConfig, collection: &str) -> Result<(MilvusStore, Catalog), IndexError> {
         let token = backend.milvus_token.as_deref();
         let store = MilvusStore::connect_to(&backend.milvus_uri, token, backend.milvus_database.as_deref()).await?;
         let catalog = Catalog::open_or_milvus(&backend.database_url, &store, &[collection.to_string()]).await?;
-        Ok(Self { store, catalog, model: model.load(workload).await?, index, limits: model.limits })
+        Ok((store, catalog))
     }
 
     /// Adds one already decoded image (an upload), embedding it here. Returns its catalog id;

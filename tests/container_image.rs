@@ -219,7 +219,8 @@ async fn the_binary_runs_from_the_image_tree_ingests_and_answers_a_search() {
         .expect("serve");
     let client = common::http_client();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_err() {
+    // It listens at once and is ready once the model is loaded and Milvus answers.
+    while !client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
         assert!(tokio::time::Instant::now() < deadline, "serve from the image tree did not come up");
         assert!(serve.try_wait().unwrap().is_none(), "serve exited early");
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -32,6 +32,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
@@ -1033,3 +1034,84 @@ async fn a_search_deployment_made_with_the_earlier_selector_is_replaced_and_its_
     assert_eq!(service.spec.and_then(|s| s.selector), Some(children::search_selector("photos")));
     delete_and_wait(&collections, "photos").await;
 }
+
+/// A rollback: the controller is older than the CRD installed, which admits a model and a phase
+/// this version does not know. The object using the unknown model is `Stalled` `InvalidSpec`
+/// naming the field; a phase written by the newer controller is read and replaced; every other
+/// collection is still reconciled (a strict enum would fail the whole list the controller
+/// watches, and with it every collection).
+#[tokio::test]
+async fn values_only_a_newer_crd_knows_stall_their_own_collection_and_no_other() {
+    let Scene { admin, namespace, .. } = &scene("rollback", quick()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    let crd_name = "imagecollections.imgsearch.io";
+    let schema = "/spec/versions/0/schema/openAPIV3Schema/properties";
+    let model_enum = format!("{schema}/spec/properties/model/properties/name/enum");
+    let phase_enum = format!("{schema}/status/properties/phase/enum");
+    let with_enums = |models: Value, phases: Value| async {
+        let crd = crds.get(crd_name).await.expect("the CRD");
+        let mut crd = serde_json::to_value(crd).expect("CRD as JSON");
+        let originals = (crd.pointer(&model_enum).cloned(), crd.pointer(&phase_enum).cloned());
+        *crd.pointer_mut(&model_enum).expect("the model enum") = models;
+        *crd.pointer_mut(&phase_enum).expect("the phase enum") = phases;
+        let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("a CRD");
+        crds.replace(crd_name, &PostParams::default(), &crd).await.expect("replace the CRD");
+        originals
+    };
+    let crd = serde_json::to_value(crds.get(crd_name).await.expect("the CRD")).expect("CRD as JSON");
+    let plus = |path: &str, value: &str| {
+        let mut values = crd.pointer(path).and_then(Value::as_array).cloned().expect(path);
+        values.push(json!(value));
+        Value::Array(values)
+    };
+    let (models, phases) = with_enums(plus(&model_enum, "clip-vit-b32"), plus(&phase_enum, "Hibernating")).await;
+
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let older = photos_collection("older", &common::milvus_uri(), &common::unique_collection("older"), "Delete");
+    collections.create(&PostParams::default(), &older).await.expect("create a collection this version knows");
+    let mut newer = serde_json::to_value(ImageCollection::test("newer")).expect("JSON");
+    newer["spec"]["milvus"] = json!({ "uri": common::milvus_uri() });
+    newer["spec"]["model"] = json!({ "name": "clip-vit-b32" });
+    // The API server takes the new schema a moment after the update.
+    eventually("the newer CRD's model accepted", PATIENCE, || async {
+        // Sent as JSON: this version would read the model as Unknown.
+        let created = Api::<kube::api::DynamicObject>::namespaced_with(
+            admin.clone(),
+            namespace,
+            &kube::api::ApiResource::erase::<ImageCollection>(&()),
+        )
+        .create(&PostParams::default(), &serde_json::from_value(newer.clone()).map_err(|e| e.to_string())?)
+        .await;
+        created.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    let stalled = collection_where(&collections, "newer", "the newer model's collection Stalled", |o| {
+        condition(o, "Stalled") == Some(("True".into(), "InvalidSpec".into()))
+    })
+    .await;
+    let message = condition_message(&stalled, "Stalled");
+    assert!(message.contains("spec.model.name hold values this controller does not know"), "{message}");
+    collection_where(&collections, "older", "the other collection ready", |o| {
+        condition(o, "CollectionReady").is_some_and(|c| c.0 == "True") && o["status"]["observedGeneration"] == 1
+    })
+    .await;
+
+    // A phase the newer controller wrote: read, replaced, and the collection still reconciled.
+    let hibernating = json!({ "status": { "phase": "Hibernating" } });
+    collections
+        .patch_status("older", &PatchParams::default(), &Patch::Merge(&hibernating))
+        .await
+        .expect("a phase of the newer CRD");
+    let edit = json!({ "spec": { "ingest": { "batchSize": 4 } } });
+    collections.patch("older", &PatchParams::default(), &Patch::Merge(&edit)).await.expect("edit the spec");
+    collection_where(&collections, "older", "generation 2 reconciled, the phase its own", |o| {
+        o["status"]["observedGeneration"] == 2 && o["status"]["phase"] != "Hibernating"
+    })
+    .await;
+
+    delete_and_wait(&collections, "newer").await;
+    delete_and_wait(&collections, "older").await;
+    let restored = with_enums(models.expect("the model enum"), phases.expect("the phase enum")).await;
+    assert!(restored.0.is_some(), "the CRD restored");
+}
+

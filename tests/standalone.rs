@@ -181,12 +181,7 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
         .expect("start imgsearch serve");
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "serve exited before listening");
-        assert!(Instant::now() < deadline, "serve did not listen within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&mut child, port, Duration::from_secs(60));
 
     // An upload whose body is only half sent when the signal arrives.
     let photo = std::fs::read(common::photo("coffee.jpg")).unwrap();
@@ -250,6 +245,35 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
 }
 
 /// A plain HTTP/1.1 GET over loopback, returning the whole response.
+/// Waits until `serve` (child) on `port` answers `/readyz` with 200: it listens at once, and is
+/// ready once its model is loaded and Milvus and the catalog answer.
+fn wait_ready(child: &mut std::process::Child, port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        if let Some(answer) = try_get(port, "/readyz") {
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            last = answer;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "serve exited before it was ready; its last /readyz: {last}");
+        assert!(Instant::now() < deadline, "serve not ready within {within:?}; its last /readyz: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET path`, or `None` when nothing listens yet.
+fn try_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the search API");
@@ -313,12 +337,7 @@ fn serve_reads_its_token_from_a_file_and_refuses_writes_without_it() {
     let mut child = serve(&token_file);
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).count());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "serve exited before listening");
-        assert!(Instant::now() < deadline, "serve did not listen within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&mut child, port, Duration::from_secs(60));
     let delete = |token: Option<&str>| {
         let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         http_raw(
@@ -333,4 +352,69 @@ fn serve_reads_its_token_from_a_file_and_refuses_writes_without_it() {
     assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Milvus not answering when `serve` starts (still starting itself, or the network not there
+/// yet): the server listens at once and lives (`/healthz` 200, so the kubelet's probes do not
+/// kill it), is not ready (`/readyz` and every other route 503 with `Retry-After`, saying it is
+/// starting), keeps trying with backoff, and serves once Milvus answers: the same process, no
+/// crash and no restart.
+#[test]
+fn serve_starts_unready_while_milvus_does_not_answer_and_serves_once_it_does() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime for the forwarder");
+    let milvus = runtime
+        .block_on(common::outage::Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()));
+    milvus.cut();
+    let work = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MILVUS_URI", milvus.uri())
+        .env("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display()))
+        .env("IMGSEARCH_COLLECTION", common::unique_collection("unready"))
+        .env("IMGSEARCH_UPLOAD_DIR", work.path().join("uploads"))
+        .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start imgsearch serve");
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+
+    // Alive, not ready, and retrying: the second attempt is announced, the process still runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let unready = loop {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited while Milvus did not answer");
+        if let Some(answer) = try_get(port, "/readyz")
+            && answer.contains("attempt 2;")
+        {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no second attempt to reach Milvus within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(unready.starts_with("HTTP/1.1 503"), "{unready}");
+    assert!(unready.contains("the server is starting: Milvus or the catalog does not answer yet"), "{unready}");
+    assert!(unready.to_ascii_lowercase().contains("retry-after: 5"), "{unready}");
+    assert!(!unready.contains(&milvus.address.to_string()), "no address in a public answer: {unready}");
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"), "alive while starting");
+    // Every other route too (a GET: an upload's body would be left unread by the answer).
+    let listing = http_get(port, "/v1/images");
+    assert!(listing.starts_with("HTTP/1.1 503") && listing.contains("the server is starting"), "{listing}");
+
+    // Milvus answers: ready within the backoff (at most 30 s between attempts), same process.
+    milvus.restore();
+    wait_ready(&mut child, port, Duration::from_secs(90));
+    let photo = std::fs::read(common::photo("coffee.jpg")).unwrap();
+    let upload = http_upload(port, "/v1/images", &photo);
+    assert!(upload.starts_with("HTTP/1.1 201"), "{upload}");
+    let search = http_upload(port, "/v1/search", &photo);
+    assert!(search.starts_with("HTTP/1.1 200") && search.contains("\"score\""), "{search}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = log.join().expect("the log reader").join("\n");
+    assert!(log.contains("not ready: cannot open the index yet") && log.contains(&milvus.uri()), "{log}");
+    assert!(log.contains("Milvus and the catalog answer"), "{log}");
 }

@@ -12,6 +12,7 @@ pub mod form;
 pub mod metrics;
 mod page;
 pub mod server;
+mod starting;
 mod v1;
 
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ pub use config::{ServeConfig, ServerSettings};
 pub use error::ApiError;
 pub use form::{UploadForm, read_form};
 
-use crate::embed::{ModelSettings, Workload};
+use crate::embed::ModelSettings;
 use crate::index::{BackendConfig, ImageIndex};
 use crate::search::{ImageContent, SearchService};
 use crate::shutdown::Shutdown;
@@ -230,12 +231,35 @@ pub struct ServeCommand {
 pub async fn run(command: ServeCommand, shutdown: Shutdown) -> anyhow::Result<()> {
     // Settings first: a bad flag or token file is reported at once, not after Milvus answers.
     let config = command.server.resolve(&command.collection)?;
-    let mut index =
-        ImageIndex::open(&command.backend, &command.collection, &command.model, Workload::Latency, command.index)
-            .await?;
+    let listen = command.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "search API listening; starting");
+    // Answer from the first moment (see `starting`): probes see a live process that is not
+    // ready yet, and the port the real server takes over never stops answering.
+    let starting = starting::Starting::new("starting");
+    let opening = starting::open_index(&command, &starting);
+    let stop = shutdown.requested();
+    let (opened, connections) =
+        server::accept_until(&listener, starting::router(Arc::clone(&starting)), config.connection_limits, async {
+            tokio::select! {
+                opened = opening => Some(opened),
+                () = stop => None,
+            }
+        })
+        .await;
+    connections.shutdown().await;
+    let Some(opened) = opened else {
+        tracing::info!("shutdown requested while starting");
+        return Ok(());
+    };
+    let mut index = opened?;
     index.store = index.store.with_search_consistency(command.server.search_consistency);
     if config.auth.is_some() {
         tracing::info!(protect_reads = command.server.protect_reads, "bearer token required on write routes");
     }
-    listen_and_serve(command.server.listen, index, config, shutdown).await
+    let state = ServerState::new(index, config);
+    tracing::info!(%address, "search API ready");
+    eprintln!("imgsearch is serving on http://{address}/  (Ctrl-C stops it)");
+    Ok(serve(listener, state, shutdown).await?)
 }

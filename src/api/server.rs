@@ -61,11 +61,26 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let ((), connections) = accept_until(&listener, app, limits, shutdown).await;
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `until` completes, and returns its output with the
+/// connections still open (to be shut down gracefully). The listener stays the caller's: the
+/// starting server hands it on to the real one, so the port never stops answering.
+pub async fn accept_until<T>(
+    listener: &TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    until: impl Future<Output = T>,
+) -> (T, GracefulShutdown) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    tokio::pin!(shutdown);
+    tokio::pin!(until);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -77,7 +92,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            output = &mut until => return (output, graceful),
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%peer, max = limits.max_connections, "connection refused: the server holds its maximum of open connections");
@@ -93,9 +108,6 @@ pub async fn serve(
             drop(slot);
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 /// Middleware: a request body that stops arriving for [`ConnectionLimits::body_idle_timeout`]

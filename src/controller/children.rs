@@ -54,6 +54,12 @@ pub enum BuildError {
     InvalidSchedule(String),
     #[error("{0}")]
     InvalidName(String),
+    #[error(
+        "{} hold values this controller does not know: it is older than the CRD that admitted them; run the \
+         imgsearch version that installed the CRD, or change the values",
+        .0.join(", ")
+    )]
+    NotUnderstood(Vec<&'static str>),
 }
 
 fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildError> {
@@ -63,7 +69,14 @@ fn name_and_namespace(ic: &ImageCollection) -> Result<(String, String), BuildErr
     if let Some(problem) = name_problem(&name) {
         return Err(BuildError::InvalidName(problem));
     }
+    understood(ic)?;
     Ok((name, namespace))
+}
+
+/// Refuses a spec with values this controller does not know (a newer CRD's).
+pub fn understood(ic: &ImageCollection) -> Result<(), BuildError> {
+    let fields = ic.values_not_understood();
+    if fields.is_empty() { Ok(()) } else { Err(BuildError::NotUnderstood(fields)) }
 }
 
 fn owner(ic: &ImageCollection) -> Result<OwnerReference, BuildError> {
@@ -543,13 +556,19 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
     if let Some(auth) = &ic.spec.search.auth {
         env.push(from_secret(env::AUTH_TOKEN, &auth.secret_ref.name, "token", false));
     }
-    let probe = |path: &str, period: i32| Probe {
+    // The server listens at once and answers /healthz while it loads the model and waits for
+    // Milvus (it starts unready rather than crash: api/starting.rs). The startup probe still
+    // gives a start 3 minutes before liveness counts, and every probe 5 s to answer, not the
+    // default 1 s, which a search pod busy embedding on its CPU limit can miss.
+    let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
         ..Probe::default()
     };
     let (scratch, scratch_mount) = scratch_volume();
@@ -572,8 +591,9 @@ pub fn search_deployment(ic: &ImageCollection, config: &ChildConfig) -> Result<D
             container_port: port,
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(probe("/healthz", 10)),
-        readiness_probe: Some(probe("/readyz", 5)),
+        startup_probe: Some(probe("/healthz", 2, 90)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
         resources: Some(
             ic.spec.search.resources.clone().unwrap_or_else(|| default_resources(("250m", "512Mi"), ("2", "1Gi"))),
         ),
@@ -615,6 +635,7 @@ pub fn search_service(ic: &ImageCollection) -> Result<Service, BuildError> {
         ServiceType::ClusterIP => "ClusterIP",
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
+        ServiceType::Unknown => return Err(BuildError::NotUnderstood(vec!["spec.search.serviceType"])),
     };
     Ok(Service {
         metadata: search_metadata(ic, &name, namespace)?,
@@ -822,6 +843,12 @@ mod tests {
             container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
             Some("/readyz")
         );
+        // A slow start (the model loading, Milvus not answering yet) is not killed: liveness
+        // counts only after the startup probe passed, within 3 minutes.
+        let startup = container.startup_probe.as_ref().expect("a startup probe");
+        assert_eq!(startup.http_get.as_ref().and_then(|h| h.path.as_deref()), Some("/healthz"));
+        assert!(startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3) >= 180);
+        assert_eq!(container.liveness_probe.as_ref().and_then(|p| p.timeout_seconds), Some(5));
         assert_eq!(service_spec.ports.unwrap()[0].port, 9000);
         assert_eq!(env(container)["IMGSEARCH_SHUTDOWN_DRAIN_SECONDS"], "5", "drains before it stops accepting");
         assert_eq!(search_endpoint(&ic).unwrap(), "http://products-search.shop.svc:9000");

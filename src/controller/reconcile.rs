@@ -861,6 +861,8 @@ fn finished(job: &Job) -> bool {
 
 /// The collection with its index, loaded; returns the searchable row count.
 async fn ensure_milvus(ic: &ImageCollection, context: &Context, collection: &str) -> Result<u64> {
+    // An index type or metric of a newer CRD would otherwise become the one this version builds.
+    children::understood(ic)?;
     let store = milvus_store(ic, context).await?;
     let model =
         crate::embed::builtin(ic.spec.model.name.as_str()).map_err(|e| BuildError::UnknownModel(e.to_string()))?;
