@@ -1115,3 +1115,81 @@ async fn values_only_a_newer_crd_knows_stall_their_own_collection_and_no_other()
     assert!(restored.0.is_some(), "the CRD restored");
 }
 
+/// One tenant must not stall the others: a collection whose Milvus is a black hole (connections
+/// accepted, nothing ever answered) costs the controller up to its Milvus patience (8 s) a
+/// pass, but only for that collection's passes. A collection on a healthy Milvus is reconciled
+/// at once meanwhile, edit after edit: each within half that patience, which a pass queued
+/// behind the black hole's connection could not make.
+#[tokio::test]
+async fn a_black_holed_milvus_holds_up_only_its_own_collections() {
+    let Scene { admin, namespace, .. } = &scene("tenants", quick()).await;
+    let hole = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
+    hole.black_hole();
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let stuck = photos_collection("stuck", &hole.uri(), &common::unique_collection("stuck"), "Retain");
+    collections.create(&PostParams::default(), &stuck).await.expect("create the black-holed collection");
+    let healthy = photos_collection("healthy", &common::milvus_uri(), &common::unique_collection("healthy"), "Delete");
+    collections.create(&PostParams::default(), &healthy).await.expect("create the healthy collection");
+    collection_where(&collections, "healthy", "the healthy collection ready", |o| {
+        condition(o, "CollectionReady").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let object = collection_where(&collections, "stuck", "the black hole reported", |o| {
+        condition(o, "CollectionReady") == Some(("False".into(), "MilvusUnavailable".into()))
+    })
+    .await;
+    let message = condition_message(&object, "CollectionReady");
+    assert!(message.contains(&hole.address.to_string()), "{message}");
+
+    // The black hole's passes go on (every second and more, backing off); the healthy
+    // collection's edits are each reconciled within 4 s.
+    let within = Duration::from_secs(4);
+    for generation in 2..=4 {
+        let edit = json!({ "spec": { "ingest": { "batchSize": generation } } });
+        collections.patch("healthy", &PatchParams::default(), &Patch::Merge(&edit)).await.expect("edit the spec");
+        let what = format!("generation {generation} of the healthy collection reconciled within {within:?}");
+        eventually(&what, within, || async {
+            let object = collections.get("healthy").await.map_err(|e| e.to_string())?;
+            let observed = object.status.as_ref().and_then(|s| s.observed_generation);
+            if observed == Some(generation) { Ok(()) } else { Err(format!("observedGeneration {observed:?}")) }
+        })
+        .await;
+    }
+    delete_and_wait(&collections, "healthy").await;
+    delete_and_wait(&collections, "stuck").await;
+}
+
+/// A namespace deleted with a `deletionPolicy: Delete` collection in it: the namespace
+/// controller deletes the Secrets its cleanup needs (here the catalog's, deleted first, as the
+/// namespace controller may) and refuses new ones, then waits on the collection's finalizer.
+/// The cleanup gives up at once on a Secret that is gone in a namespace being deleted, keeps
+/// the data (nothing half-dropped), and lets the namespace go instead of wedging it.
+#[tokio::test]
+async fn a_namespace_deleted_with_the_secrets_its_cleanup_needs_goes_and_the_data_is_kept() {
+    let Scene { admin, namespace, .. } = &scene("nsgone", quick()).await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
+    let catalog: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": format!("sqlite://{}", work.path().join("catalog.db").display()) }
+    }))
+    .expect("a Secret");
+    secrets.create(&PostParams::default(), &catalog).await.expect("create the catalog Secret");
+    let collection = common::unique_collection("nsgone");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete")
+        .with_spec(json!({ "catalog": { "secretRef": { "name": "catalog" } } }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    collection_where(&collections, "photos", "the Milvus collection made", |o| {
+        condition(o, "CollectionReady").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+
+    secrets.delete("catalog", &DeleteParams::default()).await.expect("delete the catalog Secret");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    namespaces.delete(namespace, &DeleteParams::default()).await.expect("delete the namespace");
+    gone(&namespaces, namespace, "the namespace gone", Duration::from_secs(120), String::new).await;
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    assert!(milvus.has_collection(&collection).await.expect("ask Milvus"), "the data was dropped half-way");
+    milvus.drop_collection(&collection).await.expect("drop the kept collection");
+}

@@ -42,6 +42,8 @@ pub const NOT_BLOCKED: &str = "NotBlocked";
 pub const DELETING: &str = "Deleting";
 /// A deletion waits for Milvus (or the catalog) to answer before it can drop the data.
 pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
+/// A cleanup given up in a namespace being deleted: the data is kept, the object goes.
+pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
 /// A deletion waits for the collection's pods to stop before it drops the data.
 pub const STOPPING_PODS: &str = "StoppingPods";
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::PredicateConfig;
@@ -38,6 +38,9 @@ pub const FINALIZER: &str = "imgsearch.io/cleanup";
 /// address of their own, and receive the token from the controller or from the pods it creates.
 pub const MILVUS_URI_ANNOTATION: &str = "imgsearch.io/milvus-uri";
 const MILVUS_PATIENCE: Duration = Duration::from_secs(8);
+/// The longest wait before a collection whose Milvus does not answer is looked at again (its
+/// rechecks back off from `Recheck::not_ready`, doubling): nothing announces Milvus coming back.
+const MILVUS_RECHECK_MAX: Duration = Duration::from_secs(120);
 /// The label the Job controller puts on a Job's pods.
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
@@ -172,8 +175,10 @@ pub struct Context {
     pub children: ChildConfig,
     pub metrics: Arc<Metrics>,
     pub recheck: Recheck,
-    /// One Milvus connection per (URI, token, database), reused across reconciles.
-    milvus: Mutex<HashMap<MilvusKey, MilvusStore>>,
+    /// One Milvus connection per (URI, token, database), reused across reconciles. Each has its
+    /// own slot, locked only while it connects: an address that does not answer holds up the
+    /// collections on that address, never those on another.
+    milvus: std::sync::Mutex<HashMap<MilvusKey, Arc<Mutex<Option<MilvusStore>>>>>,
     /// Consecutive failed reconciles per object ("namespace/name"), for the retry backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
@@ -194,7 +199,7 @@ impl Context {
             children,
             metrics: Metrics::new(),
             recheck,
-            milvus: Mutex::new(HashMap::new()),
+            milvus: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -456,13 +461,32 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
         },
         failures,
     };
+    // A Milvus that does not answer is asked less often the longer it stays away (per object).
+    let unreachable_key = format!("milvus {}", object_key(ic));
+    let milvus_streak = match &observed.milvus {
+        MilvusObservation::Failed { .. } => context.failed(unreachable_key),
+        MilvusObservation::Ready { .. } => {
+            context.succeeded(&unreachable_key);
+            0
+        }
+    };
     let status = status::compute(&observed, ic.status.as_ref(), now());
-    let recheck = context.recheck.after(status.phase.as_ref());
+    let recheck = milvus_recheck(context.recheck.after(status.phase.as_ref()), milvus_streak);
     write_status(context, ic, &status).await?;
     for (type_, reason, message) in status::transitions(ic.status.as_ref(), &status) {
         publish(context, ic, type_, &reason, &message).await;
     }
     Ok(Action::requeue(recheck))
+}
+
+/// When to look again at a collection whose Milvus failed `streak` times in a row: `base`
+/// doubling per failure, up to [`MILVUS_RECHECK_MAX`] (or `base`, if that is longer).
+fn milvus_recheck(base: Duration, streak: u32) -> Duration {
+    if streak <= 1 {
+        return base;
+    }
+    let doubled = base.saturating_mul(2u32.saturating_pow((streak - 1).min(16)));
+    doubled.min(MILVUS_RECHECK_MAX.max(base))
 }
 
 /// The value of a child's apply, or `None` with the failure recorded for status.
@@ -889,14 +913,26 @@ async fn milvus_store(ic: &ImageCollection, context: &Context) -> Result<MilvusS
     let uri = ic.milvus_uri().ok_or(BuildError::NoMilvus)?;
     let database = ic.spec.milvus.database.clone();
     let key = (uri.clone(), token.clone(), database.clone());
-    let mut cache = context.milvus.lock().await;
-    if let Some(store) = cache.get(&key) {
+    let slot = {
+        let mut slots = context.milvus.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(slots.entry(key).or_default())
+    };
+    // Only reconciles of this address wait here while it connects.
+    let mut slot = slot.lock().await;
+    if let Some(store) = slot.as_ref() {
         return Ok(store.clone());
     }
-    let store = MilvusStore::connect_to(&uri, token.as_deref(), database.as_deref()).await?;
     // A reconcile waits on Milvus only briefly: an outage becomes a condition within seconds.
+    // The SDK's own connect timeout is longer, hence the bound here.
+    let store =
+        tokio::time::timeout(MILVUS_PATIENCE, MilvusStore::connect_to(&uri, token.as_deref(), database.as_deref()))
+            .await
+            .map_err(|_| StoreError::Connect {
+                uri: uri.clone(),
+                detail: format!("no answer within {} s", MILVUS_PATIENCE.as_secs()),
+            })??;
     store.set_patience(MILVUS_PATIENCE);
-    cache.insert(key, store.clone());
+    *slot = Some(store.clone());
     Ok(store)
 }
 
@@ -981,6 +1017,12 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
             return Err(Error::PodsStopping(running));
         }
         if let Err(error) = purge(ic, context, &collection).await {
+            if let Some(kept) = abandoned(ic, context, &collection, &error).await? {
+                // Usually unrecorded: a terminating namespace refuses new Events. The log has it.
+                tracing::warn!(name = %ic.name_any(), %kept, "cleanup abandoned");
+                publish(context, ic, EventType::Warning, reasons::CLEANUP_ABANDONED, &kept).await;
+                return Ok(Action::await_change());
+            }
             let message = format!(
                 "deletionPolicy is Delete but the data of {collection} cannot be removed yet: {error}. \
                  Retrying; the object stays until this succeeds (set deletionPolicy: Retain to keep the data \
@@ -993,6 +1035,40 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
         }
     }
     Ok(Action::await_change())
+}
+
+/// How long a cleanup in a namespace being deleted keeps trying (Milvus or the catalog not
+/// answering) before it keeps the data and lets the object, and with it the namespace, go.
+const CLEANUP_PATIENCE_IN_A_DELETED_NAMESPACE: Duration = Duration::from_secs(300);
+
+/// Whether a blocked cleanup gives up, and if so what it kept. Only in a namespace being
+/// deleted: the namespace controller deletes the Secrets cleanup needs and refuses new ones, and
+/// waits on this object's finalizer for ever. A Secret it cannot read ends the cleanup at once
+/// (nothing can bring it back); anything else after [`CLEANUP_PATIENCE_IN_A_DELETED_NAMESPACE`].
+/// Elsewhere the cleanup waits, `CleanupBlocked` saying why, for someone to fix it.
+async fn abandoned(ic: &ImageCollection, context: &Context, collection: &str, error: &Error) -> Result<Option<String>> {
+    let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
+    let namespaces: Api<Namespace> = Api::all(context.client.clone());
+    let terminating = namespaces.get_opt(&namespace).await?.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    if !terminating {
+        return Ok(None);
+    }
+    let waited = ic
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|since| Duration::try_from(now().0.duration_since(since.0)).ok())
+        .unwrap_or(Duration::ZERO);
+    let secret_gone = matches!(error, Error::Secret { .. });
+    if !secret_gone && waited < CLEANUP_PATIENCE_IN_A_DELETED_NAMESPACE {
+        return Ok(None);
+    }
+    let catalog = if ic.spec.catalog.is_some() { " and its catalog rows" } else { "" };
+    Ok(Some(format!(
+        "namespace {namespace} is being deleted and the cleanup cannot finish ({error}): the Milvus collection \
+         {collection}{catalog} are kept, and the object goes so that the namespace can. Drop them by hand if they \
+         are not wanted"
+    )))
 }
 
 /// Deletes the collection's rescan CronJob, ingest Jobs and search Deployment (those this very
@@ -1035,6 +1111,10 @@ where
 }
 
 async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Result<()> {
+    // Every credential first: a cleanup that cannot finish must not have dropped half the data
+    // (catalog rows that say "indexed" for vectors that are gone would be skipped by the next
+    // ingest into a collection of that name).
+    let catalog_url = catalog_url(ic, context).await?;
     let store = milvus_store(ic, context).await?;
     if store.has_collection(collection).await? {
         store.drop_collection(collection).await?;
@@ -1047,20 +1127,9 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
         )
         .await;
     }
-    // Without spec.catalog Milvus's rows were the record: they went with the collection.
-    if let Some(catalog) = &ic.spec.catalog {
-        let field = "spec.catalog.secretRef";
-        let name = &catalog.secret_ref.name;
-        let data = secret_data(context, ic, field, name).await?;
-        let url = data.get(children::CATALOG_SECRET_KEY).ok_or_else(|| Error::Secret {
-            field,
-            name: name.clone(),
-            problem: "has no DATABASE_URL key".into(),
-        })?;
-        if crate::catalog::names_no_database(url) {
-            return Ok(()); // a Secret that says "no SQL catalog": as if spec.catalog were absent
-        }
-        let rows = crate::catalog::Catalog::open(url).await?.delete_collection(collection).await?;
+    // Without a SQL catalog Milvus's rows were the record: they went with the collection.
+    if let Some(url) = catalog_url {
+        let rows = crate::catalog::Catalog::open(&url).await?.delete_collection(collection).await?;
         publish(
             context,
             ic,
@@ -1071,6 +1140,21 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
         .await;
     }
     Ok(())
+}
+
+/// The SQL catalog's URL from `spec.catalog.secretRef`, or `None` without one (no
+/// `spec.catalog`, or a Secret that says "no SQL catalog").
+async fn catalog_url(ic: &ImageCollection, context: &Context) -> Result<Option<String>> {
+    let Some(catalog) = &ic.spec.catalog else { return Ok(None) };
+    let field = "spec.catalog.secretRef";
+    let name = &catalog.secret_ref.name;
+    let data = secret_data(context, ic, field, name).await?;
+    let url = data.get(children::CATALOG_SECRET_KEY).ok_or_else(|| Error::Secret {
+        field,
+        name: name.clone(),
+        problem: "has no DATABASE_URL key".into(),
+    })?;
+    Ok((!crate::catalog::names_no_database(url)).then(|| url.clone()))
 }
 
 fn generation(ic: &ImageCollection) -> i64 {
@@ -1120,6 +1204,16 @@ async fn publish(context: &Context, ic: &ImageCollection, type_: EventType, reas
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collection_whose_milvus_stays_away_is_looked_at_less_often_up_to_two_minutes() {
+        let after = |base: u64, streak| milvus_recheck(Duration::from_secs(base), streak).as_secs();
+        let defaults: Vec<u64> = (0..=6).map(|streak| after(30, streak)).collect();
+        assert_eq!(defaults, [30, 30, 60, 120, 120, 120, 120]);
+        assert_eq!(after(1, 3), 4, "a test's short recheck backs off from itself");
+        assert_eq!(after(300, 5), 300, "never sooner than the phase's own recheck");
+        assert_eq!(after(30, u32::MAX), 120, "no overflow however long it stays away");
+    }
 
     #[test]
     fn retries_back_off_from_five_seconds_to_five_minutes() {

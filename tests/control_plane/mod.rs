@@ -360,7 +360,8 @@ fn start() -> Result<ControlPlane, String> {
     )?;
 
     // The flags controller-runtime's envtest gives the API server, with RBAC and the default
-    // admission plugins (ServiceAccount, PodSecurity, ResourceQuota, LimitRanger, …) left on.
+    // admission plugins (ServiceAccount, PodSecurity, ResourceQuota, LimitRanger, …) left on,
+    // and OwnerReferencesPermissionEnforcement added.
     let mut apiserver = Command::new(bin.join("kube-apiserver"));
     apiserver.args([
         &format!("--etcd-servers={etcd_url}"),
@@ -371,6 +372,10 @@ fn start() -> Result<ControlPlane, String> {
         &format!("--tls-private-key-file={}", serving_key.display()),
         &format!("--client-ca-file={}", ca.display()),
         "--authorization-mode=RBAC",
+        // On top of the defaults, as OpenShift runs it: an owner reference that blocks its
+        // owner's deletion needs `update` on the owner's `finalizers`, and changing an object's
+        // owner references needs `delete` on it.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         "--service-cluster-ip-range=10.0.0.0/24",
         "--allow-privileged=true",
         &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
