@@ -1127,8 +1127,9 @@ async fn pods_refused_an_image_a_claim_or_a_secret_key_are_each_reported_with_th
             .expect("a Secret");
     secrets.create(&PostParams::default(), &nokey).await.expect("create a Secret without the key");
 
-    // Three ways a pod never starts: no pull secret named, a claim that does not exist, a
-    // Secret without the key the spec needs.
+    // Four ways a pod never starts: no pull secret named, a claim that does not exist, a
+    // Secret without the key the spec needs, a URL list's ConfigMap (a volume) that does not
+    // exist, which the kubelet tells only in a FailedMount Event (the pod is ContainerCreating).
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
     let mut kept = Vec::new();
     for (name, changes) in [
@@ -1136,6 +1137,10 @@ async fn pods_refused_an_image_a_claim_or_a_secret_key_are_each_reported_with_th
         ("claim", json!({ "source": { "pvc": { "claimName": "elsewhere" } } })),
         // Retain: deleting with Delete would need the catalog's URL from that Secret.
         ("key", json!({ "catalog": { "secretRef": { "name": "nokey" } }, "deletionPolicy": "Retain" })),
+        (
+            "list",
+            json!({ "source": { "pvc": null, "urls": { "configMapRef": { "name": "photo-urls", "key": "urls.txt" } } } }),
+        ),
     ] {
         let collection_name = common::unique_collection(&format!("real_k8s_{name}"));
         let mut spec = json!({
@@ -1183,6 +1188,10 @@ async fn pods_refused_an_image_a_claim_or_a_secret_key_are_each_reported_with_th
     assert!(message.contains("CreateContainerConfigError"), "{message}");
     let missing = format!("couldn't find key DATABASE_URL in Secret {namespace}/nokey");
     assert!(message.contains(&missing), "{message}");
+    let list = status_where(&collections, "list", &log, "list: Stalled with PodNotStarting", deadline, stalled).await;
+    let message = message_of(&list);
+    assert!(message.contains("ContainerCreating; the kubelet: FailedMount: "), "{message}");
+    assert!(message.contains("configmap \"photo-urls\" not found"), "{message}");
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &namespace);
     let warned = events.list(&ListParams::default()).await.expect("list Events").items.into_iter().any(|e| {
         e.reason.as_deref() == Some("PodNotStarting") && e.regarding.and_then(|r| r.name).as_deref() == Some("key")
@@ -1230,7 +1239,7 @@ async fn pods_refused_an_image_a_claim_or_a_secret_key_are_each_reported_with_th
     assert_eq!(ready["status"]["images"]["indexed"], 2);
 
     // Pods that never started go with their collections.
-    for name in ["pull", "claim", "key"] {
+    for name in ["pull", "claim", "key", "list"] {
         delete_and_wait(&collections, name, &log).await;
     }
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);

@@ -536,17 +536,26 @@ async fn pods_not_starting(
         }
     };
     let now = now();
-    listed
-        .iter()
-        .filter_map(|pod| {
-            let job = pod.labels().get(JOB_NAME_LABEL).cloned();
-            if job.as_deref().is_some_and(|job| Some(job) != current_job) {
-                return None;
+    let mut stuck = Vec::new();
+    for pod in &listed {
+        let job = pod.labels().get(JOB_NAME_LABEL).cloned();
+        if job.as_deref().is_some_and(|job| Some(job) != current_job) {
+            continue;
+        }
+        let Some(mut failure) = status::not_starting(pod, &now, context.recheck.pod_start_grace) else { continue };
+        // A step that hangs (a volume that cannot be mounted) is told only in the kubelet's
+        // Events about the pod.
+        if status::STEPS_THAT_CAN_HANG.iter().any(|step| failure.message.contains(&format!(": {step}:"))) {
+            let events: Api<CoreEvent> = Api::namespaced(context.client.clone(), namespace);
+            let about = format!("involvedObject.uid={}", pod.metadata.uid.as_deref().unwrap_or_default());
+            match events.list(&ListParams::default().fields(&about)).await {
+                Ok(listed) => failure = status::with_kubelet_event(failure, &listed.items),
+                Err(error) => tracing::warn!(pod = %pod.name_any(), %error, "could not list the pod's Events"),
             }
-            let failure = status::not_starting(pod, &now, context.recheck.pod_start_grace)?;
-            Some((job, failure))
-        })
-        .collect()
+        }
+        stuck.push((job, failure));
+    }
+    stuck
 }
 
 /// Why the Job controller could not create `job`'s pods, from its latest `FailedCreate` Event,

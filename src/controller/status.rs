@@ -466,15 +466,23 @@ fn already_ingested(previous: Option<&ImageCollectionStatus>, generation: i64) -
 
 /// Container waiting reasons that mean the container is not about to start: each needs someone
 /// to fix something (a Secret, an image reference, a registry credential, the program itself).
-/// `ContainerCreating` and `PodInitializing` are normal steps and not among them.
-const WAITING_ON_SOMEONE: [&str; 6] = [
+/// `ContainerCreating` and `PodInitializing` are normal steps and not among them (see
+/// [`STEPS_THAT_CAN_HANG`]).
+const WAITING_ON_SOMEONE: [&str; 7] = [
     "CreateContainerConfigError",
     "CreateContainerError",
     "ErrImagePull",
     "ImagePullBackOff",
+    "ErrImageNeverPull",
     "InvalidImageName",
     "CrashLoopBackOff",
 ];
+
+/// Normal steps that hang when something is wrong (a volume that cannot be mounted: a
+/// ConfigMap or Secret missing, a disk attached elsewhere), saying so only in the kubelet's
+/// Events (`FailedMount`, `FailedAttachVolume`): reported once the grace period has passed, with
+/// the pod's latest Warning Event (see [`with_kubelet_event`]).
+pub const STEPS_THAT_CAN_HANG: [&str; 2] = ["ContainerCreating", "PodInitializing"];
 
 /// Why `pod` has not started, once it has been trying for `grace`: a container waiting for one
 /// of [`WAITING_ON_SOMEONE`], or the scheduler unable to place it (a missing claim, no node
@@ -512,9 +520,14 @@ pub fn not_starting(pod: &Pod, now: &Time, grace: std::time::Duration) -> Option
     let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
     for container in containers {
         let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
-        let Some(reason) = waiting.reason.as_deref().filter(|r| WAITING_ON_SOMEONE.contains(r)) else { continue };
+        let Some(reason) =
+            waiting.reason.as_deref().filter(|r| WAITING_ON_SOMEONE.contains(r) || STEPS_THAT_CAN_HANG.contains(r))
+        else {
+            continue;
+        };
         let hint = match reason {
             "ErrImagePull" | "ImagePullBackOff" => " (a private registry needs its Secret in spec.imagePullSecrets)",
+            "ErrImageNeverPull" => " (imagePullPolicy Never and the image is not on the node)",
             "CreateContainerConfigError" => " (a Secret or key the spec names is missing)",
             _ => "",
         };
@@ -529,6 +542,21 @@ pub fn not_starting(pod: &Pod, now: &Time, grace: std::time::Duration) -> Option
         });
     }
     None
+}
+
+/// `failure` (of a pod stuck in one of [`STEPS_THAT_CAN_HANG`]) with what the kubelet said
+/// about the pod last: the reason and message of its latest Warning Event, if any.
+pub fn with_kubelet_event(mut failure: ChildFailure, events: &[k8s_openapi::api::core::v1::Event]) -> ChildFailure {
+    let latest = events
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .max_by_key(|e| e.last_timestamp.as_ref().or(e.first_timestamp.as_ref()).map(|t| t.0));
+    if let Some(event) = latest {
+        let reason = event.reason.as_deref().unwrap_or_default();
+        let message = event.message.as_deref().unwrap_or_default();
+        failure.message = format!("{}; the kubelet: {reason}: {message}", failure.message.trim_end_matches([':', ' ']));
+    }
+    failure
 }
 
 /// Events worth telling when status moves: an ingest finishing or failing, the collection
@@ -1013,9 +1041,33 @@ mod tests {
         let failure = not_starting(&unschedulable, &time(130), grace).expect("an unschedulable pod is reported");
         assert!(failure.message.contains("persistentvolumeclaim \"photos\" not found"), "{}", failure.message);
 
-        // Normal steps on the way to running are not failures, however long they take.
+        // A normal step is not a failure within the grace period; one that hangs past it (a
+        // volume that cannot be mounted) is, with the kubelet's latest Warning Event about it.
         let creating = pending_pod(waiting("ContainerCreating", ""));
-        assert_eq!(not_starting(&creating, &time(600), grace), None);
+        assert_eq!(not_starting(&creating, &time(119), grace), None);
+        let stuck = not_starting(&creating, &time(600), grace).expect("stuck in ContainerCreating past the grace");
+        let event = |reason: &str, type_: &str, at: &str, message: &str| -> k8s_openapi::api::core::v1::Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": format!("e-{reason}-{at}") }, "involvedObject": {},
+                "reason": reason, "type": type_, "lastTimestamp": at, "message": message
+            }))
+            .expect("test event parses")
+        };
+        let mount = "MountVolume.SetUp failed for volume \"urls\" : configmap \"photo-urls\" not found";
+        let events = [
+            event("Scheduled", "Normal", "1970-01-01T00:00:01Z", "assigned"),
+            event("FailedMount", "Warning", "1970-01-01T00:08:00Z", mount),
+            event("FailedMount", "Warning", "1970-01-01T00:02:00Z", "an older one"),
+        ];
+        let told = with_kubelet_event(stuck.clone(), &events);
+        assert_eq!(
+            told.message,
+            format!("container search waiting for 600 s: ContainerCreating; the kubelet: FailedMount: {mount}")
+        );
+        assert_eq!(with_kubelet_event(stuck.clone(), &events[..1]), stuck, "no Warning, nothing added");
+        let never = pending_pod(waiting("ErrImageNeverPull", "Container image \"imgsearch:dev\" is not present"));
+        let failure = not_starting(&never, &time(130), grace).expect("ErrImageNeverPull is reported");
+        assert!(failure.message.contains("imagePullPolicy Never"), "{}", failure.message);
         let running = pending_pod(serde_json::json!({ "phase": "Running" }));
         assert_eq!(not_starting(&running, &time(600), grace), None);
         let mut leaving = pull.clone();

@@ -17,8 +17,9 @@
 //!   pod whose `imagePullSecrets` name an existing Secret of that name: otherwise the pod waits
 //!   with `ErrImagePull`, then `ImagePullBackOff`, in the kubelet's words.
 //! - It writes pod status as the kubelet does: Pending with `CreateContainerConfigError` while
-//!   a Secret, ConfigMap or key is missing (retried), Running with the Ready condition from the
-//!   container's HTTP readiness probe, and on exit `Succeeded` or `Failed` with the terminated
+//!   a Secret or key is missing, `ContainerCreating` (no message) and a `FailedMount` Warning
+//!   Event while a ConfigMap volume's ConfigMap is missing (both retried), Running with the
+//!   Ready condition from the container's HTTP readiness probe, and on exit `Succeeded` or `Failed` with the terminated
 //!   state, exit code and termination message (the file, or with `FallbackToLogsOnError` the
 //!   log's tail). A container of a `restartPolicy: Always` pod is started again.
 //! - A pod being deleted gets SIGTERM; once its process has exited the node confirms the
@@ -85,6 +86,9 @@ struct Prepared {
 struct Waiting {
     reason: &'static str,
     message: String,
+    /// Said in a Warning Event about the pod instead of the container's waiting state, as the
+    /// kubelet says a volume it cannot mount: its reason (`FailedMount`), with `message`.
+    event: Option<&'static str>,
 }
 
 #[derive(Clone)]
@@ -276,6 +280,7 @@ impl Node {
             Ok(prepared) => self.spawn(name, spec, container, prepared, restarts).map_err(|e| Waiting {
                 reason: "RunContainerError",
                 message: format!("could not start the process: {e}"),
+                event: None,
             }),
         };
         match started {
@@ -290,6 +295,9 @@ impl Node {
                 if self.lock().waiting.get(uid) != Some(&key) {
                     let status = waiting_status(container, &waiting);
                     self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+                    if let Some(reason) = waiting.event {
+                        self.warn_about(pod, reason, &waiting.message).await?;
+                    }
                     self.lock().waiting.insert(uid.into(), key);
                 }
             }
@@ -479,6 +487,7 @@ impl Node {
                             "MountVolume.SetUp failed for volume \"{}\" : configmap \"{}\" not found",
                             volume.name, source.name
                         ),
+                        event: Some("FailedMount"),
                     }));
                 }
             };
@@ -509,14 +518,35 @@ impl Node {
         };
         Ok(Some(if failures == 1 {
             Waiting {
+                event: None,
                 reason: "ErrImagePull",
                 message: format!(
                     "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials"
                 ),
             }
         } else {
-            Waiting { reason: "ImagePullBackOff", message: format!("Back-off pulling image \"{image}\"") }
+            Waiting { reason: "ImagePullBackOff", message: format!("Back-off pulling image \"{image}\""), event: None }
         }))
+    }
+
+    /// A Warning Event about `pod` from this node's kubelet (core/v1, as the kubelet writes them).
+    async fn warn_about(&self, pod: &Pod, reason: &str, message: &str) -> Result<(), kube::Error> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+            "metadata": { "generateName": format!("{name}.") },
+            "involvedObject": {
+                "apiVersion": "v1", "kind": "Pod", "name": name, "namespace": self.namespace,
+                "uid": pod.metadata.uid
+            },
+            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "source": { "component": "kubelet", "host": self.name },
+            "firstTimestamp": now(), "lastTimestamp": now()
+        }))
+        .expect("an Event");
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &event)
+            .await?;
+        Ok(())
     }
 
     async fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
@@ -631,7 +661,7 @@ impl Node {
 }
 
 fn config_error(message: String) -> Waiting {
-    Waiting { reason: "CreateContainerConfigError", message }
+    Waiting { reason: "CreateContainerConfigError", message, event: None }
 }
 
 /// A downward-API field of the pod, as the kubelet resolves `fieldRef.fieldPath`.
@@ -678,7 +708,10 @@ fn running_status(container: &Container, process: &Process, ready: bool) -> Valu
     }})
 }
 
+/// The pod's status while its container waits; a reason said in an Event leaves the waiting
+/// state without a message, as the kubelet leaves `ContainerCreating`.
 fn waiting_status(container: &Container, waiting: &Waiting) -> Value {
+    let message = if waiting.event.is_some() { "" } else { waiting.message.as_str() };
     json!({ "status": {
         "phase": "Pending",
         "hostIP": "127.0.0.1",
@@ -689,7 +722,7 @@ fn waiting_status(container: &Container, waiting: &Waiting) -> Value {
         "containerStatuses": [{
             "name": container.name, "image": container.image, "imageID": "", "started": false,
             "ready": false, "restartCount": 0,
-            "state": { "waiting": { "reason": waiting.reason, "message": waiting.message } }
+            "state": { "waiting": { "reason": waiting.reason, "message": message } }
         }]
     }})
 }
