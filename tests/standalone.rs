@@ -164,19 +164,9 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
     let work = tempfile::tempdir().unwrap();
     let uploads = work.path().join("uploads");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("serve")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("MILVUS_URI", common::milvus_uri())
-        .env("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display()))
-        .env("IMGSEARCH_COLLECTION", common::unique_collection("sigterm"))
-        .env("IMGSEARCH_UPLOAD_DIR", &uploads)
-        .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
+    let mut child = serve_command(work.path(), &common::milvus_uri(), "sigterm", port)
         .env("IMGSEARCH_SHUTDOWN_DRAIN_SECONDS", "3")
-        .env("RUST_LOG", "info")
         .env("IMGSEARCH_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start imgsearch serve");
     let stderr = child.stderr.take().unwrap();
@@ -245,6 +235,24 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
 }
 
 /// A plain HTTP/1.1 GET over loopback, returning the whole response.
+/// `imgsearch serve` on `port` over the Milvus at `milvus_uri`, with a SQLite catalog and an
+/// upload folder in `work`, a collection of its own for `purpose`, an info log on a pipe.
+fn serve_command(work: &std::path::Path, milvus_uri: &str, purpose: &str, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgsearch"));
+    command
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MILVUS_URI", milvus_uri)
+        .env("DATABASE_URL", format!("sqlite://{}", work.join("catalog.db").display()))
+        .env("IMGSEARCH_COLLECTION", common::unique_collection(purpose))
+        .env("IMGSEARCH_UPLOAD_DIR", work.join("uploads"))
+        .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// Waits until `serve` (child) on `port` answers `/readyz` with 200: it listens at once, and is
 /// ready once its model is loaded and Milvus and the catalog answer.
 fn wait_ready(child: &mut std::process::Child, port: u16, within: Duration) {
@@ -305,18 +313,9 @@ fn serve_reads_its_token_from_a_file_and_refuses_writes_without_it() {
     std::fs::write(&token_file, "file-token\n").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let serve = |token_file: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-            .arg("serve")
+        serve_command(work.path(), &common::milvus_uri(), "tokenfile", port)
             .arg("--auth-token-file")
             .arg(token_file)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("MILVUS_URI", common::milvus_uri())
-            .env("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display()))
-            .env("IMGSEARCH_COLLECTION", common::unique_collection("tokenfile"))
-            .env("IMGSEARCH_UPLOAD_DIR", work.path().join("uploads"))
-            .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("start imgsearch serve")
     };
@@ -367,19 +366,7 @@ fn serve_starts_unready_while_milvus_does_not_answer_and_serves_once_it_does() {
     milvus.cut();
     let work = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("serve")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("MILVUS_URI", milvus.uri())
-        .env("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display()))
-        .env("IMGSEARCH_COLLECTION", common::unique_collection("unready"))
-        .env("IMGSEARCH_UPLOAD_DIR", work.path().join("uploads"))
-        .env("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start imgsearch serve");
+    let mut child = serve_command(work.path(), &milvus.uri(), "unready", port).spawn().expect("start imgsearch serve");
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
 
