@@ -22,7 +22,7 @@ use crate::ingest::command::IngestCommand;
 use crate::search::SearchSettings;
 use crate::source::{Shard, SourceSpec, s3::S3Settings, urls};
 use crate::standalone::StandaloneCommand;
-use crate::store::{IndexSpec, SearchConsistency};
+use crate::store::{CollectionOwner, IndexSpec, SearchConsistency};
 
 #[derive(Debug, Parser)]
 #[command(name = "imgsearch", version, about = "Reverse image search on Milvus: ingest images, search them by example")]
@@ -230,6 +230,11 @@ pub struct IngestArgs {
     /// the container's termination-message file, where the controller reads it back.
     #[arg(long, env = env::SUMMARY_FILE)]
     pub summary_file: Option<PathBuf>,
+    /// The ImageCollection (`<namespace>/<name>`) this run works for, as recorded in the Milvus
+    /// collection's `imgsearch.io/owner` property: a collection recorded as another's is
+    /// refused, one recorded as nobody's is claimed. Ingest Jobs get it from the controller.
+    #[arg(long, env = env::COLLECTION_OWNER, value_name = "NAMESPACE/NAME")]
+    pub collection_owner: Option<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[command(flatten)]
@@ -245,9 +250,17 @@ impl IngestArgs {
         let shard = Shard::new(self.shard_index, self.shard_count)
             .map_err(|problem| anyhow::anyhow!("--shard-index/--shard-count: {problem}"))?;
         let batch_size = usize::from(self.batch.batch_size);
+        if let Some(owner) = &self.collection_owner
+            && !owner
+                .split_once('/')
+                .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        {
+            anyhow::bail!("--collection-owner {owner:?}: expected <namespace>/<name>");
+        }
         let options = IngestOptions {
             shard,
             prune: self.prune,
+            owner: self.collection_owner.clone().map(|object| CollectionOwner { object, uid: None }),
             ..IngestOptions::new(&self.collection, batch_size, self.batch.decode_workers())
         };
         Ok(IngestCommand {

@@ -48,7 +48,9 @@ pub const VERSION: &str = "v1alpha1";
 pub struct ImageCollectionSpec {
     /// The Milvus server holding the vectors.
     pub milvus: MilvusSpec,
-    /// Milvus collection name. Defaults to `<namespace>_<name>` with dashes turned into underscores.
+    /// Milvus collection name. Defaults to `imgsearch_<length of namespace>_<namespace>_<name>`
+    /// with dashes turned into underscores (unique per namespace and name); objects made before
+    /// that default keep the collection `status.collectionName` records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub collection_name: Option<String>,
@@ -588,14 +590,19 @@ impl ImageCollection {
         Some(format!("http://{}-milvus.{namespace}.svc:19530", reference.name))
     }
 
-    /// The Milvus collection this object manages.
+    /// The Milvus collection this object manages: `spec.collectionName`; else the one its status
+    /// records (an object made before default names were injective keeps its collection); else
+    /// [`default_collection_name`].
     pub fn milvus_collection(&self) -> String {
         if let Some(name) = &self.spec.collection_name {
             return name.clone();
         }
+        if let Some(recorded) = self.status.as_ref().and_then(|s| s.collection_name.clone()) {
+            return recorded;
+        }
         let namespace = self.metadata.namespace.as_deref().unwrap_or("default");
         let name = self.metadata.name.as_deref().unwrap_or("unnamed");
-        format!("{namespace}_{name}").replace(['-', '.'], "_")
+        default_collection_name(namespace, name)
     }
 
     /// The spec's fields holding a value this controller does not know: admitted by a newer
@@ -615,6 +622,16 @@ impl ImageCollection {
         .filter_map(|(field, unknown)| unknown.then_some(field))
         .collect()
     }
+}
+
+/// `imgsearch_<namespace's length>_<namespace>_<name>`, dashes turned into underscores (Milvus
+/// allows letters, digits and `_`). Injective: namespaces (DNS labels) and ImageCollection names
+/// (the CRD's name rule) hold no `_`, so the dashes' change loses nothing, and the namespace's
+/// length says where it ends, which a separator alone cannot (`a-b`/`c` and `a`/`b-c` were both
+/// `a_b_c` before). It starts with a letter whatever the namespace (Milvus refuses a leading
+/// digit) and fits Milvus's 255 characters: at most 10 + 2 + 1 + 63 + 1 + 44.
+pub fn default_collection_name(namespace: &str, name: &str) -> String {
+    format!("imgsearch_{}_{namespace}_{name}", namespace.len()).replace(['-', '.'], "_")
 }
 
 /// The messages of the schema's CEL rules (`x-kubernetes-validations`), for the tests that check
@@ -713,7 +730,7 @@ spec:
 ",
         )
         .expect("minimal object parses");
-        assert_eq!(object.milvus_collection(), "shop_product_photos");
+        assert_eq!(object.milvus_collection(), "imgsearch_4_shop_product_photos");
         assert_eq!(object.spec.model.name, ModelName::EfficientNetLite0);
         assert_eq!(object.spec.deletion_policy, DeletionPolicy::Retain);
         assert_eq!(
@@ -721,6 +738,61 @@ spec:
             (1, None, 8080)
         );
         assert_eq!(object.spec.source.pvc.as_ref().map(|p| p.path.as_str()), Some("/"));
+    }
+
+    /// Every namespace and name of up to 4 characters over letters, digits and `-` (what
+    /// Kubernetes and the CRD allow, in miniature): no two pairs share a default collection
+    /// name, and each is one Milvus accepts.
+    #[test]
+    fn default_collection_names_are_injective_and_valid() {
+        let labels: Vec<String> = (1..=4)
+            .flat_map(|length| {
+                (0..3usize.pow(length)).map(move |mut n| {
+                    (0..length)
+                        .map(|_| {
+                            let c = ['a', '1', '-'][n % 3];
+                            n /= 3;
+                            c
+                        })
+                        .collect::<String>()
+                })
+            })
+            .filter(|label| !label.starts_with('-') && !label.ends_with('-'))
+            .collect();
+        let mut seen = std::collections::HashMap::new();
+        for namespace in &labels {
+            for name in labels.iter().filter(|name| name.starts_with('a')) {
+                let collection = default_collection_name(namespace, name);
+                crate::store::validate_collection_name(&collection).expect("a valid Milvus name");
+                if let Some(other) = seen.insert(collection.clone(), (namespace.clone(), name.clone())) {
+                    panic!("{other:?} and {:?} share {collection}", (namespace, name));
+                }
+            }
+        }
+        assert!(seen.len() > 1000, "{} pairs checked", seen.len());
+        // The pair that used to collide, and a namespace Milvus would have refused.
+        assert_ne!(default_collection_name("a-b", "c"), default_collection_name("a", "b-c"));
+        assert_eq!(default_collection_name("2024", "photos"), "imgsearch_4_2024_photos");
+        let longest = default_collection_name(&"n".repeat(63), &"a".repeat(44));
+        assert!(longest.len() <= 255 && crate::store::validate_collection_name(&longest).is_ok());
+    }
+
+    #[test]
+    fn an_object_keeps_the_collection_its_status_records_and_the_spec_wins_over_both() {
+        let mut object = ImageCollection::new(
+            "b-c",
+            serde_json::from_value(serde_json::json!({
+                "milvus": { "uri": "http://m:19530" }, "source": { "pvc": { "claimName": "photos" } }
+            }))
+            .expect("spec parses"),
+        );
+        object.metadata.namespace = Some("a".into());
+        assert_eq!(object.milvus_collection(), "imgsearch_1_a_b_c");
+        // Made by a version whose default was `<namespace>_<name>`.
+        object.status = Some(ImageCollectionStatus { collection_name: Some("a_b_c".into()), ..Default::default() });
+        assert_eq!(object.milvus_collection(), "a_b_c");
+        object.spec.collection_name = Some("chosen".into());
+        assert_eq!(object.milvus_collection(), "chosen");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub const MILVUS_PASSWORD: &str = "MILVUS_PASSWORD";
 pub const MILVUS_DATABASE: &str = "MILVUS_DATABASE";
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const COLLECTION: &str = "IMGSEARCH_COLLECTION";
+pub const COLLECTION_OWNER: &str = "IMGSEARCH_COLLECTION_OWNER";
 
 // The model and its inputs.
 pub const MODEL: &str = "IMGSEARCH_MODEL";

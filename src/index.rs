@@ -115,7 +115,7 @@ impl ImageIndex {
     /// when, without a SQL catalog, another URI holds the id this one derives to.
     pub async fn already_indexed(&self, collection: &str, image: &NewImage) -> Result<Option<i64>, IndexError> {
         crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
-        self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
+        self.store.ensure_collection(collection, self.model.dimension(), &self.index, None).await?;
         if let Some(existing) = self.catalog.find(collection, &image.uri).await?
             && existing.status == ImageStatus::Indexed
             && existing.content_hash.as_deref() == Some(image.content_hash.as_str())

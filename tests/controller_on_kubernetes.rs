@@ -370,7 +370,7 @@ async fn a_spec_that_would_replace_an_existing_collection_is_refused_with_a_cond
     // Someone's existing collection of 8-d vectors: the 1280-d model cannot use it.
     let collection = common::unique_collection("taken");
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
-    milvus.ensure_collection(&collection, 8, &IndexSpec::default()).await.expect("make an 8-d collection");
+    milvus.ensure_collection(&collection, 8, &IndexSpec::default(), None).await.expect("make an 8-d collection");
     let Scene { plane, admin, namespace, .. } = &scene("clash", quick()).await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let object = photos_collection("clash", &common::milvus_uri(), &collection, "Retain");
@@ -1192,4 +1192,76 @@ async fn a_namespace_deleted_with_the_secrets_its_cleanup_needs_goes_and_the_dat
     let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
     assert!(milvus.has_collection(&collection).await.expect("ask Milvus"), "the data was dropped half-way");
     milvus.drop_collection(&collection).await.expect("drop the kept collection");
+}
+
+/// Milvus collections are one per object and recorded as its. The pair of objects whose default
+/// names used to collide (`<namespace>_<name>`: `n`/`x-b` and `n-x`/`b`) get a collection each;
+/// the one made by an earlier version keeps its collection (its status records the old name)
+/// and claims it; an object whose spec names that collection is refused with no pod made, and
+/// its deletion with `Delete` drops nothing.
+#[tokio::test]
+async fn milvus_collections_are_one_per_object_and_never_written_pruned_or_dropped_by_another() {
+    let mut scene = scene_before_the_controller("owners").await;
+    let (admin, namespace) = (scene.admin.clone(), scene.namespace.clone());
+    let second = format!("{namespace}-x");
+    create_namespace(&admin, &second).await;
+    let here: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let there: Api<ImageCollection> = Api::namespaced(admin.clone(), &second);
+    let milvus_uri = common::milvus_uri();
+    let milvus = MilvusStore::connect(&milvus_uri, None).await.expect("connect to Milvus");
+
+    // The earlier version's object, its collection (no owner recorded) holding one image.
+    let old_name = format!("{namespace}_x_b").replace('-', "_");
+    milvus.ensure_collection(&old_name, 1280, &IndexSpec::default(), None).await.expect("the old collection");
+    let vector: Vec<f32> = (0..1280).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    let kept = VectorRow { id: 1, vector, uri: "/photos/kept.jpg".into(), content_hash: "0".repeat(64) };
+    milvus.upsert(&old_name, &[kept]).await.expect("a row in the old collection");
+    let spec = json!({ "milvus": { "uri": milvus_uri } });
+    here.create(&PostParams::default(), &ImageCollection::test("x-b").with_spec(spec.clone()))
+        .await
+        .expect("create the earlier object");
+    let earlier = json!({ "status": { "collectionName": old_name } });
+    here.patch_status("x-b", &PatchParams::default(), &Patch::Merge(&earlier)).await.expect("its status");
+    scene.start_controller(quick()).await;
+
+    there.create(&PostParams::default(), &ImageCollection::test("b").with_spec(spec.clone())).await.expect("create b");
+    let ready = |o: &Value| condition(o, "CollectionReady").is_some_and(|c| c.0 == "True");
+    let earlier = collection_where(&here, "x-b", "the earlier object ready", ready).await;
+    let new = collection_where(&there, "b", "the new object ready", ready).await;
+    assert_eq!(earlier["status"]["collectionName"], old_name.as_str(), "the earlier object keeps its collection");
+    let new_name = format!("imgsearch_{}_{second}_b", second.len()).replace('-', "_");
+    assert_eq!(new["status"]["collectionName"], new_name.as_str());
+    assert_eq!(milvus.count(&old_name).await.expect("count"), 1, "the earlier object's image is still there");
+    let claimed = milvus.owner(&old_name).await.expect("read the owner");
+    assert_eq!(claimed, Some(format!("{namespace}/x-b")), "claimed by the object that uses it");
+    assert_eq!(milvus.owner(&new_name).await.expect("read the owner"), Some(format!("{second}/b")));
+
+    // A spec naming the earlier object's collection.
+    let thief = ImageCollection::test("thief")
+        .with_spec(json!({ "milvus": { "uri": milvus_uri }, "collectionName": old_name, "deletionPolicy": "Delete" }));
+    there.create(&PostParams::default(), &thief).await.expect("create the thief");
+    let refused = collection_where(&there, "thief", "the thief refused", |o| {
+        condition(o, "CollectionReady") == Some(("False".into(), "CollectionTaken".into()))
+    })
+    .await;
+    let message = condition_message(&refused, "CollectionReady");
+    assert!(message.contains(&format!("belongs to ImageCollection {namespace}/x-b")), "{message}");
+    assert_eq!(condition(&refused, "Stalled").map(|c| c.1).as_deref(), Some("CollectionTaken"));
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &second);
+    assert!(deployments.get_opt("thief-search").await.expect("ask").is_none(), "a search Deployment was made");
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &second);
+    let made = jobs.list(&ListParams::default().labels("imgsearch.io/collection=thief")).await.expect("list Jobs");
+    let names: Vec<_> = made.items.iter().map(|j| j.metadata.name.clone()).collect();
+    assert!(names.is_empty(), "an ingest Job was made: {names:?}");
+
+    delete_and_wait(&there, "thief").await;
+    let kept = event(&admin, &second, "CollectionKept", "thief").await;
+    let note = kept.note.unwrap_or_default();
+    assert!(note.contains(&format!("belongs to ImageCollection {namespace}/x-b")), "{note}");
+    assert_eq!(milvus.count(&old_name).await.expect("count"), 1, "the thief's deletion dropped the collection");
+
+    delete_and_wait(&there, "b").await;
+    delete_and_wait(&here, "x-b").await;
+    milvus.drop_collection(&old_name).await.expect("drop the old collection");
+    milvus.drop_collection(&new_name).await.expect("drop the new collection");
 }

@@ -247,6 +247,32 @@ async fn prune_removes_only_images_gone_from_the_folder() {
 /// searchable again). The catalog here refuses the delete (a trigger in the test's own SQLite
 /// file), which leaves exactly the state such a kill leaves, at a known point instead of a
 /// raced one.
+/// An ingest Job's run names the ImageCollection it works for; a collection recorded as another
+/// object's is refused before anything is listed, written or pruned.
+#[tokio::test]
+async fn an_ingest_for_one_object_never_prunes_a_collection_another_object_owns() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &images);
+    let index = common::index(work.path()).await;
+    let collection = common::unique_collection("owned");
+    let owner = |object: &str| Some(imgsearch::store::CollectionOwner { object: object.into(), uid: None });
+    let owners =
+        imgsearch::ingest::IngestOptions { prune: true, owner: owner("a-b/c"), ..common::options(&collection) };
+    index.ingest_directory(&images, &owners, &Progress::silent()).await.expect("ingest");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
+
+    std::fs::remove_file(images.join("coffee.jpg")).unwrap();
+    let other = imgsearch::ingest::IngestOptions { owner: owner("a/b-c"), ..owners.clone() };
+    let refused = index.ingest_directory(&images, &other, &Progress::silent()).await.expect_err("another owner");
+    assert!(format!("{refused:#}").contains("belongs to ImageCollection a-b/c"), "{refused:#}");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 3, "nothing pruned");
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "no catalog row deleted");
+    let report = index.ingest_directory(&images, &owners, &Progress::silent()).await.expect("the owner's prune");
+    assert_eq!(report.pruned, 1, "{}", report.summary());
+}
+
 #[tokio::test]
 async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_by_the_next_one() {
     let work = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use imgsearch::store::{IndexSpec, MilvusStore, SearchFilter, StoreError, VectorRow};
+use imgsearch::store::{CollectionOwner, IndexSpec, MilvusStore, SearchFilter, StoreError, VectorRow};
 
 /// (name, address) of each server; the run fails, not skips, without one.
 fn servers() -> Vec<(&'static str, String)> {
@@ -41,8 +41,11 @@ async fn create_write_search_replace_delete_and_drop_on_every_server() {
         let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         let collection = common::unique_collection("store");
         let index = IndexSpec::default();
-        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap_or_else(|e| panic!("{name}: again: {e}"));
+        store.ensure_collection(&collection, DIMENSION, &index, None).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        store
+            .ensure_collection(&collection, DIMENSION, &index, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: again: {e}"));
         assert!(store.has_collection(&collection).await.unwrap(), "{name}");
 
         let rows: Vec<VectorRow> = (1..=20).map(|id| row(id, id as u64)).collect();
@@ -72,7 +75,7 @@ async fn create_write_search_replace_delete_and_drop_on_every_server() {
         let hits = store.search(&collection, vector(1), 3, &index).await.unwrap();
         assert!(hits.iter().all(|h| ![1, 2, 3].contains(&h.id)), "{name}: deleted rows found: {hits:?}");
 
-        let mismatch = store.ensure_collection(&collection, DIMENSION * 2, &index).await.unwrap_err();
+        let mismatch = store.ensure_collection(&collection, DIMENSION * 2, &index, None).await.unwrap_err();
         assert!(
             matches!(mismatch, StoreError::DimensionMismatch { found: 32, expected: 64, .. }),
             "{name}: {mismatch}"
@@ -83,13 +86,60 @@ async fn create_write_search_replace_delete_and_drop_on_every_server() {
     }
 }
 
+/// The owner recorded in a collection's properties, as the controller and its ingest pods use
+/// it: made with one, kept from any other object, claimed when nobody is recorded, and adopted
+/// by a later incarnation (another uid) of the same namespace and name.
+#[tokio::test]
+async fn a_collection_belongs_to_the_object_that_made_or_claimed_it_on_every_server() {
+    let owner = |object: &str, uid: Option<&str>| CollectionOwner { object: object.into(), uid: uid.map(Into::into) };
+    let index = IndexSpec::default();
+    for (name, uri) in servers() {
+        let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        let collection = common::unique_collection("owned");
+        let first = owner("shop/photos", Some("uid-1"));
+        store.ensure_collection(&collection, DIMENSION, &index, Some(&first)).await.unwrap();
+        assert_eq!(store.owner(&collection).await.unwrap().as_deref(), Some("shop/photos"), "{name}");
+        store.upsert(&collection, &[row(1, 1)]).await.unwrap();
+
+        let other = owner("other/photos", Some("uid-2"));
+        let refused = store.ensure_collection(&collection, DIMENSION, &index, Some(&other)).await.unwrap_err();
+        match &refused {
+            StoreError::OwnedElsewhere { owner, .. } => assert_eq!(owner, "shop/photos", "{name}"),
+            other => panic!("{name}: {other}"),
+        }
+        assert!(refused.to_string().contains("belongs to ImageCollection shop/photos"), "{name}: {refused}");
+        assert_eq!(store.owner(&collection).await.unwrap().as_deref(), Some("shop/photos"), "{name}: unchanged");
+        assert_eq!(store.count(&collection).await.unwrap(), 1, "{name}: the data untouched");
+
+        // The same namespace and name made again (deletionPolicy: Retain, then a new object).
+        store
+            .ensure_collection(&collection, DIMENSION, &index, Some(&owner("shop/photos", Some("uid-3"))))
+            .await
+            .unwrap();
+        // Pods know no uid: they never change the recorded one.
+        store.ensure_collection(&collection, DIMENSION, &index, Some(&owner("shop/photos", None))).await.unwrap();
+        assert_eq!(store.owner(&collection).await.unwrap().as_deref(), Some("shop/photos"), "{name}");
+        store.drop_collection(&collection).await.unwrap();
+
+        // Made off-cluster, with no owner: the first object to claim it gets it.
+        let unowned = common::unique_collection("unowned");
+        store.ensure_collection(&unowned, DIMENSION, &index, None).await.unwrap();
+        assert_eq!(store.owner(&unowned).await.unwrap(), None, "{name}");
+        store.ensure_collection(&unowned, DIMENSION, &index, Some(&other)).await.unwrap();
+        assert_eq!(store.owner(&unowned).await.unwrap().as_deref(), Some("other/photos"), "{name}");
+        let late = store.ensure_collection(&unowned, DIMENSION, &index, Some(&first)).await.unwrap_err();
+        assert!(matches!(late, StoreError::OwnedElsewhere { .. }), "{name}: {late}");
+        store.drop_collection(&unowned).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn stored_vectors_read_back_and_filtered_multi_vector_searches_on_every_server() {
     for (name, uri) in servers() {
         let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         let collection = common::unique_collection("filter");
         let index = IndexSpec::default();
-        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap();
+        store.ensure_collection(&collection, DIMENSION, &index, None).await.unwrap();
         // URIs with the characters a filter expression or LIKE pattern could trip on; a file
         // name may hold a line break (Linux allows every byte but `/` and NUL), which Milvus's
         // grammar refuses raw inside a literal (found by the prefix_filter fuzz target).
@@ -171,7 +221,7 @@ async fn range_walks_and_the_milvus_catalog_see_every_row_once_on_every_server()
     for (name, uri) in servers() {
         let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         let collection = common::unique_collection("ranges");
-        store.ensure_collection(&collection, DIMENSION, &IndexSpec::default()).await.unwrap();
+        store.ensure_collection(&collection, DIMENSION, &IndexSpec::default(), None).await.unwrap();
         // Ids spread evenly but not densely; even rows under /a/, odd ones under /b/.
         let id_of = |n: i64| n * 1_000_003 + 17;
         let stored = |n: i64| VectorRow {
@@ -279,7 +329,7 @@ async fn a_milvus_that_silently_stops_answering_fails_each_call_within_its_patie
         let store = MilvusStore::connect(&hole.uri(), None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         store.set_patience(std::time::Duration::from_secs(2));
         let collection = common::unique_collection("hole");
-        store.ensure_collection(&collection, DIMENSION, &IndexSpec::default()).await.unwrap();
+        store.ensure_collection(&collection, DIMENSION, &IndexSpec::default(), None).await.unwrap();
         store.upsert(&collection, &[row(1, 1)]).await.unwrap();
         assert_eq!(store.count(&collection).await.unwrap(), 1, "{name}");
 
@@ -327,7 +377,7 @@ async fn searches_sent_together_are_grouped_and_each_gets_its_own_hits_on_every_
         let store = MilvusStore::connect(&uri, None).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         let collection = common::unique_collection("grouped");
         let index = IndexSpec::default();
-        store.ensure_collection(&collection, DIMENSION, &index).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        store.ensure_collection(&collection, DIMENSION, &index, None).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         let rows: Vec<VectorRow> = (1..=30).map(|id| row(id, id as u64)).collect();
         store.upsert(&collection, &rows).await.unwrap_or_else(|e| panic!("{name}: upsert: {e}"));
         let searches = GroupedSearches::start(store.clone(), index.clone());

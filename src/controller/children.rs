@@ -15,9 +15,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 
 use crate::crd::{ImageCollection, PvcSource, S3Source, ServiceType};
+use crate::store::CollectionOwner;
 
 pub const MANAGER: &str = "imgsearch-controller";
 pub const LABEL_COLLECTION: &str = "imgsearch.io/collection";
@@ -176,6 +177,13 @@ fn indexed_job_name(name: &str, suffix: &str, highest_index: i32) -> String {
 /// FNV-1a, 64 bit: a stable hash (std's is randomised per process) for shortened names.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The owner recorded in the Milvus collection's properties: this object's namespace and name
+/// (what ownership goes by), and its uid.
+pub fn collection_owner(ic: &ImageCollection) -> CollectionOwner {
+    let namespace = ic.metadata.namespace.as_deref().unwrap_or("default");
+    CollectionOwner { object: format!("{namespace}/{}", ic.name_any()), uid: ic.metadata.uid.clone() }
 }
 
 pub fn search_name(name: &str) -> String {
@@ -391,6 +399,8 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
     env.push(plain(env::PRUNE, if ic.spec.ingest.prune { "true" } else { "false" }));
     // The run's counts go to the termination message, where the controller reads them back.
     env.push(plain(env::SUMMARY_FILE, TERMINATION_MESSAGE_PATH));
+    // The Milvus collection must be this object's before the run writes or prunes anything.
+    env.push(plain(env::COLLECTION_OWNER, &collection_owner(ic).object));
     let (volumes, mounts): (Vec<Volume>, Vec<VolumeMount>) =
         source.volumes.into_iter().chain([scratch_volume()]).unzip();
 
@@ -730,6 +740,7 @@ mod tests {
         let env = env(container);
         // The summary goes where Kubernetes picks up termination messages; a crash falls back to logs.
         assert_eq!(env["IMGSEARCH_SUMMARY_FILE"], "/dev/termination-log");
+        assert_eq!(env["IMGSEARCH_COLLECTION_OWNER"], "shop/products");
         assert_eq!(container.termination_message_path.as_deref(), Some("/dev/termination-log"));
         assert_eq!(container.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
         assert_eq!(env["MILVUS_URI"], "http://milvus.milvus.svc:19530");
@@ -737,7 +748,7 @@ mod tests {
         assert_eq!(env["MILVUS_USERNAME"], "secret:milvus-auth/username");
         assert_eq!(env["MILVUS_PASSWORD"], "secret:milvus-auth/password");
         assert_eq!(env["DATABASE_URL"], "secret:catalog-dsn/DATABASE_URL");
-        assert_eq!(env["IMGSEARCH_COLLECTION"], "shop_products");
+        assert_eq!(env["IMGSEARCH_COLLECTION"], "imgsearch_4_shop_products");
         assert_eq!((env["IMGSEARCH_BATCH_SIZE"].as_str(), env["IMGSEARCH_SHARD_COUNT"].as_str()), ("16", "4"));
         assert_eq!(env["IMGSEARCH_PRUNE"], "true", "by default the collection mirrors its folder");
         let volume = &pod.volumes.as_ref().unwrap()[0];

@@ -9,6 +9,10 @@ pub const INDEX_BUILT: &str = "IndexBuilt";
 pub const COLLECTION_MISMATCH: &str = "CollectionMismatch";
 pub const INDEX_FAILED: &str = "IndexFailed";
 pub const MILVUS_UNAVAILABLE: &str = "MilvusUnavailable";
+/// The Milvus collection belongs to another ImageCollection (its `imgsearch.io/owner`
+/// property): nothing of this object writes to it, prunes it or drops it, and the workloads
+/// that would are withheld.
+pub const COLLECTION_TAKEN: &str = "CollectionTaken";
 /// The Milvus Secret is missing or has no usable credentials.
 pub const SECRET_INVALID: &str = "SecretInvalid";
 /// A Milvus Secret that does not name the collection's Milvus address, and the workloads
@@ -67,7 +71,7 @@ pub const ROLLOUT_STUCK: &str = "RolloutStuck";
 pub const CATALOG_UNAVAILABLE: &str = "CatalogUnavailable";
 
 /// Stalled reasons of child failures (status keeps Events about them from repeating).
-pub const CHILD_REASONS: [&str; 9] = [
+pub const CHILD_REASONS: [&str; 10] = [
     INVALID_SPEC,
     CHILD_REJECTED,
     API_UNAVAILABLE,
@@ -75,6 +79,7 @@ pub const CHILD_REASONS: [&str; 9] = [
     NAME_TAKEN,
     POD_NOT_STARTING,
     SECRET_NOT_BOUND,
+    COLLECTION_TAKEN,
     PODS_NOT_CREATED,
     ROLLOUT_STUCK,
 ];
@@ -96,4 +101,6 @@ pub const SELECTOR_CHANGED: &str = "SelectorChanged";
 pub const RESCAN_REMOVED: &str = "RescanRemoved";
 pub const COLLECTION_CREATED: &str = "CollectionCreated";
 pub const COLLECTION_DROPPED: &str = "CollectionDropped";
+/// A deletion with `Delete` that dropped nothing: the Milvus collection is another object's.
+pub const COLLECTION_KEPT: &str = "CollectionKept";
 pub const CATALOG_PURGED: &str = "CatalogPurged";

@@ -61,10 +61,12 @@ pub enum Error {
          the Secret itself names; whoever may edit the Secret can add the annotation {MILVUS_URI_ANNOTATION}: {uri}"
     )]
     SecretNotBound { name: String, uri: String, found: String },
-    /// A workload not applied because its pods would get credentials the Secret does not allow
-    /// for this address; the message is the [`Error::SecretNotBound`] one.
-    #[error("not applied: its pods would get the Milvus Secret's credentials. {0}")]
-    CredentialsWithheld(String),
+    /// A workload not applied because its pods would do what they must not: send the Milvus
+    /// Secret's credentials to an address the Secret does not name ([`Error::SecretNotBound`]),
+    /// or write to another object's Milvus collection ([`StoreError::OwnedElsewhere`]). `reason`
+    /// and `why` are that failure's.
+    #[error("not applied: {why}")]
+    Withheld { reason: &'static str, why: String },
     #[error("catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("finalizer: {0}")]
@@ -95,8 +97,10 @@ impl Error {
         match self {
             Self::Kube(_) => "kube",
             Self::Build(_) => "invalid_spec",
+            Self::Store(StoreError::OwnedElsewhere { .. }) => "collection_taken",
+            Self::Withheld { reason, .. } if *reason == reasons::COLLECTION_TAKEN => "collection_taken",
             Self::Store(_) => "milvus",
-            Self::Secret { .. } | Self::SecretNotBound { .. } | Self::CredentialsWithheld(_) => "secret",
+            Self::Secret { .. } | Self::SecretNotBound { .. } | Self::Withheld { .. } => "secret",
             Self::Catalog(_) => "catalog",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "invalid_spec",
@@ -112,9 +116,11 @@ impl Error {
             // A collection of another dimension is a spec the controller refuses, not an outage.
             Self::Store(StoreError::DimensionMismatch { .. }) => reasons::COLLECTION_MISMATCH,
             Self::Store(StoreError::IndexFailed { .. }) => reasons::INDEX_FAILED,
+            Self::Store(StoreError::OwnedElsewhere { .. }) => reasons::COLLECTION_TAKEN,
             Self::Store(_) => reasons::MILVUS_UNAVAILABLE,
             Self::Secret { .. } => reasons::SECRET_INVALID,
-            Self::SecretNotBound { .. } | Self::CredentialsWithheld(_) => reasons::SECRET_NOT_BOUND,
+            Self::SecretNotBound { .. } => reasons::SECRET_NOT_BOUND,
+            Self::Withheld { reason, .. } => reason,
             Self::Build(_) | Self::NoNamespace => reasons::INVALID_SPEC,
             // A 4xx needs someone to change something; anything else is the server's moment.
             Self::Kube(kube::Error::Api(status)) if (400..500).contains(&status.code) => reasons::CHILD_REJECTED,
@@ -351,12 +357,18 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     // is reported in status and as an Event, and the others still get through.
     let mut failures = Vec::new();
     // Pods get the Milvus Secret's keys and send them to spec.milvus.uri: no pod is made while
-    // the Secret does not name that address (the controller would be the confused deputy).
-    let unbound = match &milvus {
-        MilvusObservation::Failed { reason: reasons::SECRET_NOT_BOUND, message } => Some(message.clone()),
+    // the Secret does not name that address (the controller would be the confused deputy). Nor
+    // while the Milvus collection is another object's: the pods would write to it and prune it.
+    let withheld_by = match &milvus {
+        MilvusObservation::Failed { reason: reason @ reasons::SECRET_NOT_BOUND, message } => {
+            Some((*reason, format!("its pods would get the Milvus Secret's credentials. {message}")))
+        }
+        MilvusObservation::Failed { reason: reason @ reasons::COLLECTION_TAKEN, message } => {
+            Some((*reason, format!("its pods would write to another object's collection. {message}")))
+        }
         _ => None,
     };
-    let withheld = || unbound.clone().map(Error::CredentialsWithheld);
+    let withheld = || withheld_by.clone().map(|(reason, why)| Error::Withheld { reason, why });
     let search = children::search_name(&name);
     let services: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
     let service = async {
@@ -500,7 +512,8 @@ fn settle<T>(failures: &mut Vec<ChildFailure>, object: String, result: Result<T>
         | reasons::CHILD_REJECTED
         | reasons::STALE_CHILD
         | reasons::NAME_TAKEN
-        | reasons::SECRET_NOT_BOUND) => reason,
+        | reasons::SECRET_NOT_BOUND
+        | reasons::COLLECTION_TAKEN) => reason,
         _ => reasons::API_UNAVAILABLE,
     };
     let message = match &error {
@@ -905,7 +918,8 @@ async fn ensure_milvus(ic: &ImageCollection, context: &Context, collection: &str
         ..IndexSpec::default()
     };
     let existed = store.has_collection(collection).await?;
-    store.ensure_collection(collection, model.dimension, &index).await?;
+    let owner = children::collection_owner(ic);
+    store.ensure_collection(collection, model.dimension, &index, Some(&owner)).await?;
     if !existed {
         let note =
             format!("created Milvus collection {collection} ({} dimensions, HNSW index), loaded", model.dimension);
@@ -1126,6 +1140,17 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
     let catalog_url = catalog_url(ic, context).await?;
     let store = milvus_store(ic, context).await?;
     if store.has_collection(collection).await? {
+        // Never another object's data, whatever names the spec or an old status gives.
+        let owner = children::collection_owner(ic);
+        if let Some(recorded) = store.owner(collection).await?.filter(|recorded| *recorded != owner.object) {
+            let kept = format!(
+                "Milvus collection {collection} belongs to ImageCollection {recorded}: it and its catalog rows are \
+                 kept, and this object goes without dropping anything"
+            );
+            tracing::warn!(name = %ic.name_any(), %kept, "cleanup skipped");
+            publish(context, ic, EventType::Warning, reasons::COLLECTION_KEPT, &kept).await;
+            return Ok(());
+        }
         store.drop_collection(collection).await?;
         publish(
             context,

@@ -24,7 +24,7 @@ use crate::embed::EmbedError;
 use crate::index::{ImageIndex, IndexError};
 use crate::progress::Progress;
 use crate::source::{Shard, Source, SourceError};
-use crate::store::StoreError;
+use crate::store::{CollectionOwner, StoreError};
 
 pub use crate::source::MAX_FILE_BYTES;
 pub use report::{IngestFailure, IngestReport};
@@ -68,12 +68,22 @@ pub struct IngestOptions {
     pub shard: Shard,
     /// Remove images that are gone from the source (only its own images, and only this shard's).
     pub prune: bool,
+    /// The ImageCollection this run works for (an ingest Job's): the collection must be its
+    /// (or nobody's yet, and is then claimed for it) before anything is written or pruned.
+    pub owner: Option<CollectionOwner>,
 }
 
 impl IngestOptions {
-    /// The whole source, no pruning.
+    /// The whole source, no pruning, no owner.
     pub fn new(collection: &str, batch_size: usize, decode_workers: usize) -> Self {
-        Self { collection: collection.to_string(), batch_size, decode_workers, shard: Shard::WHOLE, prune: false }
+        Self {
+            collection: collection.to_string(),
+            batch_size,
+            decode_workers,
+            shard: Shard::WHOLE,
+            prune: false,
+            owner: None,
+        }
     }
 }
 
@@ -100,7 +110,8 @@ impl ImageIndex {
         let started = Instant::now();
         let collection = options.collection.as_str();
         crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
-        self.store.ensure_collection(collection, self.model.dimension(), &self.index).await?;
+        let owner = options.owner.as_ref();
+        self.store.ensure_collection(collection, self.model.dimension(), &self.index, owner).await?;
 
         let mut files = source.list().await?;
         files.retain(|file| options.shard.contains(&file.uri));

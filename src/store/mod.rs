@@ -67,6 +67,41 @@ pub enum StoreError {
         "Milvus at {uri} accepted a delete on {collection:?} but {remaining} of its vectors are still there; retry"
     )]
     DeleteUnconfirmed { uri: String, collection: String, remaining: usize },
+    /// The collection's properties name another ImageCollection: two objects sharing one
+    /// collection would prune and drop each other's images.
+    #[error(
+        "Milvus collection {collection:?} belongs to ImageCollection {owner} (its {OWNER_PROPERTY} property): \
+         imgsearch does not write to, prune or drop another object's collection"
+    )]
+    OwnedElsewhere { collection: String, owner: String },
+}
+
+/// The Milvus collection property naming the ImageCollection (`<namespace>/<name>`) that a
+/// collection belongs to, written when the collection is made or first claimed.
+pub const OWNER_PROPERTY: &str = "imgsearch.io/owner";
+/// The uid of the object that made or last adopted the collection: which incarnation of the
+/// name it was, for people reading it. Ownership goes by namespace and name, so that an object
+/// made again after `deletionPolicy: Retain` adopts its data.
+pub const OWNER_UID_PROPERTY: &str = "imgsearch.io/owner-uid";
+
+/// The ImageCollection a Milvus collection belongs to, as recorded in the collection's
+/// properties. Whoever writes to a collection for an ImageCollection (the controller, its
+/// ingest and search pods) claims it first, and is refused one that another object owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionOwner {
+    /// `<namespace>/<name>`.
+    pub object: String,
+    pub uid: Option<String>,
+}
+
+impl CollectionOwner {
+    fn properties(&self) -> HashMap<String, String> {
+        let mut properties = HashMap::from([(OWNER_PROPERTY.to_string(), self.object.clone())]);
+        if let Some(uid) = &self.uid {
+            properties.insert(OWNER_UID_PROPERTY.to_string(), uid.clone());
+        }
+        properties
+    }
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -330,20 +365,67 @@ impl MilvusStore {
     }
 
     /// Creates the collection and its index when missing, checks the dimension when present,
-    /// and loads it. Safe to call on every start and every ingest.
-    pub async fn ensure_collection(&self, collection: &str, dimension: usize, index: &IndexSpec) -> Result<()> {
+    /// and loads it. Safe to call on every start and every ingest. With an `owner`, a new
+    /// collection records it, and an existing one must belong to it (or to nobody yet, and then
+    /// is claimed) before anything touches it.
+    pub async fn ensure_collection(
+        &self,
+        collection: &str,
+        dimension: usize,
+        index: &IndexSpec,
+        owner: Option<&CollectionOwner>,
+    ) -> Result<()> {
         if self.has_collection(collection).await? {
+            if let Some(owner) = owner {
+                self.claim(collection, owner).await?;
+            }
             self.check_dimension(collection, dimension).await?;
-        } else if let Err(error) = self.create_collection(collection, dimension).await {
+        } else if let Err(error) = self.create_collection(collection, dimension, owner).await {
             // Shards of one Job start together: another may be creating it at this moment, so
             // the failed create is only an error if the collection does not appear shortly.
             if !self.appears(collection).await? {
                 return Err(error);
             }
+            if let Some(owner) = owner {
+                self.claim(collection, owner).await?;
+            }
             self.check_dimension(collection, dimension).await?;
         }
         self.ensure_index(collection, index).await?;
         self.load(collection).await
+    }
+
+    /// The ImageCollection (`<namespace>/<name>`) recorded as the collection's owner; `None`
+    /// when none is (made off-cluster, or before owners were recorded).
+    pub async fn owner(&self, collection: &str) -> Result<Option<String>> {
+        Ok(self.describe(collection).await?.get_properties().get(OWNER_PROPERTY).cloned())
+    }
+
+    /// Makes `collection` `owner`'s: refused when another object is recorded, recorded when
+    /// nobody is (or the uid is another incarnation's).
+    async fn claim(&self, collection: &str, owner: &CollectionOwner) -> Result<()> {
+        let described = self.describe(collection).await?;
+        let properties = described.get_properties();
+        match properties.get(OWNER_PROPERTY) {
+            Some(recorded) if *recorded != owner.object => {
+                return Err(StoreError::OwnedElsewhere { collection: collection.to_string(), owner: recorded.clone() });
+            }
+            Some(_) if owner.uid.is_none() || properties.get(OWNER_UID_PROPERTY) == owner.uid.as_ref() => {
+                return Ok(());
+            }
+            _ => {}
+        }
+        let op = "alter collection properties";
+        let request = AlterCollectionPropertiesRequest::builder()
+            .collection_name(collection)
+            .properties(owner.properties())
+            .build()
+            .map_err(|e| self.error(op, collection, e))?;
+        self.bounded(op, collection, self.client.alter_collection_properties(request))
+            .await?
+            .map_err(|e| self.error(op, collection, e))?;
+        tracing::info!(collection, owner = owner.object, "recorded the collection's owner");
+        Ok(())
     }
 
     /// Whether `collection` exists within a few seconds (someone else is creating it).
@@ -357,7 +439,12 @@ impl MilvusStore {
         Ok(false)
     }
 
-    async fn create_collection(&self, collection: &str, dimension: usize) -> Result<()> {
+    async fn create_collection(
+        &self,
+        collection: &str,
+        dimension: usize,
+        owner: Option<&CollectionOwner>,
+    ) -> Result<()> {
         let op = "create collection";
         let schema = CollectionSchema::new()
             .add_field(FieldSchema::new().name(ID_FIELD).data_type(DataType::Int64).primary_key(true).auto_id(false))
@@ -369,6 +456,7 @@ impl MilvusStore {
         let request = CreateCollectionRequest::builder()
             .collection_name(collection)
             .description("imgsearch image embeddings")
+            .properties(owner.map(CollectionOwner::properties).unwrap_or_default())
             .schema(schema)
             .consistency_level(ConsistencyLevel::Strong)
             .build()
@@ -381,6 +469,16 @@ impl MilvusStore {
     }
 
     async fn check_dimension(&self, collection: &str, expected: usize) -> Result<()> {
+        let described = self.describe(collection).await?;
+        let vector = described.get_schema().get_fields().iter().find(|f| f.get_name() == VECTOR_FIELD);
+        let found = vector.map(|f| i64::from(f.get_dimension())).unwrap_or(-1);
+        if found != expected as i64 {
+            return Err(StoreError::DimensionMismatch { collection: collection.to_string(), found, expected });
+        }
+        Ok(())
+    }
+
+    async fn describe(&self, collection: &str) -> Result<CollectionDesc> {
         let op = "describe collection";
         let request = DescribeCollectionRequest::builder()
             .collection_name(collection)
@@ -389,14 +487,8 @@ impl MilvusStore {
         let response = self
             .bounded(op, collection, self.client.describe_collection(request))
             .await?
-            .map_err(|e| self.error(op, collection, e))?;
-        let description = response.description();
-        let vector = description.get_schema().get_fields().iter().find(|f| f.get_name() == VECTOR_FIELD);
-        let found = vector.map(|f| i64::from(f.get_dimension())).unwrap_or(-1);
-        if found != expected as i64 {
-            return Err(StoreError::DimensionMismatch { collection: collection.to_string(), found, expected });
-        }
-        Ok(())
+            .map_err(|e| self.not_found_or(op, collection, e))?;
+        Ok(response.description().clone())
     }
 
     /// Milvus Lite does not report completion to a synchronous create_index through this SDK,
