@@ -346,9 +346,12 @@ pub struct IngestConfig {
     #[serde(default = "default_history")]
     #[schemars(range(min = 0, max = 20))]
     pub history_limit: i32,
-    /// Failed ingest pods retried before the Job fails (the Job's `backoffLimit`). A bad image
-    /// never fails a pod; one fails when Milvus, the catalog or the source cannot be reached,
-    /// and the Job controller waits 10 s, 20 s, 40 s … (at most 6 minutes) before each retry.
+    /// Retries of each shard's failed pod before that shard fails (the Job's
+    /// `backoffLimitPerIndex`); the Job fails once every shard has finished and one failed. A
+    /// bad image never fails a pod; one fails when Milvus, the catalog or the source cannot be
+    /// reached, and the Job controller waits 10 s, 20 s, 40 s … (at most 6 minutes) before each
+    /// retry. Evictions and preemptions are not counted; an ingest that exits with 78 (invalid
+    /// configuration, such as a source path that is a file) fails its shard without retries.
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 20))]
     pub backoff_limit: i32,

@@ -14,7 +14,11 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            if imgsearch::ingest::misconfigured(&error) {
+                std::process::ExitCode::from(imgsearch::ingest::EXIT_MISCONFIGURED)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -24,7 +28,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     // signal at any later moment is seen (see `Shutdown::on_signals`); the others keep Ctrl-C's
     // default of ending the process.
     match command {
-        Command::Ingest(args) => imgsearch::ingest::command::run(args.command()?, Shutdown::on_signals()).await,
+        Command::Ingest(args) => {
+            let command = args.command().map_err(|e| e.context(imgsearch::ingest::Misconfigured))?;
+            imgsearch::ingest::command::run(command, Shutdown::on_signals()).await
+        }
         Command::Serve(args) => imgsearch::api::run(args.command(), Shutdown::on_signals()).await,
         Command::Standalone(args) => imgsearch::standalone::run(args.command(), Shutdown::on_signals()).await,
         Command::Controller(args) => imgsearch::controller::run_command(args.command(), Shutdown::on_signals()).await,

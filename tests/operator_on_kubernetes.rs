@@ -34,7 +34,7 @@ use imgsearch::store::MilvusStore;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
 /// One test at a time: see the module's comment.
@@ -999,13 +999,15 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
         })
         .await;
 
-    // The real Job controller tried twice (backoffLimit 1: one retry, after its 10 s back-off)
-    // and gave up in its own words; the pod's own error reached the collection's condition.
+    // The real Job controller tried twice (backoffLimit 1 per shard: one retry, after its 10 s
+    // back-off) and gave up in its own words; the pod's own error reached the collection's
+    // condition.
     let job = Api::<Job>::namespaced(admin.clone(), &namespace).get("photos-ingest-g1").await.expect("the Job");
     let status = job.status.expect("the Job controller wrote status");
     assert_eq!(status.failed, Some(2), "one try and one retry: {status:?}");
     let gave_up = status.conditions.iter().flatten().find(|c| c.type_ == "Failed" && c.status == "True");
-    assert_eq!(gave_up.and_then(|c| c.reason.as_deref()), Some("BackoffLimitExceeded"), "{status:?}");
+    assert_eq!(gave_up.and_then(|c| c.reason.as_deref()), Some("FailedIndexes"), "{status:?}");
+    assert_eq!(status.failed_indexes.as_deref(), Some("0"), "{status:?}");
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
     let tries = pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name=photos-ingest-g1")).await;
     let failed_pods = tries
@@ -1053,7 +1055,99 @@ async fn a_failing_ingest_is_retried_by_the_real_job_controller_up_to_its_backof
         .any(|e| e.reason.as_deref() == Some(imgsearch::controller::reasons::INGEST_RETRIED));
     assert!(retried, "no IngestRetried Event");
     delete_and_wait(&collections, "photos", &log).await;
+
+    // A source path that is a file cannot work however often it is tried: the ingest exits 78
+    // and the Job's pod failure policy fails the shard at once, without the 6 default retries.
+    let object = ImageCollection::test("misconfigured").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_misconfigured"),
+        "source": { "pvc": { "claimName": "photos", "path": "/coffee.jpg" } },
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let failed =
+        status_where(&collections, "misconfigured", &log, "Ingested=False, JobFailed", Duration::from_secs(90), |o| {
+            condition(o, "Ingested").is_some_and(|c| c["status"] == "False" && c["reason"] == "JobFailed")
+        })
+        .await;
+    let job = Api::<Job>::namespaced(admin.clone(), &namespace).get("misconfigured-ingest-g1").await.expect("the Job");
+    let status = job.status.expect("the Job controller wrote status");
+    assert_eq!(status.failed, Some(1), "one try, no retry: {status:?}");
+    let message = condition(&failed, "Ingested").and_then(|c| c["message"].as_str()).unwrap_or_default().to_string();
+    assert!(message.contains("is not a directory") && message.contains("exited with 78"), "{message}");
+    delete_and_wait(&collections, "misconfigured", &log).await;
     stop(controller).await;
+}
+
+/// An evicted ingest pod (a node drain, a preemption) is no failure of the ingest. The real
+/// eviction API marks the pod `DisruptionTarget`, and the Job's pod failure policy has the real
+/// Job controller replace it without counting the failure: a collection allowed no retries at
+/// all (`backoffLimit: 0`) still ingests. (The pod is held waiting for its catalog Secret so
+/// that it is evicted before it can finish.)
+#[tokio::test]
+async fn an_evicted_ingest_pod_is_replaced_without_spending_a_retry() {
+    let Scene { _turn, plane, admin, kubeconfig, namespace } = scene("evicted").await;
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let (_node, _node_task) = node_with_photos(&admin, &namespace, work.path(), &["coffee.jpg"]).await;
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), &namespace);
+    let object = ImageCollection::test("photos").with_spec(json!({
+        "milvus": { "uri": common::milvus_uri() },
+        "collectionName": common::unique_collection("real_k8s_evicted"),
+        "catalog": { "secretRef": { "name": "catalog" } },
+        "ingest": { "backoffLimit": 0 },
+        "deletionPolicy": "Delete"
+    }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    let log = plane.dir.join(format!("controller-{namespace}.log"));
+    let controller = start_controller(&kubeconfig, &log, "imgsearch-controller-test");
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+    let of_the_job = ListParams::default().labels("batch.kubernetes.io/job-name=photos-ingest-g1");
+    let waiting = eventually("the ingest pod waiting for its Secret", Duration::from_secs(90), || async {
+        let listed = pods.list(&of_the_job).await.map_err(|e| e.to_string())?;
+        let reasons: Vec<Option<String>> = listed.items.iter().map(waiting_reason).collect();
+        let pod = listed.items.into_iter().find(|p| waiting_reason(p).as_deref() == Some("CreateContainerConfigError"));
+        pod.ok_or(format!("pods waiting for: {reasons:?}"))
+    })
+    .await;
+    let evicted = waiting.metadata.uid.clone();
+    pods.evict(&waiting.metadata.name.clone().unwrap_or_default(), &EvictParams::default()).await.expect("evict");
+    let replacement = eventually("a replacement pod", Duration::from_secs(90), || async {
+        let listed = pods.list(&of_the_job).await.map_err(|e| e.to_string())?;
+        let names: Vec<Option<String>> = listed.items.iter().map(|p| p.metadata.name.clone()).collect();
+        let other =
+            listed.items.into_iter().find(|p| p.metadata.uid != evicted && p.metadata.deletion_timestamp.is_none());
+        other.ok_or(format!("pods: {names:?}"))
+    })
+    .await;
+    // The Job controller's own count of ignored failures, handed to the replacement.
+    let annotations = replacement.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get("batch.kubernetes.io/job-index-ignored-failure-count").map(String::as_str),
+        Some("1"),
+        "{annotations:?}"
+    );
+
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": format!("sqlite://{}", work.path().join("catalog.db").display()) }
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(admin.clone(), &namespace).create(&PostParams::default(), &secret).await.expect("Secret");
+    status_where(&collections, "photos", &log, "Ready with 1 image", Duration::from_secs(180), |o| {
+        o["status"]["phase"] == "Ready" && o["status"]["images"]["indexed"] == 1
+    })
+    .await;
+    let job = Api::<Job>::namespaced(admin.clone(), &namespace).get("photos-ingest-g1").await.expect("the Job");
+    let status = job.status.expect("the Job controller wrote status");
+    assert_eq!((status.failed.unwrap_or(0), status.succeeded), (0, Some(1)), "{status:?}");
+    delete_and_wait(&collections, "photos", &log).await;
+    stop(controller).await;
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.first()?.state.as_ref()?.waiting.as_ref()?.reason.clone()
 }
 
 #[tokio::test]

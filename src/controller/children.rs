@@ -5,7 +5,10 @@ use crate::env;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::batch::v1::{
+    CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
@@ -425,8 +428,11 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
         completions: Some(shards),
         parallelism: Some(shards),
         // A bad image never fails a pod; a pod fails only when Milvus, the catalog or the
-        // source does, and is retried `spec.ingest.backoffLimit` times.
-        backoff_limit: Some(ic.spec.ingest.backoff_limit.max(0)),
+        // source does, and each shard is retried `spec.ingest.backoffLimit` times on its own:
+        // one shared limit let one bad shard (or evictions anywhere) spend every shard's
+        // retries. The other shards finish their share either way.
+        backoff_limit_per_index: Some(ic.spec.ingest.backoff_limit.max(0)),
+        pod_failure_policy: Some(ingest_pod_failure_policy()),
         template: PodTemplateSpec {
             metadata: Some(ObjectMeta { labels: Some(ingest_labels(ic)?), ..ObjectMeta::default() }),
             spec: Some(PodSpec {
@@ -441,6 +447,34 @@ fn ingest_job_spec(ic: &ImageCollection, config: &ChildConfig) -> Result<JobSpec
         },
         ..JobSpec::default()
     })
+}
+
+/// What a failed ingest pod means: a disruption (eviction, preemption, node drain: the pod
+/// gets the `DisruptionTarget` condition) is no failure of the ingest and is retried without
+/// counting; an exit with [`crate::ingest::EXIT_MISCONFIGURED`] fails its shard at once, since
+/// a retry would meet the same spec. Anything else counts against the shard's retries.
+fn ingest_pod_failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+                ..PodFailurePolicyRule::default()
+            },
+            PodFailurePolicyRule {
+                action: "FailIndex".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(INGEST_CONTAINER.into()),
+                    operator: "In".into(),
+                    values: vec![i32::from(crate::ingest::EXIT_MISCONFIGURED)],
+                }),
+                ..PodFailurePolicyRule::default()
+            },
+        ],
+    }
 }
 
 /// The Job that ingests the source once for the current spec generation.
@@ -759,8 +793,8 @@ mod tests {
     }
 
     #[test]
-    fn the_ingest_jobs_retries_are_the_specs_backoff_limit_six_by_default() {
-        let backoff = |ic: &ImageCollection| ingest_job(ic, &config()).unwrap().spec.unwrap().backoff_limit;
+    fn the_ingest_jobs_retries_are_the_specs_backoff_limit_per_shard_six_by_default() {
+        let backoff = |ic: &ImageCollection| ingest_job(ic, &config()).unwrap().spec.unwrap().backoff_limit_per_index;
         let mut ic = pvc_collection();
         assert_eq!(backoff(&ic), Some(6), "Kubernetes' own default for a Job");
         ic.spec.ingest.backoff_limit = 1;

@@ -398,6 +398,16 @@ async fn apply(ic: &ImageCollection, context: &Context) -> Result<Action> {
     let jobs: Api<Job> = Api::namespaced(context.client.clone(), &namespace);
     let selector = format!("{LABEL_COLLECTION}={name}");
     let listed = jobs.list(&ListParams::default().labels(&selector)).await?.items;
+    // A namespace being deleted loses its pods first and its Jobs only once they are gone
+    // (ordered namespace deletion). But a Job with per-shard retries keeps the job-tracking
+    // finalizer on a shard's last failed pod until that shard's replacement exists, and a
+    // namespace being deleted refuses new pods: each would wait for the other for ever. So the
+    // controller ends the collection's workloads itself, and the Job controller lets the pods go.
+    if listed.iter().any(|job| !finished(job)) && namespace_being_deleted(context, &namespace).await? == Some(true) {
+        tracing::info!(%name, %namespace, "the namespace is being deleted: stopping the collection's workloads");
+        stop_workloads(ic, context).await?;
+        return Ok(Action::requeue(context.recheck.not_ready));
+    }
     let job = match withheld() {
         None => ensure_ingest_job(ic, context, &namespace, &params, &listed).await,
         Some(refused) => Err(refused),
@@ -1060,6 +1070,12 @@ async fn cleanup(ic: &ImageCollection, context: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Whether `namespace` is being deleted; `None` when the server knows no such namespace.
+async fn namespace_being_deleted(context: &Context, namespace: &str) -> Result<Option<bool>> {
+    let namespaces: Api<Namespace> = Api::all(context.client.clone());
+    Ok(namespaces.get_opt(namespace).await?.map(|n| n.metadata.deletion_timestamp.is_some()))
+}
+
 /// How long a cleanup in a namespace being deleted keeps trying (Milvus or the catalog not
 /// answering) before it keeps the data and lets the object, and with it the namespace, go.
 const CLEANUP_PATIENCE_IN_A_DELETED_NAMESPACE: Duration = Duration::from_secs(300);
@@ -1071,9 +1087,8 @@ const CLEANUP_PATIENCE_IN_A_DELETED_NAMESPACE: Duration = Duration::from_secs(30
 /// Elsewhere the cleanup waits, `CleanupBlocked` saying why, for someone to fix it.
 async fn abandoned(ic: &ImageCollection, context: &Context, collection: &str, error: &Error) -> Result<Option<String>> {
     let namespace = ic.namespace().ok_or(Error::NoNamespace)?;
-    let namespaces: Api<Namespace> = Api::all(context.client.clone());
-    let terminating = namespaces.get_opt(&namespace).await?.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
-    if !terminating {
+    // (A namespace already gone counts as being deleted: nothing can come back there.)
+    if namespace_being_deleted(context, &namespace).await? == Some(false) {
         return Ok(None);
     }
     let waited = ic

@@ -29,6 +29,50 @@ use crate::store::{CollectionOwner, StoreError};
 pub use crate::source::MAX_FILE_BYTES;
 pub use report::{IngestFailure, IngestReport};
 
+/// The exit code of an ingest that cannot succeed as configured (sysexits' `EX_CONFIG`): the
+/// ingest Job's pod failure policy fails that shard at once instead of retrying it, since a
+/// retry meets the same spec. Any other failure (Milvus, the catalog or the source unreachable)
+/// exits 1 and is retried.
+pub const EXIT_MISCONFIGURED: u8 = 78;
+
+/// Marks an error as the configuration's (its arguments or environment are invalid).
+#[derive(Debug, Clone, Copy)]
+pub struct Misconfigured;
+
+impl std::fmt::Display for Misconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid configuration (not retried)")
+    }
+}
+
+/// Whether `error` means the run cannot succeed as configured: invalid arguments, a source path
+/// that is not a folder or a source spec that cannot work, a Milvus collection of another
+/// dimension. A folder that cannot be read (not there yet, a volume not mounted) is not: it may
+/// be there on the next try.
+pub fn misconfigured(error: &anyhow::Error) -> bool {
+    let source = |e: &SourceError| matches!(e, SourceError::NotADirectory(_) | SourceError::InvalidSpec(_));
+    // Another object's collection, or one of another dimension, stays so however often it is tried.
+    let store = |e: &StoreError| matches!(e, StoreError::DimensionMismatch { .. } | StoreError::OwnedElsewhere { .. });
+    let ingest = |e: &IngestError| match e {
+        IngestError::InvalidCollection(_) => true,
+        IngestError::Source(inner) => source(inner),
+        IngestError::Store(inner) => store(inner),
+        _ => false,
+    };
+    // `Misconfigured` is attached as context, which `anyhow` finds on the error itself.
+    error.downcast_ref::<Misconfigured>().is_some()
+        || error.chain().any(|cause| {
+            cause.downcast_ref::<SourceError>().is_some_and(source)
+                || cause.downcast_ref::<IngestError>().is_some_and(ingest)
+                || cause.downcast_ref::<StoreError>().is_some_and(store)
+                || match cause.downcast_ref::<IndexError>() {
+                    Some(IndexError::InvalidCollection(_)) => true,
+                    Some(IndexError::Store(inner)) => store(inner),
+                    _ => false,
+                }
+        })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
@@ -212,5 +256,32 @@ impl ImageIndex {
         self.delete(collection, &gone).await?;
         tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the source");
         Ok(gone.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_that_cannot_work_is_told_apart_from_a_source_or_server_away() {
+        let not_a_folder = anyhow::Error::from(IngestError::Source(SourceError::NotADirectory("/photos/a.jpg".into())));
+        assert!(misconfigured(&not_a_folder));
+        assert!(misconfigured(&anyhow::Error::from(SourceError::InvalidSpec("no bucket".into()))));
+        assert!(misconfigured(&anyhow::Error::from(IndexError::InvalidCollection("dimension 8, not 1280".into()))));
+        assert!(misconfigured(&anyhow::anyhow!("IMGSEARCH_CATALOG_URL: unknown scheme").context(Misconfigured)));
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let unreadable = SourceError::Unreadable { path: "/photos".into(), source: missing };
+        assert!(
+            !misconfigured(&anyhow::Error::from(IngestError::Source(unreadable))),
+            "a volume may be there next try"
+        );
+        assert!(!misconfigured(&anyhow::anyhow!("Milvus at http://milvus:19530 did not answer")));
+        let taken = StoreError::OwnedElsewhere { collection: "photos".into(), owner: "shop/photos".into() };
+        assert!(misconfigured(&anyhow::Error::from(IngestError::Store(taken))), "another object's collection");
+        let other_dimension = StoreError::DimensionMismatch { collection: "photos".into(), found: 8, expected: 1280 };
+        assert!(misconfigured(&anyhow::Error::from(IngestError::Store(other_dimension))));
+        let away = StoreError::Connect { uri: "http://milvus:19530".into(), detail: "refused".into() };
+        assert!(!misconfigured(&anyhow::Error::from(IngestError::Store(away))), "Milvus may be back next try");
     }
 }

@@ -405,7 +405,10 @@ fn start() -> Result<ControlPlane, String> {
 
     // Kubernetes' own controllers for what the operator makes: Jobs and their pods, CronJobs,
     // Deployments and ReplicaSets, owner-reference garbage collection, namespace deletion,
-    // each namespace's `default` ServiceAccount and its tokens, finished Jobs' TTL, quotas.
+    // each namespace's `default` ServiceAccount and its tokens, finished Jobs' TTL, quotas, and
+    // pod garbage collection (it marks a deleted pod that was never scheduled Failed: a Job
+    // with a pod failure policy waits for that before it lets such a pod go, so without it a
+    // namespace holding one never finishes terminating).
     let mut manager = Command::new(bin.join("kube-controller-manager"));
     manager.args([
         &format!("--kubeconfig={}", admin_kubeconfig.display()),
@@ -418,7 +421,7 @@ fn start() -> Result<ControlPlane, String> {
         &format!("--service-account-private-key-file={}", sa_key.display()),
         "--controllers=garbage-collector-controller,job-controller,cronjob-controller,deployment-controller,\
          replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,\
-         ttl-after-finished-controller,resourcequota-controller",
+         ttl-after-finished-controller,resourcequota-controller,pod-garbage-collector-controller",
         "--v=1",
     ]);
     let manager_log = dir.join("kube-controller-manager.log");

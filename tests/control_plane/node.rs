@@ -204,7 +204,7 @@ impl Node {
             present.insert(uid.clone());
             let spec = pod.spec.clone().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_some() {
-                self.stop(&uid, &name).await?;
+                self.stop(&pod, &uid, &name).await?;
                 continue;
             }
             match spec.node_name.as_deref() {
@@ -356,8 +356,10 @@ impl Node {
     }
 
     /// Graceful deletion: SIGTERM, then, once the process has exited (at once for a pod that
-    /// never started or has ended), the deletion confirmed.
-    async fn stop(&self, uid: &str, name: &str) -> Result<(), kube::Error> {
+    /// never started or has ended), the pod marked `Failed` unless it had ended, as the kubelet
+    /// marks a deleted pod terminal (a Job with a pod failure policy waits for that before it
+    /// replaces the pod), and the deletion confirmed.
+    async fn stop(&self, pod: &Pod, uid: &str, name: &str) -> Result<(), kube::Error> {
         let exited = {
             let mut state = self.lock();
             match state.running.get_mut(uid) {
@@ -378,6 +380,16 @@ impl Node {
         if let Some(process) = removed {
             self.keep_log(&process);
             self.lock().stopped.insert(name.into(), k8s_openapi::jiff::Timestamp::now());
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !matches!(phase, Some("Succeeded" | "Failed")) {
+            // A strategic merge keeps the conditions others set (an eviction's DisruptionTarget).
+            let terminal = json!({ "status": { "phase": "Failed" } });
+            match self.pods().patch_status(name, &PatchParams::default(), &Patch::Strategic(&terminal)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
         }
         let confirm = DeleteParams {
             grace_period_seconds: Some(0),
