@@ -504,6 +504,49 @@ async fn a_blocked_deletion_keeps_the_object_and_says_why_until_milvus_answers()
     assert!(!direct.has_collection(&collection).await.expect("ask Milvus"), "the collection was not dropped");
 }
 
+/// The catalog half of a blocked deletion: with the catalog out of reach, nothing is dropped
+/// (rows left "indexed" for vectors gone would be skipped by a later ingest), the object stays
+/// `CleanupBlocked` naming the catalog, and once the catalog answers both go.
+#[tokio::test]
+async fn a_deletion_whose_catalog_cannot_be_reached_drops_nothing_until_it_can() {
+    let Scene { admin, namespace, .. } = &scene("catalogless", quick()).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
+    // A catalog in a folder that is not there yet (a volume not mounted); a server that refuses
+    // connections is the same failure, only reached after the pool's 30 s of retries.
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let folder = work.path().join("catalog");
+    let url = format!("sqlite://{}", folder.join("catalog.db").display());
+    let unreachable: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "catalog" },
+        "stringData": { "DATABASE_URL": url }
+    }))
+    .expect("a Secret");
+    secrets.create(&PostParams::default(), &unreachable).await.expect("create the catalog Secret");
+    let collection = common::unique_collection("catalogless");
+    let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
+    let object = photos_collection("doomed", &common::milvus_uri(), &collection, "Delete")
+        .with_spec(json!({ "catalog": { "secretRef": { "name": "catalog" } } }));
+    collections.create(&PostParams::default(), &object).await.expect("create the collection");
+    collection_where(&collections, "doomed", "the Milvus collection made", |o| {
+        condition(o, "CollectionReady").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+
+    collections.delete("doomed", &DeleteParams::default()).await.expect("delete the collection");
+    let blocked = collection_where(&collections, "doomed", "a CleanupBlocked status", |o| {
+        condition(o, "Ready").is_some_and(|c| c.1 == "CleanupBlocked")
+    })
+    .await;
+    let message = condition_message(&blocked, "Ready");
+    assert!(message.contains(&format!("cannot open catalog {url}")), "{message}");
+    let milvus = MilvusStore::connect(&common::milvus_uri(), None).await.expect("connect to Milvus");
+    assert!(milvus.has_collection(&collection).await.expect("ask Milvus"), "the collection was dropped half-way");
+
+    std::fs::create_dir_all(&folder).expect("create the catalog's folder");
+    gone(&collections, "doomed", "the object gone once the catalog answers", PATIENCE, String::new).await;
+    assert!(!milvus.has_collection(&collection).await.expect("ask Milvus"), "the collection was not dropped");
+}
+
 #[tokio::test]
 async fn a_milvus_secret_is_sent_only_to_the_address_the_secret_names() {
     // A server of someone allowed to create ImageCollections but not to read Secrets: it counts
@@ -1127,6 +1170,7 @@ async fn a_black_holed_milvus_holds_up_only_its_own_collections() {
     hole.black_hole();
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let stuck = photos_collection("stuck", &hole.uri(), &common::unique_collection("stuck"), "Retain");
+    let created = Instant::now();
     collections.create(&PostParams::default(), &stuck).await.expect("create the black-holed collection");
     let healthy = photos_collection("healthy", &common::milvus_uri(), &common::unique_collection("healthy"), "Delete");
     collections.create(&PostParams::default(), &healthy).await.expect("create the healthy collection");
@@ -1140,6 +1184,10 @@ async fn a_black_holed_milvus_holds_up_only_its_own_collections() {
     .await;
     let message = condition_message(&object, "CollectionReady");
     assert!(message.contains(&hole.address.to_string()), "{message}");
+    // The controller's patience with Milvus is 8 s; 6 s more for the reconcile around it.
+    assert!(message.contains("no answer within 8 s"), "{message}");
+    let reported = created.elapsed();
+    assert!(reported < Duration::from_secs(14), "the black hole was reported after {reported:?}, not within 8 s + 6 s");
 
     // The black hole's passes go on (every second and more, backing off); the healthy
     // collection's edits are each reconciled within 4 s.

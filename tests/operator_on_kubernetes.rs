@@ -598,8 +598,12 @@ async fn server_side_apply_on_the_real_server_a_taken_field_is_forced_back_and_a
         o["status"]["observedGeneration"] == 2
     })
     .await;
+    // Made once generation 1's Job, stopped first, is gone with its pods.
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &namespace);
-    jobs.get("catalogue-ingest-g2").await.expect("generation 2 has its own Job");
+    eventually("generation 2's own Job", Duration::from_secs(60), || async {
+        jobs.get("catalogue-ingest-g2").await.map_err(|e| e.to_string())
+    })
+    .await;
     let deployment = eventually("the pull secret removed", Duration::from_secs(60), || {
         let deployments = deployments.clone();
         async move {

@@ -48,7 +48,17 @@ fn ingest_command(work: &Path, collection: &str, args: &[&str]) -> Command {
 }
 
 async fn ingest(work: &Path, collection: &str, args: &[&str]) -> Run {
-    let output = ingest_command(work, collection, args).output().await.expect("run imgsearch ingest");
+    finish(ingest_command(work, collection, args)).await
+}
+
+/// Runs an ingest to its end; a failure naming it if it has not ended within 3 minutes (the
+/// slowest run here waits out one 5 s fetch limit).
+async fn finish(mut command: Command) -> Run {
+    let limit = Duration::from_secs(180);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("imgsearch ingest did not finish within {} s", limit.as_secs()))
+        .expect("run imgsearch ingest");
     Run {
         success: output.status.success(),
         report: serde_json::from_slice(&output.stdout).unwrap_or(Value::Null),
@@ -143,14 +153,20 @@ async fn a_bucket_prefix_is_ingested_with_odd_keys_incrementally_and_pruned() {
     let rerun = ingest(work.path(), &collection, &args).await;
     assert_eq!((rerun.report["skipped"].as_u64(), rerun.report["indexed"].as_u64()), (Some(4), Some(0)));
 
-    // An object deleted from the bucket is removed with --prune; other prefixes are untouched.
+    // An object deleted from the bucket is removed with --prune; another prefix's images in the
+    // same collection are untouched.
+    let other_args = ["s3://photos/other/", "--s3-endpoint", &moto.endpoint, "--s3-region", "us-east-1"];
+    let other = ingest(work.path(), &collection, &other_args).await;
+    assert_eq!(other.report["indexed"], 1, "{}", other.report);
     moto.delete("photos", "shop/deep/moon.jpg").await;
     let pruning: Vec<&str> = args.iter().copied().chain(["--prune"]).collect();
     let pruned = ingest(work.path(), &collection, &pruning).await;
     assert!(pruned.success, "{}", pruned.stderr);
     assert_eq!(pruned.report["pruned"], 1, "{}", pruned.report);
-    assert_eq!(store.count(&collection).await.unwrap(), 2);
+    assert_eq!(store.count(&collection).await.unwrap(), 3, "shop's two and other's one");
     assert!(catalog.find(&collection, "s3://photos/shop/deep/moon.jpg").await.unwrap().is_none());
+    let camera = catalog.find(&collection, "s3://photos/other/camera.jpg").await.unwrap().expect("other's image kept");
+    assert_eq!(camera.status, ImageStatus::Indexed);
 
     // A prefix may itself be hidden or hold characters a URL would encode; only the parts below
     // it are judged hidden.
@@ -290,10 +306,14 @@ async fn an_object_the_reader_may_no_longer_read_keeps_its_indexed_copy() {
 /// A small image server with the ways a URL can go wrong.
 #[derive(Clone)]
 struct Site {
-    /// 0 while `/flaky.jpg` serves its image; otherwise the status it answers instead.
+    /// 0 while `/flaky.jpg` serves its image; otherwise the status it answers instead, or
+    /// [`NEVER_ANSWERS`].
     flaky_status: Arc<AtomicU16>,
     port: u16,
 }
+
+/// `/flaky.jpg` accepts the request and never answers.
+const NEVER_ANSWERS: u16 = 1;
 
 async fn serve_image(UrlPath(name): UrlPath<String>) -> Response {
     match std::fs::read(common::photo(&name)) {
@@ -316,9 +336,12 @@ async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
         .route(
             "/flaky.jpg",
             get(|State(site): State<Site>| async move {
-                match StatusCode::from_u16(site.flaky_status.load(Ordering::SeqCst)) {
-                    Ok(status) => status.into_response(),
-                    Err(_) => serve_image(UrlPath("camera.jpg".into())).await,
+                match site.flaky_status.load(Ordering::SeqCst) {
+                    NEVER_ANSWERS => std::future::pending::<Response>().await,
+                    code => match StatusCode::from_u16(code) {
+                        Ok(status) => status.into_response(),
+                        Err(_) => serve_image(UrlPath("camera.jpg".into())).await,
+                    },
                 }
             }),
         )
@@ -451,16 +474,40 @@ async fn a_url_list_is_fetched_within_the_guard_and_each_bad_url_fails_with_its_
     let good_list = work.path().join("good.txt");
     std::fs::write(&good_list, good.join("\n")).unwrap();
     let rerun_args = ["--url-list", good_list.to_str().unwrap(), "--allow-private-network", "127.0.0.1/32"];
-    for status in [503u16, 401, 403, 408, 429] {
+    for status in [503u16, 401, 403, 408, 429, NEVER_ANSWERS] {
         site.flaky_status.store(status, Ordering::SeqCst);
-        let rerun = ingest(work.path(), &collection, &rerun_args).await;
+        let expected = if status == NEVER_ANSWERS { "timed out after 2 s".into() } else { format!("HTTP {status}") };
+        let limited: Vec<&str> = rerun_args.iter().copied().chain(["--url-timeout-seconds", "2"]).collect();
+        let rerun =
+            ingest(work.path(), &collection, if status == NEVER_ANSWERS { &limited } else { &rerun_args }).await;
         let reason = failure_reason(&rerun.report, &url("/flaky.jpg"));
-        assert!(reason.contains(&format!("HTTP {status}")), "{status}: {reason}; {}", rerun.report);
+        assert!(reason.contains(&expected), "{expected}: {reason}; {}", rerun.report);
         let flaky = catalog.find(&collection, &url("/flaky.jpg")).await.unwrap().expect("still catalogued");
-        assert_eq!(flaky.status, ImageStatus::Indexed, "HTTP {status} kept the indexed copy");
-        assert_eq!(store.count(&collection).await.unwrap(), good.len() as u64, "HTTP {status}: vectors kept");
+        assert_eq!(flaky.status, ImageStatus::Indexed, "{expected} kept the indexed copy");
+        assert_eq!(store.count(&collection).await.unwrap(), good.len() as u64, "{expected}: vectors kept");
     }
     site.flaky_status.store(0, Ordering::SeqCst);
+
+    // A proxy in the environment is never used: fetches go straight to the address the guard
+    // checked (a proxy would fetch whatever it was asked, private networks included).
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}", trap.local_addr().unwrap());
+    let contacted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&contacted);
+    let trap_task = tokio::spawn(async move {
+        while let Ok((_connection, _)) = trap.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut proxied = ingest_command(work.path(), &collection, &rerun_args);
+    for variable in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        proxied.env(variable, &trap_url);
+    }
+    let direct = finish(proxied).await;
+    assert!(direct.success, "{}", direct.stderr);
+    assert_eq!(direct.report["skipped"], good.len(), "every URL fetched and found unchanged: {}", direct.report);
+    assert_eq!(contacted.load(Ordering::SeqCst), 0, "the proxy in the environment was contacted");
+    trap_task.abort();
 
     // Without the explicit allowance, the same server is out of reach.
     let one = work.path().join("one.txt");

@@ -1153,6 +1153,12 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
     // (catalog rows that say "indexed" for vectors that are gone would be skipped by the next
     // ingest into a collection of that name).
     let catalog_url = catalog_url(ic, context).await?;
+    // The catalog is reached before anything is dropped too: rows left "indexed" after their
+    // collection went are what the comment above is about.
+    let catalog = match &catalog_url {
+        Some(url) => Some(crate::catalog::Catalog::open(url).await?),
+        None => None,
+    };
     let store = milvus_store(ic, context).await?;
     if store.has_collection(collection).await? {
         // Never another object's data, whatever names the spec or an old status gives.
@@ -1177,8 +1183,8 @@ async fn purge(ic: &ImageCollection, context: &Context, collection: &str) -> Res
         .await;
     }
     // Without a SQL catalog Milvus's rows were the record: they went with the collection.
-    if let Some(url) = catalog_url {
-        let rows = crate::catalog::Catalog::open(&url).await?.delete_collection(collection).await?;
+    if let Some(catalog) = catalog {
+        let rows = catalog.delete_collection(collection).await?;
         publish(
             context,
             ic,
