@@ -380,7 +380,9 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
             "unprocessable_image",
         ),
         (
-            "traversal filename, text",
+            // Refused by its content: the name plays no part (a traversing name on an image is
+            // checked below, stored under its hash).
+            "text under a traversal filename",
             upload("../../../../etc/passwd", b"root:x:0:0"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -456,8 +458,12 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
             "forbidden",
         ),
         (
+            // With an image too: the refusal is the `url` parameter's, not a missing file's.
             "bootcamp upload by URL",
-            with_token(multipart("/img/upload?url=http://169.254.169.254/latest", &[], &[]), TOKEN),
+            with_token(
+                multipart("/img/upload?url=http://169.254.169.254/latest", &[("image", "a.jpg", &photo)], &[]),
+                TOKEN,
+            ),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
