@@ -11,7 +11,8 @@ mod control_plane;
 use std::time::Duration;
 
 use control_plane::operator::{
-    OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, create_namespace, eventually, gone, install_operator, test_namespace,
+    OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, apply_manifests, create_namespace, eventually, gone, install_operator,
+    test_namespace,
 };
 use control_plane::{ControlPlane, control_plane};
 use imgsearch::controller::children::ChildConfig;
@@ -58,18 +59,6 @@ fn delete_manifests(plane: &ControlPlane) {
     assert!(ok, "kubectl delete -k manifests/ failed:\n{err}\n{out}");
 }
 
-/// The install a user makes again after uninstalling (`install_operator` installs once per
-/// binary).
-fn reinstall(plane: &ControlPlane) {
-    let (ok, rendered, err) = plane.run_kubectl(&["kustomize", "manifests"], None);
-    assert!(ok, "kubectl kustomize manifests failed: {err}");
-    let (ok, out, err) = plane
-        .run_kubectl(&["apply", "--server-side", "--field-manager=installer", "-f", "-"], Some(rendered.as_bytes()));
-    assert!(ok, "the reinstall was refused:\n{err}\n{out}");
-    let (ok, _, err) = plane.run_kubectl(&["wait", "--for=condition=Established", &format!("crd/{CRD}")], None);
-    assert!(ok, "the CRD was not Established again: {err}");
-}
-
 /// The README's uninstall order, then the one it warns against.
 ///
 /// Collections first, while the controller runs: each cleanup drops its data, and
@@ -107,7 +96,7 @@ async fn uninstalling_collections_first_leaves_nothing_and_the_crd_first_waits_o
     gone(&namespaces, OPERATOR_NAMESPACE, "the operator's namespace gone", operator_gone, String::new).await;
 
     // The CRD first.
-    reinstall(plane);
+    apply_manifests(plane);
     let controller = start_controller(plane).await;
     let kept = common::unique_collection("uninstall_kept");
     collection_made(&collections, "kept", &kept).await;

@@ -375,21 +375,26 @@ impl MilvusStore {
         index: &IndexSpec,
         owner: Option<&CollectionOwner>,
     ) -> Result<()> {
-        if self.has_collection(collection).await? {
-            if let Some(owner) = owner {
-                self.claim(collection, owner).await?;
-            }
-            self.check_dimension(collection, dimension).await?;
+        let made_here = if self.has_collection(collection).await? {
+            false
         } else if let Err(error) = self.create_collection(collection, dimension, owner).await {
             // Shards of one Job start together: another may be creating it at this moment, so
             // the failed create is only an error if the collection does not appear shortly.
             if !self.appears(collection).await? {
                 return Err(error);
             }
+            false
+        } else {
+            true
+        };
+        // One made by someone else (before, or at this moment) must be the owner's and of this
+        // dimension; one made here has both by construction.
+        if !made_here {
+            let described = self.describe(collection).await?;
             if let Some(owner) = owner {
-                self.claim(collection, owner).await?;
+                self.claim(collection, &described, owner).await?;
             }
-            self.check_dimension(collection, dimension).await?;
+            check_dimension(collection, &described, dimension)?;
         }
         self.ensure_index(collection, index).await?;
         self.load(collection).await
@@ -403,8 +408,7 @@ impl MilvusStore {
 
     /// Makes `collection` `owner`'s: refused when another object is recorded, recorded when
     /// nobody is (or the uid is another incarnation's).
-    async fn claim(&self, collection: &str, owner: &CollectionOwner) -> Result<()> {
-        let described = self.describe(collection).await?;
+    async fn claim(&self, collection: &str, described: &CollectionDesc, owner: &CollectionOwner) -> Result<()> {
         let properties = described.get_properties();
         match properties.get(OWNER_PROPERTY) {
             Some(recorded) if *recorded != owner.object => {
@@ -465,16 +469,6 @@ impl MilvusStore {
             .await?
             .map_err(|e| self.error(op, collection, e))?;
         tracing::info!(collection, dimension, "created Milvus collection");
-        Ok(())
-    }
-
-    async fn check_dimension(&self, collection: &str, expected: usize) -> Result<()> {
-        let described = self.describe(collection).await?;
-        let vector = described.get_schema().get_fields().iter().find(|f| f.get_name() == VECTOR_FIELD);
-        let found = vector.map(|f| i64::from(f.get_dimension())).unwrap_or(-1);
-        if found != expected as i64 {
-            return Err(StoreError::DimensionMismatch { collection: collection.to_string(), found, expected });
-        }
         Ok(())
     }
 
@@ -880,6 +874,16 @@ impl MilvusStore {
             self.error(operation, collection, source)
         }
     }
+}
+
+/// Refuses a collection whose vectors are not of the model's dimension.
+fn check_dimension(collection: &str, described: &CollectionDesc, expected: usize) -> Result<()> {
+    let vector = described.get_schema().get_fields().iter().find(|f| f.get_name() == VECTOR_FIELD);
+    let found = vector.map(|f| i64::from(f.get_dimension())).unwrap_or(-1);
+    if found != expected as i64 {
+        return Err(StoreError::DimensionMismatch { collection: collection.to_string(), found, expected });
+    }
+    Ok(())
 }
 
 /// Milvus collection names: a letter or underscore, then letters, digits and underscores, ≤ 255.

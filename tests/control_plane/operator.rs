@@ -44,20 +44,21 @@ where
 /// PodDisruptionBudget, exactly as a user installs them.
 pub fn install_operator(plane: &ControlPlane) {
     static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let (ok, rendered, err) = plane.run_kubectl(&["kustomize", "manifests"], None);
-        assert!(ok, "kubectl kustomize manifests failed: {err}");
-        let (ok, out, err) = plane.run_kubectl(
-            &["apply", "--server-side", "--field-manager=installer", "-f", "-"],
-            Some(rendered.as_bytes()),
-        );
-        assert!(ok, "the real API server refused the install (kubectl kustomize manifests):\n{err}\n{out}");
-        let (ok, _, err) = plane.run_kubectl(
-            &["wait", "--for=condition=Established", "crd/imagecollections.imgsearch.io", "--timeout=60s"],
-            None,
-        );
-        assert!(ok, "the CRD was not Established within 60 s: {err}");
-    });
+    INSTALLED.get_or_init(|| apply_manifests(plane));
+}
+
+/// The install itself, each time it is called (after an uninstall, a user installs again).
+pub fn apply_manifests(plane: &ControlPlane) {
+    let (ok, rendered, err) = plane.run_kubectl(&["kustomize", "manifests"], None);
+    assert!(ok, "kubectl kustomize manifests failed: {err}");
+    let (ok, out, err) = plane
+        .run_kubectl(&["apply", "--server-side", "--field-manager=installer", "-f", "-"], Some(rendered.as_bytes()));
+    assert!(ok, "the real API server refused the install (kubectl kustomize manifests):\n{err}\n{out}");
+    let (ok, _, err) = plane.run_kubectl(
+        &["wait", "--for=condition=Established", "crd/imagecollections.imgsearch.io", "--timeout=60s"],
+        None,
+    );
+    assert!(ok, "the CRD was not Established within 60 s: {err}");
 }
 
 /// A namespace that enforces the `restricted` Pod Security Standard, as a locked-down cluster's
