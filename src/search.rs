@@ -28,6 +28,11 @@ use crate::source::{ReadError, SourceError, SourceImage};
 use crate::store::grouped::GroupedSearches;
 use crate::store::{Hit, SearchFilter, StoreError};
 
+/// How long readiness waits for each of Milvus and the catalog. Under the search pod's probe
+/// timeout (5 s), so the kubelet records the 503 and its reason rather than a probe timeout;
+/// far under a working call's patience (20 s), which a health check must not inherit.
+pub const READINESS_PATIENCE: Duration = Duration::from_secs(3);
+
 /// What the search service may do, and how much of it at once.
 #[derive(Debug, Clone)]
 pub struct SearchSettings {
@@ -530,10 +535,10 @@ impl SearchService {
         Ok(existed || rows > 0)
     }
 
-    /// Milvus and the catalog both answer.
+    /// Milvus and the catalog both answer, each within [`READINESS_PATIENCE`].
     pub async fn ready(&self) -> Result<()> {
-        self.index.store.ping().await?;
-        self.index.catalog.ping().await?;
+        self.index.store.ping(READINESS_PATIENCE).await?;
+        self.index.catalog.ping(READINESS_PATIENCE).await?;
         Ok(())
     }
 

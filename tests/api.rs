@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use imgsearch::api::auth::AuthConfig;
 use imgsearch::api::{AppState, ServeConfig, ServerState, app};
 use imgsearch::search::SearchSettings;
-use imgsearch::source::urls::{AllowedNetworks, Fetcher};
+use imgsearch::source::urls::Fetcher;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -266,8 +266,7 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
         config.max_body_bytes = 2 << 20;
         config.auth = Some(AuthConfig::new(TOKEN, false).unwrap());
         // Searching by URL on, with the default guard: only public addresses.
-        let fetcher = Fetcher::new(AllowedNetworks::parse(&[]).unwrap(), std::time::Duration::from_secs(5)).unwrap();
-        config.search.url_fetcher = Some(std::sync::Arc::new(fetcher));
+        config.search.url_fetcher = url_fetcher_from_flags(&["--search-by-url"]);
     })
     .await;
     let (status, body) = f.json(with_token(post_json("/img/load", json!({ "File": f.images })), TOKEN)).await;
@@ -865,8 +864,10 @@ async fn probes_and_page_answer() {
 }
 
 /// `/readyz` while the server runs: 200, then 503 naming Milvus when Milvus goes away (a real
-/// outage: a forwarder to the shared Milvus is cut), 200 again when it is back; the same for the
-/// catalog (PostgreSQL behind a forwarder). Every wait has a deadline.
+/// outage: a forwarder to the shared Milvus is cut, then one that swallows everything), 200
+/// again when it is back; the same for the catalog (PostgreSQL behind a forwarder). With the
+/// production patience, every answer comes within the pod's 5 s probe timeout. Every wait has
+/// a deadline.
 #[tokio::test]
 async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_they_return() {
     use common::outage::Outage;
@@ -879,8 +880,8 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
     let mut index = common::index(work.path()).await;
     index.store =
         imgsearch::store::MilvusStore::connect(&milvus.uri(), None).await.expect("connect through the forwarder");
-    // Readiness should answer within a probe's timeout, not after the default 20 s of retries.
-    index.store.set_patience(Duration::from_secs(2));
+    // The store keeps its production patience (20 s a call): readiness must answer within the
+    // probe's timeout all the same.
     index.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
         .await
         .expect("open the catalog through the forwarder");
@@ -902,7 +903,11 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
     let expect = |wanted: StatusCode, message: &'static str, what: &'static str| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
+            let asked = tokio::time::Instant::now();
             let (status, said) = readyz().await;
+            // The search pod's probe gives up after 5 s; an answer must come before that.
+            let took = asked.elapsed();
+            assert!(took < Duration::from_secs(5), "{what}: /readyz took {took:?}, past the probe's 5 s timeout");
             if status == wanted && said == message {
                 return;
             }
@@ -916,6 +921,11 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
         .await;
     milvus.restore();
     expect(StatusCode::OK, "", "ready again once Milvus is back").await;
+    milvus.black_hole();
+    expect(StatusCode::SERVICE_UNAVAILABLE, "the vector database (Milvus) is unavailable", "503 once Milvus is silent")
+        .await;
+    milvus.restore();
+    expect(StatusCode::OK, "", "ready again once Milvus answers again").await;
     catalog_link.cut();
     expect(StatusCode::SERVICE_UNAVAILABLE, "the image catalog is unavailable", "503 once the catalog is cut").await;
     catalog_link.restore();
@@ -1127,7 +1137,14 @@ async fn photo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let routes = axum::Router::new()
         .route("/photo.jpg", axum::routing::get(|| async { photo_bytes("coffee.jpg") }))
         .route("/page.html", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "text/html")], "<html></html>") }))
-        .route("/huge.jpg", axum::routing::get(|| async { vec![0xFFu8; 3 << 20] }));
+        .route("/huge.jpg", axum::routing::get(|| async { vec![0xFFu8; 3 << 20] }))
+        .route(
+            "/never.jpg",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "too late"
+            }),
+        );
     common::loopback_server(routes).await
 }
 
@@ -1142,17 +1159,20 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
     assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, "forbidden"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("--search-by-url"), "{body}");
 
-    // On, with the default guard: loopback, file: and metadata addresses are refused by name.
+    // On, with the default guard (`--search-by-url` alone, wired as `imgsearch serve` wires it):
+    // loopback, file: and metadata addresses are refused by the guard, in its words.
     let guarded = fixture_with(&["coffee.jpg"], |config| {
-        let fetcher = Fetcher::new(AllowedNetworks::parse(&[]).unwrap(), std::time::Duration::from_secs(5)).unwrap();
-        config.search.url_fetcher = Some(std::sync::Arc::new(fetcher));
+        config.search.url_fetcher = url_fetcher_from_flags(&["--search-by-url"]);
     })
     .await;
     guarded.load().await;
     for (url, expected) in [
-        (photo_url.as_str(), "loopback"),
-        ("file:///etc/passwd", "http"),
-        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        (photo_url.as_str(), "127.0.0.1 is a loopback address; refused"),
+        ("file:///etc/passwd", "is not an http(s) URL"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "is a link-local (cloud metadata lives at 169.254.169.254) address",
+        ),
         ("not a url", "is not a URL"),
     ] {
         let (status, body) = guarded.json(multipart("/v1/search", &[], &[("url", url)])).await;
@@ -1168,9 +1188,13 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
 
     // Loopback allowed explicitly: the photo is fetched and found; a web page is not an image.
     let allowed = fixture_with(&["coffee.jpg", "rocket.jpg"], |config| {
-        let networks = AllowedNetworks::parse(&["127.0.0.1".into()]).unwrap();
-        let fetcher = Fetcher::new(networks, std::time::Duration::from_secs(5)).unwrap().with_max_bytes(2 << 20);
-        config.search.url_fetcher = Some(std::sync::Arc::new(fetcher));
+        config.search.url_fetcher = url_fetcher_from_flags(&[
+            "--search-by-url",
+            "--search-url-allow-network",
+            "127.0.0.1/32",
+            "--max-body-bytes",
+            "2097152",
+        ]);
     })
     .await;
     allowed.load().await;
@@ -1190,7 +1214,33 @@ async fn search_by_url_is_off_by_default_and_guarded_when_on() {
         allowed.json(multipart("/v1/search", &[], &[("url", &format!("http://{address}/huge.jpg"))])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("over the limit of 2097152"), "{body}");
+    // Someone is waiting: a URL that never answers is given up after the server's 10 s.
+    let started = std::time::Instant::now();
+    let (status, body) =
+        allowed.json(multipart("/v1/search", &[], &[("url", &format!("http://{address}/never.jpg"))])).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("timed out after 10 s"), "{body}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(13),
+        "a URL that never answers was given up after {waited:?}, not the server's 10 s"
+    );
     server.abort();
+}
+
+/// The URL fetcher `imgsearch serve` builds from these flags (with its own time limit and
+/// `--max-body-bytes`), through the same parsing and `resolve` as the binary.
+fn url_fetcher_from_flags(flags: &[&str]) -> Option<std::sync::Arc<Fetcher>> {
+    use clap::Parser;
+    let uploads = tempfile::tempdir().unwrap();
+    let upload_dir = uploads.path().to_str().expect("a UTF-8 temporary path");
+    let argv: Vec<&str> =
+        ["imgsearch", "serve", "--upload-dir", upload_dir].into_iter().chain(flags.iter().copied()).collect();
+    let cli = imgsearch::cli::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    let imgsearch::cli::Command::Serve(serve) = cli.command else { panic!("not a serve command") };
+    let config = serve.command().server.resolve("images").unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    assert!(config.search.url_fetcher.is_some(), "{flags:?} turned searching by URL on");
+    config.search.url_fetcher
 }
 
 /// The committed document (docs/openapi.json) is what the server serves; regenerate it with
@@ -1246,10 +1296,11 @@ async fn the_openapi_document_is_served_committed_and_describes_only_routes_that
 #[test]
 fn the_openapi_document_is_valid_openapi() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = std::process::Command::new(root.join(".venv/bin/openapi-spec-validator"))
-        .arg(root.join("docs/openapi.json"))
-        .output()
-        .expect("openapi-spec-validator runs (installed by scripts/setup.sh)");
+    let output = common::output_within_blocking(
+        std::process::Command::new(root.join(".venv/bin/openapi-spec-validator")).arg(root.join("docs/openapi.json")),
+        Duration::from_secs(120),
+        "openapi-spec-validator (installed by scripts/setup.sh)",
+    );
     let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && said.contains("OK"), "{said}");
 }
@@ -1336,7 +1387,8 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, deadline: Duratio
 
 /// Slow clients (slowloris): connections that send part of their headers and then nothing are
 /// closed after the header timeout; a body that stops arriving is answered 408 and the
-/// connection closed; meanwhile, and afterwards, normal requests are served.
+/// connection closed; meanwhile, and afterwards, normal requests are served. A slow upload that
+/// keeps moving is kept: its body takes three times the idle limit, every gap shorter than it.
 #[tokio::test]
 async fn stalled_connections_are_closed_while_normal_requests_are_served() {
     use tokio::io::AsyncWriteExt;
@@ -1378,6 +1430,29 @@ async fn stalled_connections_are_closed_while_normal_requests_are_served() {
     }
     let health = common::http_client().get(format!("http://{address}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::OK, "still serving after the stalled ones went");
+
+    let photo = photo_bytes("rocket.jpg");
+    let mut body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"slow.jpg\"\r\n\r\n".to_vec();
+    body.extend_from_slice(&photo);
+    body.extend_from_slice(b"\r\n--b--\r\n");
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let pieces = 10;
+    for piece in body.chunks(body.len().div_ceil(pieces)) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow.write_all(piece).await.expect("the server still reads a body that keeps moving");
+    }
+    let trickled = started.elapsed();
+    assert!(trickled >= Duration::from_secs(3), "the body took only {trickled:?}, not three idle limits");
+    let answer = read_until_closed(&mut slow, Duration::from_secs(30), "a slow upload that kept moving").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "a body trickled over {trickled:?} was not stored: {answer}");
+    assert_eq!(f.stored_uploads().len(), 1, "the slow upload is stored: {:?}", f.stored_uploads());
 }
 
 /// Beyond the connection cap a new connection is closed at once, and a slot frees when a held

@@ -191,7 +191,7 @@ async fn the_binary_runs_from_the_image_tree_ingests_and_answers_a_search() {
         command
     };
 
-    let version = command(&["--version"], &[]).output().await.expect("run --version");
+    let version = common::output_within(&mut command(&["--version"], &[]), Duration::from_secs(30), "--version").await;
     assert!(version.status.success(), "{}", String::from_utf8_lossy(&version.stderr));
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("imgsearch {}", env!("CARGO_PKG_VERSION")));
 
@@ -206,7 +206,12 @@ async fn the_binary_runs_from_the_image_tree_ingests_and_answers_a_search() {
         ("DATABASE_URL", format!("sqlite://{}", work.path().join("catalog.db").display())),
         ("IMGSEARCH_COLLECTION", collection.clone()),
     ];
-    let ingest = command(&["ingest", "--json", photos.to_str().unwrap()], &backend).output().await.expect("ingest");
+    let ingest = common::output_within(
+        &mut command(&["ingest", "--json", photos.to_str().unwrap()], &backend),
+        Duration::from_secs(180),
+        "the image tree's ingest of 3 photos",
+    )
+    .await;
     let log = String::from_utf8_lossy(&ingest.stderr);
     assert!(ingest.status.success(), "ingest from the image tree failed:\n{log}");
     let summary: serde_json::Value = serde_json::from_slice(&ingest.stdout).expect("JSON summary");

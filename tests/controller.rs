@@ -80,13 +80,21 @@ async fn after_a_lease_outage_the_old_leader_stops_before_a_standby_starts() {
         ..LeaseSettings::new("imgsearch-system", "imgsearch-controller", identity)
     };
     assert_eq!(lease("a").problem(), None);
-    let (first, second) = (test_context(&client), test_context(&client));
+    let standby = FakeApiServer::client_as(address, "replica-b");
+    let (first, second) = (test_context(&client), test_context(&standby));
     let first_task =
         tokio::spawn(imgsearch::controller::run(first.clone(), Some(lease("replica-a")), Shutdown::never()));
     eventually("replica-a to lead", || (first.metrics.leader.get() == 1).then_some(())).await;
     let second_task =
         tokio::spawn(imgsearch::controller::run(second.clone(), Some(lease("replica-b")), Shutdown::never()));
-    tokio::time::sleep(Duration::from_millis(500)).await; // the standby has seen the lease
+    eventually("the standby to have read the lease", || {
+        server
+            .calls()
+            .iter()
+            .any(|call| call.user == "replica-b" && call.resource == "leases" && call.verb == "get")
+            .then_some(())
+    })
+    .await;
 
     server.unavailable("leases", &["update"], Duration::from_millis(2400));
     let started = tokio::time::Instant::now();

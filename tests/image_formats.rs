@@ -7,6 +7,68 @@
 
 mod common;
 
+/// Counts the bytes allocated on each thread, to measure what refusing a hostile file costs.
+mod allocation {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn track(change: isize) {
+        let _ = LIVE.try_with(|live| {
+            live.set(live.get() + change);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+        });
+    }
+
+    // SAFETY: every call is passed to the system allocator unchanged; only sizes are counted.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let pointer = unsafe { System.alloc(layout) };
+            if !pointer.is_null() {
+                track(layout.size() as isize);
+            }
+            pointer
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let pointer = unsafe { System.alloc_zeroed(layout) };
+            if !pointer.is_null() {
+                track(layout.size() as isize);
+            }
+            pointer
+        }
+        unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(pointer, layout) };
+            track(-(layout.size() as isize));
+        }
+        unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let moved = unsafe { System.realloc(pointer, layout, new_size) };
+            if !moved.is_null() {
+                track(new_size as isize - layout.size() as isize);
+            }
+            moved
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// What `work` returned, and the most bytes it held allocated at once on this thread
+    /// beyond what was live when it started.
+    pub fn peak_during<T>(work: impl FnOnce() -> T) -> (T, usize) {
+        let start = LIVE.with(Cell::get);
+        PEAK.with(|peak| peak.set(start));
+        let result = work();
+        let peak = PEAK.with(Cell::get);
+        (result, usize::try_from(peak - start).unwrap_or(0))
+    }
+}
+
 use common::formats::*;
 use image::ImageFormat;
 use imgsearch::embed::preprocess::{self, DecodeLimits, ImageError, JpegScale, PreparedImage};
@@ -128,10 +190,85 @@ fn bomb_dimensions_are_refused_from_the_header_in_every_format() {
     }
 }
 
+/// The TIFF claims 200 million strips, whose offset and byte-count tables alone would take
+/// 1.6 GB each: it must be refused as corrupt, and the refusal must not have allocated them
+/// (measured by this binary's counting allocator on the calling thread).
 #[test]
-fn a_tiff_claiming_a_huge_strip_count_is_refused_as_corrupt() {
-    let error = prepare(&tiff_with_absurd_strip_count()).expect_err("refused");
+fn a_tiff_claiming_a_huge_strip_count_is_refused_as_corrupt_without_allocating_its_tables() {
+    let bytes = tiff_with_absurd_strip_count();
+    let (result, peak) = allocation::peak_during(|| prepare(&bytes));
+    let error = result.expect_err("refused");
     assert!(matches!(error, ImageError::Corrupt { format: "TIFF", .. }), "{error:?}");
+    assert!(peak < 16 << 20, "refusing it allocated {peak} bytes at its peak (its strip tables are 1.6 GB)");
+}
+
+/// The counting allocator is what the test above measures with: a refusal that allocated the
+/// tables would show up here, as decoding a real image's pixels does.
+#[test]
+fn the_counting_allocator_sees_a_decode_allocate_its_pixels() {
+    let bytes =
+        encode_rgb(&image::RgbImage::from_pixel(2_000, 2_000, image::Rgb([90, 120, 30])), ImageFormat::Png, None);
+    let (result, peak) = allocation::peak_during(|| prepare(&bytes));
+    result.expect("a 2000×2000 PNG prepares");
+    assert!(peak >= 3 * 2_000 * 2_000, "decoding 2000×2000 RGB pixels allocated only {peak} bytes at its peak");
+}
+
+/// A JPEG may have at most 500 scans: each scan of a progressive file is a pass over every
+/// coefficient, so a file of thousands of tiny scans costs minutes of CPU. The file here is a
+/// real progressive JPEG whose last scan is repeated; at 501 scans it is refused naming the
+/// limit before any decoder starts, at 500 the count lets it through to the decoders (which
+/// may still refuse it: a repeated scan is an odd progression, so TurboJPEG hands it to
+/// zune-jpeg, whose own limit is 100 scans).
+#[test]
+fn a_progressive_jpeg_of_more_than_500_scans_is_refused() {
+    let bytes = std::fs::read(common::fuzz_seed("decode", "progressive.jpg")).expect("the progressive seed");
+    let at_limit = jpeg_with_scans(&bytes, 500);
+    let over = jpeg_with_scans(&bytes, 501);
+    match prepare(&over) {
+        Err(ImageError::Corrupt { format: "JPEG", detail }) => {
+            assert!(detail.contains("it has 501 scans, more than the 500"), "{detail}");
+        }
+        other => panic!("501 scans: expected a corrupt JPEG naming the scan limit, got {other:?}"),
+    }
+    if let Err(error) = prepare(&at_limit) {
+        assert!(!error.to_string().contains("more than the 500"), "500 scans were counted as too many: {error}");
+    }
+}
+
+/// `bytes`, a progressive JPEG, with its last scan (and the tables just before it) repeated
+/// until it has `scans` scans.
+fn jpeg_with_scans(bytes: &[u8], scans: usize) -> Vec<u8> {
+    let mut scan_starts = Vec::new(); // where each scan's run of marker segments begins
+    let mut at = 2; // after SOI
+    let mut run_start = at;
+    while at + 4 <= bytes.len() {
+        assert_eq!(bytes[at], 0xFF, "a marker at {at}");
+        let marker = bytes[at + 1];
+        if marker == 0xD9 {
+            break;
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        at += 2 + length;
+        if marker == 0xDA {
+            scan_starts.push(run_start);
+            // Entropy-coded data runs to the next marker that is neither a stuffed 0xFF00
+            // nor a restart marker.
+            while !(bytes[at] == 0xFF && bytes[at + 1] != 0x00 && !(0xD0..=0xD7).contains(&bytes[at + 1])) {
+                at += 1;
+            }
+            run_start = at;
+        }
+    }
+    let end = at;
+    assert_eq!(&bytes[end..end + 2], &[0xFF, 0xD9], "the seed ends with EOI");
+    let last = *scan_starts.last().expect("the seed has scans");
+    assert!(scan_starts.len() > 1 && scans >= scan_starts.len(), "{} scans in the seed", scan_starts.len());
+    let mut out = bytes[..end].to_vec();
+    for _ in scan_starts.len()..scans {
+        out.extend_from_slice(&bytes[last..end]);
+    }
+    out.extend_from_slice(&bytes[end..]);
+    out
 }
 
 #[test]
@@ -228,4 +365,26 @@ fn a_jpeg_that_makes_a_decoder_panic_is_refused_as_corrupt() {
         }
         other => panic!("expected a corrupt JPEG, got {other:?}"),
     }
+}
+
+/// Damage libjpeg decodes through with a warning, as browsers and Pillow show such files:
+/// stray bytes between markers (some cameras and editors write them) and a scan whose data is
+/// garbled mid-way. Both are kept; the garbled one embeds close to, but not as, the original.
+#[test]
+fn jpegs_with_damage_a_browser_shows_are_decoded_not_refused() {
+    let original = encode_rgb(&upright(), ImageFormat::Jpeg, None);
+    let scan = original.windows(2).position(|pair| pair == [0xFF, 0xDA]).expect("a scan");
+    let mut stray = original[..scan].to_vec();
+    stray.extend_from_slice(&[0x01, 0x02, 0x03]);
+    stray.extend_from_slice(&original[scan..]);
+    let mut garbled = original.clone();
+    let middle = scan + (original.len() - scan) / 2;
+    garbled[middle..middle + 40].fill(0x55);
+
+    let reference = prepare(&original).expect("the original prepares");
+    let kept = prepare(&stray).unwrap_or_else(|e| panic!("stray bytes before a marker: {e}"));
+    let difference = mean_difference(&reference.tensor, &kept.tensor);
+    assert!(difference < 0.02, "stray bytes changed the picture: mean difference {difference}");
+    let kept = prepare(&garbled).unwrap_or_else(|e| panic!("a garbled scan: {e}"));
+    assert_eq!((kept.width, kept.height), (reference.width, reference.height));
 }

@@ -143,7 +143,9 @@ async fn killed_and_rerun(catalog_url: &str) {
     }
 
     // The last run finishes what is left and redoes what was pending.
-    let output = ingest(&folder, &collection, &catalog_url).wait_with_output().await.unwrap();
+    let output =
+        common::wait_within(ingest(&folder, &collection, &catalog_url), Duration::from_secs(300), "the final run")
+            .await;
     assert!(output.status.success(), "the final run failed");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
     assert_eq!(report["discovered"], IMAGES);
@@ -181,8 +183,10 @@ async fn milvus_going_away_mid_run_fails_clearly_and_a_rerun_finishes_the_job() 
         .unwrap();
     let waited = started.elapsed();
     assert!(!output.status.success(), "the run cannot succeed without Milvus");
-    // Bounded: the 20 s retry budget of one call, plus the batch in flight; not minutes.
-    assert!(waited < Duration::from_secs(60), "gave up only after {waited:?}");
+    // Bounded by one call's patience (the default 20 s, plus the outer timeout's 2 s of
+    // slack) and the batch in flight, not minutes: 8 s of room for that batch and the exit.
+    let bound = imgsearch::store::DEFAULT_PATIENCE + Duration::from_secs(2 + 8);
+    assert!(waited < bound, "gave up only after {waited:?}, over one call's bound of {bound:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&outage.address.to_string()), "the error names the Milvus address: {stderr}");
     let partial = counts(&catalog, &milvus, &collection).await;
@@ -190,8 +194,12 @@ async fn milvus_going_away_mid_run_fails_clearly_and_a_rerun_finishes_the_job() 
     assert!(partial.vectors >= partial.indexed as u64 && partial.vectors <= (partial.indexed + partial.pending) as u64);
 
     outage.restore();
-    let output =
-        ingest_via(&outage.uri(), &folder, &collection, &catalog_url, Stdio::piped()).wait_with_output().await.unwrap();
+    let output = common::wait_within(
+        ingest_via(&outage.uri(), &folder, &collection, &catalog_url, Stdio::piped()),
+        Duration::from_secs(300),
+        "the rerun after Milvus came back",
+    )
+    .await;
     assert!(output.status.success(), "the rerun failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
     assert_eq!(report["skipped"].as_i64().unwrap(), partial.indexed, "the rerun keeps the earlier work: {report}");

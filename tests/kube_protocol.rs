@@ -199,7 +199,13 @@ async fn what_a_deleted_owner_owned_goes_later_by_the_garbage_collector() {
 
     server.pause_garbage_collection(true);
     api.delete("products", &DeleteParams::default()).await.unwrap();
-    tokio::time::sleep(k8s::fake_apiserver::GC_PERIOD * 3).await;
+    // Three passes of the collector come and go (withheld) after the delete.
+    let before = server.gc_passes_withheld();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.gc_passes_withheld() < before + 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the paused collector did not come round three times in 10 s");
+        tokio::time::sleep(k8s::fake_apiserver::GC_PERIOD / 2).await;
+    }
     assert!(api.get_opt("products").await.unwrap().is_none(), "the owner is gone at once");
     assert!(jobs.get_opt("ingest").await.unwrap().is_some(), "its Job waits for the garbage collector");
 

@@ -14,6 +14,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use imgsearch::controller::children::{self, ChildConfig};
 use imgsearch::crd::ImageCollection;
@@ -67,11 +68,13 @@ fn validate_builtin(objects: &[Value]) {
             path
         })
         .collect();
-    let output = Command::new(venv_tool("kubernetes-validate"))
-        .args(["--strict", "--kubernetes-version", KUBERNETES])
-        .args(&files)
-        .output()
-        .expect("run kubernetes-validate");
+    let output = common::output_within_blocking(
+        Command::new(venv_tool("kubernetes-validate"))
+            .args(["--strict", "--kubernetes-version", KUBERNETES])
+            .args(&files),
+        Duration::from_secs(300),
+        "kubernetes-validate",
+    );
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "kubernetes-validate --strict refused:\n{report}");
     let passed = report.matches(" passed for resource ").count();
@@ -89,11 +92,11 @@ fn same_numbers_as_floats(value: &Value) -> Value {
 }
 
 fn kustomize(folder: &str) -> Vec<Value> {
-    let output = Command::new("kubectl")
-        .args(["kustomize", folder])
-        .current_dir(root())
-        .output()
-        .expect("kubectl not found: it renders manifests/ (kubectl kustomize); install kubectl");
+    let output = common::output_within_blocking(
+        Command::new("kubectl").args(["kustomize", folder]).current_dir(root()),
+        Duration::from_secs(120),
+        &format!("kubectl kustomize {folder} (kubectl renders manifests/; scripts/setup.sh installs it)"),
+    );
     assert!(output.status.success(), "kubectl kustomize {folder} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     documents(&String::from_utf8_lossy(&output.stdout), "kubectl kustomize output")
 }
@@ -247,12 +250,11 @@ fn strict_crd_schema() -> Value {
 fn schema_errors(schema: &Path, object: &Value, work: &Path) -> Option<String> {
     let instance = work.join(format!("{}.json", kind_name(object).replace('/', "-")));
     std::fs::write(&instance, serde_json::to_string_pretty(object).expect("JSON")).unwrap();
-    let output = Command::new(venv_tool("check-jsonschema"))
-        .arg("--schemafile")
-        .arg(schema)
-        .arg(&instance)
-        .output()
-        .expect("run check-jsonschema");
+    let output = common::output_within_blocking(
+        Command::new(venv_tool("check-jsonschema")).arg("--schemafile").arg(schema).arg(&instance),
+        Duration::from_secs(120),
+        "check-jsonschema",
+    );
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (!output.status.success()).then_some(report)
 }

@@ -281,7 +281,9 @@ fn imgsearch(args: &[&str], milvus: &str, catalog: &str) -> Command {
     command
 }
 
-/// Runs `imgsearch ingest FOLDER --prune`, bounded; returns whether it succeeded and its summary.
+/// Runs `imgsearch ingest FOLDER --prune`, bounded; returns whether it succeeded and the last
+/// line of its log. The log is read while it runs: a run that warns a lot through an outage
+/// would otherwise fill the pipe and stop.
 fn ingest_folder(folder: &Path, milvus: &str, catalog: &str) -> (bool, String) {
     let mut child =
         imgsearch(&["ingest", &folder.display().to_string(), "--prune", "--batch-size", "16"], milvus, catalog)
@@ -290,24 +292,29 @@ fn ingest_folder(folder: &Path, milvus: &str, catalog: &str) -> (bool, String) {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start imgsearch ingest");
+    let pipe = child.stderr.take().expect("a piped stderr");
+    let log = std::thread::spawn(move || {
+        std::io::BufReader::new(pipe).lines().map_while(Result::ok).last().unwrap_or_default()
+    });
     let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
+    let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(pipe) = child.stderr.take() {
-                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    stderr.push_str(&line);
-                    stderr.push('\n');
-                }
-            }
-            let last = stderr.lines().last().unwrap_or_default().chars().take(300).collect();
-            return (status.success(), last);
+            break Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return (false, "did not finish within 180 s".into());
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    let last: String = common::join_within(log, Duration::from_secs(10), "reading an ingest's log after it ended")
+        .chars()
+        .take(300)
+        .collect();
+    match status {
+        Some(status) => (status.success(), last),
+        None => (false, format!("did not finish within 180 s (last said: {last})")),
     }
 }
 

@@ -229,7 +229,7 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
         assert!(Instant::now() < deadline, "serve did not exit within 30 s of finishing its last request");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let log = log.join().unwrap().join("\n");
+    let log = common::join_within(log, Duration::from_secs(10), "reading the log of the exited server").join("\n");
     assert!(status.success(), "exit status {status}:\n{log}");
     assert!(log.contains("search API stopped"), "{log}");
 }
@@ -401,7 +401,7 @@ fn serve_starts_unready_while_milvus_does_not_answer_and_serves_once_it_does() {
     assert!(search.starts_with("HTTP/1.1 200") && search.contains("\"score\""), "{search}");
     child.kill().unwrap();
     child.wait().unwrap();
-    let log = log.join().expect("the log reader").join("\n");
+    let log = common::join_within(log, Duration::from_secs(10), "reading the log of the killed server").join("\n");
     assert!(log.contains("not ready: cannot open the index yet") && log.contains(&milvus.uri()), "{log}");
     assert!(log.contains("Milvus and the catalog answer"), "{log}");
 }

@@ -353,8 +353,10 @@ async fn a_milvus_that_silently_stops_answering_fails_each_call_within_its_patie
                 "{name}: {call}: {error:?}"
             );
             assert!(message.contains(&hole.uri()) && message.contains(&collection), "{name}: {call}: {message}");
-            // Patience 2 s, plus the outer bound's 2 s of slack: well under the SDK's minutes.
-            assert!(elapsed < std::time::Duration::from_secs(20), "{name}: {call} took {elapsed:?}");
+            // The bound is the patience (2 s) plus the outer timeout's 2 s of slack; 1.5 s more
+            // for a loaded 2-core machine. The SDK alone would wait minutes.
+            let bound = std::time::Duration::from_millis(2_000 + 2_000 + 1_500);
+            assert!(elapsed < bound, "{name}: {call} took {elapsed:?}, over its patience's bound of {bound:?}");
         }
 
         // Back: a new connection works again, and nothing was written meanwhile.

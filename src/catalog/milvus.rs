@@ -100,8 +100,8 @@ impl MilvusCatalog {
         Ok(counts)
     }
 
-    pub async fn ping(&self) -> Result<()> {
-        Ok(self.store.ping().await?)
+    pub async fn ping(&self, within: std::time::Duration) -> Result<()> {
+        Ok(self.store.ping(within).await?)
     }
 
     async fn first_in_any(&self, expression: &str) -> Result<Option<ImageRecord>> {

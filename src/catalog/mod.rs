@@ -46,6 +46,8 @@ pub enum CatalogError {
     Query(#[from] sqlx::Error),
     #[error("catalog {what} failed after {attempts} attempts: {source}")]
     GaveUp { what: &'static str, attempts: u32, source: sqlx::Error },
+    #[error("the catalog's {what} got no answer within {seconds} s")]
+    Unanswered { what: &'static str, seconds: u64 },
     #[error("catalog holds an unknown status {0:?}")]
     BadStatus(String),
     #[error("the catalog did not return the id of {0}")]
@@ -400,10 +402,14 @@ impl Catalog {
         }
     }
 
-    pub async fn ping(&self) -> Result<()> {
+    /// The catalog answers `within` (a probe's deadline: a SQL catalog would otherwise wait
+    /// its pool's 30 s for a connection).
+    pub async fn ping(&self, within: std::time::Duration) -> Result<()> {
         match self {
-            Self::Sql(sql) => sql.ping().await,
-            Self::Milvus(milvus) => milvus.ping().await,
+            Self::Sql(sql) => tokio::time::timeout(within, sql.ping())
+                .await
+                .map_err(|_| CatalogError::Unanswered { what: "health check", seconds: within.as_secs() })?,
+            Self::Milvus(milvus) => milvus.ping(within).await,
         }
     }
 }

@@ -216,29 +216,75 @@ fn displayed_size(width: u32, height: u32, orientation: Orientation) -> (u32, u3
 /// canvas is checked against the limits before this runs, and a progressive file may have at
 /// most `MAX_SCANS` scans (a file of thousands of tiny scans costs minutes of CPU otherwise).
 ///
-/// Both decoders are lenient, as browsers are (stray bytes between markers, damage mid-scan),
-/// which also means a truncated file "decodes" with the missing part grey; so a file whose last
-/// scan is not followed by an end-of-image marker is refused as truncated before decoding.
+/// JPEGs are decoded leniently, as browsers and Pillow decode them: damage a viewer shows
+/// through (stray bytes between markers, a scan garbled mid-way) is not a reason to refuse a
+/// photo. libjpeg decodes through such damage with a warning, but TurboJPEG reports a warning
+/// as a failure and the `turbojpeg` crate does not say which it was (calling TurboJPEG directly
+/// would need `unsafe`, which this crate forbids); so a file TurboJPEG refuses is decoded in
+/// full by zune-jpeg, pure Rust and lenient, against the same limits, and refused only if that
+/// fails too. Leniency means a truncated file "decodes" with the missing part grey; so a file
+/// whose last scan is not followed by an end-of-image marker is refused as truncated first.
 /// CMYK and YCCK JPEGs (print files), which TurboJPEG cannot turn into RGB, are decoded in full
-/// by zune-jpeg; zune-jpeg also reads the EXIF block.
+/// by zune-jpeg too; zune-jpeg also reads the EXIF block.
 fn decode_jpeg(bytes: &[u8], limits: DecodeLimits, min_side: u32) -> Result<(DynamicImage, Orientation), String> {
-    use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
     if !ends_after_last_scan(bytes) {
         return Err("the file is truncated (no end-of-image marker after the last scan)".to_string());
     }
+    // Counted here, not only by TurboJPEG's own limit, so that no decoder ever starts on such
+    // a file. Scan data cannot hold FF DA (a 0xFF there is followed by 0x00 or a restart
+    // marker); an EXIF thumbnail's few scans count too, which 500 leaves room for.
+    let scans = bytes.windows(2).filter(|pair| *pair == [0xFF, 0xDA]).count();
+    if scans > MAX_SCANS as usize {
+        return Err(format!("it has {scans} scans, more than the {MAX_SCANS} a JPEG may have here"));
+    }
     let orientation = jpeg_orientation(bytes, limits);
-    let mut decompressor = Decompressor::new().map_err(|e| e.to_string())?;
-    let header = decompressor.read_header(bytes).map_err(|e| e.to_string())?;
+    let image = match decode_jpeg_with_turbojpeg(bytes, limits, min_side) {
+        Ok(image) => image,
+        Err(TurboJpegFailure::Refused(why)) => return Err(why),
+        Err(TurboJpegFailure::CannotDecode(turbojpeg)) => {
+            decode_jpeg_in_full(bytes, limits).map_err(|zune| format!("TurboJPEG: {turbojpeg}; zune-jpeg: {zune}"))?
+        }
+    };
+    Ok((image, orientation))
+}
+
+/// Why TurboJPEG gave no pixels.
+enum TurboJpegFailure {
+    /// The file must not be decoded at all (its frame header is over the limits).
+    Refused(String),
+    /// TurboJPEG could not, or would not say it could: zune-jpeg decides.
+    CannotDecode(String),
+}
+
+/// The pixels at the smallest DCT scale whose shorter side stays at least `min_side`.
+fn decode_jpeg_with_turbojpeg(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    min_side: u32,
+) -> Result<DynamicImage, TurboJpegFailure> {
+    use turbojpeg::{Colorspace, Decompressor};
+    let cannot = |e: turbojpeg::Error| TurboJpegFailure::CannotDecode(e.to_string());
+    let mut decompressor = Decompressor::new().map_err(cannot)?;
+    let header = decompressor.read_header(bytes).map_err(cannot)?;
     // The limits were checked against the size `image` read from the headers; a file whose
     // headers say two things (two frame headers, say) must not get past them through the other.
-    let (width, height) = (
-        u32::try_from(header.width).map_err(|e| e.to_string())?,
-        u32::try_from(header.height).map_err(|e| e.to_string())?,
-    );
-    check_dimensions(width, height, limits).map_err(|e| format!("its frame header says: {e}"))?;
+    let (width, height) =
+        (u32::try_from(header.width).unwrap_or(u32::MAX), u32::try_from(header.height).unwrap_or(u32::MAX));
+    check_dimensions(width, height, limits)
+        .map_err(|e| TurboJpegFailure::Refused(format!("its frame header says: {e}")))?;
     if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
-        return Ok((decode_jpeg_in_full(bytes, limits)?, orientation));
+        return Err(TurboJpegFailure::CannotDecode("it does not turn CMYK or YCCK into RGB".to_string()));
     }
+    decode_scaled(&mut decompressor, bytes, header, min_side).map_err(TurboJpegFailure::CannotDecode)
+}
+
+fn decode_scaled(
+    decompressor: &mut turbojpeg::Decompressor,
+    bytes: &[u8],
+    header: turbojpeg::DecompressHeader,
+    min_side: u32,
+) -> Result<DynamicImage, String> {
+    use turbojpeg::{PixelFormat, ScalingFactor};
     // Lossless JPEGs (rare) have no DCT to scale.
     let factor = [ScalingFactor::ONE_EIGHTH, ScalingFactor::ONE_QUARTER, ScalingFactor::ONE_HALF]
         .into_iter()
@@ -265,7 +311,7 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits, min_side: u32) -> Result<(Dyn
     );
     let image = image::RgbImage::from_raw(width, height, image.pixels)
         .ok_or_else(|| "decoded pixel buffer does not match the image size".to_string())?;
-    Ok((image.into(), orientation))
+    Ok(image.into())
 }
 
 /// Scans a progressive JPEG may have. Encoders write about 10 (libjpeg's default progressive
@@ -296,6 +342,12 @@ fn zune_options(limits: DecodeLimits) -> zune_core::options::DecoderOptions {
 /// convert to RGB.
 fn decode_jpeg_in_full(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, String> {
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), zune_options(limits));
+    // Its own reading of the frame header is held to the limits too: this runs on files
+    // TurboJPEG could not read, whose headers may say something else to each decoder.
+    decoder.decode_headers().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions().ok_or("the decoder reported no image size")?;
+    let (width, height) = (u32::try_from(width).unwrap_or(u32::MAX), u32::try_from(height).unwrap_or(u32::MAX));
+    check_dimensions(width, height, limits).map_err(|e| format!("its frame header says: {e}"))?;
     let pixels = decoder.decode().map_err(|e| e.to_string())?;
     let (width, height) = decoder.dimensions().ok_or("the decoder reported no image size")?;
     let (width, height) =

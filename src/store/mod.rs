@@ -307,11 +307,21 @@ impl MilvusStore {
         call: impl std::future::Future<Output = T>,
     ) -> Result<T> {
         let patience = Duration::from_millis(self.patience_ms.load(Ordering::Relaxed)) + Duration::from_secs(2);
-        tokio::time::timeout(patience, call).await.map_err(|_| StoreError::Unanswered {
+        self.bounded_by(patience, operation, collection, call).await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        bound: Duration,
+        operation: &'static str,
+        collection: &str,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::time::timeout(bound, call).await.map_err(|_| StoreError::Unanswered {
             uri: self.uri.clone(),
             operation,
             collection: collection.to_string(),
-            seconds: patience.as_secs(),
+            seconds: bound.as_secs(),
         })
     }
 
@@ -338,13 +348,16 @@ impl MilvusStore {
         Ok(self.vector_index(collection).await?.map(|i| (i.get_indexed_rows(), i.get_total_rows())).unwrap_or((0, 0)))
     }
 
-    /// A cheap round trip for readiness probes: the server answers and says it is healthy.
+    /// A cheap round trip for readiness probes: the server answers `within` (a probe's own
+    /// deadline, not the patience of a call that does work) and says it is healthy.
     /// (Not list_collections: Milvus Lite's answer to it is one this SDK rejects as malformed.)
-    pub async fn ping(&self) -> Result<()> {
+    pub async fn ping(&self, within: Duration) -> Result<()> {
         let op = "health check";
         let request = CheckHealthRequest::builder().build().map_err(|e| self.error(op, "", e))?;
-        let health =
-            self.bounded(op, "", self.client.check_health(request)).await?.map_err(|e| self.error(op, "", e))?;
+        let health = self
+            .bounded_by(within, op, "", self.client.check_health(request))
+            .await?
+            .map_err(|e| self.error(op, "", e))?;
         if !health.is_healthy() {
             return Err(StoreError::Unhealthy { uri: self.uri.clone(), reasons: health.reasons().join("; ") });
         }

@@ -77,6 +77,11 @@ pub fn photo(name: &str) -> PathBuf {
     sample_dir().join("photos").join(name)
 }
 
+/// A fuzzing seed (fuzz/seeds/<target>/, made by scripts/make_fuzz_seeds.py).
+pub fn fuzz_seed(target: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target).join(name)
+}
+
 /// An input a fuzzing run found (fuzz/regressions/<target>/), kept once fixed.
 pub fn fuzz_regression(target: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target).join(name)
@@ -214,4 +219,91 @@ pub fn yaml_files(folder: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Runs `command` to its end and returns what it printed, or fails the test naming `what` when
+/// it has not ended within `deadline` (the child is then killed).
+pub async fn output_within(
+    command: &mut tokio::process::Command,
+    deadline: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    command.kill_on_drop(true);
+    match tokio::time::timeout(deadline, command.output()).await {
+        Ok(output) => output.unwrap_or_else(|e| panic!("{what}: could not be run: {e}")),
+        Err(_) => panic!("{what}: still running after {deadline:?}"),
+    }
+}
+
+/// [`output_within`] for a child already running with piped output.
+pub async fn wait_within(
+    child: tokio::process::Child,
+    deadline: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    match tokio::time::timeout(deadline, child.wait_with_output()).await {
+        Ok(output) => output.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => panic!("{what}: still running after {deadline:?}"),
+    }
+}
+
+/// [`output_within`] for tests without a runtime: the child's output is read on two threads
+/// while it runs (a full pipe would otherwise stop it), and each read has the same deadline.
+pub fn output_within_blocking(
+    command: &mut std::process::Command,
+    deadline: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: could not be run: {e}"));
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            let _ = sender.send(bytes);
+        });
+        receiver
+    };
+    let stdout = read_all(child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+    let stderr = read_all(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what}: still running after {deadline:?}");
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    };
+    let collect = |receiver: std::sync::mpsc::Receiver<Vec<u8>>, stream: &str| {
+        let left = deadline.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(1));
+        receiver.recv_timeout(left).unwrap_or_else(|_| panic!("{what}: its {stream} stayed open after it exited"))
+    };
+    let stdout = collect(stdout, "stdout");
+    let stderr = collect(stderr, "stderr");
+    std::process::Output { status, stdout, stderr }
+}
+
+/// The result of a thread (a log reader, say), or a failed test naming `what` when it has not
+/// finished within `deadline`: a pipe kept open by someone else must not hang the suite.
+pub fn join_within<T>(handle: std::thread::JoinHandle<T>, deadline: std::time::Duration, what: &str) -> T {
+    let started = std::time::Instant::now();
+    while !handle.is_finished() {
+        assert!(started.elapsed() < deadline, "{what}: not finished after {deadline:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    handle.join().unwrap_or_else(|_| panic!("{what}: panicked"))
 }

@@ -82,6 +82,8 @@ struct Store {
     expired_watches: usize,
     /// While set, the garbage collector does nothing (a slow or backed-up one).
     gc_paused: bool,
+    /// Passes of the garbage collector that did nothing because it was paused.
+    gc_passes_withheld: u64,
 }
 
 #[derive(Clone, Default)]
@@ -182,6 +184,14 @@ impl FakeApiServer {
         kube::Client::try_from(config).expect("kube client for the fake API server")
     }
 
+    /// A client that calls as `user` (its bearer token), so [`Self::calls`] tells who called.
+    pub fn client_as(address: SocketAddr, user: &str) -> kube::Client {
+        let url: axum::http::Uri = format!("http://{address}").parse().expect("valid URL");
+        let mut config = kube::Config::new(url);
+        config.auth_info.token = Some(user.to_string().into());
+        kube::Client::try_from(config).expect("kube client for the fake API server")
+    }
+
     /// A kubeconfig file pointing at this server as `user` (its bearer token), for running the
     /// real `imgsearch controller` binary against it.
     pub fn kubeconfig(address: SocketAddr, user: &str, namespace: &str) -> String {
@@ -224,7 +234,12 @@ impl FakeApiServer {
     pub fn collect_garbage(&self) {
         let changed = {
             let mut store = self.lock();
-            !store.gc_paused && store.collect_garbage()
+            if store.gc_paused {
+                store.gc_passes_withheld += 1;
+                false
+            } else {
+                store.collect_garbage()
+            }
         };
         if changed {
             self.changed.notify_waiters();
@@ -235,6 +250,12 @@ impl FakeApiServer {
     /// owned as a busy cluster's collector would.
     pub fn pause_garbage_collection(&self, paused: bool) {
         self.lock().gc_paused = paused;
+    }
+
+    /// Passes the paused collector has skipped so far: a test that holds dependents waits for
+    /// these, not for the clock, before it looks.
+    pub fn gc_passes_withheld(&self) -> u64 {
+        self.lock().gc_passes_withheld
     }
 
     pub fn calls(&self) -> Vec<Call> {
