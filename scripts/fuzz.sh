@@ -4,7 +4,9 @@
 # tried and found. Installs cargo-afl (which builds its own AFL++) under .tools on first use.
 # Inputs that crash or hang a target are copied to fuzz/findings/<target>/ and make the
 # command fail; fix the cause, then move the input to fuzz/regressions/<target>/, where
-# `make test` replays it for good.
+# `make test` replays it for good. Each run starts from the seeds, the regressions and the
+# corpus earlier runs grew (kept in target/fuzz-corpus/<target>/, outside git: thousands of
+# machine-made files), so fuzzing time adds up across runs instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,12 +30,18 @@ results=()
 failed=0
 for target in $targets; do
     out="$root/target/fuzz-out/$target"
-    rm -rf "$out"
-    mkdir -p "$out"
-    echo "==> fuzzing $target for ${seconds}s"
+    grown="$root/target/fuzz-corpus/$target"
+    inputs="$root/target/fuzz-in/$target"
+    rm -rf "$out" "$inputs"
+    mkdir -p "$out" "$grown" "$inputs"
+    cp "fuzz/seeds/$target"/* "$inputs/"
+    for kept in "fuzz/regressions/$target"/* "$grown"/*; do
+        [ -e "$kept" ] && cp "$kept" "$inputs/"
+    done
+    echo "==> fuzzing $target for ${seconds}s from $(ls "$inputs" | wc -l) inputs (seeds, regressions, grown corpus)"
     FUZZ_TARGET=$target AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_NO_CRASH_README=1 \
         AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
-        cargo afl fuzz -i "fuzz/seeds/$target" -o "$out" -V "$seconds" "$binary" >"$out.log" 2>&1 || {
+        cargo afl fuzz -i "$inputs" -o "$out" -V "$seconds" "$binary" >"$out.log" 2>&1 || {
         echo "afl-fuzz stopped with an error on $target; the end of its log:" >&2
         tail -20 "$out.log" >&2
         failed=1
@@ -41,6 +49,10 @@ for target in $targets; do
     }
     stats="$out/default/fuzzer_stats"
     value() { sed -n "s/^$1 *: *//p" "$stats"; }
+    # Keep what this run grew for the next one.
+    for queued in "$out/default/queue"/id:*; do
+        [ -e "$queued" ] && cp "$queued" "$grown/$(sha256sum "$queued" | cut -c1-16)"
+    done
     found=0
     for kind in crashes hangs; do
         for input in "$out/default/$kind"/id:*; do
@@ -56,6 +68,8 @@ for target in $targets; do
         "$(value saved_crashes)" "$(value saved_hangs)")")
 done
 
+echo
+echo "make fuzz, FUZZ_SECONDS=$seconds, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with changes)'), $(date -u +%Y-%m-%d)"
 echo
 echo "| target          | seconds  | inputs tried | per second | corpus  | coverage | crashes | hangs |"
 echo "|-----------------|----------|--------------|------------|---------|----------|---------|-------|"

@@ -932,6 +932,74 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
     expect(StatusCode::OK, "", "ready again once the catalog is back").await;
 }
 
+/// A PostgreSQL catalog that stays away longer than the pool waits for a connection (30 s):
+/// an upload meanwhile is answered 503 with `Retry-After` (not left hanging, not a 500), and
+/// nothing of it is written; once the catalog is back the same upload is stored, and the
+/// image uploaded before the outage is still there.
+#[tokio::test]
+async fn a_catalog_outage_longer_than_the_pools_wait_refuses_writes_with_503_and_loses_nothing() {
+    use common::outage::Outage;
+    let database = common::databases::fresh_database(imgsearch::catalog::Backend::Postgres, "long_outage").await;
+    let (user, rest) = database.url.rsplit_once('@').expect("URL with a host");
+    let (address, name) = rest.split_once('/').expect("URL with a database");
+    let catalog_link = Outage::forward_to(address.to_string()).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut index = common::index(work.path()).await;
+    index.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
+        .await
+        .expect("open the catalog through the forwarder");
+    let collection = common::unique_collection("long_outage");
+    let config = ServeConfig {
+        default_collection: collection.clone(),
+        search: SearchSettings { upload_dir: work.path().join("uploads"), ..SearchSettings::default() },
+        ..ServeConfig::default()
+    };
+    let app = app(ServerState::new(index, config));
+    let upload = |name: &'static str| {
+        let app = app.clone();
+        async move {
+            let response =
+                app.oneshot(multipart("/v1/images", &[("image", "a.jpg", &photo_bytes(name))], &[])).await.unwrap();
+            let status = response.status();
+            let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes().to_vec());
+            let body: Value =
+                serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (status, retry_after, body)
+        }
+    };
+    let (status, _, body) = upload("coffee.jpg").await;
+    assert_eq!(status, StatusCode::CREATED, "before the outage: {body}");
+
+    catalog_link.cut();
+    let cut_at = std::time::Instant::now();
+    let (status, retry_after, body) = tokio::time::timeout(Duration::from_secs(60), upload("rocket.jpg"))
+        .await
+        .expect("an upload during a catalog outage was still unanswered after 60 s");
+    let waited = cut_at.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "during the outage: {body}");
+    assert_eq!(retry_after.as_deref(), Some(&b"5"[..]), "a 503 says when to retry: {body}");
+    assert_eq!(error_code(&body), "unavailable", "{body}");
+    assert!(waited < Duration::from_secs(30 + 10), "answered after {waited:?}, past the pool's 30 s wait");
+    eprintln!("an upload during a catalog outage was answered 503 after {waited:?}");
+    // Longer than the pool's wait, whatever the first answer took.
+    tokio::time::sleep(Duration::from_secs(31).saturating_sub(cut_at.elapsed())).await;
+    let store = imgsearch::store::MilvusStore::connect(&common::milvus_uri(), None).await.unwrap();
+    assert_eq!(store.count(&collection).await.unwrap(), 1, "nothing of the refused upload reached Milvus");
+
+    catalog_link.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, body) = upload("rocket.jpg").await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "while the catalog comes back: {body}");
+        assert!(std::time::Instant::now() < deadline, "uploads still refused 60 s after the catalog came back: {body}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(store.count(&collection).await.unwrap(), 2, "both uploads are indexed once the catalog is back");
+}
+
 #[tokio::test]
 async fn a_real_http_client_can_search_over_loopback() {
     let f = fixture(&["astronaut.jpg", "rocket.jpg"], 20 << 20).await;

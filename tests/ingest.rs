@@ -206,7 +206,8 @@ async fn shards_sharing_a_catalog_cover_every_image_exactly_once() {
 async fn prune_removes_only_images_gone_from_the_folder() {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
-    let elsewhere = work.path().join("elsewhere");
+    // A name the folder's is a prefix of: a prune by string prefix would reach into it.
+    let elsewhere = work.path().join("images-elsewhere");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::create_dir_all(&elsewhere).unwrap();
     copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg"], &images);
@@ -217,20 +218,34 @@ async fn prune_removes_only_images_gone_from_the_folder() {
     index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
     // Another folder in the same collection: not this folder's to prune.
     index.ingest_directory(&elsewhere, &pruning, &Progress::silent()).await.expect("ingest elsewhere");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 5);
+    // An upload, stored as the search API stores one (a row of its own, in the upload folder),
+    // here too under a name the folder's is a prefix of.
+    let upload_bytes = std::fs::read(common::photo("rocket.jpg")).unwrap();
+    let (prepared, vector) = index.model.embed_bytes(&upload_bytes, index.limits).expect("the upload embeds");
+    let upload_uri = work.path().canonicalize().unwrap().join("images-uploads/upload.jpg").display().to_string();
+    let upload = imgsearch::catalog::NewImage {
+        uri: upload_uri.clone(),
+        content_hash: "upload".into(),
+        size_bytes: upload_bytes.len() as i64,
+        width: i64::from(prepared.width),
+        height: i64::from(prepared.height),
+    };
+    index.add_embedded(&collection, upload, vector).await.expect("the upload is indexed");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 6);
 
     std::fs::remove_file(images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("rocket.jpg")).unwrap();
     let without_prune =
         index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("rerun");
     assert_eq!(without_prune.pruned, 0);
-    assert_eq!(index.store.count(&collection).await.unwrap(), 5, "nothing removed without --prune");
+    assert_eq!(index.store.count(&collection).await.unwrap(), 6, "nothing removed without --prune");
 
     let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("prune");
     assert_eq!((report.pruned, report.skipped, report.indexed), (2, 2, 0), "{}", report.summary());
     assert!(report.summary().contains("2 gone from the source removed"), "{}", report.summary());
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
+    assert_eq!(index.store.count(&collection).await.unwrap(), 4);
+    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
+    assert!(index.catalog.find(&collection, &upload_uri).await.unwrap().is_some(), "the upload is kept");
     let coffee = images.canonicalize().unwrap().join("coffee.jpg");
     assert!(index.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
     let camera = elsewhere.canonicalize().unwrap().join("camera.jpg");

@@ -156,7 +156,8 @@ struct Outcome {
     kind: &'static str,
     /// The HTTP status, or 0 when no answer came (refused, reset, timed out).
     status: u16,
-    retry_after: bool,
+    /// The `Retry-After` header's seconds, when it held a number.
+    retry_after: Option<u64>,
     detail: String,
     /// From sending the request to its answer (or failure).
     took: Duration,
@@ -243,6 +244,16 @@ fn image_form(bytes: &[u8]) -> reqwest::multipart::Form {
     reqwest::multipart::Form::new().part("image", part)
 }
 
+/// How long a client waits before its next request: what a refusal's `Retry-After` says (a
+/// failure without one waits 1 s), nothing after a success.
+fn retry_wait(outcome: &Outcome) -> Duration {
+    if (200..300).contains(&outcome.status) {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(outcome.retry_after.unwrap_or(1))
+    }
+}
+
 async fn outcome(
     kind: &'static str,
     sent: Instant,
@@ -253,12 +264,16 @@ async fn outcome(
     match answer {
         Ok(response) => {
             let status = response.status().as_u16();
-            let retry_after = response.headers().contains_key(reqwest::header::RETRY_AFTER);
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse().ok());
             let body = response.text().await.unwrap_or_default();
             let detail = if status >= 300 { body.chars().take(300).collect() } else { String::new() };
             (Outcome { at, kind, status, retry_after, detail, took }, Some(body))
         }
-        Err(error) => (Outcome { at, kind, status: 0, retry_after: false, detail: format!("{error:#}"), took }, None),
+        Err(error) => (Outcome { at, kind, status: 0, retry_after: None, detail: format!("{error:#}"), took }, None),
     }
 }
 
@@ -387,11 +402,9 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
                 let sent = Instant::now();
                 let answer = client.post(format!("{base}/v1/search?top_k=5")).multipart(image_form(query)).send().await;
                 let (outcome, _) = outcome("search", sent, answer).await;
-                let failed = outcome.status != 200;
+                let wait = retry_wait(&outcome);
                 record.lock().unwrap().outcomes.push(outcome);
-                if failed {
-                    tokio::time::sleep(Duration::from_millis(200)).await; // as a client honouring Retry-After
-                }
+                tokio::time::sleep(wait).await;
             }
         }));
     }
@@ -408,6 +421,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
             }
             let mut rng = Choices(18);
             let mut retry: Option<Write> = None;
+            let mut wait = Duration::ZERO;
             let settle_by = end + RECOVERY_LIMIT * 2;
             while Instant::now() < end || (retry.is_some() && Instant::now() < settle_by) {
                 let write = match retry.take() {
@@ -429,6 +443,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
                         let sent = Instant::now();
                         let answer = client.delete(format!("{base}/v1/images/{id}")).send().await;
                         let (outcome, _) = outcome("delete", sent, answer).await;
+                        wait = retry_wait(&outcome);
                         let mut record = record.lock().unwrap();
                         record.delete_attempts.push((sent, Instant::now(), outcome.status, id));
                         if outcome.status == 204 {
@@ -443,6 +458,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
                         let answer =
                             client.post(format!("{base}/v1/images")).multipart(image_form(&picture)).send().await;
                         let (outcome, body) = outcome("upload", sent, answer).await;
+                        wait = retry_wait(&outcome);
                         let id = body
                             .filter(|_| outcome.status == 201)
                             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
@@ -458,7 +474,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
                         record.outcomes.push(outcome);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(wait.max(Duration::from_millis(150))).await;
             }
             assert!(retry.is_none(), "a write answered 503 was still refused {:?} after the load", settle_by - end);
         }));
@@ -558,7 +574,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         .outcomes
         .iter()
         .filter(|o| o.status >= 300 || o.status == 0)
-        .filter(|o| !in_outage(o.at) || o.status != 503 || !o.retry_after)
+        .filter(|o| !in_outage(o.at) || o.status != 503 || !o.retry_after.is_some_and(|s| (1..=60).contains(&s)))
         .collect();
     let failed_ingests: Vec<_> = record
         .ingests
@@ -598,8 +614,38 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         (count, found, without_vector)
     });
 
-    let acknowledged: Vec<i64> = record.uploaded.keys().filter(|id| !record.deleted.contains(id)).copied().collect();
-    let lost_rows: Vec<i64> = acknowledged.iter().filter(|id| !rows.contains_key(id)).copied().collect();
+    let mut acknowledged: Vec<i64> =
+        record.uploaded.keys().filter(|id| !record.deleted.contains(id)).copied().collect();
+    acknowledged.sort();
+    // Each acknowledged upload must be indexed, not merely have a row.
+    let not_indexed: Vec<i64> = acknowledged
+        .iter()
+        .filter(|id| rows.get(id).is_none_or(|row| row.status != ImageStatus::Indexed))
+        .copied()
+        .collect();
+    // Milvus and the catalog, row by row: each indexed row's vector carries the row's URI and
+    // content hash.
+    let disagreeing: Vec<String> = runtime.block_on(async {
+        let mut disagreeing = Vec::new();
+        for chunk in indexed.chunks(imgsearch::store::STORED_PER_QUERY) {
+            let ids: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            let filter = format!("id in [{}]", ids.join(","));
+            let stored = store
+                .stored_images(COLLECTION, i64::MIN, i64::MAX, Some(&filter), chunk.len())
+                .await
+                .expect("read what Milvus stores");
+            for image in stored {
+                let row = &rows[&image.id];
+                if image.uri != row.uri || Some(&image.content_hash) != row.content_hash.as_ref() {
+                    disagreeing.push(format!(
+                        "id {}: Milvus {:?} {:?}, catalog {:?} {:?}",
+                        image.id, image.uri, image.content_hash, row.uri, row.content_hash
+                    ));
+                }
+            }
+        }
+        disagreeing
+    });
     let kept_deleted: Vec<i64> = record.deleted.iter().filter(|id| rows.contains_key(id)).copied().collect();
     let deleted_vectors = runtime.block_on(async {
         let deleted: Vec<i64> = record.deleted.iter().copied().collect();
@@ -609,10 +655,10 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         }
         found
     });
-    // Found by their own picture: a sample of the acknowledged uploads, searched again.
+    // Found by their own picture: every acknowledged upload, searched again.
     let mut unfound = Vec::new();
     runtime.block_on(async {
-        for id in acknowledged.iter().take(100) {
+        for id in &acknowledged {
             let answer = client
                 .post(format!("{base}/v1/search?top_k=5"))
                 .multipart(image_form(&record.uploaded[id]))
@@ -697,11 +743,13 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         );
     }
     println!(
-        "| uploads acknowledged / then deleted / missing at the end | {} / {} / {} |",
+        "| uploads acknowledged / then deleted / kept, each searched by its own picture / not indexed or not found | {} / {} / {} / {} |",
         record.uploaded.len(),
         record.deleted.len(),
-        lost_rows.len()
+        acknowledged.len(),
+        not_indexed.len() + unfound.len()
     );
+    println!("| indexed rows whose vector in Milvus carries another URI or content hash | {} |", disagreeing.len());
     println!(
         "| rows in the catalog (indexed) / vectors in Milvus (count) / vectors found for those rows | {} / {milvus_count} / {vectors} |",
         indexed.len()
@@ -715,6 +763,43 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         mib(rss.last()),
         mib(rss.iter().max())
     );
+    // Each outage must have bitten, or the fault injection did not work: requests must have
+    // failed during a Milvus outage (searches need Milvus), and writes (which need the
+    // catalog) must have met PostgreSQL's crash: sent before the restart, answered after the
+    // crash.
+    let met = |outage: &Outage| -> Vec<&Outcome> {
+        record
+            .outcomes
+            .iter()
+            .filter(|o| o.kind != "search" && o.at.checked_sub(o.took).is_some_and(|sent| sent <= outage.restarted))
+            .filter(|o| o.at >= outage.from)
+            .collect()
+    };
+    let failed_during = |outage: &Outage| {
+        record
+            .outcomes
+            .iter()
+            .filter(|o| {
+                o.at >= outage.from && o.at <= outage.recovered.unwrap_or(end) && o.status != 0 && o.status >= 300
+            })
+            .count()
+    };
+    for outage in &outages {
+        let writes = met(outage);
+        println!(
+            "| {} at {:.0} s: writes that met it / the longest of them / writes among them that failed | {} / {} / {} |",
+            outage.what,
+            (outage.from - started).as_secs_f64(),
+            writes.len(),
+            writes.iter().map(|o| o.took).max().map(millis).unwrap_or_default(),
+            writes.iter().filter(|o| o.status >= 300 || o.status == 0).count()
+        );
+    }
+    let mut retry_afters: Vec<u64> =
+        record.outcomes.iter().filter(|o| o.status == 503).filter_map(|o| o.retry_after).collect();
+    retry_afters.sort();
+    retry_afters.dedup();
+    println!("| `Retry-After` values the 503s carried (the clients waited that long) | {retry_afters:?} |");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     // A delete Milvus accepted without removing the vectors, refused (503) and retried.
     let unconfirmed = server_log.matches("accepted a delete").count();
@@ -739,6 +824,13 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     );
     assert!(failed_ingests.is_empty(), "ingests failed outside any outage: {failed_ingests:?}");
     for outage in &outages {
+        if outage.what.starts_with("Milvus") {
+            assert!(failed_during(outage) > 0, "{}: no request failed, so the fault did not bite", outage.what);
+        } else {
+            assert!(!met(outage).is_empty(), "{}: no write met it, so the fault did not bite", outage.what);
+        }
+    }
+    for outage in &outages {
         let back = outage.recovered.map(|r| r - outage.restarted);
         assert!(
             back.is_some_and(|b| b <= RECOVERY_LIMIT),
@@ -751,7 +843,12 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
         "the load ran: {} uploads",
         record.uploaded.len()
     );
-    assert!(lost_rows.is_empty(), "acknowledged uploads missing from the catalog: {lost_rows:?}");
+    assert!(
+        disagreeing.is_empty(),
+        "Milvus and the catalog disagree on {} rows, e.g. {:?}",
+        disagreeing.len(),
+        &disagreeing[..disagreeing.len().min(5)]
+    );
     assert!(kept_deleted.is_empty(), "acknowledged deletes still catalogued: {kept_deleted:?}");
     // What a missing image met: its row's times, its upload attempts and the outages.
     let wall_start_ms = wall_start.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
@@ -795,6 +892,11 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     );
     let without_vector_ids: Vec<i64> =
         indexed.iter().filter(|id| without_vector.contains(&rows[id].uri)).copied().collect();
+    assert!(
+        not_indexed.is_empty(),
+        "acknowledged uploads not indexed at the end: {not_indexed:?}\n{}",
+        history(&not_indexed)
+    );
     assert!(
         unfound.is_empty(),
         "acknowledged uploads not found by their own picture: {unfound:?}\n{}",

@@ -9,25 +9,47 @@
 
 use std::net::IpAddr;
 
-/// Image bytes under limits: either a clear error or a tensor of exactly the model's shape
-/// with finite values, never a panic, and never more than the limits' pixels decoded.
+/// Image bytes under limits: either the error the input calls for or a tensor of exactly the
+/// model's shape with finite values, never a panic, and never more memory held than the
+/// decoders are allowed for a canvas at the pixel limit.
 pub fn decode(data: &[u8]) {
     use imgsearch::embed::DecodeLimits;
-    use imgsearch::embed::preprocess::{ModelInput, prepare, sniff_format};
+    use imgsearch::embed::preprocess::{ImageError, ModelInput, prepare, sniff_format};
     // Small limits keep each run fast; the limit checks are the same code at any size.
     let limits = DecodeLimits { max_dimension: 2048, max_pixels: 1_000_000 };
     let input = ModelInput { size: 32, mean: [0.5; 3], std: [0.25; 3] };
     let sniffed = sniff_format(data);
-    match prepare(data, limits, input) {
+    // A decoder panic that `prepare` contains still runs the panic hook first, and with
+    // RUST_BACKTRACE set (as in `make test`) the default hook reads the binary's debug info to
+    // print a backtrace: some 70 MB that are the hook's, not the decoder's. Measured without it.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let (outcome, peak) = crate::allocation::peak_during(|| prepare(data, limits, input));
+    std::panic::set_hook(hook);
+    // What `prepare` lets a decoder have (8 bytes a pixel at the limit, plus 64 MiB of the
+    // decoder's own), and the input's own copy once more for a decoder that buffers it.
+    let allowed = 1_000_000 * 8 + (64 << 20) + data.len();
+    assert!(peak <= allowed, "{peak} bytes held at once, over the {allowed} a decoder is allowed");
+    match outcome {
         Ok(prepared) => {
             assert!(sniffed.is_ok(), "decoded bytes whose format was not recognised");
             assert_eq!(prepared.tensor.len(), 3 * 32 * 32, "tensor of the model's shape");
             assert!(prepared.tensor.iter().all(|v| v.is_finite()), "finite values");
             assert!(prepared.width >= 1 && prepared.height >= 1, "a decoded image has pixels");
-            assert!(prepared.width <= 2048 && prepared.height <= 2048, "within max_dimension");
-            assert!(u64::from(prepared.width) * u64::from(prepared.height) <= 1_000_000, "within max_pixels");
         }
-        Err(error) => assert!(!error.to_string().is_empty(), "an error says something"),
+        // Refused: for the reason the input gives, each checked from the outside.
+        Err(ImageError::Empty) => assert!(data.is_empty(), "only an empty input is called empty"),
+        Err(ImageError::UnsupportedFormat(_)) => {
+            assert!(sniffed.is_err(), "a format it recognised was called unsupported")
+        }
+        Err(ImageError::TooLarge { width, height, .. }) => assert!(
+            width > 2048 || height > 2048 || u64::from(width) * u64::from(height) > 1_000_000,
+            "{width}×{height} was called too large but is within the limits"
+        ),
+        Err(ImageError::Corrupt { format, detail }) => {
+            assert!(sniffed.is_ok() && !data.is_empty(), "only a recognised format can be corrupt");
+            assert!(!detail.trim().is_empty(), "a corrupt {format} file is refused without a reason");
+        }
     }
 }
 
@@ -98,43 +120,159 @@ pub fn url_guard(data: &[u8]) {
     }
 }
 
-/// Whether `ip` lies in a range no image fetch should reach, from the IANA special-purpose
-/// registries (RFC 6890 and successors) as CIDRs; IPv4 carried inside IPv6 (mapped, 6to4) is
-/// judged by its IPv4 address, and the deprecated IPv4-compatible form is refused outright.
-pub fn special_purpose(ip: IpAddr) -> bool {
-    const V4: &[(u32, u8)] = &[
-        (0x0000_0000, 8),  // "this network"
-        (0x0A00_0000, 8),  // private
-        (0x6440_0000, 10), // shared address space (CGNAT)
-        (0x7F00_0000, 8),  // loopback
-        (0xA9FE_0000, 16), // link-local, cloud metadata
-        (0xAC10_0000, 12), // private
-        (0xC0A8_0000, 16), // private
-        (0xC612_0000, 15), // benchmarking
-        (0xE000_0000, 4),  // multicast
-        (0xF000_0000, 4),  // reserved and broadcast
-    ];
-    let v4 = |address: u32| V4.iter().any(|&(network, length)| (address ^ network) >> (32 - length) == 0);
-    match ip {
-        IpAddr::V4(ip) => v4(u32::from(ip)),
-        IpAddr::V6(ip) => {
-            let bits = u128::from(ip);
-            let within = |network: u128, length: u32| (bits ^ network) >> (128 - length) == 0;
-            if within(0xffff_0000_0000, 96) {
-                return v4(bits as u32); // IPv4-mapped
+/// The IANA IPv4 Special-Purpose Address Registry (RFC 6890 and successors), each row's
+/// address block, name and "Globally Reachable" column (`None` for the registry's N/A), as
+/// published (last updated 2022-02-02).
+const IPV4_SPECIAL: &[(&str, &str, Option<bool>)] = &[
+    ("0.0.0.0/8", "\"This network\"", Some(false)),
+    ("0.0.0.0/32", "\"This host on this network\"", Some(false)),
+    ("10.0.0.0/8", "Private-Use", Some(false)),
+    ("100.64.0.0/10", "Shared Address Space", Some(false)),
+    ("127.0.0.0/8", "Loopback", Some(false)),
+    ("169.254.0.0/16", "Link Local", Some(false)),
+    ("172.16.0.0/12", "Private-Use", Some(false)),
+    ("192.0.0.0/24", "IETF Protocol Assignments", Some(false)),
+    ("192.0.0.0/29", "IPv4 Service Continuity Prefix", Some(false)),
+    ("192.0.0.8/32", "IPv4 dummy address", Some(false)),
+    ("192.0.0.9/32", "Port Control Protocol Anycast", Some(true)),
+    ("192.0.0.10/32", "Traversal Using Relays around NAT Anycast", Some(true)),
+    ("192.0.0.170/32", "NAT64/DNS64 Discovery", Some(false)),
+    ("192.0.0.171/32", "NAT64/DNS64 Discovery", Some(false)),
+    ("192.0.2.0/24", "Documentation (TEST-NET-1)", Some(false)),
+    ("192.31.196.0/24", "AS112-v4", Some(true)),
+    ("192.52.193.0/24", "AMT", Some(true)),
+    ("192.88.99.0/24", "Deprecated (6to4 Relay Anycast)", None),
+    ("192.168.0.0/16", "Private-Use", Some(false)),
+    ("192.175.48.0/24", "Direct Delegation AS112 Service", Some(true)),
+    ("198.18.0.0/15", "Benchmarking", Some(false)),
+    ("198.51.100.0/24", "Documentation (TEST-NET-2)", Some(false)),
+    ("203.0.113.0/24", "Documentation (TEST-NET-3)", Some(false)),
+    ("240.0.0.0/4", "Reserved", Some(false)),
+    ("255.255.255.255/32", "Limited Broadcast", Some(false)),
+];
+
+/// The IANA IPv6 Special-Purpose Address Registry, as [`IPV4_SPECIAL`] (last updated
+/// 2025-03-12, with RFC 9780's dummy prefix).
+const IPV6_SPECIAL: &[(&str, &str, Option<bool>)] = &[
+    ("::1/128", "Loopback Address", Some(false)),
+    ("::/128", "Unspecified Address", Some(false)),
+    ("::ffff:0:0/96", "IPv4-mapped Address", Some(false)),
+    ("64:ff9b::/96", "IPv4-IPv6 Translat.", Some(true)),
+    ("64:ff9b:1::/48", "IPv4-IPv6 Translat.", Some(false)),
+    ("100::/64", "Discard-Only Address Block", Some(false)),
+    ("100:0:0:1::/64", "Dummy IPv6 Prefix", Some(false)),
+    ("2001::/23", "IETF Protocol Assignments", Some(false)),
+    ("2001::/32", "TEREDO", None),
+    ("2001:1::1/128", "Port Control Protocol Anycast", Some(true)),
+    ("2001:1::2/128", "Traversal Using Relays around NAT Anycast", Some(true)),
+    ("2001:1::3/128", "DNS-SD Service Registration Protocol Anycast", Some(true)),
+    ("2001:2::/48", "Benchmarking", Some(false)),
+    ("2001:3::/32", "AMT", Some(true)),
+    ("2001:4:112::/48", "AS112-v6", Some(true)),
+    ("2001:10::/28", "Deprecated (previously ORCHID)", None),
+    ("2001:20::/28", "ORCHIDv2", Some(true)),
+    ("2001:30::/28", "Drone Remote ID Protocol Entity Tags (DETs) Prefix", Some(true)),
+    ("2001:db8::/32", "Documentation", Some(false)),
+    ("2002::/16", "6to4", None),
+    ("2620:4f:8000::/48", "Direct Delegation AS112 Service", Some(true)),
+    ("3fff::/20", "Documentation", Some(false)),
+    ("5f00::/16", "Segment Routing (SRv6) SIDs", Some(false)),
+    ("fc00::/7", "Unique-Local", Some(false)),
+    ("fe80::/10", "Link-Local Unicast", Some(false)),
+];
+
+/// The first and last address of every registry row, and the addresses just outside them:
+/// where a transcription or a range check is most likely wrong.
+#[allow(dead_code)] // used by tests/fuzz_corpus.rs, not by the fuzz binary
+pub fn registry_boundaries() -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    for &(block, _, _) in IPV4_SPECIAL.iter().chain(IPV6_SPECIAL) {
+        let (network, length) = block.split_once('/').expect("a CIDR");
+        let length: u32 = length.parse().expect("a prefix length");
+        match network.parse::<IpAddr>().expect("a registry address") {
+            IpAddr::V4(network) => {
+                let first = u32::from(network);
+                let last = first | (u32::MAX.checked_shr(length).unwrap_or(0));
+                for address in [first.wrapping_sub(1), first, last, last.wrapping_add(1)] {
+                    addresses.push(IpAddr::V4(address.into()));
+                }
             }
-            if within(0, 96) {
-                return true; // ::, ::1 and the deprecated IPv4-compatible form
+            IpAddr::V6(network) => {
+                let first = u128::from(network);
+                let last = first | (u128::MAX.checked_shr(length).unwrap_or(0));
+                for address in [first.wrapping_sub(1), first, last, last.wrapping_add(1)] {
+                    addresses.push(IpAddr::V6(address.into()));
+                }
             }
-            if within(0x2002 << 112, 16) {
-                return v4((bits >> 80) as u32); // 6to4
-            }
-            within(0xfc00 << 112, 7)           // unique local
-                || within(0xfe80 << 112, 10)    // link-local
-                || within(0xfec0 << 112, 10)    // site-local (deprecated)
-                || within(0xff00 << 112, 8)     // multicast
-                || within(0x0064_ff9b << 96, 32) // NAT64, well-known and local-use
         }
+    }
+    addresses
+}
+
+/// The registry row that decides for `ip`: the most specific block holding it.
+fn registry_row(ip: IpAddr) -> Option<(&'static str, Option<bool>)> {
+    let table = if ip.is_ipv4() { IPV4_SPECIAL } else { IPV6_SPECIAL };
+    table
+        .iter()
+        .filter_map(|&(block, name, global)| {
+            let (network, length) = block.split_once('/').expect("a CIDR");
+            let network: IpAddr = network.parse().expect("a registry address");
+            let length: u32 = length.parse().expect("a prefix length");
+            let inside = match (ip, network) {
+                (IpAddr::V4(ip), IpAddr::V4(net)) => {
+                    length == 0 || (u32::from(ip) ^ u32::from(net)) >> (32 - length) == 0
+                }
+                (IpAddr::V6(ip), IpAddr::V6(net)) => {
+                    length == 0 || (u128::from(ip) ^ u128::from(net)) >> (128 - length) == 0
+                }
+                _ => false,
+            };
+            inside.then_some((length, name, global))
+        })
+        .max_by_key(|&(length, _, _)| length)
+        .map(|(_, name, global)| (name, global))
+}
+
+/// Whether an image fetch must not reach `ip`: the registry row that decides for it says it is
+/// not globally reachable. Where the registries leave it to the user, imgsearch's choices,
+/// each on purpose:
+/// - IPv4 carried inside IPv6 is judged by its IPv4 address: IPv4-mapped, 6to4 (N/A in the
+///   registry), NAT64's well-known prefix (globally reachable, but only as far as the IPv4
+///   address it translates to) and the deprecated IPv4-compatible form (refused even when the
+///   IPv4 address is public);
+/// - the other N/A rows are refused: Teredo (its IPv4 address is obfuscated, and it can reach
+///   any), the deprecated 6to4 relay anycast and ORCHID blocks;
+/// - multicast (IANA's multicast registries, not the special-purpose ones) and the deprecated
+///   IPv6 site-local block (fec0::/10, RFC 3879) are refused.
+pub fn special_purpose(ip: IpAddr) -> bool {
+    if let IpAddr::V6(v6) = ip {
+        let bits = u128::from(v6);
+        let within = |network: u128, length: u32| (bits ^ network) >> (128 - length) == 0;
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return special_purpose(IpAddr::V4(v4));
+        }
+        if within(0, 96) && bits > 1 {
+            return true; // IPv4-compatible, deprecated (RFC 4291 2.5.5.1)
+        }
+        if within(0x2002 << 112, 16) {
+            return special_purpose(IpAddr::V4(std::net::Ipv4Addr::from((bits >> 80) as u32)));
+        }
+        if within(0x0064_ff9b << 96, 96) {
+            return special_purpose(IpAddr::V4(std::net::Ipv4Addr::from(bits as u32)));
+        }
+        if within(0xff00 << 112, 8) || within(0xfec0 << 112, 10) {
+            return true;
+        }
+    }
+    if let IpAddr::V4(v4) = ip
+        && v4.octets()[0] & 0xf0 == 0xe0
+    {
+        return true; // multicast, 224.0.0.0/4
+    }
+    match registry_row(ip) {
+        None => false,
+        Some((_, Some(globally_reachable))) => !globally_reachable,
+        Some((_, None)) => true,
     }
 }
 
@@ -238,6 +376,25 @@ pub fn collection_spec(data: &[u8]) {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
         // Jobs and Services name pods' hostnames and DNS records: DNS-1123 labels.
         assert!(dns_label(name), "{kind} name {name:?} is not a DNS-1123 label");
+        // imgsearch promises clusters before Kubernetes 1.36 too, where a Service name is a
+        // DNS-1035 label (it starts with a letter).
+        if kind == "Service" {
+            assert!(name.as_bytes()[0].is_ascii_lowercase(), "Service name {name:?} is not a DNS-1035 label");
+        }
+        // An Indexed Job's pods are named, and their hostnames set, `<job>-<index>`; a
+        // CronJob's Jobs are `<cronjob>-<minutes since 1970>` (8 digits until 2160), so a
+        // CronJob name has at most 52 characters (the API server's own rule) and its Jobs'
+        // pods the same hostname rule.
+        let completions = |spec: &serde_json::Value| spec["completions"].as_i64().unwrap_or(1).max(1);
+        if kind == "Job" {
+            let last = format!("{name}-{}", completions(&object["spec"]) - 1);
+            assert!(dns_label(&last), "the Job's last pod hostname {last:?} is not a DNS-1123 label");
+        }
+        if kind == "CronJob" {
+            assert!(name.len() <= 52, "CronJob name {name:?} is longer than 52");
+            let last = format!("{name}-99999999-{}", completions(&object["spec"]["jobTemplate"]["spec"]) - 1);
+            assert!(dns_label(&last), "a rescan Job's last pod hostname {last:?} is not a DNS-1123 label");
+        }
         for (key, value) in object["metadata"]["labels"].as_object().into_iter().flatten() {
             assert!(
                 label_value(value.as_str().unwrap_or("?")),

@@ -131,7 +131,13 @@ fn prefix_matches(network: &[u8], address: &[u8], length: u8) -> bool {
         })
 }
 
-/// What kind of internal address `ip` is, if it is one.
+/// What kind of internal address `ip` is, if it is one: every block the IANA special-purpose
+/// registries (IPv4 and IPv6) mark as not globally reachable, and multicast and the deprecated
+/// site-local and IPv4-compatible forms. Blocks the registries mark globally reachable inside
+/// refused ones (anycast services, AMT, AS112) pass. Forms that carry an IPv4 address (mapped,
+/// IPv4-compatible, 6to4, NAT64's well-known prefix) are judged by that address; Teredo, whose
+/// embedded address is obfuscated, is refused outright. `fuzz/src/targets.rs` checks this
+/// against the registries' own rows.
 pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => internal_kind_v4(v4),
@@ -139,33 +145,54 @@ pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return internal_kind_v4(v4);
             }
-            let segments = v6.segments();
-            let first = segments[0];
+            let bits = u128::from(v6);
+            let within = |network: u128, length: u32| (bits ^ network) >> (128 - length) == 0;
+            let low_v4 = Ipv4Addr::from(bits as u32);
             // Forms that carry an IPv4 address inside: judged by that address.
-            if segments[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
-                let [a, b] = segments[6].to_be_bytes();
-                let [c, d] = segments[7].to_be_bytes();
-                return internal_kind_v4(Ipv4Addr::new(a, b, c, d)).or(Some("IPv4-compatible (deprecated)"));
+            if within(0, 96) && !v6.is_loopback() && !v6.is_unspecified() {
+                return internal_kind_v4(low_v4).or(Some("IPv4-compatible (deprecated)"));
             }
-            if first == 0x2002 {
-                let [a, b] = segments[1].to_be_bytes();
-                let [c, d] = segments[2].to_be_bytes();
-                return internal_kind_v4(Ipv4Addr::new(a, b, c, d));
+            if within(0x2002 << 112, 16) {
+                return internal_kind_v4(Ipv4Addr::from((bits >> 80) as u32));
             }
+            if within(0x0064_ff9b << 96, 96) {
+                return internal_kind_v4(low_v4); // NAT64's well-known prefix: a translated IPv4
+            }
+            let globally_reachable_inside_2001_23 = [
+                (0x2001_0001_0000_0000_0000_0000_0000_0001, 128), // PCP anycast
+                (0x2001_0001_0000_0000_0000_0000_0000_0002, 128), // TURN anycast
+                (0x2001_0001_0000_0000_0000_0000_0000_0003, 128), // DNS-SD SRP anycast
+                (0x2001_0003 << 96, 32),                          // AMT
+                (0x2001_0004_0112 << 80, 48),                     // AS112-v6
+                (0x2001_0020 << 96, 28),                          // ORCHIDv2
+                (0x2001_0030 << 96, 28),                          // drone remote ID
+            ];
             if v6.is_loopback() {
                 Some("loopback")
             } else if v6.is_unspecified() {
                 Some("unspecified")
-            } else if first & 0xfe00 == 0xfc00 {
+            } else if within(0xfc00 << 112, 7) {
                 Some("private (unique local, which includes cloud metadata fd00:ec2::254)")
-            } else if first & 0xffc0 == 0xfe80 {
+            } else if within(0xfe80 << 112, 10) {
                 Some("link-local")
             } else if v6.is_multicast() {
                 Some("multicast")
-            } else if segments[..2] == [0x64, 0xff9b] {
-                Some("NAT64 (it can reach internal IPv4)")
-            } else if first & 0xffc0 == 0xfec0 {
+            } else if within(0xfec0 << 112, 10) {
                 Some("site-local")
+            } else if within(0x0064_ff9b_0001 << 80, 48) {
+                Some("NAT64 local-use")
+            } else if within(0x0100 << 112, 63) {
+                Some("discard-only or dummy")
+            } else if within(0x2001 << 96, 32) {
+                Some("Teredo (it can reach internal IPv4)")
+            } else if within(0x2001 << 112, 23)
+                && !globally_reachable_inside_2001_23.iter().any(|&(network, length)| within(network, length))
+            {
+                Some("reserved (IETF protocol assignments: benchmarking, ORCHID)")
+            } else if within(0x2001_0db8 << 96, 32) || within(0x3fff << 112, 20) {
+                Some("documentation")
+            } else if within(0x5f00 << 112, 16) {
+                Some("segment routing (SRv6)")
             } else {
                 None
             }
@@ -174,7 +201,7 @@ pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn internal_kind_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, _, _] = ip.octets();
+    let [a, b, c, d] = ip.octets();
     if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_private() {
@@ -187,6 +214,13 @@ fn internal_kind_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("reserved")
     } else if a == 198 && (b == 18 || b == 19) {
         Some("reserved (benchmarking)")
+    } else if (a, b, c) == (192, 0, 0) && d != 9 && d != 10 {
+        // 192.0.0.9 (PCP anycast) and .10 (TURN anycast) are globally reachable.
+        Some("reserved (IETF protocol assignments)")
+    } else if matches!((a, b, c), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+        Some("documentation (TEST-NET)")
+    } else if (a, b, c) == (192, 88, 99) {
+        Some("6to4 relay anycast (deprecated)")
     } else {
         None
     }
@@ -221,12 +255,26 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some((ip, kind)) = addresses.iter().find_map(|a| allowed.refusal(a.ip()).map(|kind| (a.ip(), kind)))
-            {
-                return Err(Box::new(refused(&host, ip, kind)) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let addresses = judge_resolved(&host, addresses, &allowed)
+                .map_err(|refused| Box::new(refused) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(addresses.into_iter()) as Addrs)
         })
+    }
+}
+
+/// The addresses a name resolved to, if every one of them may be reached. One internal
+/// address refuses the name, whatever else it resolves to: the client would otherwise pick
+/// one, and a name answering a public and a private address (or changing its answer between
+/// a check and the connection, DNS rebinding) would reach the private one. The addresses
+/// returned are the ones the connection uses: there is no second lookup to rebind.
+fn judge_resolved(
+    host: &str,
+    addresses: Vec<SocketAddr>,
+    allowed: &AllowedNetworks,
+) -> Result<Vec<SocketAddr>, Refused> {
+    match addresses.iter().find_map(|a| allowed.refusal(a.ip()).map(|kind| (a.ip(), kind))) {
+        Some((ip, kind)) => Err(refused(host, ip, kind)),
+        None => Ok(addresses),
     }
 }
 
@@ -477,14 +525,58 @@ mod tests {
             "::7f00:1",
             "2002:a9fe:a9fe::1",
             "fec0::1",
+            "64:ff9b::7f00:1",
+            "192.0.0.1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "192.88.99.1",
+            "100::1",
+            "2001::1",
+            "2001:2::1",
+            "2001:db8::1",
+            "3fff::1",
+            "5f00::1",
         ] {
             assert!(none.refusal(ip(internal)).is_some(), "{internal} must be refused");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "2002:5db8:d822::1"]
-        {
+        // Public, including the globally reachable rows inside refused blocks and NAT64 of a
+        // public IPv4 address (what DNS64 gives every IPv4-only host in an IPv6-only cluster).
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "2002:5db8:d822::1",
+            "192.0.0.9",
+            "64:ff9b::808:808",
+            "2001:1::1",
+            "2001:3::1",
+            "2001:20::1",
+        ] {
             assert_eq!(none.refusal(ip(public)), None, "{public} is public");
         }
         assert!(none.refusal(ip("169.254.169.254")).unwrap().contains("metadata"));
+    }
+
+    #[test]
+    fn a_name_with_any_internal_address_among_its_answers_is_refused() {
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 0);
+        let none = AllowedNetworks::default();
+        let public = vec![at("93.184.216.34"), at("2606:2800:220:1::1")];
+        assert_eq!(judge_resolved("example.com", public.clone(), &none).unwrap(), public);
+        for answers in [
+            vec![at("93.184.216.34"), at("10.0.0.5")],
+            vec![at("169.254.169.254"), at("93.184.216.34")],
+            vec![at("2606:2800:220:1::1"), at("::ffff:127.0.0.1")],
+        ] {
+            let refusal = judge_resolved("mixed.example", answers.clone(), &none).unwrap_err().0;
+            assert!(refusal.starts_with("mixed.example (") && refusal.contains("; refused"), "{answers:?}: {refusal}");
+        }
+        let allowed = AllowedNetworks::parse(&["10.0.0.0/8".into()]).unwrap();
+        let inside = vec![at("93.184.216.34"), at("10.0.0.5")];
+        assert_eq!(judge_resolved("mixed.example", inside.clone(), &allowed).unwrap(), inside);
     }
 
     #[test]
