@@ -233,7 +233,11 @@ async fn a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
     })
     .await;
     assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["image"], "imgsearch:test", "built from the new spec");
-    assert!(server.objects("events.k8s.io/v1/events").iter().any(|e| e["reason"] == "StaleJobDeleted"));
+    // Events are posted beside the work, not before it: waited for, not read at once.
+    eventually("a StaleJobDeleted Event", || {
+        server.objects("events.k8s.io/v1/events").iter().any(|e| e["reason"] == "StaleJobDeleted").then_some(())
+    })
+    .await;
     delete_and_wait(&api, &server, "again").await;
     controller.abort();
 }

@@ -156,6 +156,31 @@ fn the_counting_allocator_sees_a_decode_allocate_its_pixels() {
     assert!(peak >= 3 * 2_000 * 2_000, "decoding 2000×2000 RGB pixels allocated only {peak} bytes at its peak");
 }
 
+/// Phones' motion photos append a video after the JPEG's end marker; its bytes hold FF DA and
+/// FF D9 pairs by chance. The picture is the JPEG before the end marker: decoded as the same
+/// picture, neither refused as truncated nor counted as scans. A JPEG cut inside its scan is
+/// refused as truncated.
+#[test]
+fn a_motion_photo_is_its_jpeg_and_a_cut_jpeg_is_truncated() {
+    let original = encode_rgb(&upright(), ImageFormat::Jpeg, None);
+    let mut motion = original.clone();
+    motion.extend_from_slice(b"\x00\x00\x00\x18ftypmp42");
+    for _ in 0..600 {
+        motion.extend_from_slice(&[0x12, 0xFF, 0xDA, 0x00, 0x08, 0xFF, 0xD9, 0x34]);
+    }
+    motion.extend_from_slice(&[0xFF, 0xDA]); // a "scan" after the last "end", by chance
+    let reference = prepare(&original).expect("the JPEG prepares");
+    let prepared = prepare(&motion).unwrap_or_else(|e| panic!("the motion photo was refused: {e}"));
+    assert!(mean_difference(&reference.tensor, &prepared.tensor) < 1e-6, "not the same picture");
+
+    let scan = original.windows(2).position(|pair| pair == [0xFF, 0xDA]).expect("a scan");
+    let cut = &original[..scan + (original.len() - scan) / 2];
+    match prepare(cut) {
+        Err(ImageError::Corrupt { format: "JPEG", detail }) => assert!(detail.contains("truncated"), "{detail}"),
+        other => panic!("a JPEG cut inside its scan: {other:?}"),
+    }
+}
+
 /// A JPEG may have at most 500 scans: each scan of a progressive file is a pass over every
 /// coefficient, so a file of thousands of tiny scans costs minutes of CPU. The file here is a
 /// real progressive JPEG whose last scan is repeated; at 501 scans it is refused naming the

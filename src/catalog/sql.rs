@@ -44,7 +44,7 @@ impl SqlCatalog {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url).map_err(open_error)?;
-        let mut pool_options = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30));
+        let mut pool_options = AnyPoolOptions::new().max_connections(4).acquire_timeout(CALL_PATIENCE);
         if backend == Backend::Sqlite {
             pool_options = pool_options.after_connect(|connection, _| {
                 Box::pin(async move {
@@ -93,10 +93,8 @@ impl SqlCatalog {
 
     /// Every image of a collection by URI, loaded once per ingest run.
     pub async fn known_images(&self, collection: &str) -> Result<HashMap<String, KnownImage>> {
-        let rows = sqlx::query(&self.sql("SELECT id, uri, content_hash, status FROM images WHERE collection = $1"))
-            .bind(collection)
-            .fetch_all(&self.pool)
-            .await?;
+        let query = self.sql("SELECT id, uri, content_hash, status FROM images WHERE collection = $1");
+        let rows = self.bounded("known images", sqlx::query(&query).bind(collection).fetch_all(&self.pool)).await?;
         let mut known = HashMap::with_capacity(rows.len());
         for row in rows {
             known.insert(
@@ -261,36 +259,34 @@ impl SqlCatalog {
 
     pub async fn get(&self, id: i64) -> Result<Option<ImageRecord>> {
         let query = self.sql(&format!("{SELECT_RECORD} WHERE id = $1")).into_owned();
-        let row = sqlx::query(&query).bind(id).fetch_optional(&self.pool).await?;
+        let row = self.bounded("get", sqlx::query(&query).bind(id).fetch_optional(&self.pool)).await?;
         row.map(|r| record(&r)).transpose()
     }
 
     /// Finds an image by URI in any collection (the bootcamp's `/data?image_path=`).
     pub async fn find_by_uri(&self, uri: &str) -> Result<Option<ImageRecord>> {
         let query = self.sql(&format!("{SELECT_RECORD} WHERE uri = $1 ORDER BY id")).into_owned();
-        let rows = sqlx::query(&query).bind(uri).fetch_all(&self.pool).await?;
+        let rows = self.bounded("find by URI", sqlx::query(&query).bind(uri).fetch_all(&self.pool)).await?;
         exact_uri(rows, uri)
     }
 
     pub async fn find(&self, collection: &str, uri: &str) -> Result<Option<ImageRecord>> {
         let query = self.sql(&format!("{SELECT_RECORD} WHERE collection = $1 AND uri = $2")).into_owned();
-        let rows = sqlx::query(&query).bind(collection).bind(uri).fetch_all(&self.pool).await?;
+        let rows = self.bounded("find", sqlx::query(&query).bind(collection).bind(uri).fetch_all(&self.pool)).await?;
         exact_uri(rows, uri)
     }
 
     pub async fn failures(&self, collection: &str) -> Result<Vec<ImageRecord>> {
         let query =
             self.sql(&format!("{SELECT_RECORD} WHERE collection = $1 AND status = 'failed' ORDER BY uri")).into_owned();
-        let rows = sqlx::query(&query).bind(collection).fetch_all(&self.pool).await?;
+        let rows = self.bounded("failures", sqlx::query(&query).bind(collection).fetch_all(&self.pool)).await?;
         rows.iter().map(record).collect()
     }
 
     pub async fn count(&self, collection: &str, status: ImageStatus) -> Result<i64> {
-        let row = sqlx::query(&self.sql("SELECT COUNT(*) AS n FROM images WHERE collection = $1 AND status = $2"))
-            .bind(collection)
-            .bind(status.as_str())
-            .fetch_one(&self.pool)
-            .await?;
+        let query = self.sql("SELECT COUNT(*) AS n FROM images WHERE collection = $1 AND status = $2");
+        let row = sqlx::query(&query).bind(collection).bind(status.as_str()).fetch_one(&self.pool);
+        let row = self.bounded("count", row).await?;
         Ok(row.try_get("n")?)
     }
 
@@ -331,17 +327,16 @@ impl SqlCatalog {
         for value in &binds {
             query = query.bind(value.as_str());
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = self.bounded("list", query.fetch_all(&self.pool)).await?;
         rows.iter().map(record).collect()
     }
 
     /// Every collection the catalog knows, with its images counted by status, by name.
     pub async fn collections(&self) -> Result<Vec<CollectionCounts>> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT collection, status, COUNT(*) AS n FROM images GROUP BY collection, status ORDER BY collection",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = self.bounded("collections", query.fetch_all(&self.pool)).await?;
         let mut collections: Vec<CollectionCounts> = Vec::new();
         for row in rows {
             let name = text(&row, "collection")?;
@@ -394,6 +389,20 @@ impl SqlCatalog {
         Ok(())
     }
 
+    /// Runs a read, failing with [`CatalogError::Unanswered`] past [`CALL_PATIENCE`]: a
+    /// connection whose database stopped answering (a firewall dropping packets, a host gone)
+    /// would otherwise wait for ever, as no query has a deadline of its own.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(CALL_PATIENCE, call).await {
+            Ok(outcome) => Ok(outcome?),
+            Err(_) => Err(CatalogError::Unanswered { what, seconds: CALL_PATIENCE.as_secs() }),
+        }
+    }
+
     /// Runs a write, again from the start when it failed for a passing reason: 5 attempts, about
     /// 0.1, 0.2, 0.4 and 0.8 s apart (each randomly stretched by up to half, so writers that
     /// deadlocked on each other do not retry in step). The transaction of a failed attempt was
@@ -406,7 +415,12 @@ impl SqlCatalog {
         const ATTEMPTS: u32 = 5;
         let mut delay = Duration::from_millis(100);
         for number in 1..=ATTEMPTS {
-            match attempt().await {
+            // An attempt that gets no answer (a database behind a black hole) is not retried:
+            // it may have committed, and another would wait as long again.
+            let outcome = tokio::time::timeout(CALL_PATIENCE, attempt())
+                .await
+                .map_err(|_| CatalogError::Unanswered { what, seconds: CALL_PATIENCE.as_secs() })?;
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) if number < ATTEMPTS && is_transient(&error) => {
                     tracing::warn!(what, attempt = number, %error, "catalog write failed; retrying");
@@ -462,11 +476,12 @@ struct Upsert<'a> {
     now: i64,
 }
 
-/// Errors a retry may cure: the connection went away, the pool had none free in time, or the
-/// database chose this transaction as a deadlock victim or serialisation loser.
+/// Errors a retry may cure: the connection went away, or the database chose this transaction
+/// as a deadlock victim or serialisation loser. (Not the pool's timeout: it has already waited
+/// its 30 s for a connection, and four more waits would hold a request for minutes.)
 fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Io(_) => true,
         sqlx::Error::Database(database) => {
             // MySQL/MariaDB: deadlock victim (1213), lock wait timeout (1205), server shutting
             // down (1053), connection killed (MariaDB 1927), idle connection closed (MySQL 4031).
@@ -484,6 +499,11 @@ fn is_transient(error: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// How long one catalog call, or one attempt of a write, may take, waiting for a connection
+/// included: past it the call fails (a 503 for a request) instead of waiting for ever on a
+/// database that stopped answering.
+const CALL_PATIENCE: Duration = Duration::from_secs(30);
 
 const SELECT_RECORD: &str = "SELECT id, collection, uri, content_hash, size_bytes, width, height, status, error, created_at_ms, updated_at_ms FROM images";
 

@@ -223,17 +223,13 @@ fn displayed_size(width: u32, height: u32, orientation: Orientation) -> (u32, u3
 /// would need `unsafe`, which this crate forbids); so a file TurboJPEG refuses is decoded in
 /// full by zune-jpeg, pure Rust and lenient, against the same limits, and refused only if that
 /// fails too. Leniency means a truncated file "decodes" with the missing part grey; so a file
-/// whose last scan is not followed by an end-of-image marker is refused as truncated first.
+/// whose markers end before its end-of-image marker is refused as truncated first.
 /// CMYK and YCCK JPEGs (print files), which TurboJPEG cannot turn into RGB, are decoded in full
 /// by zune-jpeg too; zune-jpeg also reads the EXIF block.
 fn decode_jpeg(bytes: &[u8], limits: DecodeLimits, min_side: u32) -> Result<(DynamicImage, Orientation), String> {
-    if !ends_after_last_scan(bytes) {
-        return Err("the file is truncated (no end-of-image marker after the last scan)".to_string());
-    }
     // Counted here, not only by TurboJPEG's own limit, so that no decoder ever starts on such
-    // a file. Scan data cannot hold FF DA (a 0xFF there is followed by 0x00 or a restart
-    // marker); an EXIF thumbnail's few scans count too, which 500 leaves room for.
-    let scans = bytes.windows(2).filter(|pair| *pair == [0xFF, 0xDA]).count();
+    // a file.
+    let scans = main_image_scans(bytes)?;
     if scans > MAX_SCANS as usize {
         return Err(format!("it has {scans} scans, more than the {MAX_SCANS} a JPEG may have here"));
     }
@@ -357,18 +353,56 @@ fn decode_jpeg_in_full(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImag
     Ok(image.into())
 }
 
-/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside scan
-/// data a 0xFF byte is always followed by 0x00 or a restart marker, so neither marker can
-/// appear there by chance; an EXIF thumbnail's own markers come before the main image's scans.
-/// Bytes after the end marker (some cameras append data) are allowed.
+/// The scans of a JPEG's main image, counted by walking its markers from the start to its
+/// end-of-image marker, or why the walk could not get there (a truncated file).
 ///
-/// Checked from the end marker outwards, since it runs for every image: the last FF D9 sits at
-/// or near the end of a whole file, and the first scan near its start, so neither search walks
-/// the compressed data.
-fn ends_after_last_scan(bytes: &[u8]) -> bool {
-    const SCAN: [u8; 2] = [0xFF, 0xDA];
-    let Some(end) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return false };
-    !bytes[end..].windows(2).any(|w| w == SCAN) && bytes[..end].windows(2).any(|w| w == SCAN)
+/// Marker segments carry their length, so whatever they hold (an EXIF thumbnail with its own
+/// markers, an ICC profile, maker notes) is stepped over; a scan's data runs to the next marker
+/// (inside it a 0xFF is always followed by 0x00 or a restart marker); nothing after the end
+/// marker is read, so a motion photo's video, appended there, neither counts nor hides the end.
+/// Stray bytes where a marker should start are skipped, as libjpeg skips them.
+fn main_image_scans(bytes: &[u8]) -> Result<usize, String> {
+    const TRUNCATED: &str = "the file is truncated (it ends before its end-of-image marker)";
+    let truncated = || TRUNCATED.to_string();
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err("it does not start with a JPEG start-of-image marker".to_string());
+    }
+    let (mut at, mut scans) = (2, 0);
+    loop {
+        // The next marker: stray bytes skipped, then fill bytes (a run of 0xFF).
+        at += bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xFF)).ok_or_else(truncated)?;
+        while bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let marker = *bytes.get(at + 1).ok_or_else(truncated)?;
+        at += 2;
+        match marker {
+            0xD9 => return Ok(scans),
+            // Markers without a length (TEM, restarts) and a stray stuffed byte.
+            0x00 | 0x01 | 0xD0..=0xD7 => {}
+            _ => {
+                let length = bytes.get(at..at + 2).ok_or_else(truncated)?;
+                let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+                if length < 2 {
+                    return Err(format!("a marker segment (0xFF{marker:02X}) claims a length of {length}"));
+                }
+                at += length;
+                if marker == 0xDA {
+                    scans += 1;
+                    loop {
+                        at += bytes
+                            .get(at..)
+                            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                            .ok_or_else(truncated)?;
+                        match *bytes.get(at + 1).ok_or_else(truncated)? {
+                            0x00 | 0xD0..=0xD7 => at += 2,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn check_dimensions(width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {

@@ -135,8 +135,9 @@ fn prefix_matches(network: &[u8], address: &[u8], length: u8) -> bool {
 /// registries (IPv4 and IPv6) mark as not globally reachable, and multicast and the deprecated
 /// site-local and IPv4-compatible forms. Blocks the registries mark globally reachable inside
 /// refused ones (anycast services, AMT, AS112) pass. Forms that carry an IPv4 address (mapped,
-/// IPv4-compatible, 6to4, NAT64's well-known prefix) are judged by that address; Teredo, whose
-/// embedded address is obfuscated, is refused outright. `fuzz/src/targets.rs` checks this
+/// 6to4, NAT64's well-known prefix) are judged by that address; the deprecated IPv4-compatible
+/// form is refused whatever it carries (named for an internal address it carries), and Teredo,
+/// whose embedded address is obfuscated, is refused outright. `fuzz/src/targets.rs` checks this
 /// against the registries' own rows.
 pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -183,7 +184,7 @@ pub fn internal_kind(ip: IpAddr) -> Option<&'static str> {
                 Some("NAT64 local-use")
             } else if within(0x0100 << 112, 63) {
                 Some("discard-only or dummy")
-            } else if within(0x2001 << 96, 32) {
+            } else if within(0x2001 << 112, 32) {
                 Some("Teredo (it can reach internal IPv4)")
             } else if within(0x2001 << 112, 23)
                 && !globally_reachable_inside_2001_23.iter().any(|&(network, length)| within(network, length))
@@ -540,9 +541,11 @@ mod tests {
         ] {
             assert!(none.refusal(ip(internal)).is_some(), "{internal} must be refused");
         }
+        assert!(none.refusal(ip("2001:0:4136:e378::1")).unwrap().contains("Teredo"));
         // Public, including the globally reachable rows inside refused blocks and NAT64 of a
         // public IPv4 address (what DNS64 gives every IPv4-only host in an IPv6-only cluster).
         for public in [
+            "0:2001::1",
             "93.184.216.34",
             "8.8.8.8",
             "172.32.0.1",
