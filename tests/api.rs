@@ -872,19 +872,15 @@ async fn probes_and_page_answer() {
 async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_they_return() {
     use common::outage::Outage;
     let milvus = Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()).await;
-    let database = common::databases::fresh_database(imgsearch::catalog::Backend::Postgres, "readyz").await;
-    let (user, rest) = database.url.rsplit_once('@').expect("URL with a host");
-    let (address, name) = rest.split_once('/').expect("URL with a database");
-    let catalog_link = Outage::forward_to(address.to_string()).await;
+    let behind = common::databases::postgres_catalog_behind_a_link("readyz").await;
+    let catalog_link = &behind.link;
     let work = tempfile::tempdir().unwrap();
     let mut index = common::index(work.path()).await;
     index.store =
         imgsearch::store::MilvusStore::connect(&milvus.uri(), None).await.expect("connect through the forwarder");
     // The store keeps its production patience (20 s a call): readiness must answer within the
     // probe's timeout all the same.
-    index.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
-        .await
-        .expect("open the catalog through the forwarder");
+    index.catalog = behind.catalog.clone();
     let app = app(ServerState::new(index, ServeConfig::default()));
     let readyz = || {
         let app = app.clone();
@@ -939,16 +935,11 @@ async fn readyz_turns_503_when_milvus_or_the_catalog_goes_away_and_back_when_the
 /// stored, and the image uploaded before the outage is still there.
 #[tokio::test]
 async fn a_catalog_that_refuses_or_stops_answering_gets_uploads_a_503_within_its_patience_and_loses_nothing() {
-    use common::outage::Outage;
-    let database = common::databases::fresh_database(imgsearch::catalog::Backend::Postgres, "long_outage").await;
-    let (user, rest) = database.url.rsplit_once('@').expect("URL with a host");
-    let (address, name) = rest.split_once('/').expect("URL with a database");
-    let catalog_link = Outage::forward_to(address.to_string()).await;
+    let behind = common::databases::postgres_catalog_behind_a_link("long_outage").await;
+    let catalog_link = &behind.link;
     let work = tempfile::tempdir().unwrap();
     let mut index = common::index(work.path()).await;
-    index.catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", catalog_link.address))
-        .await
-        .expect("open the catalog through the forwarder");
+    index.catalog = behind.catalog.clone();
     let collection = common::unique_collection("long_outage");
     let config = ServeConfig {
         default_collection: collection.clone(),

@@ -445,15 +445,7 @@ async fn deleting_with_retain_keeps_the_milvus_collection_and_the_catalog_rows_a
         .collect();
     let ids = catalog.reserve(&collection, &rows).await.expect("reserve rows");
     catalog.mark_indexed(&ids).await.expect("mark them indexed");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "catalog" },
-        "stringData": { "DATABASE_URL": catalog_url }
-    }))
-    .expect("a Secret");
-    Api::<Secret>::namespaced(admin.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the Secret");
+    create_catalog_secret(admin, namespace, &catalog_url).await;
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let mut object = photos_collection("kept", &common::milvus_uri(), &collection, "Retain");
     object.spec.catalog = Some(serde_json::from_value(json!({ "secretRef": { "name": "catalog" } })).expect("catalog"));
@@ -510,18 +502,12 @@ async fn a_blocked_deletion_keeps_the_object_and_says_why_until_milvus_answers()
 #[tokio::test]
 async fn a_deletion_whose_catalog_cannot_be_reached_drops_nothing_until_it_can() {
     let Scene { admin, namespace, .. } = &scene("catalogless", quick()).await;
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
     // A catalog in a folder that is not there yet (a volume not mounted); a server that refuses
     // connections is the same failure, only reached after the pool's 30 s of retries.
     let work = tempfile::tempdir().expect("a temporary folder");
     let folder = work.path().join("catalog");
     let url = format!("sqlite://{}", folder.join("catalog.db").display());
-    let unreachable: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "catalog" },
-        "stringData": { "DATABASE_URL": url }
-    }))
-    .expect("a Secret");
-    secrets.create(&PostParams::default(), &unreachable).await.expect("create the catalog Secret");
+    create_catalog_secret(admin, namespace, &url).await;
     let collection = common::unique_collection("catalogless");
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let object = photos_collection("doomed", &common::milvus_uri(), &collection, "Delete")
@@ -1217,12 +1203,7 @@ async fn a_namespace_deleted_with_the_secrets_its_cleanup_needs_goes_and_the_dat
     let Scene { admin, namespace, .. } = &scene("nsgone", quick()).await;
     let work = tempfile::tempdir().expect("a temporary folder");
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
-    let catalog: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "catalog" },
-        "stringData": { "DATABASE_URL": format!("sqlite://{}", work.path().join("catalog.db").display()) }
-    }))
-    .expect("a Secret");
-    secrets.create(&PostParams::default(), &catalog).await.expect("create the catalog Secret");
+    create_catalog_secret(admin, namespace, &format!("sqlite://{}", work.path().join("catalog.db").display())).await;
     let collection = common::unique_collection("nsgone");
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let object = photos_collection("photos", &common::milvus_uri(), &collection, "Delete")
@@ -1312,4 +1293,16 @@ async fn milvus_collections_are_one_per_object_and_never_written_pruned_or_dropp
     delete_and_wait(&here, "x-b").await;
     milvus.drop_collection(&old_name).await.expect("drop the old collection");
     milvus.drop_collection(&new_name).await.expect("drop the new collection");
+}
+
+/// The Secret named `catalog` that an ImageCollection's `spec.catalog.secretRef` points at,
+/// holding the catalog's URL.
+async fn create_catalog_secret(admin: &kube::Client, namespace: &str, url: &str) {
+    let secret: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "catalog" }, "stringData": { "DATABASE_URL": url } }))
+            .expect("a Secret");
+    Api::<Secret>::namespaced(admin.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the catalog Secret");
 }

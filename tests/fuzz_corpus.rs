@@ -32,7 +32,12 @@ fn every_seed_and_every_finding_passes_its_target() {
     }
     assert!(replayed >= 20, "{replayed} inputs replayed");
     // The findings fixed so far: each must be replayed, not lost to a renamed folder.
-    for (target, name) in [("decode", "zune-upsampler-panic.jpg"), ("prefix_filter", "line-break-in-a-prefix.txt")] {
+    for (target, name) in [
+        ("decode", "zune-upsampler-panic.jpg"),
+        ("decode", "tiff-tag-claiming-5-million-values-in-284-bytes.tiff"),
+        ("decode", "gif-frame-65288-wide-on-an-8x6-canvas.gif"),
+        ("prefix_filter", "line-break-in-a-prefix.txt"),
+    ] {
         assert!(
             inputs("regressions", target).iter().any(|file| file.ends_with(name)),
             "fuzz/regressions/{target}/{name} is gone"

@@ -145,6 +145,67 @@ fn a_tiff_claiming_a_huge_strip_count_is_refused_as_corrupt_without_allocating_i
     assert!(peak < 16 << 20, "refusing it allocated {peak} bytes at its peak (its strip tables are 1.6 GB)");
 }
 
+/// Small files whose headers claim far more than the file holds, found by fuzzing
+/// (fuzz/regressions/decode/): a TIFF directory entry claiming 5.2 million values in a 284-byte
+/// file, for which the `tiff` crate reserved 168 MB before reading them, and a GIF whose first
+/// frame is 65,288 pixels wide on an 8×6 canvas, decoded into a 75 MB buffer of the frame's
+/// size. Each must be refused, for what it claims, at the production limits, before a decoder
+/// reserves anything for it.
+#[test]
+fn small_tiffs_and_gifs_claiming_more_than_they_hold_are_refused_before_a_decoder_reserves_memory() {
+    let findings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/decode");
+    for (name, expected) in [
+        (
+            "tiff-tag-claiming-5-million-values-in-284-bytes.tiff",
+            "its tag 257 claims 5266048 values of 4 bytes at byte 256, past the end of the 284-byte file",
+        ),
+        (
+            "gif-frame-65288-wide-on-an-8x6-canvas.gif",
+            "its first frame is 65288×231 pixels, over the limit of 16384 px a side",
+        ),
+    ] {
+        let bytes = std::fs::read(findings.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (result, peak) = allocation::peak_during(|| prepare(&bytes));
+        let error = result.err().unwrap_or_else(|| panic!("{name} was accepted"));
+        assert!(error.to_string().contains(expected), "{name}: {error}");
+        assert!(peak < 1 << 20, "{name}: refusing it allocated {peak} bytes at its peak");
+    }
+}
+
+/// Browsers show a GIF whose first frame is larger than its canvas (old encoders wrote such
+/// files): within the limits it is decoded, clipped to the canvas, not refused.
+#[test]
+fn a_gif_frame_larger_than_its_canvas_is_clipped_within_the_limits() {
+    let mut bytes = encode_rgb(&upright(), ImageFormat::Gif, None);
+    // The logical screen descriptor's width and height (little-endian, after "GIF89a").
+    bytes[6..10].copy_from_slice(&[120, 0, 80, 0]);
+    let prepared = prepare(&bytes).unwrap_or_else(|e| panic!("refused: {e}"));
+    assert_eq!((prepared.width, prepared.height), (120, 80));
+}
+
+/// TIFFs as other writers lay them out (made by scripts/make_tiff_samples.py with tifffile and
+/// Pillow's libtiff): big-endian, BigTIFF, strips and tiles, LZW and Deflate, 16 bits a sample.
+/// imgsearch reads each one's first directory itself before decoding; every one must pass that
+/// and decode to the picture its PNG holds.
+#[test]
+fn tiffs_written_by_other_tools_prepare_like_their_png() {
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image-samples");
+    let read = |name: &str| std::fs::read(samples.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference = prepare(&read("picture.png")).expect("the PNG prepares");
+    for name in [
+        "tifffile-big-endian-strips.tif",
+        "tifffile-bigtiff.tif",
+        "tifffile-bigtiff-big-endian-tiles-deflate.tif",
+        "tifffile-16-bit.tif",
+        "pillow-libtiff-lzw.tif",
+    ] {
+        let prepared = prepare(&read(name)).unwrap_or_else(|e| panic!("{name} was refused: {e}"));
+        assert_eq!((prepared.width, prepared.height, prepared.format), (64, 48, ImageFormat::Tiff), "{name}");
+        let difference = mean_difference(&prepared.tensor, &reference.tensor);
+        assert!(difference < 0.001, "{name}: {difference} from the PNG");
+    }
+}
+
 /// The counting allocator is what the test above measures with: a refusal that allocated the
 /// tables would show up here, as decoding a real image's pixels does.
 #[test]

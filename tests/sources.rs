@@ -361,7 +361,7 @@ async fn start_site() -> (Site, tokio::task::JoinHandle<()>) {
         .route(
             "/slow.jpg",
             // Never answers: the fetch limit, not a race between two sleeps, ends it.
-            get(|| std::future::pending::<Response>()),
+            get(std::future::pending::<Response>),
         )
         .with_state(site.clone());
     let task = tokio::spawn(async move {

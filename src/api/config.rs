@@ -135,7 +135,6 @@ impl ServerSettings {
                 decode_workers: self.decode_workers,
                 image_bucket,
                 url_fetcher,
-                ..SearchSettings::default()
             },
             ..ServeConfig::default()
         })

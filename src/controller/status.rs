@@ -941,7 +941,7 @@ mod tests {
         let reconciling = get(&status, RECONCILING);
         assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("True", ROLLING_OUT));
         assert!(reconciling.message.contains("updated 1 of 2"));
-        assert_eq!((status.phase.clone(), get(&status, READY).status.as_str()), (Some(Phase::Ready), "True"));
+        assert_eq!((status.phase, get(&status, READY).status.as_str()), (Some(Phase::Ready), "True"));
         seen.failures = vec![ChildFailure {
             object: "Deployment products-search".into(),
             reason: ROLLOUT_STUCK,

@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod preprocess;
 pub mod runtime;
+pub mod structure;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -9,6 +9,8 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use zune_core::bytestream::ZCursor;
 
+use super::structure;
+
 /// What a model's input looks like: a square RGB picture of `size` pixels a side, each channel
 /// scaled to [0, 1] and then normalised as `(value - mean) / std`, laid out CHW. The statistics
 /// are the ones the model was trained with; anything else shifts every embedding.
@@ -43,8 +45,8 @@ pub enum ImageError {
     Empty,
     #[error("not a supported image: {0} (supported: {SUPPORTED_FORMATS})")]
     UnsupportedFormat(String),
-    #[error("image is {width}×{height} pixels, over the limit of {limit}")]
-    TooLarge { width: u32, height: u32, limit: String },
+    #[error("{part} is {width}×{height} pixels, over the limit of {limit}")]
+    TooLarge { part: &'static str, width: u32, height: u32, limit: String },
     #[error("corrupt or truncated {format} image: {detail}")]
     Corrupt { format: &'static str, detail: String },
 }
@@ -92,6 +94,11 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
         return Err(ImageError::UnsupportedFormat(format!(
             "{family} (its decoders are C libraries, which imgsearch does not run on untrusted input; convert it to JPEG or WebP)"
         )));
+    }
+    // BigTIFF (TIFF with 8-byte offsets, what scanners and microscopes write past 4 GB): the
+    // `tiff` decoder reads it, but `image` does not recognise its header.
+    if bytes.starts_with(b"II+\0") || bytes.starts_with(b"MM\0+") {
+        return Ok(ImageFormat::Tiff);
     }
     match image::guess_format(bytes) {
         Ok(
@@ -163,9 +170,23 @@ fn prepare_format(
     let format_name = format_name(format);
     let corrupt = |e: image::ImageError| ImageError::Corrupt { format: format_name, detail: e.to_string() };
 
+    // The container first: what the file claims of itself must be possible before a decoder
+    // reserves anything for it (see `structure` for what each decoder did without this).
+    if format == ImageFormat::Tiff {
+        structure::tiff_first_directory_within_file(bytes)
+            .map_err(|detail| ImageError::Corrupt { format: format_name, detail })?;
+    }
     // Header only: refuse oversized canvases before allocating anything for them.
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(corrupt)?;
     check_dimensions(width, height, limits)?;
+    if format == ImageFormat::Gif {
+        // A first frame larger than its canvas is decoded at its own size, then clipped.
+        let frame = structure::gif_first_frame_size(bytes)
+            .map_err(|detail| ImageError::Corrupt { format: format_name, detail })?;
+        if let Some((width, height)) = frame {
+            within_limits("its first frame", width, height, limits)?;
+        }
+    }
 
     let (decoded, orientation) = if format == ImageFormat::Jpeg {
         let min_side = match scale {
@@ -229,7 +250,7 @@ fn displayed_size(width: u32, height: u32, orientation: Orientation) -> (u32, u3
 fn decode_jpeg(bytes: &[u8], limits: DecodeLimits, min_side: u32) -> Result<(DynamicImage, Orientation), String> {
     // Counted here, not only by TurboJPEG's own limit, so that no decoder ever starts on such
     // a file.
-    let scans = main_image_scans(bytes)?;
+    let scans = structure::jpeg_main_image_scans(bytes)?;
     if scans > MAX_SCANS as usize {
         return Err(format!("it has {scans} scans, more than the {MAX_SCANS} a JPEG may have here"));
     }
@@ -353,67 +374,20 @@ fn decode_jpeg_in_full(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImag
     Ok(image.into())
 }
 
-/// The scans of a JPEG's main image, counted by walking its markers from the start to its
-/// end-of-image marker, or why the walk could not get there (a truncated file).
-///
-/// Marker segments carry their length, so whatever they hold (an EXIF thumbnail with its own
-/// markers, an ICC profile, maker notes) is stepped over; a scan's data runs to the next marker
-/// (inside it a 0xFF is always followed by 0x00 or a restart marker); nothing after the end
-/// marker is read, so a motion photo's video, appended there, neither counts nor hides the end.
-/// Stray bytes where a marker should start are skipped, as libjpeg skips them.
-fn main_image_scans(bytes: &[u8]) -> Result<usize, String> {
-    const TRUNCATED: &str = "the file is truncated (it ends before its end-of-image marker)";
-    let truncated = || TRUNCATED.to_string();
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return Err("it does not start with a JPEG start-of-image marker".to_string());
-    }
-    let (mut at, mut scans) = (2, 0);
-    loop {
-        // The next marker: stray bytes skipped, then fill bytes (a run of 0xFF).
-        at += bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xFF)).ok_or_else(truncated)?;
-        while bytes.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let marker = *bytes.get(at + 1).ok_or_else(truncated)?;
-        at += 2;
-        match marker {
-            0xD9 => return Ok(scans),
-            // Markers without a length (TEM, restarts) and a stray stuffed byte.
-            0x00 | 0x01 | 0xD0..=0xD7 => {}
-            _ => {
-                let length = bytes.get(at..at + 2).ok_or_else(truncated)?;
-                let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
-                if length < 2 {
-                    return Err(format!("a marker segment (0xFF{marker:02X}) claims a length of {length}"));
-                }
-                at += length;
-                if marker == 0xDA {
-                    scans += 1;
-                    loop {
-                        at += bytes
-                            .get(at..)
-                            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-                            .ok_or_else(truncated)?;
-                        match *bytes.get(at + 1).ok_or_else(truncated)? {
-                            0x00 | 0xD0..=0xD7 => at += 2,
-                            _ => break,
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 fn check_dimensions(width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Corrupt { format: "image", detail: format!("{width}×{height} has no pixels") });
     }
+    within_limits("image", width, height, limits)
+}
+
+fn within_limits(part: &'static str, width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {
     if width > limits.max_dimension || height > limits.max_dimension {
-        return Err(ImageError::TooLarge { width, height, limit: format!("{} px a side", limits.max_dimension) });
+        let limit = format!("{} px a side", limits.max_dimension);
+        return Err(ImageError::TooLarge { part, width, height, limit });
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(ImageError::TooLarge { width, height, limit: format!("{} pixels", limits.max_pixels) });
+        return Err(ImageError::TooLarge { part, width, height, limit: format!("{} pixels", limits.max_pixels) });
     }
     Ok(())
 }

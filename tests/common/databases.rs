@@ -49,3 +49,22 @@ pub async fn fresh_database(backend: Backend, purpose: &str) -> TestDatabase {
         }
     }
 }
+
+/// A fresh PostgreSQL database for one scenario, reached through a forwarder the test cuts or
+/// black-holes to make an outage, and the catalog opened through that forwarder.
+pub struct CatalogBehindALink {
+    pub catalog: imgsearch::catalog::Catalog,
+    pub link: super::outage::Outage,
+    _database: TestDatabase,
+}
+
+pub async fn postgres_catalog_behind_a_link(purpose: &str) -> CatalogBehindALink {
+    let database = fresh_database(Backend::Postgres, purpose).await;
+    let (user, rest) = database.url.rsplit_once('@').expect("a PostgreSQL URL with a host");
+    let (address, name) = rest.split_once('/').expect("a PostgreSQL URL with a database");
+    let link = super::outage::Outage::forward_to(address.to_string()).await;
+    let catalog = imgsearch::catalog::Catalog::open(&format!("{user}@{}/{name}", link.address))
+        .await
+        .expect("open the catalog through the forwarder");
+    CatalogBehindALink { catalog, link, _database: database }
+}

@@ -560,7 +560,7 @@ async fn handle(
         }
     }
     match verb {
-        "watch" => return watch(server, target, query).await,
+        "watch" => watch(server, target, query).await,
         "get" => get(&server, &target),
         "list" => list(&server, &target, &query),
         "create" => create(&server, &target, &body),
