@@ -1,5 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Both install what is missing first.
-.PHONY: setup build demo test eval bench-ingest bench-search fuzz soak clean
+.PHONY: setup build demo test eval bench-ingest bench-search fuzz soak mutation-check clean
 
 # cargo's builds live outside the work tree, one folder per Rust toolchain, so a fresh clone on
 # the same machine (CI) compiles only what changed. Set CARGO_TARGET_DIR to build elsewhere.
@@ -55,6 +55,12 @@ soak:
 # for FUZZ_SECONDS each (default 300), then a table; findings land in fuzz/findings/.
 fuzz:
 	scripts/fuzz.sh
+
+# The record that each test docs/reliability.md names for a promise fails when the behaviour is
+# removed: one mutation at a time, in the working tree (which must be clean), the file restored.
+mutation-check:
+	scripts/setup.sh --test-servers
+	scripts/test-databases.sh scripts/milvus-lite.sh .venv/bin/python scripts/mutation_check.py
 
 clean:
 	rm -rf data/standalone

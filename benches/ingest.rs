@@ -12,7 +12,8 @@
 //! 4. the tuned Python peer (the same script with `--tuned`: PIL's draft decoding, which is
 //!    libjpeg-turbo's DCT-scaled decoding, in a pool of 2 processes);
 //!
-//! and prints a table per corpus with the ratios 2/1, 2/3 and 2/4. The corpora: ≥ 1,000
+//! and prints a table per corpus with the ratios 2/1, 2/3 and 2/4; and, first, what the checks
+//! `prepare` runs on a JPEG before any decoder (the marker walk) cost against `prepare` itself. The corpora: ≥ 1,000
 //! distinct 1024×768 JPEGs made from the sample photos with crops, flips and colour changes
 //! (cached under `target/bench-corpus`), and 200 phone-size 4032×3024 JPEGs made from the
 //! near-duplicate benchmark's real photographs (`target/bench-corpus-phone`). Milvus comes from
@@ -26,6 +27,7 @@ use std::time::Instant;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat, RgbImage};
 use imgsearch::embed::preprocess::{self, DecodeLimits};
+use imgsearch::embed::structure;
 use imgsearch::embed::{EmbeddingModel, ModelConfig};
 
 const CORPUS_SIZE: usize = 1008;
@@ -59,7 +61,17 @@ fn main() {
         (format!("{} distinct 1024×768 JPEGs", small_files.len()), small),
         (format!("{} distinct 4032×3024 phone JPEGs (1 in 8 portrait by EXIF)", jpegs(&phone).len()), phone),
     ];
-    let mut tables = Vec::new();
+    let mut checks = String::from(
+        "Checks before decoding: the JPEG marker walk (scans counted, end marker found) against the whole of \
+         prepare, one core, files in memory\n\n\
+         | corpus | marker walk, µs/image | prepare, µs/image | walk/prepare |\n|---|---:|---:|---:|",
+    );
+    for (name, corpus) in &corpora {
+        let (walk, prepare) = checks_before_decoding(&jpegs(corpus));
+        eprintln!("{name}: marker walk {walk:.1} µs, prepare {prepare:.0} µs per image");
+        checks.push_str(&format!("\n| {name} | {walk:.1} | {prepare:.0} | {:.4} |", walk / prepare));
+    }
+    let mut tables = vec![checks];
     for (name, corpus) in &corpora {
         eprintln!("{name}:");
         let (ours, ours_rss) = imgsearch_ingest(root, corpus, &milvus);
@@ -98,6 +110,31 @@ fn jpegs(folder: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Microseconds per image of the walk over a JPEG's markers that `prepare` runs before any
+/// decoder (`structure::jpeg_main_image_scans`: the scan count, the end-of-image marker), and of
+/// the whole of `prepare` (that walk, decoding at reduced scale, resizing, normalising), over
+/// the same files held in memory, on this thread.
+fn checks_before_decoding(files: &[PathBuf]) -> (f64, f64) {
+    let images: Vec<Vec<u8>> = files.iter().take(200).map(|p| std::fs::read(p).expect("read image")).collect();
+    let input = imgsearch::embed::EFFICIENTNET_LITE0.input;
+    let per_image = |rounds: usize, work: &dyn Fn(&[u8])| {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            for bytes in &images {
+                work(bytes);
+            }
+        }
+        started.elapsed().as_secs_f64() * 1e6 / (rounds * images.len()) as f64
+    };
+    let walk = per_image(20, &|bytes| {
+        std::hint::black_box(structure::jpeg_main_image_scans(bytes).expect("a whole JPEG"));
+    });
+    let prepare = per_image(1, &|bytes| {
+        std::hint::black_box(preprocess::prepare(bytes, DecodeLimits::default(), input).expect("prepare"));
+    });
+    (walk, prepare)
 }
 
 /// 200 phone-size JPEGs from the near-duplicate benchmark's real photographs, made by

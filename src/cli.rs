@@ -328,8 +328,8 @@ pub struct ServeArgs {
     /// How fresh searches must be: `session` sees this server's own uploads at once and other
     /// writers' (ingest Jobs) within Milvus's staleness bound, without waiting; `strong` waits
     /// for every write before the search (≈ 200 ms a search on Milvus 2.3).
-    #[arg(long, env = env::SEARCH_CONSISTENCY, default_value = "session", value_parser = ["session", "strong"])]
-    pub search_consistency: String,
+    #[arg(long, env = env::SEARCH_CONSISTENCY, value_enum, default_value_t = Consistency::Session)]
+    pub search_consistency: Consistency,
     /// After SIGTERM or Ctrl-C, keep answering this long (readiness failing) before closing the
     /// listener, so load balancers stop sending first; in-flight requests are finished either way.
     #[arg(long, env = env::SHUTDOWN_DRAIN_SECONDS, default_value_t = 0)]
@@ -413,9 +413,9 @@ impl ServeArgs {
             s3: S3Settings { endpoint: self.s3_endpoint.clone(), region: self.s3_region.clone(), credentials: None },
             token,
             protect_reads: self.auth_reads,
-            search_consistency: match self.search_consistency.as_str() {
-                "strong" => SearchConsistency::Strong,
-                _ => SearchConsistency::Session,
+            search_consistency: match self.search_consistency {
+                Consistency::Strong => SearchConsistency::Strong,
+                Consistency::Session => SearchConsistency::Session,
             },
             shutdown_drain: Duration::from_secs(self.shutdown_drain_seconds),
             search_by_url: self.search_by_url.then(|| self.search_url_allow_networks.clone()),
@@ -490,8 +490,8 @@ pub struct ControllerArgs {
     #[arg(long, env = env::IMAGE)]
     pub image: String,
     /// imagePullPolicy of the ingest and search containers (default: Kubernetes' own).
-    #[arg(long, env = env::IMAGE_PULL_POLICY, value_parser = ["Always", "IfNotPresent", "Never"])]
-    pub image_pull_policy: Option<String>,
+    #[arg(long, env = env::IMAGE_PULL_POLICY, value_enum)]
+    pub image_pull_policy: Option<PullPolicy>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = env::CONTROLLER_LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -520,7 +520,7 @@ impl ControllerArgs {
         ControllerCommand {
             children: crate::controller::children::ChildConfig {
                 image: self.image.clone(),
-                image_pull_policy: self.image_pull_policy.clone(),
+                image_pull_policy: self.image_pull_policy.map(|policy| policy.kubernetes_name().to_string()),
             },
             listen: self.listen,
             leader_election: self.leader_election,
@@ -560,6 +560,35 @@ impl EvalArgs {
             k: self.k.clone(),
             json: self.json,
             model: self.model.settings(),
+        }
+    }
+}
+
+/// `--search-consistency`'s values (the store's [`SearchConsistency`], spelt for a command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Consistency {
+    Session,
+    Strong,
+}
+
+/// `--image-pull-policy`'s values: Kubernetes' own, spelt as Kubernetes spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    #[value(name = "Always")]
+    Always,
+    #[value(name = "IfNotPresent")]
+    IfNotPresent,
+    #[value(name = "Never")]
+    Never,
+}
+
+impl PullPolicy {
+    /// The container's `imagePullPolicy`.
+    pub fn kubernetes_name(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Objects for tests, shared by the unit tests and the integration tests (tests/), so every test
-//! starts from the same collection and changes only what it is about. Compiled into the
-//! library (integration tests cannot see `#[cfg(test)]` items), small, and used by no role.
+//! Objects for the integration tests (tests/), so every test starts from the same collection
+//! and changes only what it is about. (The builders' unit tests in controller/ spell out each
+//! whole spec they check in YAML instead.) Compiled only for tests: `cfg(test)` for the unit
+//! tests, and the `fixtures` feature, which the crate's dev-dependency on itself turns on, for
+//! the integration tests, which cannot see `cfg(test)` items.
 
 use serde_json::{Value, json};
 

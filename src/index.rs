@@ -34,6 +34,9 @@ pub enum IndexError {
     InvalidCollection(String),
     #[error("an embedding task stopped unexpectedly: {0}")]
     Worker(String),
+    /// A write that stored the image but whose catalog gave back no id for it.
+    #[error("the catalog gave back no id for the image written")]
+    NoIdReturned,
 }
 
 /// Where the vectors and the catalog are.
@@ -107,7 +110,7 @@ impl ImageIndex {
         }
         let (images, vectors) = self.embed(vec![(image, prepared)]).await?;
         let ids = self.write_embedded(collection, images, vectors).await?;
-        ids.first().copied().ok_or_else(|| IndexError::Worker("no id returned for the image".into()))
+        ids.first().copied().ok_or(IndexError::NoIdReturned)
     }
 
     /// Before one image is embedded and added: makes sure the collection exists, and gives the
@@ -130,7 +133,7 @@ impl ImageIndex {
     /// [`ImageIndex::already_indexed`]; returns its id.
     pub async fn add_embedded(&self, collection: &str, image: NewImage, vector: Vec<f32>) -> Result<i64, IndexError> {
         let ids = self.write_embedded(collection, vec![image], vec![vector]).await?;
-        ids.first().copied().ok_or_else(|| IndexError::Worker("no id returned for the image".into()))
+        ids.first().copied().ok_or(IndexError::NoIdReturned)
     }
 
     /// Runs the model over a batch (on the blocking pool: inference is CPU work).

@@ -14,6 +14,7 @@ pub mod crd;
 pub mod embed;
 pub mod env;
 pub mod eval;
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod index;
 pub mod ingest;

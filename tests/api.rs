@@ -18,6 +18,9 @@ use tower::ServiceExt;
 struct Fixture {
     _work: tempfile::TempDir,
     state: AppState,
+    /// The server's own Milvus and catalog, to look behind its back.
+    store: imgsearch::store::MilvusStore,
+    catalog: imgsearch::catalog::Catalog,
     images: PathBuf,
     uploads: PathBuf,
     collection: String,
@@ -41,9 +44,7 @@ async fn fixture_with(photos: &[&str], adjust: impl FnOnce(&mut ServeConfig)) ->
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
-    for name in photos {
-        std::fs::copy(common::photo(name), images.join(name)).unwrap();
-    }
+    common::copy_photos(photos, &images);
     let images = images.canonicalize().unwrap();
     let uploads = work.path().join("uploads");
     let collection = common::unique_collection("api");
@@ -58,8 +59,10 @@ async fn fixture_with(photos: &[&str], adjust: impl FnOnce(&mut ServeConfig)) ->
         ..ServeConfig::default()
     };
     adjust(&mut config);
-    let state = ServerState::new(common::index(work.path()).await, config);
-    Fixture { _work: work, state, images, uploads, collection }
+    let index = common::index(work.path()).await;
+    let (store, catalog) = (index.store.clone(), index.catalog.clone());
+    let state = ServerState::new(index, config);
+    Fixture { _work: work, state, store, catalog, images, uploads, collection }
 }
 
 impl Fixture {
@@ -613,7 +616,7 @@ async fn drop_removes_vectors_and_catalog_rows_and_a_second_drop_is_not_found() 
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.as_str().unwrap().starts_with("Successfully dropped"), "{body}");
     assert_eq!(f.count().await, 0);
-    assert_eq!(f.state.service.index.catalog.known_images(&f.collection).await.unwrap().len(), 0);
+    assert_eq!(f.catalog.known_images(&f.collection).await.unwrap().len(), 0);
     assert!(f.images.join("astronaut.jpg").exists(), "the user's files are left alone");
     let (status, _) = f.json(Request::post("/img/drop").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -654,7 +657,7 @@ async fn a_collection_is_checked_once_and_one_dropped_behind_the_servers_back_is
     assert_eq!(stage_count(&f, "milvus_check").await, 1, "Milvus is asked whether the collection exists once");
 
     // Another server (or the controller) drops it: the next search says so, as the check would.
-    f.state.service.index.store.drop_collection(&f.collection).await.unwrap();
+    f.store.drop_collection(&f.collection).await.unwrap();
     let (status, body) = f.json(search()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");

@@ -197,9 +197,7 @@ async fn the_binary_runs_from_the_image_tree_ingests_and_answers_a_search() {
 
     let photos = work.path().join("photos");
     std::fs::create_dir_all(&photos).unwrap();
-    for name in ["astronaut.jpg", "coffee.jpg", "rocket.jpg"] {
-        std::fs::copy(common::photo(name), photos.join(name)).unwrap();
-    }
+    common::copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &photos);
     let collection = common::unique_collection("image_tree");
     let backend = [
         ("MILVUS_URI", common::milvus_uri()),
@@ -217,7 +215,7 @@ async fn the_binary_runs_from_the_image_tree_ingests_and_answers_a_search() {
     let summary: serde_json::Value = serde_json::from_slice(&ingest.stdout).expect("JSON summary");
     assert_eq!(summary["indexed"], 3, "{summary}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let mut serve = command(&["serve"], &[&backend[..], &[("IMGSEARCH_LISTEN", format!("127.0.0.1:{port}"))]].concat())
         .stderr(Stdio::piped())
         .spawn()

@@ -303,7 +303,7 @@ async fn status_writes_during_an_ingest_do_not_wake_the_controller_again() {
 #[tokio::test]
 async fn an_unreachable_milvus_is_reported_in_status_not_crashed_on() {
     let Scene { admin, namespace, .. } = &scene("unreachable", quick()).await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let closed_port = common::free_port();
     let collections: Api<ImageCollection> = Api::namespaced(admin.clone(), namespace);
     let object = ImageCollection::test("broken").with_spec(json!({
         "milvus": { "uri": format!("http://127.0.0.1:{closed_port}") }

@@ -153,7 +153,6 @@ fn a_tiff_claiming_a_huge_strip_count_is_refused_as_corrupt_without_allocating_i
 /// reserves anything for it.
 #[test]
 fn small_tiffs_and_gifs_claiming_more_than_they_hold_are_refused_before_a_decoder_reserves_memory() {
-    let findings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/decode");
     for (name, expected) in [
         (
             "tiff-tag-claiming-5-million-values-in-284-bytes.tiff",
@@ -164,7 +163,7 @@ fn small_tiffs_and_gifs_claiming_more_than_they_hold_are_refused_before_a_decode
             "its first frame is 65288×231 pixels, over the limit of 16384 px a side",
         ),
     ] {
-        let bytes = std::fs::read(findings.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let bytes = std::fs::read(common::fuzz_regression("decode", name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let (result, peak) = allocation::peak_during(|| prepare(&bytes));
         let error = result.err().unwrap_or_else(|| panic!("{name} was accepted"));
         assert!(error.to_string().contains(expected), "{name}: {error}");

@@ -386,9 +386,7 @@ async fn a_collection_over_a_folder_is_ingested_by_the_real_job_controller_and_s
     let work = tempfile::tempdir().expect("a temporary folder");
     let photos = work.path().join("volume/catalogue");
     std::fs::create_dir_all(&photos).expect("create the claim's folder");
-    for name in ["astronaut.jpg", "coffee.jpg", "rocket.jpg"] {
-        std::fs::copy(common::photo(name), photos.join(name)).expect("copy a photo");
-    }
+    common::copy_photos(&["astronaut.jpg", "coffee.jpg", "rocket.jpg"], &photos);
     // One bad file: counted as failed, not a failed Job.
     std::fs::write(photos.join("truncated.jpg"), common::corrupt_jpeg()).expect("write a corrupt JPEG");
     let claims = std::collections::BTreeMap::from([("photos".to_string(), work.path().join("volume"))]);

@@ -18,7 +18,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Cursor};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -33,10 +32,6 @@ const DOWN_FOR: Duration = Duration::from_secs(8);
 /// How long after a restart service must be back (Milvus Lite reopens and reloads in a few
 /// seconds; the clients reconnect with backoff).
 const RECOVERY_LIMIT: Duration = Duration::from_secs(45);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 /// Waits for `ready` until `limit`, failing with `what` if it never comes.
 fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
@@ -59,7 +54,7 @@ struct Milvus {
 impl Milvus {
     fn start(folder: &Path) -> Self {
         std::fs::create_dir_all(folder).expect("Milvus's folder");
-        let mut milvus = Self { folder: folder.to_path_buf(), port: free_port(), child: None, starts: 0 };
+        let mut milvus = Self { folder: folder.to_path_buf(), port: common::free_port(), child: None, starts: 0 };
         milvus.restart();
         milvus
     }
@@ -120,7 +115,7 @@ impl Postgres {
     }
 
     fn start(folder: &Path) -> Self {
-        let postgres = Self { folder: folder.to_path_buf(), port: free_port() };
+        let postgres = Self { folder: folder.to_path_buf(), port: common::free_port() };
         Self::script(&["init", &postgres.dir()]);
         postgres.restart();
         postgres
@@ -360,7 +355,7 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     let (first, summary) = ingest_folder(&folder, &milvus_uri, &catalog_url);
     assert!(first, "the first ingest: {summary}");
 
-    let port = free_port();
+    let port = common::free_port();
     let log_path = work.path().join("serve.log");
     let mut server = imgsearch(&["serve"], &milvus_uri, &catalog_url)
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -22,7 +22,7 @@ impl Standalone {
     /// Starts it on `images` with `data` as its data directory and waits, at most two minutes,
     /// until it serves.
     fn start(images: &std::path::Path, data: &std::path::Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = common::free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
             .args(["standalone", "--images"])
             .arg(images)
@@ -102,9 +102,7 @@ fn standalone_ingests_serves_and_stops_milvus_lite_on_ctrl_c_and_a_second_run_ke
     let images = work.path().join("images");
     let data = work.path().join("data");
     std::fs::create_dir_all(&images).unwrap();
-    for name in ["astronaut.jpg", "coffee.jpg"] {
-        std::fs::copy(common::photo(name), images.join(name)).unwrap();
-    }
+    common::copy_photos(&["astronaut.jpg", "coffee.jpg"], &images);
     let first = Standalone::start(&images, &data);
     assert!(first.log.contains("2 indexed"), "the folder was not ingested:\n{}", first.log);
     let lite_pid = first.milvus_lite_pid();
@@ -163,7 +161,7 @@ fn serve_on_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_cle
     use std::io::{Read, Write};
     let work = tempfile::tempdir().unwrap();
     let uploads = work.path().join("uploads");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let mut child = serve_command(work.path(), &common::milvus_uri(), "sigterm", port)
         .env("IMGSEARCH_SHUTDOWN_DRAIN_SECONDS", "3")
         .env("IMGSEARCH_LOG_FORMAT", "json")
@@ -311,7 +309,7 @@ fn serve_reads_its_token_from_a_file_and_refuses_writes_without_it() {
     let work = tempfile::tempdir().unwrap();
     let token_file = work.path().join("token");
     std::fs::write(&token_file, "file-token\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let serve = |token_file: &std::path::Path| {
         serve_command(work.path(), &common::milvus_uri(), "tokenfile", port)
             .arg("--auth-token-file")
@@ -365,7 +363,7 @@ fn serve_starts_unready_while_milvus_does_not_answer_and_serves_once_it_does() {
         .block_on(common::outage::Outage::forward_to(common::milvus_uri().trim_start_matches("http://").to_string()));
     milvus.cut();
     let work = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let mut child = serve_command(work.path(), &milvus.uri(), "unready", port).spawn().expect("start imgsearch serve");
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());

@@ -54,7 +54,7 @@ impl Drop for Driver {
 }
 
 async fn start_driver() -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let child = std::process::Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())

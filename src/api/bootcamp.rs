@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::extract::{ApiJson, ApiQuery, WholeNumber};
 use super::{ApiError, AppState, ErrorBody, UploadForm, collection_or_default, image_response, top_k};
+use crate::search::{QueryImage, SearchRequest};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -131,10 +132,13 @@ async fn search(
     let topk = form.field("topk").map(str::trim).filter(|t| !t.is_empty());
     let topk = topk.map(WholeNumber::parse).transpose().map_err(|why| ApiError::BadRequest(format!("topk: {why}")))?;
     let top_k = top_k(&state, topk)?;
-    let hits = state.service.search_by_image(&collection, form.take_image()?, top_k).await?;
+    let query = QueryImage::Bytes { collection, bytes: form.take_image()? };
+    let found = state.service.search(SearchRequest { query, top_k, max_distance: None, uri_prefix: None }).await?;
     // Hits come best first; distance = 1 − cosine similarity keeps that order ascending.
     Ok(Json(
-        hits.into_iter()
+        found
+            .hits
+            .into_iter()
             .map(|hit| {
                 let distance = hit.distance();
                 (hit.uri, distance)
@@ -181,7 +185,7 @@ async fn drop_collection(
 /// `GET /progress`: the current (or last) load.
 #[utoipa::path(get, path = "/progress", tag = BOOTCAMP, responses((status = 200, description = "`\"current: N, total: M\"`", body = String)))]
 async fn progress(State(state): State<AppState>) -> Json<String> {
-    let (current, total) = state.service.progress.snapshot();
+    let (current, total) = state.service.load_progress();
     Json(format!("current: {current}, total: {total}"))
 }
 

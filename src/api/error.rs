@@ -161,12 +161,8 @@ impl From<EmbedError> for ApiError {
 impl From<IngestError> for ApiError {
     fn from(error: IngestError) -> Self {
         match error {
-            IngestError::Store(e) => e.into(),
-            IngestError::Catalog(e) => e.into(),
-            IngestError::Embed(e) => e.into(),
-            IngestError::InvalidCollection(message) => Self::BadRequest(message),
             IngestError::Source(e) => Self::BadRequest(e.to_string()),
-            IngestError::Worker(detail) => Self::Internal(detail),
+            IngestError::Index(e) => e.into(),
         }
     }
 }
@@ -179,13 +175,22 @@ impl From<IndexError> for ApiError {
             IndexError::Embed(e) => e.into(),
             IndexError::InvalidCollection(message) => Self::BadRequest(message),
             IndexError::Worker(detail) => Self::Internal(detail),
+            IndexError::NoIdReturned => Self::Internal(IndexError::NoIdReturned.to_string()),
         }
     }
 }
 
 impl From<SearchError> for ApiError {
     fn from(error: SearchError) -> Self {
-        let message = error.to_string();
+        // What to do about it, in this server's terms: its flags and routes.
+        let remedy = match &error {
+            SearchError::BucketNotGiven { .. } => " (start it with --image-bucket)",
+            SearchError::UrlSearchDisabled => " (start it with --search-by-url); upload the image instead",
+            SearchError::LoadingDisabled => " (start it with --load-root DIR)",
+            SearchError::LoadRunning => "; watch GET /progress and retry when it is done",
+            _ => "",
+        };
+        let message = format!("{error}{remedy}");
         match error {
             SearchError::NoCollection(_)
             | SearchError::NoIndexedImage(_)

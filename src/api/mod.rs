@@ -54,9 +54,9 @@ pub struct ServerState {
 impl ServerState {
     pub fn new(index: ImageIndex, config: ServeConfig) -> AppState {
         let service = SearchService::new(index, config.search.clone());
-        let model = &service.index.model;
+        let model = service.model();
         let metrics =
-            metrics::ApiMetrics::new(model.spec().name, model.dimension(), model.sessions(), &service.metrics);
+            metrics::ApiMetrics::new(model.spec().name, model.dimension(), model.sessions(), service.metrics());
         Arc::new(Self {
             metrics,
             openapi_json: openapi().to_pretty_json().unwrap_or_default(),

@@ -53,11 +53,14 @@ pub fn misconfigured(error: &anyhow::Error) -> bool {
     let source = |e: &SourceError| matches!(e, SourceError::NotADirectory(_) | SourceError::InvalidSpec(_));
     // Another object's collection, or one of another dimension, stays so however often it is tried.
     let store = |e: &StoreError| matches!(e, StoreError::DimensionMismatch { .. } | StoreError::OwnedElsewhere { .. });
-    let ingest = |e: &IngestError| match e {
-        IngestError::InvalidCollection(_) => true,
-        IngestError::Source(inner) => source(inner),
-        IngestError::Store(inner) => store(inner),
+    let index = |e: &IndexError| match e {
+        IndexError::InvalidCollection(_) => true,
+        IndexError::Store(inner) => store(inner),
         _ => false,
+    };
+    let ingest = |e: &IngestError| match e {
+        IngestError::Source(inner) => source(inner),
+        IngestError::Index(inner) => index(inner),
     };
     // `Misconfigured` is attached as context, which `anyhow` finds on the error itself.
     error.downcast_ref::<Misconfigured>().is_some()
@@ -65,39 +68,35 @@ pub fn misconfigured(error: &anyhow::Error) -> bool {
             cause.downcast_ref::<SourceError>().is_some_and(source)
                 || cause.downcast_ref::<IngestError>().is_some_and(ingest)
                 || cause.downcast_ref::<StoreError>().is_some_and(store)
-                || match cause.downcast_ref::<IndexError>() {
-                    Some(IndexError::InvalidCollection(_)) => true,
-                    Some(IndexError::Store(inner)) => store(inner),
-                    _ => false,
-                }
+                || cause.downcast_ref::<IndexError>().is_some_and(index)
         })
 }
 
+/// Why an ingest stopped: its source, or the index it writes to.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error("{0}")]
-    InvalidCollection(String),
-    #[error("an ingest worker stopped unexpectedly: {0}")]
-    Worker(String),
+    Index(#[from] IndexError),
 }
 
-impl From<IndexError> for IngestError {
-    fn from(error: IndexError) -> Self {
-        match error {
-            IndexError::Store(e) => Self::Store(e),
-            IndexError::Catalog(e) => Self::Catalog(e),
-            IndexError::Embed(e) => Self::Embed(e),
-            IndexError::InvalidCollection(message) => Self::InvalidCollection(message),
-            IndexError::Worker(detail) => Self::Worker(detail),
-        }
+// The index's parts fail as the index: one route from each to whoever maps ingest errors.
+impl From<StoreError> for IngestError {
+    fn from(error: StoreError) -> Self {
+        Self::Index(error.into())
+    }
+}
+
+impl From<CatalogError> for IngestError {
+    fn from(error: CatalogError) -> Self {
+        Self::Index(error.into())
+    }
+}
+
+impl From<EmbedError> for IngestError {
+    fn from(error: EmbedError) -> Self {
+        Self::Index(error.into())
     }
 }
 
@@ -153,7 +152,7 @@ impl ImageIndex {
     ) -> Result<IngestReport, IngestError> {
         let started = Instant::now();
         let collection = options.collection.as_str();
-        crate::store::validate_collection_name(collection).map_err(IngestError::InvalidCollection)?;
+        crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
         let owner = options.owner.as_ref();
         self.store.ensure_collection(collection, self.model.dimension(), &self.index, owner).await?;
 
@@ -278,10 +277,10 @@ mod exit_code_tests {
         );
         assert!(!misconfigured(&anyhow::anyhow!("Milvus at http://milvus:19530 did not answer")));
         let taken = StoreError::OwnedElsewhere { collection: "photos".into(), owner: "shop/photos".into() };
-        assert!(misconfigured(&anyhow::Error::from(IngestError::Store(taken))), "another object's collection");
+        assert!(misconfigured(&anyhow::Error::from(IngestError::from(taken))), "another object's collection");
         let other_dimension = StoreError::DimensionMismatch { collection: "photos".into(), found: 8, expected: 1280 };
-        assert!(misconfigured(&anyhow::Error::from(IngestError::Store(other_dimension))));
+        assert!(misconfigured(&anyhow::Error::from(IngestError::from(other_dimension))));
         let away = StoreError::Connect { uri: "http://milvus:19530".into(), detail: "refused".into() };
-        assert!(!misconfigured(&anyhow::Error::from(IngestError::Store(away))), "Milvus may be back next try");
+        assert!(!misconfigured(&anyhow::Error::from(IngestError::from(away))), "Milvus may be back next try");
     }
 }

@@ -106,6 +106,15 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// A loopback port free when asked, for a child process to bind next (another process could
+/// take it in between; the tests accept that).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
 /// Serves `router` on a free loopback port until the test ends; its address and task.
 pub async fn loopback_server(router: axum::Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");

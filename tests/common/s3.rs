@@ -3,7 +3,6 @@
 //! about a second. Fixtures are written with plain unsigned HTTP PUTs (moto accepts them), so
 //! the code under test is not also the code that set the test up.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,7 +14,7 @@ pub struct MotoServer {
 
 impl MotoServer {
     pub async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let port = super::free_port();
         let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
         let child = Command::new(&binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

@@ -59,7 +59,7 @@ pub struct CollectionList {
     )
 )]
 pub async fn collections(State(state): State<AppState>) -> Result<Json<CollectionList>, ApiError> {
-    let mut counts = state.service.index.catalog.collections().await?;
+    let mut counts = state.service.collections().await?;
     let default = &state.config.default_collection;
     // The default collection is listed even before it holds anything: it is the one searched.
     if !counts.iter().any(|c| &c.name == default) {

@@ -3,25 +3,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{SearchResult, next_page_token, page_limit, page_token};
+use super::{SearchResult, page_limit, page_token, page_token_after};
 use crate::api::extract::{ApiPath, ApiQuery, Distance, WholeNumber, blank_is_none};
 use crate::api::{ApiError, AppState, ErrorBody, collection_or_default};
-use crate::catalog::{ImageRecord, ImageStatus, ListFilter};
-use crate::store::SearchFilter;
-
-/// How close two images must be to count as near-duplicates when a request does not say
-/// (cosine distance). With the built-in model, photos re-saved at JPEG quality 50 land at
-/// 0.014 (median) to 0.099 (worst) of their original; halved, cropped by 10 % or mirrored
-/// copies at 0.09–0.16 (median) and up to 0.45, while the closest two distinct photos of the
-/// sample sit 0.159 apart. So 0.1 finds re-saved copies without false pairs; raise it toward 0.3
-/// to catch resized and cropped copies, at the price of similar-looking distinct images.
-const DEFAULT_DUPLICATE_DISTANCE: f32 = 0.1;
-/// Matches the duplicates report looks at per image.
-const REPORT_MATCHES_PER_IMAGE: usize = 10;
+use crate::search::duplicates::{self, DEFAULT_DUPLICATE_DISTANCE};
 
 fn duplicate_distance(requested: Option<Distance>) -> f32 {
     requested.map_or(DEFAULT_DUPLICATE_DISTANCE, |d| d.0)
@@ -73,18 +61,14 @@ pub async fn image_duplicates(
     let max_distance = duplicate_distance(query.max_distance);
     let max = state.config.max_top_k as u64;
     let limit = query.limit.unwrap_or(WholeNumber(max)).within("limit", 1..=max)? as usize;
-    let (record, vector) = state.service.indexed_vector(id).await?;
-    let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
-    let hits = state.service.search_by_vector(&record.collection, vector, limit, &filter).await?;
-    let duplicates: Vec<SearchResult> =
-        hits.into_iter().filter(|hit| hit.distance() <= max_distance).map(SearchResult::from_hit).collect();
+    let found = state.service.duplicates_of(id, max_distance, limit).await?;
     Ok(Json(DuplicatesResponse {
         id,
-        uri: record.uri,
-        collection: record.collection,
+        uri: found.image.uri,
+        collection: found.image.collection,
         max_distance,
-        truncated: duplicates.len() == limit,
-        duplicates,
+        truncated: found.truncated,
+        duplicates: found.duplicates.into_iter().map(SearchResult::from_hit).collect(),
     }))
 }
 
@@ -149,46 +133,21 @@ pub async fn duplicates_report(
     let max_distance = duplicate_distance(query.max_distance);
     let limit = page_limit(query.limit)?;
     let after = page_token(query.page_token.as_deref())?;
-    let service = &state.service;
-    service.require_collection(&collection).await?;
-    let filter = ListFilter { status: Some(ImageStatus::Indexed), uri_prefix: None };
-    let page = service.index.catalog.list(&collection, &filter, after, limit).await?;
-    let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
-    let mut vectors = service.vectors(&collection, &ids).await?;
-    // Images catalogued but without a vector (an interrupted ingest) are skipped, not failed on.
-    let examined: Vec<(&ImageRecord, Vec<f32>)> =
-        page.iter().filter_map(|record| vectors.remove(&record.id).map(|vector| (record, vector))).collect();
-    // Each image against the images after it (a higher id) only: every pair is found from its
-    // lower id, however many closer matches the higher one has among lower ids. A few searches
-    // at a time.
-    let examined_count = examined.len();
-    let searches: Vec<_> = examined
-        .into_iter()
-        .map(|(record, vector)| {
-            let collection = collection.as_str();
-            let (id, uri) = (record.id, record.uri.clone());
-            async move {
-                let filter = SearchFilter { min_id: Some(id + 1), ..SearchFilter::default() };
-                let hits = service.search_by_vector(collection, vector, REPORT_MATCHES_PER_IMAGE, &filter).await?;
-                let truncated =
-                    hits.len() == REPORT_MATCHES_PER_IMAGE && hits.iter().all(|hit| hit.distance() <= max_distance);
-                let duplicates: Vec<SearchResult> =
-                    hits.into_iter().filter(|hit| hit.distance() <= max_distance).map(SearchResult::from_hit).collect();
-                Ok::<_, ApiError>((!duplicates.is_empty()).then_some(DuplicateGroup { id, uri, duplicates, truncated }))
-            }
-        })
-        .collect();
-    let groups: Vec<DuplicateGroup> = futures::stream::iter(searches)
-        .buffered(4)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    let next_page_token = next_page_token(&page, limit);
-    Ok(Json(DuplicatesReport { collection, max_distance, examined: examined_count, groups, next_page_token }))
+    let page = state.service.duplicates_page(&collection, max_distance, after, limit).await?;
+    let groups = page.groups.into_iter().map(DuplicateGroup::from).collect();
+    let next_page_token = page.next_after.map(page_token_after);
+    Ok(Json(DuplicatesReport { collection, max_distance, examined: page.examined, groups, next_page_token }))
+}
+
+impl From<duplicates::DuplicateGroup> for DuplicateGroup {
+    fn from(group: duplicates::DuplicateGroup) -> Self {
+        Self {
+            id: group.id,
+            uri: group.uri,
+            duplicates: group.duplicates.into_iter().map(SearchResult::from_hit).collect(),
+            truncated: group.truncated,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use super::{CollectionQuery, image_url, next_page_token, page_limit, page_token,
 use crate::api::extract::{ApiPath, ApiQuery, WholeNumber, blank_is_none};
 use crate::api::{ApiError, AppState, ErrorBody, ImageBytes, UploadForm, collection_or_default, image_response};
 use crate::catalog::{ImageRecord, ImageStatus, ListFilter};
-use crate::search::SearchError;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -110,7 +109,7 @@ pub async fn list_images(
     let limit = page_limit(query.limit)?;
     let after = page_token(query.page_token.as_deref())?;
     let filter = ListFilter { status, uri_prefix: uri_prefix(query.prefix.as_deref())? };
-    let page = state.service.index.catalog.list(&collection, &filter, after, limit).await?;
+    let page = state.service.list_images(&collection, &filter, after, limit).await?;
     let next_page_token = next_page_token(&page, limit);
     Ok(Json(ImageList { collection, images: page.into_iter().map(ImageInfo::from).collect(), next_page_token }))
 }
@@ -183,8 +182,7 @@ pub async fn image(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
     )
 )]
 pub async fn image_info(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<ImageInfo>, ApiError> {
-    let record = state.service.index.catalog.get(id).await?.ok_or(SearchError::NoImage(id))?;
-    Ok(Json(record.into()))
+    Ok(Json(state.service.image_info(id).await?.into()))
 }
 
 /// Remove an image from search and the catalog. An upload's stored file goes too; an image of a

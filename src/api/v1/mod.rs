@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use super::extract::{Distance, WholeNumber};
 use super::{ApiError, AppState, ServerState, top_k};
 use crate::catalog::ImageRecord;
+use crate::search::{QueryImage, SearchRequest, SearchResults};
 use crate::store::Hit;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -57,6 +58,18 @@ pub struct SearchResponse {
     pub query_id: Option<i64>,
     pub took_ms: f64,
     pub results: Vec<SearchResult>,
+}
+
+impl SearchResponse {
+    fn new(found: SearchResults, top_k: usize, query_id: Option<i64>, started: std::time::Instant) -> Self {
+        Self {
+            collection: found.collection,
+            top_k,
+            query_id,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            results: found.hits.into_iter().map(SearchResult::from_hit).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -102,8 +115,9 @@ impl SearchOptions {
         })
     }
 
-    fn keep(&self, hit: &Hit) -> bool {
-        self.max_distance.is_none_or(|max| hit.distance() <= max)
+    /// The service's request for a search of `query` with these options.
+    fn request(&self, query: QueryImage) -> SearchRequest {
+        SearchRequest { query, top_k: self.top_k, max_distance: self.max_distance, uri_prefix: self.prefix.clone() }
     }
 }
 
@@ -129,6 +143,11 @@ fn page_limit(requested: Option<WholeNumber>) -> Result<u32, ApiError> {
 /// A full page may have a next one, which starts after its last id; a short page is the last.
 fn next_page_token(page: &[ImageRecord], limit: u32) -> Option<String> {
     (page.len() == limit as usize).then(|| page.last().map(|r| r.id.to_string())).flatten()
+}
+
+/// The token of the page after the one that ended at `last` (see [`page_token`]).
+fn page_token_after(last: i64) -> String {
+    last.to_string()
 }
 
 /// Page tokens are the last id of the previous page; anything else was not issued here.

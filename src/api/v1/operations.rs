@@ -26,5 +26,5 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         return Err(ApiError::unavailable("shutting down", "readiness refused while draining"));
     }
     state.service.ready().await?;
-    Ok(Json(serde_json::json!({ "status": "ready", "model": state.service.index.model.spec().name })))
+    Ok(Json(serde_json::json!({ "status": "ready", "model": state.service.model().spec().name })))
 }

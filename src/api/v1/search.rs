@@ -8,10 +8,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{SearchOptions, SearchResponse, SearchResult};
+use super::{SearchOptions, SearchResponse};
 use crate::api::extract::{ApiPath, ApiQuery, Distance, Parameter, WholeNumber, blank_is_none};
 use crate::api::{ApiError, AppState, ErrorBody, UploadForm, collection_or_default};
-use crate::store::SearchFilter;
+use crate::search::QueryImage;
 
 /// The search form (`multipart/form-data`): exactly one of `image` and `url`.
 #[derive(ToSchema)]
@@ -111,28 +111,16 @@ pub async fn search(
         prefix_from(query.prefix.as_deref(), form.field("prefix"))?,
     )?;
     let url = form.field("url").map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
-    if form.has_image() && url.is_some() {
-        return Err(ApiError::BadRequest("send either an `image` file or a `url`, not both".into()));
-    }
-    let service = &state.service;
-    // Before any download: a search of a collection that does not exist fetches nothing.
-    service.require_collection(&collection).await?;
-    let image = match url {
-        _ if form.has_image() => form.take_image()?,
-        Some(url) => service.fetch_query_image(&url).await?,
+    let query = match url {
+        Some(_) if form.has_image() => {
+            return Err(ApiError::BadRequest("send either an `image` file or a `url`, not both".into()));
+        }
+        _ if form.has_image() => QueryImage::Bytes { collection, bytes: form.take_image()? },
+        Some(url) => QueryImage::Url { collection, url },
         None => return Err(ApiError::BadRequest("the form has no `image` file field (or `url` field)".into())),
     };
-    let vector = service.embed_query(image).await?;
-    let filter = SearchFilter { uri_prefix: options.prefix.clone(), ..SearchFilter::default() };
-    let hits = service.search_by_vector(&collection, vector, options.top_k, &filter).await?;
-    let results = hits.into_iter().filter(|hit| options.keep(hit)).map(SearchResult::from_hit).collect();
-    Ok(Json(SearchResponse {
-        collection,
-        top_k: options.top_k,
-        query_id: None,
-        took_ms: started.elapsed().as_secs_f64() * 1000.0,
-        results,
-    }))
+    let found = state.service.search(options.request(query)).await?;
+    Ok(Json(SearchResponse::new(found, options.top_k, None, started)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -170,15 +158,6 @@ pub async fn similar(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let started = Instant::now();
     let options = SearchOptions::parse(&state, query.top_k, query.max_distance, query.prefix.as_deref())?;
-    let (record, vector) = state.service.indexed_vector(id).await?;
-    let filter = SearchFilter { uri_prefix: options.prefix.clone(), exclude_ids: vec![id], min_id: None };
-    let hits = state.service.search_by_vector(&record.collection, vector, options.top_k, &filter).await?;
-    let results = hits.into_iter().filter(|hit| options.keep(hit)).map(SearchResult::from_hit).collect();
-    Ok(Json(SearchResponse {
-        collection: record.collection,
-        top_k: options.top_k,
-        query_id: Some(id),
-        took_ms: started.elapsed().as_secs_f64() * 1000.0,
-        results,
-    }))
+    let found = state.service.search(options.request(QueryImage::Stored { id })).await?;
+    Ok(Json(SearchResponse::new(found, options.top_k, Some(id), started)))
 }

@@ -1,7 +1,7 @@
 //! Ingest end to end with the catalog on each backend (SQLite, PostgreSQL, MariaDB), as an
 //! Indexed Job's pods share it: shards at once, a rerun, a prune; Milvus and the catalog agree.
 
-mod common;
+use crate::common;
 
 use common::databases::{BACKENDS, fresh_database};
 use imgsearch::catalog::{Catalog, ImageStatus};

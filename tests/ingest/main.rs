@@ -1,6 +1,10 @@
 //! Ingest a folder into the real Milvus Lite and SQLite with the real model, then search it.
 
+#[path = "../common/mod.rs"]
 mod common;
+// One test binary for ingest (fewer binaries link faster): each kind of run in its module.
+mod backends;
+mod resume;
 
 use common::copy_photos;
 use image::ImageFormat;

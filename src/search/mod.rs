@@ -1,9 +1,11 @@
-//! The search service: what the search API does, without HTTP. Searching by image, URL or
-//! vector, uploads, deletes, reading an indexed image back, loading a folder and dropping a
-//! collection, each with the limits that keep a shared server healthy (a bounded inference
-//! queue, one load at a time, uploads never racing deletes). The HTTP handlers (`api/`) parse
-//! requests, call this and map its [`SearchError`]s to status codes in one place; tests and other
-//! transports call it directly.
+//! The search service: what the search API does, without HTTP. Searching by an image, a URL or
+//! an indexed image ([`SearchService::search`]), near-duplicates (`duplicates`), listing,
+//! uploads, deletes, reading an indexed image back, loading a folder and dropping a collection,
+//! each with the limits that keep a shared server healthy (a bounded inference queue, one load
+//! at a time, uploads never racing deletes). The HTTP handlers (`api/`) parse requests, make one
+//! call here and map its [`SearchError`]s to status codes in one place (api/error.rs).
+
+pub mod duplicates;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -18,9 +20,9 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::catalog::{CatalogError, ImageRecord, ImageStatus, NewImage};
+use crate::catalog::{CatalogError, CollectionCounts, ImageRecord, ImageStatus, ListFilter, NewImage};
 use crate::embed::batcher::{BatchError, BatchSettings, QueryBatcher};
-use crate::embed::{EmbedError, ImageError, preprocess};
+use crate::embed::{EmbedError, EmbeddingModel, ImageError, preprocess};
 use crate::index::{ImageIndex, IndexError};
 use crate::ingest::{IngestError, IngestOptions, IngestReport};
 use crate::progress::Progress;
@@ -72,8 +74,9 @@ impl Default for SearchSettings {
     }
 }
 
-/// Why the service could not do what was asked. Each says what a client can do about it; the
-/// API turns them into status codes (api/error.rs).
+/// Why the service could not do what was asked. Each says what went wrong in the service's own
+/// terms; the API turns them into status codes and adds what a client or an operator can do
+/// about it in the API's terms (a route, a flag: api/error.rs).
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     #[error("collection {0:?} does not exist; load or upload images first")]
@@ -87,7 +90,7 @@ pub enum SearchError {
         "image {id} is catalogued as indexed in {collection:?} but Milvus has no vector for it; run the ingest again"
     )]
     VectorMissing { id: i64, collection: String },
-    #[error("image {what} is in a bucket ({uri}) this server was not given (start it with --image-bucket)")]
+    #[error("image {what} is in a bucket ({uri}) this server was not given")]
     BucketNotGiven { what: String, uri: String },
     #[error("image {what} cannot be read from its bucket: {reason}")]
     BucketObjectUnreadable { what: String, reason: String },
@@ -97,11 +100,11 @@ pub enum SearchError {
     FileGone(String),
     #[error("the server is busy embedding other images; retry shortly")]
     Busy,
-    #[error("searching by URL is disabled on this server (start it with --search-by-url); upload the image instead")]
+    #[error("searching by URL is disabled on this server")]
     UrlSearchDisabled,
     #[error("cannot search by url {url:?}: {reason}")]
     UrlUnusable { url: String, reason: String },
-    #[error("loading folders is disabled on this server (start it with --load-root DIR)")]
+    #[error("loading folders is disabled on this server")]
     LoadingDisabled,
     #[error("folder {folder:?} is not under an allowed load root ({roots})")]
     OutsideLoadRoots { folder: String, roots: String },
@@ -109,7 +112,7 @@ pub enum SearchError {
     NotAFolder(String),
     #[error("folder {0:?} does not exist")]
     NoFolder(String),
-    #[error("another load is running; watch GET /progress and retry when it is done")]
+    #[error("another load is running")]
     LoadRunning,
     #[error("a load is running; drop the collection after it finishes")]
     DropDuringLoad,
@@ -211,6 +214,40 @@ impl SearchMetrics {
     }
 }
 
+/// The picture a search compares with.
+#[derive(Debug)]
+pub enum QueryImage {
+    /// Image bytes (an upload), compared with the images of `collection`.
+    Bytes { collection: String, bytes: Bytes },
+    /// The image at a URL, fetched through the guarded fetcher when searching by URL is
+    /// enabled; nothing is fetched for a collection that does not exist.
+    Url { collection: String, url: String },
+    /// An image already indexed ("more like this"), compared with the other images of its own
+    /// collection; it is never among its own results.
+    Stored { id: i64 },
+}
+
+/// A search: what to compare with, and which results to keep.
+#[derive(Debug)]
+pub struct SearchRequest {
+    pub query: QueryImage,
+    /// Results wanted (bounded by the caller: the server's `max_top_k`).
+    pub top_k: usize,
+    /// Results farther than this cosine distance are dropped.
+    pub max_distance: Option<f32>,
+    /// Only images whose URI starts with this (a folder, a bucket prefix).
+    pub uri_prefix: Option<String>,
+}
+
+/// The nearest images, best first, and the collection searched.
+#[derive(Debug)]
+pub struct SearchResults {
+    pub collection: String,
+    pub hits: Vec<Hit>,
+    /// The catalog row of a [`QueryImage::Stored`] query.
+    pub stored_query: Option<ImageRecord>,
+}
+
 /// An indexed image to hand back: its bytes, or where it lives (an image of a URL list).
 #[derive(Debug)]
 pub enum ImageContent {
@@ -219,11 +256,11 @@ pub enum ImageContent {
 }
 
 pub struct SearchService {
-    pub index: ImageIndex,
-    pub settings: SearchSettings,
-    pub metrics: SearchMetrics,
+    index: ImageIndex,
+    settings: SearchSettings,
+    metrics: SearchMetrics,
     /// Progress of the current or last load.
-    pub progress: Progress,
+    progress: Progress,
     /// Query images being decoded at once.
     decoders: Semaphore,
     batcher: QueryBatcher,
@@ -259,6 +296,21 @@ impl SearchService {
         }
     }
 
+    /// The model queries and uploads are embedded with.
+    pub fn model(&self) -> &EmbeddingModel {
+        &self.index.model
+    }
+
+    /// What the service measures, for the server's `/metrics`.
+    pub fn metrics(&self) -> &SearchMetrics {
+        &self.metrics
+    }
+
+    /// Images done and images found by the current or last load.
+    pub fn load_progress(&self) -> (u64, u64) {
+        self.progress.snapshot()
+    }
+
     fn known_collections(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // Poisoning cannot leave the set half-changed (each use is one insert or remove).
         self.known_collections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -287,14 +339,35 @@ impl SearchService {
         Ok(())
     }
 
-    /// Image bytes → nearest images.
-    pub async fn search_by_image(&self, collection: &str, bytes: Bytes, top_k: usize) -> Result<Vec<Hit>> {
-        self.require_collection(collection).await?;
-        let vector = self.embed_query(bytes).await?;
-        self.search_by_vector(collection, vector, top_k, &SearchFilter::default()).await
+    /// The images nearest to a query image, best first: the one search every route makes.
+    pub async fn search(&self, request: SearchRequest) -> Result<SearchResults> {
+        let SearchRequest { query, top_k, max_distance, uri_prefix } = request;
+        let mut filter = SearchFilter { uri_prefix, ..SearchFilter::default() };
+        let mut stored_query = None;
+        let (collection, vector) = match query {
+            QueryImage::Bytes { collection, bytes } => {
+                self.require_collection(&collection).await?;
+                let vector = self.embed_query(bytes).await?;
+                (collection, vector)
+            }
+            QueryImage::Url { collection, url } => {
+                // Before any download: a search of a collection that does not exist fetches nothing.
+                self.require_collection(&collection).await?;
+                let bytes = self.fetch_query_image(&url).await?;
+                (collection, self.embed_query(bytes).await?)
+            }
+            QueryImage::Stored { id } => {
+                let (record, vector) = self.indexed_vector(id).await?;
+                filter.exclude_ids.push(id);
+                (stored_query.insert(record).collection.clone(), vector)
+            }
+        };
+        let hits = self.search_by_vector(&collection, vector, top_k, &filter).await?;
+        let hits = hits.into_iter().filter(|hit| max_distance.is_none_or(|max| hit.distance() <= max)).collect();
+        Ok(SearchResults { collection, hits, stored_query })
     }
 
-    pub async fn search_by_vector(
+    async fn search_by_vector(
         &self,
         collection: &str,
         vector: Vec<f32>,
@@ -313,7 +386,7 @@ impl SearchService {
     /// The embedding of a query image: decoded here, beside the model, then embedded in the
     /// next batch the model takes. [`SearchError::Busy`] when no decoder or no room in the
     /// model's queue frees within the queue wait.
-    pub async fn embed_query(&self, bytes: Bytes) -> Result<Vec<f32>> {
+    async fn embed_query(&self, bytes: Bytes) -> Result<Vec<f32>> {
         let queued = Instant::now();
         let prepared = self.prepare_query(bytes).await;
         let waited_for_decoder = prepared.as_ref().map_or(Duration::ZERO, |(_, waited)| *waited);
@@ -359,7 +432,7 @@ impl SearchService {
     /// The query image of a search by URL, through the SSRF-guarded fetcher (no private,
     /// loopback or link-local addresses unless allowed, http(s) only, size and time limits,
     /// redirects checked again).
-    pub async fn fetch_query_image(&self, url: &str) -> Result<Bytes> {
+    async fn fetch_query_image(&self, url: &str) -> Result<Bytes> {
         let fetcher = self.settings.url_fetcher.as_ref().ok_or(SearchError::UrlSearchDisabled)?;
         let started = Instant::now();
         let fetched = fetcher.fetch(url).await;
@@ -372,7 +445,7 @@ impl SearchService {
     }
 
     /// An indexed image's catalog row and its vector as Milvus holds it.
-    pub async fn indexed_vector(&self, id: i64) -> Result<(ImageRecord, Vec<f32>)> {
+    async fn indexed_vector(&self, id: i64) -> Result<(ImageRecord, Vec<f32>)> {
         let record = self
             .index
             .catalog
@@ -388,8 +461,29 @@ impl SearchService {
     }
 
     /// Stored vectors by id; ids without one are left out.
-    pub async fn vectors(&self, collection: &str, ids: &[i64]) -> Result<HashMap<i64, Vec<f32>>> {
+    async fn vectors(&self, collection: &str, ids: &[i64]) -> Result<HashMap<i64, Vec<f32>>> {
         Ok(self.forget_if_missing(collection, self.index.store.vectors(collection, ids).await)?)
+    }
+
+    /// A page of a collection's catalogued images, by id, after `after`.
+    pub async fn list_images(
+        &self,
+        collection: &str,
+        filter: &ListFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ImageRecord>> {
+        Ok(self.index.catalog.list(collection, filter, after, limit).await?)
+    }
+
+    /// An image's catalog row, whatever its state.
+    pub async fn image_info(&self, id: i64) -> Result<ImageRecord> {
+        self.index.catalog.get(id).await?.ok_or(SearchError::NoImage(id))
+    }
+
+    /// The collections the catalog holds, with their images counted by state.
+    pub async fn collections(&self) -> Result<Vec<CollectionCounts>> {
+        Ok(self.index.catalog.collections().await?)
     }
 
     /// Vectors searchable in the collection.
@@ -511,7 +605,7 @@ impl SearchService {
     }
 
     /// Ingests a folder under a load root into `collection`, one load at a time; progress in
-    /// [`SearchService::progress`].
+    /// [`SearchService::load_progress`].
     pub async fn load_folder(&self, collection: &str, folder: &str) -> Result<IngestReport> {
         let folder = self.allowed_folder(folder)?;
         let _only_load = self.load.try_lock().map_err(|_| SearchError::LoadRunning)?;

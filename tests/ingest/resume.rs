@@ -5,7 +5,7 @@
 //! Likewise when Milvus goes away mid-run: the run fails within its retry budget, names the
 //! server, keeps what it wrote, and a rerun finishes the job.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;
