@@ -1,12 +1,13 @@
 """Mutation check: the record that each test named below fails when the behaviour it stands
 for is removed (docs/reliability.md cites this record). `make mutation-check` runs it.
 
-For each mutation: one small change to the source in the working tree (which must have no
-changes of its own; the file is restored whatever happens), then the named test. "killed" means the test failed
-on the mutated code, as it must; "SURVIVED" means it passed, and the test does not back its
-promise. The unmutated tests run first: every one must pass, or the record means nothing.
-Builds use the test target directory, so only imgsearch itself is rebuilt per mutation.
-Prints a table with the commit; exits non-zero if any mutation survived or any step broke."""
+For each mutation: one small change to the source in the working tree (whose src/ and tests/
+must be as committed; the file is restored whatever happens), then the named test. "killed"
+means the test failed on the mutated code, as it must; "SURVIVED" means it passed, and the test
+does not back its promise. The unmutated tests run first, all on one build: each must pass, or
+its row says BROKEN. Builds use the test target directory, so only imgsearch itself is rebuilt
+per mutation. Prints a table with the commit; exits non-zero if any mutation survived or any
+step broke."""
 import os, subprocess, sys, time
 
 # (what is removed, file, original text, mutated text, cargo test arguments)
@@ -49,38 +50,52 @@ MUTATIONS = [
 
 
 def run(arguments, cwd, log):
+    """The test's exit code (None if it did not compile) and how long the build and run took."""
     started = time.monotonic()
-    # Every test binary's own run is bounded by `make test`'s runner; the build is not.
+    # A mutant's failing proptest case is not a regression of the real code: not persisted.
+    environment = dict(os.environ, PROPTEST_DISABLE_FAILURE_PERSISTENCE="1")
     result = subprocess.run(["timeout", "1200", "cargo", "test", "--locked", *arguments],
-                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    return result.returncode, time.monotonic() - started
+                            cwd=cwd, env=environment, capture_output=True, text=True)
+    log.write(result.stdout + result.stderr)
+    log.flush()
+    compiled = "could not compile" not in result.stderr
+    return (result.returncode if compiled else None), time.monotonic() - started
 
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                             text=True, check=True).stdout.strip()
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+    # The record is of the commit: the code and tests must be as committed.
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "tests"], cwd=root,
                              capture_output=True, text=True, check=True).stdout
     if changed.strip():
-        sys.exit(f"the working tree has changes; commit or stash them first:\n{changed}")
+        sys.exit(f"src/ or tests/ have changes; commit or stash them first:\n{changed}")
     rows, failures = [], 0
     log_path = os.path.join(root, "target", "mutation-check.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
-        for name, path, original, mutated, arguments in MUTATIONS:
-            source = os.path.join(root, path)
-            text = open(source).read()
+        # First every test on the code as committed (one build), then each mutation in turn.
+        passing = set()
+        # MUTATIONS_MATCHING=text runs only the rows whose name holds it.
+        chosen = [m for m in MUTATIONS if os.environ.get("MUTATIONS_MATCHING", "") in m[0]]
+        for name, path, original, mutated, arguments in chosen:
+            text = open(os.path.join(root, path)).read()
             if text.count(original) != 1:
                 rows.append((name, arguments[-1], "BROKEN: the original text is not in the file once", 0))
-                failures += 1
                 continue
             print(f"-- unmutated: {arguments[-1]}", file=log, flush=True)
             code, _ = run(arguments, root, log)
             if code != 0:
                 rows.append((name, arguments[-1], "BROKEN: the test fails unmutated", 0))
-                failures += 1
                 continue
+            passing.add(name)
+        failures += len(rows)
+        for name, path, original, mutated, arguments in chosen:
+            if name not in passing:
+                continue
+            source = os.path.join(root, path)
+            text = open(source).read()
             try:
                 with open(source, "w") as f:
                     f.write(text.replace(original, mutated))
@@ -89,8 +104,9 @@ def main():
             finally:
                 with open(source, "w") as f:
                     f.write(text)
-            verdict = "killed" if code != 0 else "SURVIVED"
-            failures += code == 0
+            # A mutant that does not compile proves nothing about the test.
+            verdict = "BROKEN: the mutant does not compile" if code is None else "killed" if code != 0 else "SURVIVED"
+            failures += code is None or code == 0
             rows.append((name, arguments[-1], verdict, took))
             print(f"{verdict}: {name}", file=sys.stderr, flush=True)
     print(f"\nmake mutation-check, commit {commit}, {time.strftime('%Y-%m-%d')}\n")

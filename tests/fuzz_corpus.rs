@@ -36,6 +36,7 @@ fn every_seed_and_every_finding_passes_its_target() {
         ("decode", "zune-upsampler-panic.jpg"),
         ("decode", "tiff-tag-claiming-5-million-values-in-284-bytes.tiff"),
         ("decode", "gif-frame-65288-wide-on-an-8x6-canvas.gif"),
+        ("decode", "bigtiff-entry-of-an-undefined-type-misread-as-268-MB.tiff"),
         ("prefix_filter", "line-break-in-a-prefix.txt"),
     ] {
         assert!(

@@ -162,6 +162,12 @@ fn small_tiffs_and_gifs_claiming_more_than_they_hold_are_refused_before_a_decode
             "gif-frame-65288-wide-on-an-8x6-canvas.gif",
             "its first frame is 65288×231 pixels, over the limit of 16384 px a side",
         ),
+        // The tiff crate skips an undefined type's entry 8 bytes short in a BigTIFF, and reads
+        // the entries after it from the wrong place: this one held 268 MB.
+        (
+            "bigtiff-entry-of-an-undefined-type-misread-as-268-MB.tiff",
+            "its BigTIFF directory has an entry (tag 10565) of a type TIFF does not define (257)",
+        ),
     ] {
         let bytes = std::fs::read(common::fuzz_regression("decode", name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let (result, peak) = allocation::peak_during(|| prepare(&bytes));

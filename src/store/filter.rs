@@ -86,23 +86,11 @@ mod prefix_properties {
     use super::*;
     use proptest::prelude::*;
 
+    const TRICKY: [char; 14] =
+        ['/', '"', '\\', '\n', '\r', '\t', '%', '_', 'a', '\u{7F}', '\u{D7FF}', '\u{E000}', '\u{FFFF}', char::MAX];
+
     fn text() -> impl Strategy<Value = String> {
-        let tricky = prop_oneof![
-            Just('/'),
-            Just('"'),
-            Just('\\'),
-            Just('\n'),
-            Just('\r'),
-            Just('\t'),
-            Just('%'),
-            Just('_'),
-            Just('a'),
-            Just('\u{7F}'),
-            Just('\u{D7FF}'),
-            Just('\u{E000}'),
-            Just('\u{FFFF}'),
-            Just(char::MAX),
-        ];
+        let tricky = prop::sample::select(&TRICKY[..]);
         prop::collection::vec(prop_oneof![any::<char>(), tricky], 0..6).prop_map(String::from_iter)
     }
 
@@ -139,7 +127,13 @@ mod prefix_properties {
             prefix in text(), rest in text(), other in text()
         ) {
             let upper = prefix_successor(&prefix);
-            for candidate in [format!("{prefix}{rest}"), other.clone(), format!("{other}{prefix}")] {
+            // Besides strings with and without the prefix, its neighbours: the prefix with its
+            // last character replaced by each tricky one, the nearest strings that do not start
+            // with it (a looser upper bound lets them in).
+            let stem: String = prefix.chars().rev().skip(1).collect::<Vec<_>>().into_iter().rev().collect();
+            let neighbours = TRICKY.iter().map(|c| format!("{stem}{c}{rest}"));
+            let candidates = [format!("{prefix}{rest}"), other.clone(), format!("{other}{prefix}")];
+            for candidate in candidates.into_iter().chain(neighbours) {
                 let in_range = candidate >= prefix && upper.as_ref().is_none_or(|upper| candidate < *upper);
                 prop_assert_eq!(in_range, candidate.starts_with(&prefix), "{:?} with prefix {:?}", candidate, prefix);
             }
