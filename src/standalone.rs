@@ -196,9 +196,6 @@ async fn ingest_then_serve(
     milvus_uri: &str,
     shutdown: crate::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
-    use crate::api::ServeConfig;
-    use crate::search::SearchSettings;
-
     let backend = crate::index::BackendConfig {
         milvus_uri: milvus_uri.to_string(),
         milvus_token: None,
@@ -207,7 +204,7 @@ async fn ingest_then_serve(
     };
     // The first ingest is usually small (a demo folder); the server then lives on.
     let workload = crate::embed::Workload::Latency;
-    let mut index =
+    let index =
         crate::index::ImageIndex::open(&backend, &command.collection, &command.model, workload, command.index.clone())
             .await?;
     let options = crate::ingest::IngestOptions::new(&command.collection, command.batch_size, command.decode_workers);
@@ -218,24 +215,15 @@ async fn ingest_then_serve(
     };
     eprintln!("{}", report.summary());
 
-    let mut load_roots = Vec::new();
-    for root in command.load_roots.iter().chain([&command.images]).filter(|r| !r.as_os_str().is_empty()) {
-        load_roots.push(root.canonicalize().with_context(|| format!("load root {} does not exist", root.display()))?);
-    }
-    // One machine, loopback by default: no token; fetching URLs is a server feature to opt
-    // into, not the demo's.
-    let config = ServeConfig {
-        default_collection: command.collection.clone(),
-        search: SearchSettings {
-            load_roots,
-            upload_dir: data_dir.join("uploads"),
-            batch_size: command.batch_size,
-            decode_workers: command.decode_workers,
-            ..SearchSettings::default()
-        },
-        ..ServeConfig::default()
-    };
-    // Searches see this server's own uploads at once without waiting for every write.
-    index.store = index.store.with_search_consistency(crate::store::SearchConsistency::Session);
+    // The images folder may always be loaded again.
+    let load_roots = command.load_roots.iter().chain([&command.images]).cloned().collect();
+    let settings = crate::api::ServerSettings::on_one_machine(
+        command.listen,
+        load_roots,
+        data_dir.join("uploads"),
+        command.batch_size,
+        command.decode_workers,
+    );
+    let config = settings.resolve(&command.collection)?;
     crate::api::listen_and_serve(command.listen, index, config, shutdown).await
 }

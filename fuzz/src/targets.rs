@@ -464,8 +464,11 @@ fn env_name(name: &str) -> bool {
     !bytes.is_empty() && !bytes[0].is_ascii_digit() && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
+/// A target's name and the function that takes one input.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, for the binaries and the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("decode", decode),
     ("multipart", multipart),
     ("url_guard", url_guard),

@@ -1,7 +1,8 @@
-//! The search server's settings: [`ServerSettings`] as `imgsearch serve`'s flags give them, and
-//! [`ServeConfig`], what the server runs with once they are resolved (folders checked, the token
-//! file read, the bucket and the URL fetcher set up). `standalone` builds a `ServeConfig`
-//! directly.
+//! The search server's settings, one chain for every way it is started: [`ServerSettings`] as
+//! `imgsearch serve`'s flags give them (or as `standalone` sets them, [`ServerSettings::on_one_machine`]),
+//! and [`ServeConfig`], what the server runs with once [`ServerSettings::resolve`] has checked
+//! the folders, read the token file, and set up the bucket, the URL fetcher and the searches'
+//! consistency.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +94,39 @@ pub enum ConfigError {
 const SEARCH_URL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ServerSettings {
+    /// A server on one machine, as `imgsearch standalone` runs it beside its own ingest: no
+    /// token (loopback by default), no search by URL (a feature to opt into, not the demo's),
+    /// Session consistency (this server's own uploads are seen at once without waiting for
+    /// every write), the default limits.
+    pub fn on_one_machine(
+        listen: SocketAddr,
+        load_roots: Vec<PathBuf>,
+        upload_dir: PathBuf,
+        batch_size: usize,
+        decode_workers: usize,
+    ) -> Self {
+        let search = SearchSettings::default();
+        Self {
+            listen,
+            load_roots,
+            upload_dir,
+            max_body_bytes: ServeConfig::default().max_body_bytes,
+            query_decoders: search.query_decoders,
+            batching: search.batching,
+            queue_timeout: search.queue_timeout,
+            batch_size,
+            decode_workers,
+            image_bucket: None,
+            s3: S3Settings::default(),
+            token: TokenSource::None,
+            protect_reads: false,
+            search_consistency: SearchConsistency::Session,
+            shutdown_drain: Duration::ZERO,
+            search_by_url: None,
+            connection_limits: ConnectionLimits::default(),
+        }
+    }
+
     /// The configuration these settings mean, serving `collection` by default. Reads the token
     /// file and checks the folders now, so a mistake is reported at start, not at first use.
     pub fn resolve(&self, collection: &str) -> Result<ServeConfig, ConfigError> {
@@ -135,6 +169,7 @@ impl ServerSettings {
                 decode_workers: self.decode_workers,
                 image_bucket,
                 url_fetcher,
+                consistency: self.search_consistency,
             },
             ..ServeConfig::default()
         })

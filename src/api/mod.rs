@@ -253,8 +253,7 @@ pub async fn run(command: ServeCommand, shutdown: Shutdown) -> anyhow::Result<()
         tracing::info!("shutdown requested while starting");
         return Ok(());
     };
-    let mut index = opened?;
-    index.store = index.store.with_search_consistency(command.server.search_consistency);
+    let index = opened?;
     if config.auth.is_some() {
         tracing::info!(protect_reads = command.server.protect_reads, "bearer token required on write routes");
     }

@@ -1,15 +1,28 @@
 //! The operator: turns an `ImageCollection` into a Milvus collection, ingest Jobs and a search
 //! Deployment + Service. Child objects are built by pure functions in [`children`], status by
-//! the pure [`status::compute`] in the words of [`reasons`]; [`reconcile`] applies them;
-//! [`leader`] makes sure only one replica does; [`metrics`] reports on it. [`run_command`] is
-//! `imgsearch controller`.
+//! the pure [`status::compute`] in the words of [`reasons`]. [`reconcile`] runs the loop; each
+//! pass reaches Milvus (`milvus`, with the credentials `secrets` reads), applies the search
+//! children (`serving`) and the ingest Jobs (`jobs`), only what it may touch (`ownership`),
+//! looks at pods that do not start (`pods`), and tells what it saw (`report`); `cleanup`
+//! deletes. [`leader`] makes sure only one replica reconciles; [`metrics`] reports on it.
+//! [`run_command`] is `imgsearch controller`.
 
 pub mod children;
+mod cleanup;
+mod error;
+mod jobs;
 pub mod leader;
 pub mod metrics;
+mod milvus;
+pub mod observed;
+mod ownership;
+mod pods;
 pub mod reasons;
 pub mod reconcile;
+mod report;
 pub mod schedule;
+mod secrets;
+mod serving;
 pub mod status;
 
 use std::sync::Arc;

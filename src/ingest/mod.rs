@@ -176,18 +176,18 @@ impl ImageIndex {
 
         let decode_workers = options.decode_workers.max(1);
         let (to_decoders, fetched) = mpsc::channel(decode_workers * 2);
-        let (to_batcher, decoded) = mpsc::channel(options.batch_size.max(1) * 2);
-        // Batching, embedding and writing overlap: the model embeds up to one batch per session
+        let (to_triage, decoded) = mpsc::channel(options.batch_size.max(1) * 2);
+        // Triage, embedding and writing overlap: the model embeds up to one batch per session
         // at once while Milvus and the catalog take the batch before, so inference never waits
         // on a write.
         let (to_model, batches) = mpsc::channel(1);
         let (to_writer, embedded) = mpsc::channel(1);
-        let batching =
-            pipeline::Batching { index: self, collection, batch_size: options.batch_size, known: &known, progress };
-        let (reading, (), batching, embedding, writing) = tokio::join!(
+        let triage =
+            pipeline::Triage { index: self, collection, batch_size: options.batch_size, known: &known, progress };
+        let (reading, (), triaging, embedding, writing) = tokio::join!(
             pipeline::read(source, files, to_decoders),
-            pipeline::decode(fetched, Arc::clone(&known), self.limits, self.model.input(), decode_workers, to_batcher),
-            pipeline::batch(batching, decoded, to_model, &mut report),
+            pipeline::decode(fetched, Arc::clone(&known), self.limits, self.model.input(), decode_workers, to_triage),
+            pipeline::triage(triage, decoded, to_model, &mut report),
             pipeline::embed(self, batches, to_writer),
             pipeline::write(self, collection, embedded, progress),
         );
@@ -196,7 +196,7 @@ impl ImageIndex {
         // stops reading, not the other way round.
         report.indexed += writing?;
         embedding?;
-        batching?;
+        triaging?;
         reading?;
         if options.prune {
             report.pruned = self.prune(collection, source, options.shard, &known, &listed).await?;

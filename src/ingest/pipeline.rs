@@ -2,9 +2,11 @@
 //! so memory stays flat however large the source is:
 //!
 //! read (several reads in flight, for network sources) → decode (hash, check, preprocess; on the
-//! blocking pool, as many at once as there are decode workers) → batch (count what is skipped or
-//! failed, group the rest) → embed (one batch per model session at a time) → write (Milvus and
-//! the catalog, in [`crate::index`]'s order, while the model embeds the next batch).
+//! blocking pool, as many at once as there are decode workers) → triage (count what is unchanged;
+//! record what failed, which writes: the catalog row marked failed and, when an indexed image
+//! turned bad, its vector deleted first; refuse a derived id another URI holds; group the rest
+//! into batches) → embed (one batch per model session at a time) → write (Milvus and the
+//! catalog, in [`crate::index`]'s order, while the model embeds the next batch).
 //!
 //! Each stage owns its ends of the channels, so when one stops, on success or on an error, its
 //! neighbours see a closed channel and stop too; nothing waits forever on a stage that is gone.
@@ -86,7 +88,7 @@ pub(super) async fn decode(
     limits: DecodeLimits,
     input: ModelInput,
     workers: usize,
-    to_batcher: mpsc::Sender<Examined>,
+    to_triage: mpsc::Sender<Examined>,
 ) {
     let mut fetched = fetched;
     let mut examined = futures::stream::poll_fn(|cx| fetched.poll_recv(cx))
@@ -109,14 +111,14 @@ pub(super) async fn decode(
         })
         .buffer_unordered(workers.max(1));
     while let Some(examined) = examined.next().await {
-        if to_batcher.send(examined).await.is_err() {
-            break; // the batching stage stopped on an error; it reports it
+        if to_triage.send(examined).await.is_err() {
+            break; // the triage stage stopped on an error; it reports it
         }
     }
 }
 
-/// What the batching stage needs besides its channels.
-pub(super) struct Batching<'a> {
+/// What the triage stage needs besides its channels.
+pub(super) struct Triage<'a> {
     pub index: &'a ImageIndex,
     pub collection: &'a str,
     pub batch_size: usize,
@@ -124,16 +126,17 @@ pub(super) struct Batching<'a> {
     pub progress: &'a Progress,
 }
 
-/// Counts unchanged images, records failed ones (an indexed copy stays when the failure is only
-/// for now) and groups the rest into batches for the model. Without a SQL catalog, refuses an
+/// Counts unchanged images, records failed ones (a catalog write, and a Milvus delete when an
+/// indexed image turned bad; an indexed copy stays when the failure is only for now) and groups
+/// the rest into batches for the model. Without a SQL catalog, refuses an
 /// image whose derived id another URI already holds rather than let it overwrite that image.
-pub(super) async fn batch(
-    context: Batching<'_>,
+pub(super) async fn triage(
+    context: Triage<'_>,
     decoded: mpsc::Receiver<Examined>,
     to_model: mpsc::Sender<Batch>,
     report: &mut IngestReport,
 ) -> Result<(), IngestError> {
-    let Batching { index, collection, batch_size, known, progress } = context;
+    let Triage { index, collection, batch_size, known, progress } = context;
     let batch_size = batch_size.max(1);
     let mut decoded = decoded;
     // Without a SQL catalog ids derive from URIs: which URI holds each id.

@@ -28,7 +28,7 @@ use crate::ingest::{IngestError, IngestOptions, IngestReport};
 use crate::progress::Progress;
 use crate::source::{ReadError, SourceError, SourceImage};
 use crate::store::grouped::GroupedSearches;
-use crate::store::{Hit, SearchFilter, StoreError};
+use crate::store::{Hit, SearchConsistency, SearchFilter, StoreError};
 
 /// How long readiness waits for each of Milvus and the catalog. Under the search pod's probe
 /// timeout (5 s), so the kubelet records the 503 and its reason rather than a probe timeout;
@@ -56,6 +56,10 @@ pub struct SearchSettings {
     pub image_bucket: Option<Arc<crate::source::s3::Bucket>>,
     /// Fetches query images for searches by URL; `None`: searching by URL is refused.
     pub url_fetcher: Option<Arc<crate::source::urls::Fetcher>>,
+    /// How fresh searches must be. Strong unless settings say otherwise: a service opened
+    /// beside a writer (a test, a benchmark) reads what was just written elsewhere; `serve`
+    /// (by its flag) and `standalone` resolve it to Session.
+    pub consistency: SearchConsistency,
 }
 
 impl Default for SearchSettings {
@@ -70,6 +74,7 @@ impl Default for SearchSettings {
             decode_workers: 1,
             image_bucket: None,
             url_fetcher: None,
+            consistency: SearchConsistency::Strong,
         }
     }
 }
@@ -281,7 +286,8 @@ pub struct SearchService {
 impl SearchService {
     /// Starts the service's model batcher (its own threads) and Milvus search grouping (a task
     /// on the current Tokio runtime, so this is called inside one).
-    pub fn new(index: ImageIndex, settings: SearchSettings) -> Self {
+    pub fn new(mut index: ImageIndex, settings: SearchSettings) -> Self {
+        index.store = index.store.with_search_consistency(settings.consistency);
         Self {
             decoders: Semaphore::new(settings.query_decoders.max(1)),
             batcher: QueryBatcher::start(Arc::clone(&index.model), settings.batching),

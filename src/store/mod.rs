@@ -58,8 +58,9 @@ pub enum StoreError {
         uri: String,
         operation: &'static str,
         collection: String,
+        /// Boxed: the SDK's error is over 200 bytes, and every `Result` of the store carries it.
         #[source]
-        source: milvus::v2::error::Error,
+        source: Box<milvus::v2::error::Error>,
     },
     #[error("Milvus at {uri} did not answer {operation} on {collection:?} within {seconds} s")]
     Unanswered { uri: String, operation: &'static str, collection: String, seconds: u64 },
@@ -226,32 +227,68 @@ impl MilvusStore {
         );
     }
 
-    /// The SDK's deadline bounds each attempt once a connection exists, but a call waiting for
-    /// a connection that cannot be re-established (Milvus gone mid-run) waits forever; this
-    /// bound holds whatever the SDK does.
-    async fn bounded<T>(
+    /// One Milvus call, its ceremony written once: the request as its builder made it, sent
+    /// within the patience, and every failure (the build, no answer, the server's refusal) an
+    /// error naming the operation and the collection.
+    async fn call<Request, Response, Answer>(
         &self,
         operation: &'static str,
         collection: &str,
-        call: impl std::future::Future<Output = T>,
-    ) -> Result<T> {
-        let patience = Duration::from_millis(self.patience_ms.load(Ordering::Relaxed)) + Duration::from_secs(2);
-        self.bounded_by(patience, operation, collection, call).await
+        request: std::result::Result<Request, impl Into<milvus::v2::error::Error>>,
+        send: impl FnOnce(Request) -> Answer,
+    ) -> Result<Response>
+    where
+        Answer: std::future::Future<Output = std::result::Result<Response, milvus::v2::error::Error>>,
+    {
+        self.answer(operation, collection, self.patience(), request, send)
+            .await?
+            .map_err(|e| self.error(operation, collection, e))
     }
 
-    async fn bounded_by<T>(
+    /// [`Self::call`] on a collection that must exist: Milvus's "not found" becomes
+    /// [`StoreError::CollectionNotFound`].
+    async fn call_existing<Request, Response, Answer>(
         &self,
-        bound: Duration,
         operation: &'static str,
         collection: &str,
-        call: impl std::future::Future<Output = T>,
-    ) -> Result<T> {
-        tokio::time::timeout(bound, call).await.map_err(|_| StoreError::Unanswered {
+        request: std::result::Result<Request, impl Into<milvus::v2::error::Error>>,
+        send: impl FnOnce(Request) -> Answer,
+    ) -> Result<Response>
+    where
+        Answer: std::future::Future<Output = std::result::Result<Response, milvus::v2::error::Error>>,
+    {
+        self.answer(operation, collection, self.patience(), request, send)
+            .await?
+            .map_err(|e| self.not_found_or(operation, collection, e))
+    }
+
+    /// The server's answer to one call, its own error left for the caller to read (a missing
+    /// index is an error status, not an empty list). The SDK's deadline bounds each attempt
+    /// once a connection exists, but a call waiting for a connection that cannot be
+    /// re-established (Milvus gone mid-run) waits forever: `bound` holds whatever the SDK does.
+    async fn answer<Request, Response, Answer>(
+        &self,
+        operation: &'static str,
+        collection: &str,
+        bound: Duration,
+        request: std::result::Result<Request, impl Into<milvus::v2::error::Error>>,
+        send: impl FnOnce(Request) -> Answer,
+    ) -> Result<std::result::Result<Response, milvus::v2::error::Error>>
+    where
+        Answer: std::future::Future<Output = std::result::Result<Response, milvus::v2::error::Error>>,
+    {
+        let request = request.map_err(|e| self.error(operation, collection, e))?;
+        tokio::time::timeout(bound, send(request)).await.map_err(|_| StoreError::Unanswered {
             uri: self.uri.clone(),
             operation,
             collection: collection.to_string(),
             seconds: bound.as_secs(),
         })
+    }
+
+    /// The patience of one call, and 2 s for the SDK's last retry to report.
+    fn patience(&self) -> Duration {
+        Duration::from_millis(self.patience_ms.load(Ordering::Relaxed)) + Duration::from_secs(2)
     }
 
     pub fn uri(&self) -> &str {
@@ -282,9 +319,9 @@ impl MilvusStore {
     /// (Not list_collections: Milvus Lite's answer to it is one this SDK rejects as malformed.)
     pub async fn ping(&self, within: Duration) -> Result<()> {
         let op = "health check";
-        let request = CheckHealthRequest::builder().build().map_err(|e| self.error(op, "", e))?;
+        let request = CheckHealthRequest::builder().build();
         let health = self
-            .bounded_by(within, op, "", self.client.check_health(request))
+            .answer(op, "", within, request, |request| self.client.check_health(request))
             .await?
             .map_err(|e| self.error(op, "", e))?;
         if !health.is_healthy() {
@@ -295,14 +332,8 @@ impl MilvusStore {
 
     pub async fn has_collection(&self, collection: &str) -> Result<bool> {
         let op = "has_collection";
-        let request = HasCollectionRequest::builder()
-            .collection_name(collection)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        let response = self
-            .bounded(op, collection, self.client.has_collection(request))
-            .await?
-            .map_err(|e| self.error(op, collection, e))?;
+        let request = HasCollectionRequest::builder().collection_name(collection).build();
+        let response = self.call(op, collection, request, |request| self.client.has_collection(request)).await?;
         Ok(response.exists())
     }
 
@@ -365,11 +396,8 @@ impl MilvusStore {
         let request = AlterCollectionPropertiesRequest::builder()
             .collection_name(collection)
             .properties(owner.properties())
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.alter_collection_properties(request))
-            .await?
-            .map_err(|e| self.error(op, collection, e))?;
+            .build();
+        self.call(op, collection, request, |request| self.client.alter_collection_properties(request)).await?;
         tracing::info!(collection, owner = owner.object, "recorded the collection's owner");
         Ok(())
     }
@@ -405,25 +433,17 @@ impl MilvusStore {
             .properties(owner.map(CollectionOwner::properties).unwrap_or_default())
             .schema(schema)
             .consistency_level(ConsistencyLevel::Strong)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.create_collection(request))
-            .await?
-            .map_err(|e| self.error(op, collection, e))?;
+            .build();
+        self.call(op, collection, request, |request| self.client.create_collection(request)).await?;
         tracing::info!(collection, dimension, "created Milvus collection");
         Ok(())
     }
 
     async fn describe(&self, collection: &str) -> Result<CollectionDesc> {
         let op = "describe collection";
-        let request = DescribeCollectionRequest::builder()
-            .collection_name(collection)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        let response = self
-            .bounded(op, collection, self.client.describe_collection(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
+        let request = DescribeCollectionRequest::builder().collection_name(collection).build();
+        let response =
+            self.call_existing(op, collection, request, |request| self.client.describe_collection(request)).await?;
         Ok(response.description().clone())
     }
 
@@ -441,13 +461,11 @@ impl MilvusStore {
                     ("M".to_string(), index.m.to_string()),
                     ("efConstruction".to_string(), index.ef_construction.to_string()),
                 ]));
-            let request = CreateIndexRequest::builder()
-                .collection_name(collection)
-                .index_param(params)
-                .sync(false)
-                .build()
-                .map_err(|e| self.error(op, collection, e))?;
-            if let Err(error) = self.bounded(op, collection, self.client.create_index(request)).await? {
+            let request =
+                CreateIndexRequest::builder().collection_name(collection).index_param(params).sync(false).build();
+            let answer =
+                self.answer(op, collection, self.patience(), request, |request| self.client.create_index(request));
+            if let Err(error) = answer.await? {
                 // As with the collection: a concurrent shard may have just created it.
                 if self.index_state(collection).await?.is_none() {
                     return Err(self.error(op, collection, error));
@@ -481,12 +499,11 @@ impl MilvusStore {
     /// The vector field's index as Milvus describes it; `None` when there is none yet.
     async fn vector_index(&self, collection: &str) -> Result<Option<IndexDesc>> {
         let op = "describe index";
-        let request = DescribeIndexRequest::builder()
-            .collection_name(collection)
-            .field_name(VECTOR_FIELD)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        match self.bounded(op, collection, self.client.describe_index(request)).await? {
+        let request = DescribeIndexRequest::builder().collection_name(collection).field_name(VECTOR_FIELD).build();
+        match self
+            .answer(op, collection, self.patience(), request, |request| self.client.describe_index(request))
+            .await?
+        {
             Ok(response) => Ok(response.indexes().iter().find(|i| i.get_field_name() == VECTOR_FIELD).cloned()),
             // Milvus answers "index not found" as an error status rather than an empty list.
             Err(e) if is_missing_index(&e) => Ok(None),
@@ -496,13 +513,8 @@ impl MilvusStore {
 
     async fn load(&self, collection: &str) -> Result<()> {
         let op = "load collection";
-        let request = LoadCollectionRequest::builder()
-            .collection_name(collection)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.load_collection(request))
-            .await?
-            .map_err(|e| self.error(op, collection, e))
+        let request = LoadCollectionRequest::builder().collection_name(collection).build();
+        self.call(op, collection, request, |request| self.client.load_collection(request)).await
     }
 
     /// Inserts or replaces rows by id.
@@ -521,9 +533,8 @@ impl MilvusStore {
             ])
             .build()
             .map_err(|e| self.error(op, collection, e))?;
-        let request =
-            UpsertRequest::builder().insert(rows_request).build().map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.upsert(request)).await?.map_err(|e| self.error(op, collection, e))?;
+        let request = UpsertRequest::builder().insert(rows_request).build();
+        self.call(op, collection, request, |request| self.client.upsert(request)).await?;
         Ok(())
     }
 
@@ -568,14 +579,9 @@ impl MilvusStore {
     async fn delete_once(&self, collection: &str, ids: &[i64]) -> Result<()> {
         let op = "delete";
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-        let request = DeleteRequest::builder()
-            .collection_name(collection)
-            .filter(format!("{ID_FIELD} in [{list}]"))
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.delete(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
+        let request =
+            DeleteRequest::builder().collection_name(collection).filter(format!("{ID_FIELD} in [{list}]")).build();
+        self.call_existing(op, collection, request, |request| self.client.delete(request)).await?;
         Ok(())
     }
 
@@ -607,11 +613,8 @@ impl MilvusStore {
             .filter(format!("{ID_FIELD} in [{list}]"))
             .output_fields(fields.iter().copied())
             .consistency_level(level)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.query(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))
+            .build();
+        self.call_existing(op, collection, request, |request| self.client.query(request)).await
     }
 
     /// Rows visible to a strongly consistent read.
@@ -621,12 +624,8 @@ impl MilvusStore {
             .collection_name(collection)
             .output_fields(["count(*)"])
             .consistency_level(ConsistencyLevel::Strong)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        let response = self
-            .bounded(op, collection, self.client.query(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
+            .build();
+        let response = self.call_existing(op, collection, request, |request| self.client.query(request)).await?;
         let rows = response.results().rows().map_err(|e| self.error(op, collection, e))?;
         let mut count = 0;
         for row in rows {
@@ -673,11 +672,8 @@ impl MilvusStore {
         if let Some(expression) = filter.expression() {
             request = request.filter(expression);
         }
-        let request = request.build().map_err(|e| self.error(op, collection, e))?;
-        let response = self
-            .bounded(op, collection, self.client.search(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
+        let request = request.build();
+        let response = self.call_existing(op, collection, request, |request| self.client.search(request)).await?;
         let mut all = Vec::new();
         // One result per query vector, in the order they were sent.
         for result in response.results().iter() {
@@ -747,12 +743,8 @@ impl MilvusStore {
             .output_fields([ID_FIELD, URI_FIELD, HASH_FIELD])
             .limit(limit.clamp(1, STORED_PER_QUERY) as i64)
             .consistency_level(self.search_level())
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        let response = self
-            .bounded(op, collection, self.client.query(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
+            .build();
+        let response = self.call_existing(op, collection, request, |request| self.client.query(request)).await?;
         let mut images = Vec::new();
         for row in response.results().rows().map_err(|e| self.error(op, collection, e))? {
             images.push(StoredImage {
@@ -770,25 +762,15 @@ impl MilvusStore {
     /// dimensions on Milvus Lite, against well under one once flushed and indexed).
     pub async fn flush(&self, collection: &str) -> Result<()> {
         let op = "flush";
-        let request = FlushRequest::builder()
-            .collection_names([collection])
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.flush(request))
-            .await?
-            .map_err(|e| self.not_found_or(op, collection, e))?;
+        let request = FlushRequest::builder().collection_names([collection]).build();
+        self.call_existing(op, collection, request, |request| self.client.flush(request)).await?;
         Ok(())
     }
 
     pub async fn drop_collection(&self, collection: &str) -> Result<()> {
         let op = "drop collection";
-        let request = DropCollectionRequest::builder()
-            .collection_name(collection)
-            .build()
-            .map_err(|e| self.error(op, collection, e))?;
-        self.bounded(op, collection, self.client.drop_collection(request))
-            .await?
-            .map_err(|e| self.error(op, collection, e))
+        let request = DropCollectionRequest::builder().collection_name(collection).build();
+        self.call(op, collection, request, |request| self.client.drop_collection(request)).await
     }
 
     fn error(
@@ -801,7 +783,7 @@ impl MilvusStore {
             uri: self.uri.clone(),
             operation,
             collection: collection.to_string(),
-            source: source.into(),
+            source: Box::new(source.into()),
         }
     }
 
