@@ -94,17 +94,17 @@ async fn run() {
     let store = MilvusStore::connect(&milvus, None).await.expect("connect to Milvus Lite");
     store.set_patience(Duration::from_secs(300));
     let loading = Instant::now();
-    let index = ImageIndex {
-        store: store.clone(),
-        catalog: Catalog::open(&catalog_url).await.expect("catalog"),
-        model: Arc::clone(&model),
-        index: IndexSpec::default(),
-        limits: DecodeLimits::default(),
-    };
-    let report = index
-        .ingest_directory(&photos_dir, &IngestOptions::new(&collection, 8, 1), &Progress::silent())
-        .await
-        .expect("ingest the sample photos");
+    let catalog = Catalog::open(&catalog_url).await.expect("catalog");
+    let index =
+        ImageIndex::new(store.clone(), catalog, Arc::clone(&model), IndexSpec::default(), DecodeLimits::default());
+    let report = imgsearch::ingest::run_directory(
+        &index,
+        &photos_dir,
+        &IngestOptions::new(&collection, 8, 1),
+        &Progress::silent(),
+    )
+    .await
+    .expect("ingest the sample photos");
     let synthetic = VECTORS - report.indexed as usize;
     for start in (0..synthetic).step_by(INSERT_BATCH) {
         let rows: Vec<VectorRow> = (start..(start + INSERT_BATCH).min(synthetic))

@@ -1,6 +1,7 @@
 //! The image index: Milvus's vectors, the catalog's rows and the model that turns images into
-//! vectors, held together as one handle that ingest writes through and the search service reads
-//! through. The write order lives here, because every writer must keep it:
+//! vectors, held together as one handle that ingest ([`crate::ingest::run`]) and the search
+//! service both write and read through. Its parts are private: every write goes through the
+//! methods here, so the write order lives here, and every writer keeps it:
 //!
 //! 1. catalog: reserve the image's id, status `pending` (an existing URI keeps its id);
 //! 2. Milvus: upsert the vector under that id (a retry replaces rather than duplicates);
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use crate::catalog::{Catalog, CatalogError, ImageStatus, KnownImage, NewImage};
 use crate::embed::preprocess::{DecodeLimits, PreparedImage};
 use crate::embed::{EmbedError, EmbeddingModel, ModelSettings, Workload};
-use crate::store::{IndexSpec, MilvusStore, StoreError, VectorRow};
+use crate::store::{CollectionOwner, IndexSpec, MilvusStore, SearchConsistency, StoreError, VectorRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -54,14 +55,78 @@ pub struct BackendConfig {
 /// The store, the catalog and the model every reader and writer of a collection shares.
 #[derive(Clone, Debug)]
 pub struct ImageIndex {
-    pub store: MilvusStore,
-    pub catalog: Catalog,
-    pub model: Arc<EmbeddingModel>,
-    pub index: IndexSpec,
-    pub limits: DecodeLimits,
+    store: MilvusStore,
+    catalog: Catalog,
+    model: Arc<EmbeddingModel>,
+    index: IndexSpec,
+    limits: DecodeLimits,
 }
 
 impl ImageIndex {
+    /// An index of parts already connected and loaded (tests and benchmarks put one together
+    /// around their own servers; the roles use [`ImageIndex::open`]).
+    pub fn new(
+        store: MilvusStore,
+        catalog: Catalog,
+        model: Arc<EmbeddingModel>,
+        index: IndexSpec,
+        limits: DecodeLimits,
+    ) -> Self {
+        Self { store, catalog, model, index, limits }
+    }
+
+    /// The same index reaching Milvus through `store` instead (another address, another patience).
+    pub fn with_store(self, store: MilvusStore) -> Self {
+        Self { store, ..self }
+    }
+
+    /// The same index writing its rows to `catalog` instead.
+    pub fn with_catalog(self, catalog: Catalog) -> Self {
+        Self { catalog, ..self }
+    }
+
+    /// The same index, its searches as fresh as `consistency` asks.
+    pub fn with_search_consistency(self, consistency: SearchConsistency) -> Self {
+        Self { store: self.store.with_search_consistency(consistency), ..self }
+    }
+
+    /// Milvus, for reads (counts, vectors, searches). Writes go through the index's methods.
+    pub fn store(&self) -> &MilvusStore {
+        &self.store
+    }
+
+    /// The catalog, for reads (lookups, listings, counts). Writes go through the index's methods.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The model images are embedded with.
+    pub fn model(&self) -> &Arc<EmbeddingModel> {
+        &self.model
+    }
+
+    /// The vector index's parameters (HNSW `M`, `efConstruction`, search `ef`).
+    pub fn index_spec(&self) -> &IndexSpec {
+        &self.index
+    }
+
+    /// What a decoder may be asked to do.
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
+    }
+
+    /// Makes sure `collection` exists with its index, loaded, and (with an `owner`) is the
+    /// owner's, before anything is written to it.
+    pub(crate) async fn ensure_collection(
+        &self,
+        collection: &str,
+        owner: Option<&CollectionOwner>,
+    ) -> Result<(), IndexError> {
+        crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
+        self.store.ensure_collection(collection, self.model.dimension(), &self.index, owner).await?;
+        Ok(())
+    }
+
     /// Connects to Milvus, opens the catalog, then loads the model for `workload` (so that a
     /// wrong address is reported before the model's seconds of loading). `collection` is the one
     /// this process ingests into or searches by default: without a SQL catalog, lookups by image
@@ -117,8 +182,7 @@ impl ImageIndex {
     /// id of an identical image already indexed under the same URI (nothing to do then). Fails
     /// when, without a SQL catalog, another URI holds the id this one derives to.
     pub async fn already_indexed(&self, collection: &str, image: &NewImage) -> Result<Option<i64>, IndexError> {
-        crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
-        self.store.ensure_collection(collection, self.model.dimension(), &self.index, None).await?;
+        self.ensure_collection(collection, None).await?;
         if let Some(existing) = self.catalog.find(collection, &image.uri).await?
             && existing.status == ImageStatus::Indexed
             && existing.content_hash.as_deref() == Some(image.content_hash.as_str())
@@ -213,6 +277,40 @@ impl ImageIndex {
         }
         Ok(())
     }
+
+    /// Drops the collection: its vectors first, then its catalog rows (a failure in between
+    /// leaves rows the next drop finds, never vectors nothing lists). Says what there was.
+    pub async fn drop_collection(&self, collection: &str) -> Result<Dropped, IndexError> {
+        let vectors = self.store.has_collection(collection).await?;
+        if vectors {
+            self.store.drop_collection(collection).await?;
+        }
+        let catalog_rows = self.catalog.delete_collection(collection).await?;
+        Ok(Dropped { vectors, catalog_rows })
+    }
+
+    /// Seals what was written so Milvus indexes it (see [`MilvusStore::flush`]).
+    pub async fn flush(&self, collection: &str) -> Result<(), IndexError> {
+        Ok(self.store.flush(collection).await?)
+    }
+
+    /// Milvus and the catalog both answer, each within `within`; asked at once, so the answer
+    /// comes within that too, not twice it.
+    pub async fn ping(&self, within: std::time::Duration) -> Result<(), IndexError> {
+        let (milvus, catalog) = tokio::join!(self.store.ping(within), self.catalog.ping(within));
+        milvus?;
+        catalog?;
+        Ok(())
+    }
+}
+
+/// What a dropped collection had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// Milvus had the collection.
+    pub vectors: bool,
+    /// Catalog rows deleted.
+    pub catalog_rows: u64,
 }
 
 /// An image that could not be indexed, as the catalog records it.

@@ -1,8 +1,8 @@
 //! imgsearch: reverse image search on Milvus.
 //!
-//! Data flows one way: source → ingest → (Milvus, catalog) ← serve. [`index`] is what ingest
-//! writes through and [`search`] reads through; [`api`] puts HTTP in front of the search
-//! service; [`controller`] makes the Kubernetes objects that run the other roles and never
+//! Data flows one way: source → ingest → (Milvus, catalog) ← serve. [`index`] is the one handle
+//! every write goes through, in its order: [`ingest`]'s runs, and the uploads, deletes and drops
+//! of [`search`], which also reads through it; [`api`] puts HTTP in front of the search service; [`controller`] makes the Kubernetes objects that run the other roles and never
 //! touches pixels. [`cli`] maps flags onto each role's command; `main` runs it.
 #![forbid(unsafe_code)]
 

@@ -65,11 +65,6 @@ impl Shutdown {
         shutdown
     }
 
-    /// Whether a stop was requested already.
-    pub fn is_requested(&self) -> bool {
-        *self.requested.borrow()
-    }
-
     /// Waits until a stop is requested. If every trigger is gone without one, waits forever:
     /// nobody can ask any more, which is not the same as asking.
     pub async fn requested(&self) {
@@ -88,12 +83,14 @@ mod tests {
     async fn every_clone_sees_one_request_and_a_dropped_trigger_is_not_one() {
         let (trigger, shutdown) = Shutdown::manual();
         let waiting = [shutdown.clone(), shutdown.clone()].map(|s| tokio::spawn(async move { s.requested().await }));
-        assert!(!shutdown.is_requested());
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), shutdown.requested()).await;
+        assert!(early.is_err(), "nothing requested yet");
         trigger.trigger();
         for task in waiting {
             tokio::time::timeout(std::time::Duration::from_secs(5), task).await.expect("woken").expect("no panic");
         }
-        assert!(shutdown.is_requested());
+        let late = tokio::time::timeout(std::time::Duration::from_millis(50), shutdown.requested()).await;
+        assert!(late.is_ok(), "a request already made is seen by a waiter that comes after it");
 
         let (dropped, unrequested) = Shutdown::manual();
         drop(dropped);

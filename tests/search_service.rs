@@ -28,8 +28,7 @@ async fn one_search_call_serves_every_kind_of_query_and_the_report_pairs_each_co
     coffee.save_with_format(images.join("resaved-coffee.jpg"), ImageFormat::Jpeg).expect("write the copy");
     let collection = common::unique_collection("service");
     let index = common::index(work.path()).await;
-    let report = index
-        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
+    let report = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
         .await
         .expect("the folder is ingested");
     assert_eq!(report.indexed, 5, "{report:?}");

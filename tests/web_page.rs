@@ -29,7 +29,9 @@ async fn server(work: &Path, auth: Option<AuthConfig>) -> (String, tokio::task::
     }
     let index = common::index(work).await;
     let collection = common::unique_collection("page");
-    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
+    imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .unwrap();
     let search = SearchSettings { upload_dir: work.join("uploads"), ..Default::default() };
     let config = ServeConfig { default_collection: collection, auth, search, ..Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -17,7 +17,7 @@ pub enum Error {
     #[error("Secret {name:?} referenced by {field}: {problem}")]
     Secret { field: &'static str, name: String, problem: String },
     /// The Milvus Secret does not name this collection's Milvus address as the one its
-    /// credentials are for ([`MILVUS_URI_ANNOTATION`]).
+    /// credentials are for (the annotation `imgsearch.io/milvus-uri`).
     #[error(
         "Secret {name:?} (spec.milvus.secretRef) is not for {uri}: {found}. Its credentials are sent only to the address \
          the Secret itself names; whoever may edit the Secret can add the annotation {MILVUS_URI_ANNOTATION}: {uri}"

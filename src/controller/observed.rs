@@ -244,7 +244,7 @@ const WAITING_ON_SOMEONE: [&str; 7] = [
 pub const STEPS_THAT_CAN_HANG: [&str; 2] = ["ContainerCreating", "PodInitializing"];
 
 /// Why `pod` has not started, once it has been trying for `grace`: a container waiting for one
-/// of [`WAITING_ON_SOMEONE`], or the scheduler unable to place it (a missing claim, no node
+/// of `WAITING_ON_SOMEONE`, or the scheduler unable to place it (a missing claim, no node
 /// with room). `None` for a pod that runs, finished, is being deleted, or is still within its
 /// grace period (an image pull that fails once may succeed on the next try).
 pub fn not_starting(pod: &Pod, now: &Time, grace: std::time::Duration) -> Option<ChildFailure> {

@@ -1,8 +1,8 @@
 //! The reconcile loop: kube-runtime's Controller over ImageCollections, owning their Jobs,
 //! Deployments and Services. Each pass reaches the Milvus collection, applies each child on its
 //! own, ensures and observes the ingest Job, looks at pods that do not start, and writes status;
-//! the steps live in [`super::milvus`], [`super::serving`], [`super::jobs`], [`super::pods`],
-//! and deletion in [`super::cleanup`].
+//! the steps live in the controller's `milvus`, `serving`, `jobs` and `pods` modules, and
+//! deletion in `cleanup`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ const MILVUS_RECHECK_MAX: Duration = Duration::from_secs(120);
 /// How often an object is looked at again when nothing announces a change. Owned objects wake
 /// the controller on change; these timers catch what nothing announces: Milvus going away or
 /// coming back, and the indexed count growing while an ingest runs (the controller's own status
-/// writes do not wake it, see [`wakes_the_controller`]).
+/// writes do not wake it, see `wakes_the_controller`).
 #[derive(Debug, Clone, Copy)]
 pub struct Recheck {
     pub ready: Duration,

@@ -61,7 +61,7 @@ pub async fn ingest_until_stopped(
 ) -> anyhow::Result<Option<IngestReport>> {
     let progress = Progress::visible();
     tokio::select! {
-        report = index.ingest(source, options, &progress) => Ok(Some(report?)),
+        report = super::run(index, source, options, &progress) => Ok(Some(report?)),
         () = shutdown.requested() => {
             progress.finish();
             Ok(None)

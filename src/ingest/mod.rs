@@ -1,6 +1,7 @@
 //! Ingest: a source (a folder, a bucket, a URL list) brought into a collection. This module
-//! holds the options, the entry point and the pruning of what the source no longer has;
-//! [`pipeline`] the stages an image goes through; [`report`] what a run tells; [`command`] the
+//! holds the options, the entry point ([`run`], writing through an [`ImageIndex`]) and the
+//! pruning of what the source no longer has;
+//! `pipeline` the stages an image goes through; [`report`] what a run tells; [`command`] the
 //! `imgsearch ingest` command around it. The writes and their order are the image index's
 //! ([`crate::index`]), shared with the search service's uploads.
 //!
@@ -26,7 +27,6 @@ use crate::progress::Progress;
 use crate::source::{Shard, Source, SourceError};
 use crate::store::{CollectionOwner, StoreError};
 
-pub use crate::source::MAX_FILE_BYTES;
 pub use report::{IngestFailure, IngestReport};
 
 /// The exit code of an ingest that cannot succeed as configured (sysexits' `EX_CONFIG`): the
@@ -130,132 +130,127 @@ impl IngestOptions {
     }
 }
 
-impl ImageIndex {
-    /// Ingests a folder (see [`ImageIndex::ingest`]).
-    pub async fn ingest_directory(
-        &self,
-        root: &Path,
-        options: &IngestOptions,
-        progress: &Progress,
-    ) -> Result<IngestReport, IngestError> {
-        self.ingest(&Source::directory(root)?, options, progress).await
+/// Ingests a folder (see [`run`]).
+pub async fn run_directory(
+    index: &ImageIndex,
+    root: &Path,
+    options: &IngestOptions,
+    progress: &Progress,
+) -> Result<IngestReport, IngestError> {
+    run(index, &Source::directory(root)?, options, progress).await
+}
+
+/// Lists the source (this run's shard of it) and brings the collection and the catalog up to
+/// date with it through `index`: the pipeline's stages run at once, then, with `prune`,
+/// what the source no longer lists is removed.
+pub async fn run(
+    index: &ImageIndex,
+    source: &Source,
+    options: &IngestOptions,
+    progress: &Progress,
+) -> Result<IngestReport, IngestError> {
+    let started = Instant::now();
+    let collection = options.collection.as_str();
+    index.ensure_collection(collection, options.owner.as_ref()).await?;
+
+    let mut files = source.list().await?;
+    files.retain(|file| options.shard.contains(&file.uri));
+    let listed: HashSet<String> =
+        if options.prune { files.iter().map(|f| f.uri.clone()).collect() } else { Default::default() };
+    let known = Arc::new(index.catalog().known_images(collection).await?);
+    let mut report =
+        IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
+    // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
+    tracing::info!(
+        collection,
+        source = source.describe(),
+        images = files.len(),
+        shard = options.shard.index,
+        shards = options.shard.count,
+        "ingest started"
+    );
+    progress.begin(files.len() as u64);
+
+    let decode_workers = options.decode_workers.max(1);
+    let (to_decoders, fetched) = mpsc::channel(decode_workers * 2);
+    let (to_triage, decoded) = mpsc::channel(options.batch_size.max(1) * 2);
+    // Triage, embedding and writing overlap: the model embeds up to one batch per session
+    // at once while Milvus and the catalog take the batch before, so inference never waits
+    // on a write.
+    let (to_model, batches) = mpsc::channel(1);
+    let (to_writer, embedded) = mpsc::channel(1);
+    let triage = pipeline::Triage { index, collection, batch_size: options.batch_size, known: &known, progress };
+    let (reading, (), triaging, embedding, writing) = tokio::join!(
+        pipeline::read(source, files, to_decoders),
+        pipeline::decode(fetched, Arc::clone(&known), index.limits(), index.model().input(), decode_workers, to_triage),
+        pipeline::triage(triage, decoded, to_model, &mut report),
+        pipeline::embed(index, batches, to_writer),
+        pipeline::write(index, collection, embedded, progress),
+    );
+    progress.finish();
+    // The first stage to fail is the one to blame: a write error stops embedding, which
+    // stops reading, not the other way round.
+    report.indexed += writing?;
+    embedding?;
+    triaging?;
+    reading?;
+    if options.prune {
+        report.pruned = prune(index, collection, source, options.shard, &known, &listed).await?;
+    }
+    if report.indexed > 0 || report.pruned > 0 {
+        // Sealed segments get indexed; left growing, every search scans them in full.
+        index.flush(collection).await?;
     }
 
-    /// Lists the source (this run's shard of it) and brings the collection and the catalog up
-    /// to date with it: the [`pipeline`]'s stages run at once, then, with `prune`, what the
-    /// source no longer lists is removed.
-    pub async fn ingest(
-        &self,
-        source: &Source,
-        options: &IngestOptions,
-        progress: &Progress,
-    ) -> Result<IngestReport, IngestError> {
-        let started = Instant::now();
-        let collection = options.collection.as_str();
-        crate::store::validate_collection_name(collection).map_err(IndexError::InvalidCollection)?;
-        let owner = options.owner.as_ref();
-        self.store.ensure_collection(collection, self.model.dimension(), &self.index, owner).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.images_per_second = (report.indexed as f64) / report.seconds.max(1e-9);
+    tracing::info!(
+        collection,
+        discovered = report.discovered,
+        indexed = report.indexed,
+        skipped = report.skipped,
+        failed = report.failed,
+        pruned = report.pruned,
+        seconds = format!("{:.1}", report.seconds),
+        "ingest finished"
+    );
+    Ok(report)
+}
 
-        let mut files = source.list().await?;
-        files.retain(|file| options.shard.contains(&file.uri));
-        let listed: HashSet<String> =
-            if options.prune { files.iter().map(|f| f.uri.clone()).collect() } else { Default::default() };
-        let known = Arc::new(self.catalog.known_images(collection).await?);
-        let mut report =
-            IngestReport { collection: collection.to_string(), discovered: files.len() as u64, ..Default::default() };
-        // Logged before the bar appears, so the line does not strand a half-drawn bar above it.
-        tracing::info!(
+/// Removes catalogued images of this source and shard that the listing no longer has, in
+/// the index's delete order (a kill in between leaves rows the next prune finds again).
+/// Images of other sources, uploads and other shards are never touched.
+async fn prune(
+    index: &ImageIndex,
+    collection: &str,
+    source: &Source,
+    shard: Shard,
+    known: &HashMap<String, KnownImage>,
+    listed: &HashSet<String>,
+) -> Result<u64, IngestError> {
+    let gone: Vec<i64> = known
+        .iter()
+        .filter(|(uri, _)| source.owns(uri) && shard.contains(uri) && !listed.contains(*uri))
+        .map(|(_, image)| image.id)
+        .collect();
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    // A source that lists nothing at all is far more often misconfigured (a wrong prefix, an
+    // empty mount) than emptied on purpose; emptying the collection then would be the wrong
+    // guess, and an expensive one.
+    if listed.is_empty() {
+        tracing::warn!(
             collection,
             source = source.describe(),
-            images = files.len(),
-            shard = options.shard.index,
-            shards = options.shard.count,
-            "ingest started"
+            catalogued = gone.len(),
+            "the source listed no images; not pruning (delete the images explicitly if that is intended)"
         );
-        progress.begin(files.len() as u64);
-
-        let decode_workers = options.decode_workers.max(1);
-        let (to_decoders, fetched) = mpsc::channel(decode_workers * 2);
-        let (to_triage, decoded) = mpsc::channel(options.batch_size.max(1) * 2);
-        // Triage, embedding and writing overlap: the model embeds up to one batch per session
-        // at once while Milvus and the catalog take the batch before, so inference never waits
-        // on a write.
-        let (to_model, batches) = mpsc::channel(1);
-        let (to_writer, embedded) = mpsc::channel(1);
-        let triage =
-            pipeline::Triage { index: self, collection, batch_size: options.batch_size, known: &known, progress };
-        let (reading, (), triaging, embedding, writing) = tokio::join!(
-            pipeline::read(source, files, to_decoders),
-            pipeline::decode(fetched, Arc::clone(&known), self.limits, self.model.input(), decode_workers, to_triage),
-            pipeline::triage(triage, decoded, to_model, &mut report),
-            pipeline::embed(self, batches, to_writer),
-            pipeline::write(self, collection, embedded, progress),
-        );
-        progress.finish();
-        // The first stage to fail is the one to blame: a write error stops embedding, which
-        // stops reading, not the other way round.
-        report.indexed += writing?;
-        embedding?;
-        triaging?;
-        reading?;
-        if options.prune {
-            report.pruned = self.prune(collection, source, options.shard, &known, &listed).await?;
-        }
-        if report.indexed > 0 || report.pruned > 0 {
-            // Sealed segments get indexed; left growing, every search scans them in full.
-            self.store.flush(collection).await?;
-        }
-
-        report.seconds = started.elapsed().as_secs_f64();
-        report.images_per_second = (report.indexed as f64) / report.seconds.max(1e-9);
-        tracing::info!(
-            collection,
-            discovered = report.discovered,
-            indexed = report.indexed,
-            skipped = report.skipped,
-            failed = report.failed,
-            pruned = report.pruned,
-            seconds = format!("{:.1}", report.seconds),
-            "ingest finished"
-        );
-        Ok(report)
+        return Ok(0);
     }
-
-    /// Removes catalogued images of this source and shard that the listing no longer has, in
-    /// the index's delete order (a kill in between leaves rows the next prune finds again).
-    /// Images of other sources, uploads and other shards are never touched.
-    async fn prune(
-        &self,
-        collection: &str,
-        source: &Source,
-        shard: Shard,
-        known: &HashMap<String, KnownImage>,
-        listed: &HashSet<String>,
-    ) -> Result<u64, IngestError> {
-        let gone: Vec<i64> = known
-            .iter()
-            .filter(|(uri, _)| source.owns(uri) && shard.contains(uri) && !listed.contains(*uri))
-            .map(|(_, image)| image.id)
-            .collect();
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        // A source that lists nothing at all is far more often misconfigured (a wrong prefix, an
-        // empty mount) than emptied on purpose; emptying the collection then would be the wrong
-        // guess, and an expensive one.
-        if listed.is_empty() {
-            tracing::warn!(
-                collection,
-                source = source.describe(),
-                catalogued = gone.len(),
-                "the source listed no images; not pruning (delete the images explicitly if that is intended)"
-            );
-            return Ok(0);
-        }
-        self.delete(collection, &gone).await?;
-        tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the source");
-        Ok(gone.len() as u64)
-    }
+    index.delete(collection, &gone).await?;
+    tracing::info!(collection, pruned = gone.len(), "removed images that are gone from the source");
+    Ok(gone.len() as u64)
 }
 
 #[cfg(test)]

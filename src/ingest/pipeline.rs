@@ -140,7 +140,7 @@ pub(super) async fn triage(
     let batch_size = batch_size.max(1);
     let mut decoded = decoded;
     // Without a SQL catalog ids derive from URIs: which URI holds each id.
-    let mut holders: HashMap<i64, String> = if index.catalog.derives_ids() {
+    let mut holders: HashMap<i64, String> = if index.catalog().derives_ids() {
         known.iter().map(|(uri, image)| (image.id, uri.clone())).collect()
     } else {
         HashMap::new()
@@ -165,7 +165,7 @@ pub(super) async fn triage(
                 progress.advance(1);
             }
             Examined::Ready { image, prepared } => {
-                if let Err(taken) = claim_id(&mut holders, &index.catalog, collection, &image.uri) {
+                if let Err(taken) = claim_id(&mut holders, index.catalog(), collection, &image.uri) {
                     // Not recorded as this image's failure: the id's row is the other image's.
                     let reason = taken.to_string();
                     tracing::warn!(collection, uri = image.uri, reason, "image failed");
@@ -195,7 +195,7 @@ pub(super) async fn embed(
     let mut batches = batches;
     let mut vectors = futures::stream::poll_fn(|cx| batches.poll_recv(cx))
         .map(|batch| index.embed(batch))
-        .buffer_unordered(index.model.sessions());
+        .buffer_unordered(index.model().sessions());
     while let Some(embedded) = vectors.next().await {
         if to_writer.send(embedded?).await.is_err() {
             break; // the writer stopped on an error; it reports it

@@ -286,12 +286,12 @@ pub struct SearchService {
 impl SearchService {
     /// Starts the service's model batcher (its own threads) and Milvus search grouping (a task
     /// on the current Tokio runtime, so this is called inside one).
-    pub fn new(mut index: ImageIndex, settings: SearchSettings) -> Self {
-        index.store = index.store.with_search_consistency(settings.consistency);
+    pub fn new(index: ImageIndex, settings: SearchSettings) -> Self {
+        let index = index.with_search_consistency(settings.consistency);
         Self {
             decoders: Semaphore::new(settings.query_decoders.max(1)),
-            batcher: QueryBatcher::start(Arc::clone(&index.model), settings.batching),
-            searches: GroupedSearches::start(index.store.clone(), index.index.clone()),
+            batcher: QueryBatcher::start(Arc::clone(index.model()), settings.batching),
+            searches: GroupedSearches::start(index.store().clone(), index.index_spec().clone()),
             index,
             settings,
             metrics: SearchMetrics::default(),
@@ -304,7 +304,7 @@ impl SearchService {
 
     /// The model queries and uploads are embedded with.
     pub fn model(&self) -> &EmbeddingModel {
-        &self.index.model
+        self.index.model()
     }
 
     /// What the service measures, for the server's `/metrics`.
@@ -336,7 +336,7 @@ impl SearchService {
             return Ok(());
         }
         let started = Instant::now();
-        let exists = self.index.store.has_collection(collection).await;
+        let exists = self.index.store().has_collection(collection).await;
         self.metrics.record("milvus_check", started.elapsed());
         if !exists? {
             return Err(SearchError::NoCollection(collection.to_string()));
@@ -426,7 +426,7 @@ impl SearchService {
             return Err(SearchError::Busy);
         };
         let _slot = slot.map_err(|e| SearchError::Internal(e.to_string()))?;
-        let (limits, input) = (self.index.limits, self.index.model.input());
+        let (limits, input) = (self.index.limits(), self.index.model().input());
         let started = Instant::now();
         let prepared = tokio::task::spawn_blocking(move || preprocess::prepare(&bytes, limits, input))
             .await
@@ -454,12 +454,12 @@ impl SearchService {
     async fn indexed_vector(&self, id: i64) -> Result<(ImageRecord, Vec<f32>)> {
         let record = self
             .index
-            .catalog
+            .catalog()
             .get(id)
             .await?
             .filter(|r| r.status == ImageStatus::Indexed)
             .ok_or_else(|| SearchError::NoIndexedImage(format!("with id {id}")))?;
-        let mut vectors = self.index.store.vectors(&record.collection, &[id]).await?;
+        let mut vectors = self.index.store().vectors(&record.collection, &[id]).await?;
         let vector = vectors
             .remove(&id)
             .ok_or_else(|| SearchError::VectorMissing { id, collection: record.collection.clone() })?;
@@ -468,7 +468,7 @@ impl SearchService {
 
     /// Stored vectors by id; ids without one are left out.
     async fn vectors(&self, collection: &str, ids: &[i64]) -> Result<HashMap<i64, Vec<f32>>> {
-        Ok(self.forget_if_missing(collection, self.index.store.vectors(collection, ids).await)?)
+        Ok(self.forget_if_missing(collection, self.index.store().vectors(collection, ids).await)?)
     }
 
     /// A page of a collection's catalogued images, by id, after `after`.
@@ -479,38 +479,38 @@ impl SearchService {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ImageRecord>> {
-        Ok(self.index.catalog.list(collection, filter, after, limit).await?)
+        Ok(self.index.catalog().list(collection, filter, after, limit).await?)
     }
 
     /// An image's catalog row, whatever its state.
     pub async fn image_info(&self, id: i64) -> Result<ImageRecord> {
-        self.index.catalog.get(id).await?.ok_or(SearchError::NoImage(id))
+        self.index.catalog().get(id).await?.ok_or(SearchError::NoImage(id))
     }
 
     /// The collections the catalog holds, with their images counted by state.
     pub async fn collections(&self) -> Result<Vec<CollectionCounts>> {
-        Ok(self.index.catalog.collections().await?)
+        Ok(self.index.catalog().collections().await?)
     }
 
     /// Vectors searchable in the collection.
     pub async fn count(&self, collection: &str) -> Result<u64> {
         self.require_collection(collection).await?;
-        Ok(self.forget_if_missing(collection, self.index.store.count(collection).await)?)
+        Ok(self.forget_if_missing(collection, self.index.store().count(collection).await)?)
     }
 
     /// Vectors in the collection, 0 for one not created yet (the bootcamp's count), asked of
     /// Milvus each time.
     pub async fn count_or_zero(&self, collection: &str) -> Result<u64> {
-        if !self.index.store.has_collection(collection).await? {
+        if !self.index.store().has_collection(collection).await? {
             return Ok(0);
         }
-        Ok(self.index.store.count(collection).await?)
+        Ok(self.index.store().count(collection).await?)
     }
 
     /// The catalog row of an image, by id, timed as `catalog_lookup`.
     pub async fn image_by_id(&self, id: i64) -> Result<Option<ImageRecord>> {
         let started = Instant::now();
-        let record = self.index.catalog.get(id).await;
+        let record = self.index.catalog().get(id).await;
         self.metrics.record("catalog_lookup", started.elapsed());
         Ok(record?)
     }
@@ -518,7 +518,7 @@ impl SearchService {
     /// The catalog row of an image, by URI, timed as `catalog_lookup`.
     pub async fn image_by_uri(&self, uri: &str) -> Result<Option<ImageRecord>> {
         let started = Instant::now();
-        let record = self.index.catalog.find_by_uri(uri).await;
+        let record = self.index.catalog().find_by_uri(uri).await;
         self.metrics.record("catalog_lookup", started.elapsed());
         Ok(record?)
     }
@@ -559,13 +559,13 @@ impl SearchService {
     /// finishes the job). An uploaded file goes too once no catalog row names it; an image of
     /// a folder, bucket or URL list stays where it is.
     pub async fn delete_image(&self, id: i64) -> Result<()> {
-        let record = self.index.catalog.get(id).await?.ok_or(SearchError::NoImage(id))?;
+        let record = self.index.catalog().get(id).await?.ok_or(SearchError::NoImage(id))?;
         let _no_upload_meanwhile = self.uploads.lock().await;
         self.index.delete(&record.collection, &[record.id]).await?;
         // The image is deleted; the file is tidying-up, and its failure is logged, not answered.
         let path = Path::new(&record.uri);
         if path.starts_with(&self.settings.upload_dir) {
-            match self.index.catalog.find_by_uri(&record.uri).await {
+            match self.index.catalog().find_by_uri(&record.uri).await {
                 Ok(None) => {
                     if let Err(error) = tokio::fs::remove_file(path).await {
                         tracing::warn!(path = %path.display(), %error, "deleted image's upload file could not be removed");
@@ -616,33 +616,26 @@ impl SearchService {
         let folder = self.allowed_folder(folder)?;
         let _only_load = self.load.try_lock().map_err(|_| SearchError::LoadRunning)?;
         let options = IngestOptions::new(collection, self.settings.batch_size, self.settings.decode_workers);
-        Ok(self.index.ingest_directory(&folder, &options, &self.progress).await?)
+        Ok(crate::ingest::run_directory(&self.index, &folder, &options, &self.progress).await?)
     }
 
     /// Drops the collection from Milvus and the catalog (not while a load runs); `false` if
     /// neither had it.
     pub async fn drop_collection(&self, collection: &str) -> Result<bool> {
         let _no_load_meanwhile = self.load.try_lock().map_err(|_| SearchError::DropDuringLoad)?;
-        let existed = self.index.store.has_collection(collection).await?;
-        if existed {
-            self.known_collections().remove(collection);
-            self.index.store.drop_collection(collection).await?;
+        self.known_collections().remove(collection);
+        let dropped = self.index.drop_collection(collection).await?;
+        let had_any = dropped.vectors || dropped.catalog_rows > 0;
+        if had_any {
+            tracing::info!(collection, catalog_rows = dropped.catalog_rows, "dropped collection");
         }
-        let rows = self.index.catalog.delete_collection(collection).await?;
-        if existed || rows > 0 {
-            tracing::info!(collection, catalog_rows = rows, "dropped collection");
-        }
-        Ok(existed || rows > 0)
+        Ok(had_any)
     }
 
     /// Milvus and the catalog both answer, each within [`READINESS_PATIENCE`]; asked at once,
     /// so the answer comes within that too, not twice it.
     pub async fn ready(&self) -> Result<()> {
-        let (milvus, catalog) =
-            tokio::join!(self.index.store.ping(READINESS_PATIENCE), self.index.catalog.ping(READINESS_PATIENCE));
-        milvus?;
-        catalog?;
-        Ok(())
+        Ok(self.index.ping(READINESS_PATIENCE).await?)
     }
 
     /// Resolves a folder a client asked to load and checks it lies under an allowed root.

@@ -49,7 +49,7 @@ pub fn unique_collection(purpose: &str) -> String {
 pub async fn index(dir: &Path) -> ImageIndex {
     let store = MilvusStore::connect(&milvus_uri(), None).await.expect("connect to the test Milvus");
     let catalog = Catalog::open(&format!("sqlite://{}", dir.join("catalog.db").display())).await.expect("open catalog");
-    ImageIndex { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
+    ImageIndex::new(store, catalog, model(), IndexSpec::default(), DecodeLimits::default())
 }
 
 /// An image index on the shared Milvus with no SQL catalog (`DATABASE_URL=none`, the
@@ -59,7 +59,7 @@ pub async fn index_without_catalog(collection: &str) -> ImageIndex {
     let catalog = Catalog::open_or_milvus(imgsearch::catalog::NO_DATABASE, &store, &[collection.to_string()])
         .await
         .expect("a catalog of Milvus's rows");
-    ImageIndex { store, catalog, model: model(), index: IndexSpec::default(), limits: DecodeLimits::default() }
+    ImageIndex::new(store, catalog, model(), IndexSpec::default(), DecodeLimits::default())
 }
 
 pub fn options(collection: &str) -> IngestOptions {

@@ -5,7 +5,6 @@ use crate::common;
 
 use common::databases::{BACKENDS, fresh_database};
 use imgsearch::catalog::{Catalog, ImageStatus};
-use imgsearch::index::ImageIndex;
 use imgsearch::ingest::IngestOptions;
 use imgsearch::progress::Progress;
 use imgsearch::source::Shard;
@@ -24,7 +23,7 @@ async fn shards_rerun_and_prune_agree_with_milvus_on_every_catalog_backend() {
         let database = fresh_database(backend, "ingest").await;
         let catalog = Catalog::open(&database.url).await.expect("open the catalog");
         let base = common::index(work.path()).await;
-        let index = ImageIndex { catalog, ..base };
+        let index = base.with_catalog(catalog);
         let collection = common::unique_collection("backend");
         let shard = |index: u32, prune: bool| IngestOptions {
             shard: Shard::new(index, 2).expect("shard"),
@@ -33,7 +32,9 @@ async fn shards_rerun_and_prune_agree_with_milvus_on_every_catalog_backend() {
         };
         let run = |options: IngestOptions| {
             let (index, images) = (index.clone(), images.clone());
-            async move { index.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest") }
+            async move {
+                imgsearch::ingest::run_directory(&index, &images, &options, &Progress::silent()).await.expect("ingest")
+            }
         };
 
         let (first, second) = tokio::join!(run(shard(0, false)), run(shard(1, false)));
@@ -47,12 +48,12 @@ async fn shards_rerun_and_prune_agree_with_milvus_on_every_catalog_backend() {
         }
         let (first, second) = tokio::join!(run(shard(0, true)), run(shard(1, true)));
         assert_eq!(first.pruned + second.pruned, 3, "{backend:?}");
-        assert_eq!(index.store.count(&collection).await.unwrap(), total - 3, "{backend:?}: Milvus");
+        assert_eq!(index.store().count(&collection).await.unwrap(), total - 3, "{backend:?}: Milvus");
         assert_eq!(
-            index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(),
+            index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(),
             (total - 3) as i64,
             "{backend:?}: the catalog agrees"
         );
-        index.store.drop_collection(&collection).await.expect("drop the test collection");
+        index.store().drop_collection(&collection).await.expect("drop the test collection");
     }
 }

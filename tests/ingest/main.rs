@@ -16,8 +16,8 @@ async fn search_top(
     collection: &str,
     bytes: &[u8],
 ) -> Vec<imgsearch::store::Hit> {
-    let (_, vector) = index.model.embed_bytes(bytes, index.limits).expect("query image embeds");
-    index.store.search(collection, vector, 3, &index.index).await.expect("search")
+    let (_, vector) = index.model().embed_bytes(bytes, index.limits()).expect("query image embeds");
+    index.store().search(collection, vector, 3, index.index_spec()).await.expect("search")
 }
 
 #[tokio::test]
@@ -30,12 +30,13 @@ async fn ingesting_a_folder_indexes_every_image_and_counts_match() {
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("count");
 
-    let report =
-        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+    let report = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("ingest");
 
     assert_eq!((report.discovered, report.indexed, report.skipped, report.failed), (4, 4, 0, 0), "{report:?}");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 4);
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 4);
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
 }
 
 #[tokio::test]
@@ -53,7 +54,9 @@ async fn a_flipped_cropped_or_reencoded_copy_finds_its_original_first() {
     copy_photos(&names.iter().map(String::as_str).collect::<Vec<_>>(), &images);
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("variants");
-    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+    imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("ingest");
 
     let mut misses = Vec::new();
     for name in names.iter().map(String::as_str) {
@@ -95,8 +98,7 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("bad");
 
-    let report = index
-        .ingest_directory(&images, &common::options(&collection), &Progress::silent())
+    let report = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
         .await
         .expect("a run with bad files still succeeds");
 
@@ -115,10 +117,10 @@ async fn bad_files_are_recorded_as_failed_and_good_ones_still_indexed() {
     assert!(reason("bomb.png").contains("100000×100000"), "{}", reason("bomb.png"));
     assert!(reason("cmyk.jpg").contains("the decoder failed"), "{}", reason("cmyk.jpg"));
     // The catalog keeps each failure with its reason; Milvus only holds the good images.
-    let failures = index.catalog.failures(&collection).await.unwrap();
+    let failures = index.catalog().failures(&collection).await.unwrap();
     assert_eq!(failures.len(), 5);
     assert!(failures.iter().all(|f| f.error.as_deref().is_some_and(|e| !e.is_empty())));
-    assert_eq!(index.store.count(&collection).await.unwrap(), 2);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 2);
     assert!(report.summary().contains("failed: "), "{}", report.summary());
 }
 
@@ -131,14 +133,17 @@ async fn running_ingest_again_adds_nothing_and_says_so() {
     std::fs::write(images.join("empty.jpg"), b"").unwrap();
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("rerun");
-    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
+    imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("first run");
 
-    let again =
-        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("second run");
+    let again = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("second run");
 
     assert_eq!((again.discovered, again.indexed, again.skipped, again.failed), (4, 0, 4, 0), "{again:?}");
     assert!(again.summary().contains("nothing new to add"), "{}", again.summary());
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -149,15 +154,18 @@ async fn a_changed_image_replaces_its_vector_instead_of_adding_one() {
     copy_photos(&["astronaut.jpg", "coffee.jpg"], &images);
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("changed");
-    index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("first run");
+    imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("first run");
 
     // Same name, new picture: coffee.jpg now holds the rocket.
     std::fs::copy(common::photo("rocket.jpg"), images.join("coffee.jpg")).unwrap();
-    let again =
-        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("second run");
+    let again = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("second run");
 
     assert_eq!((again.indexed, again.skipped), (1, 1), "{again:?}");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 2);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 2);
     let rocket = std::fs::read(common::photo("rocket.jpg")).unwrap();
     let top = &search_top(&index, &collection, &rocket).await[0];
     assert!(top.uri.ends_with("/coffee.jpg") && top.score > 0.99, "{top:?}");
@@ -167,8 +175,7 @@ async fn a_changed_image_replaces_its_vector_instead_of_adding_one() {
 async fn an_invalid_collection_name_is_refused_before_anything_is_written() {
     let work = tempfile::tempdir().unwrap();
     let index = common::index(work.path()).await;
-    let err = index
-        .ingest_directory(work.path(), &common::options("../../etc"), &Progress::silent())
+    let err = imgsearch::ingest::run_directory(&index, work.path(), &common::options("../../etc"), &Progress::silent())
         .await
         .expect_err("invalid name");
     assert!(err.to_string().contains("invalid collection name"), "{err}");
@@ -194,7 +201,11 @@ async fn shards_sharing_a_catalog_cover_every_image_exactly_once() {
             ..common::options(&collection)
         };
         let (index, images) = (index.clone(), images.clone());
-        async move { index.ingest_directory(&images, &options, &Progress::silent()).await.expect("ingest shard") }
+        async move {
+            imgsearch::ingest::run_directory(&index, &images, &options, &Progress::silent())
+                .await
+                .expect("ingest shard")
+        }
     };
     // Both shards at once, as an Indexed Job's pods would run.
     let (first, second) = tokio::join!(run(0), run(1));
@@ -202,8 +213,8 @@ async fn shards_sharing_a_catalog_cover_every_image_exactly_once() {
     assert_eq!(first.discovered + second.discovered, 40, "{first:?} {second:?}");
     assert!(first.discovered > 0 && second.discovered > 0, "both shards had work");
     assert_eq!((first.indexed + second.indexed, first.failed + second.failed), (40, 0));
-    assert_eq!(index.store.count(&collection).await.unwrap(), 40);
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 40);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 40);
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), 40);
 }
 
 #[tokio::test]
@@ -219,13 +230,15 @@ async fn prune_removes_only_images_gone_from_the_folder() {
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("prune");
     let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
-    index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("ingest");
     // Another folder in the same collection: not this folder's to prune.
-    index.ingest_directory(&elsewhere, &pruning, &Progress::silent()).await.expect("ingest elsewhere");
+    imgsearch::ingest::run_directory(&index, &elsewhere, &pruning, &Progress::silent())
+        .await
+        .expect("ingest elsewhere");
     // An upload, stored as the search API stores one (a row of its own, in the upload folder),
     // here too under a name the folder's is a prefix of.
     let upload_bytes = std::fs::read(common::photo("rocket.jpg")).unwrap();
-    let (prepared, vector) = index.model.embed_bytes(&upload_bytes, index.limits).expect("the upload embeds");
+    let (prepared, vector) = index.model().embed_bytes(&upload_bytes, index.limits()).expect("the upload embeds");
     let upload_uri = work.path().canonicalize().unwrap().join("images-uploads/upload.jpg").display().to_string();
     let upload = imgsearch::catalog::NewImage {
         uri: upload_uri.clone(),
@@ -235,25 +248,27 @@ async fn prune_removes_only_images_gone_from_the_folder() {
         height: i64::from(prepared.height),
     };
     index.add_embedded(&collection, upload, vector).await.expect("the upload is indexed");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 6);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 6);
 
     std::fs::remove_file(images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("rocket.jpg")).unwrap();
     let without_prune =
-        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("rerun");
+        imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+            .await
+            .expect("rerun");
     assert_eq!(without_prune.pruned, 0);
-    assert_eq!(index.store.count(&collection).await.unwrap(), 6, "nothing removed without --prune");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 6, "nothing removed without --prune");
 
-    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("prune");
+    let report = imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("prune");
     assert_eq!((report.pruned, report.skipped, report.indexed), (2, 2, 0), "{}", report.summary());
     assert!(report.summary().contains("2 gone from the source removed"), "{}", report.summary());
-    assert_eq!(index.store.count(&collection).await.unwrap(), 4);
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
-    assert!(index.catalog.find(&collection, &upload_uri).await.unwrap().is_some(), "the upload is kept");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 4);
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), 4);
+    assert!(index.catalog().find(&collection, &upload_uri).await.unwrap().is_some(), "the upload is kept");
     let coffee = images.canonicalize().unwrap().join("coffee.jpg");
-    assert!(index.catalog.find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
+    assert!(index.catalog().find(&collection, &coffee.to_string_lossy()).await.unwrap().is_none());
     let camera = elsewhere.canonicalize().unwrap().join("camera.jpg");
-    assert!(index.catalog.find(&collection, &camera.to_string_lossy()).await.unwrap().is_some(), "kept");
+    assert!(index.catalog().find(&collection, &camera.to_string_lossy()).await.unwrap().is_some(), "kept");
     // The removed photo no longer matches its own picture.
     let hits = search_top(&index, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
     assert!(hits.iter().all(|h| !h.uri.ends_with("coffee.jpg")), "{hits:?}");
@@ -279,16 +294,20 @@ async fn an_ingest_for_one_object_never_prunes_a_collection_another_object_owns(
     let owner = |object: &str| Some(imgsearch::store::CollectionOwner { object: object.into(), uid: None });
     let owners =
         imgsearch::ingest::IngestOptions { prune: true, owner: owner("a-b/c"), ..common::options(&collection) };
-    index.ingest_directory(&images, &owners, &Progress::silent()).await.expect("ingest");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
+    imgsearch::ingest::run_directory(&index, &images, &owners, &Progress::silent()).await.expect("ingest");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 3);
 
     std::fs::remove_file(images.join("coffee.jpg")).unwrap();
     let other = imgsearch::ingest::IngestOptions { owner: owner("a/b-c"), ..owners.clone() };
-    let refused = index.ingest_directory(&images, &other, &Progress::silent()).await.expect_err("another owner");
+    let refused = imgsearch::ingest::run_directory(&index, &images, &other, &Progress::silent())
+        .await
+        .expect_err("another owner");
     assert!(format!("{refused:#}").contains("belongs to ImageCollection a-b/c"), "{refused:#}");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3, "nothing pruned");
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "no catalog row deleted");
-    let report = index.ingest_directory(&images, &owners, &Progress::silent()).await.expect("the owner's prune");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 3, "nothing pruned");
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "no catalog row deleted");
+    let report = imgsearch::ingest::run_directory(&index, &images, &owners, &Progress::silent())
+        .await
+        .expect("the owner's prune");
     assert_eq!(report.pruned, 1, "{}", report.summary());
 }
 
@@ -301,8 +320,8 @@ async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_b
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("prune_cut");
     let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
-    index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 5);
+    imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("ingest");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 5);
 
     let catalog_file = format!("sqlite://{}", work.path().join("catalog.db").display());
     let mut sql = <sqlx::SqliteConnection as sqlx::Connection>::connect(&catalog_file).await.expect("open the catalog");
@@ -310,27 +329,32 @@ async fn a_prune_stopped_between_the_milvus_and_the_catalog_delete_is_finished_b
     sqlx::query(refuse).execute(&mut sql).await.expect("add the trigger");
     std::fs::remove_file(images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("rocket.jpg")).unwrap();
-    let stopped = index.ingest_directory(&images, &pruning, &Progress::silent()).await;
+    let stopped = imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await;
     let error = stopped.expect_err("the catalog refused the delete, so the prune must not report success");
     assert!(format!("{error:#}").contains("stopped here"), "the catalog's refusal is reported: {error:#}");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3, "the vectors went first");
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Pending).await.unwrap(), 2, "the rows stayed, pending");
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3, "no row claims a lost vector");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 3, "the vectors went first");
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Pending).await.unwrap(), 2, "the rows stayed, pending");
+    assert_eq!(
+        index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(),
+        3,
+        "no row claims a lost vector"
+    );
 
     // One of the two comes back, unchanged, before the next run.
     copy_photos(&["coffee.jpg"], &images);
     sqlx::query("DROP TRIGGER refuse_deletes").execute(&mut sql).await.expect("drop the trigger");
-    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("the next prune");
+    let report =
+        imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("the next prune");
     assert_eq!(
         (report.pruned, report.indexed, report.skipped),
         (1, 1, 3),
         "rocket pruned, coffee embedded again: {}",
         report.summary()
     );
-    assert_eq!(index.store.count(&collection).await.unwrap(), 4);
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 4, "Milvus and catalog agree");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 4);
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), 4, "Milvus and catalog agree");
     let rocket = images.canonicalize().unwrap().join("rocket.jpg");
-    assert!(index.catalog.find(&collection, &rocket.to_string_lossy()).await.unwrap().is_none());
+    assert!(index.catalog().find(&collection, &rocket.to_string_lossy()).await.unwrap().is_none());
     let hits = search_top(&index, &collection, &std::fs::read(common::photo("coffee.jpg")).unwrap()).await;
     assert!(hits[0].uri.ends_with("coffee.jpg"), "the file that came back is searchable again: {hits:?}");
 }
@@ -360,15 +384,16 @@ async fn phone_photos_are_indexed_upright_and_every_supported_format_is_ingested
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("formats");
 
-    let report =
-        index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.expect("ingest");
+    let report = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .expect("ingest");
 
     assert_eq!((report.discovered, report.indexed, report.failed), (6, 5, 1), "{report:?}");
     let heic = &report.failures[0];
     assert!(heic.uri.ends_with("IMG_0002.HEIC") && heic.reason.contains("HEIC"), "{heic:?}");
 
     let phone_uri = images.canonicalize().unwrap().join("IMG_0001.jpg").display().to_string();
-    let phone = index.catalog.find(&collection, &phone_uri).await.unwrap().expect("catalogued");
+    let phone = index.catalog().find(&collection, &phone_uri).await.unwrap().expect("catalogued");
     assert_eq!(
         (phone.width, phone.height),
         (Some(i64::from(chelsea.width())), Some(i64::from(chelsea.height()))),
@@ -421,8 +446,8 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let run_shards = || async {
         let (zero, one, progress) = (sharded(0), sharded(1), Progress::silent());
         let (first, second) = tokio::join!(
-            index.ingest_directory(&images, &zero, &progress),
-            index.ingest_directory(&images, &one, &progress),
+            imgsearch::ingest::run_directory(&index, &images, &zero, &progress),
+            imgsearch::ingest::run_directory(&index, &images, &one, &progress),
         );
         (first.expect("shard 0"), second.expect("shard 1"))
     };
@@ -430,18 +455,18 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let (first, second) = run_shards().await;
     assert!(first.discovered > 0 && second.discovered > 0, "both shards had work: {first:?} {second:?}");
     assert_eq!((first.indexed + second.indexed, first.failed + second.failed), (good as u64, 1));
-    assert_eq!(index.store.count(&collection).await.unwrap(), good as u64, "no shard overwrote another");
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), good as i64);
+    assert_eq!(index.store().count(&collection).await.unwrap(), good as u64, "no shard overwrote another");
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), good as i64);
     for entry in std::fs::read_dir(&images).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        let found = index.catalog.find(&collection, &uri(&name)).await.unwrap();
+        let found = index.catalog().find(&collection, &uri(&name)).await.unwrap();
         if name == "broken.jpg" {
             assert!(found.is_none(), "a failed image has no row without a SQL catalog: {found:?}");
             continue;
         }
         let found = found.unwrap_or_else(|| panic!("{name} is not in Milvus"));
         assert_eq!(found.id, uri_id(&collection, &uri(&name)), "{name}: the id derives from the path");
-        let by_id = index.catalog.get(found.id).await.unwrap().expect("found by id");
+        let by_id = index.catalog().get(found.id).await.unwrap().expect("found by id");
         assert_eq!((by_id.uri, by_id.status), (uri(&name), ImageStatus::Indexed));
     }
 
@@ -455,13 +480,13 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     );
 
     // A changed image replaces its vector under the same id; a removed one is pruned.
-    let coffee = index.catalog.find(&collection, &uri("coffee.jpg")).await.unwrap().expect("coffee");
+    let coffee = index.catalog().find(&collection, &uri("coffee.jpg")).await.unwrap().expect("coffee");
     std::fs::copy(common::photo("camera.jpg"), images.join("coffee.jpg")).unwrap();
     std::fs::remove_file(images.join("astronaut.jpg")).unwrap();
     let (first, second) = run_shards().await;
     assert_eq!((first.indexed + second.indexed, first.pruned + second.pruned), (1, 1), "{first:?} {second:?}");
-    assert_eq!(index.store.count(&collection).await.unwrap(), good as u64 - 1);
-    assert!(index.catalog.find(&collection, &uri("astronaut.jpg")).await.unwrap().is_none());
+    assert_eq!(index.store().count(&collection).await.unwrap(), good as u64 - 1);
+    assert!(index.catalog().find(&collection, &uri("astronaut.jpg")).await.unwrap().is_none());
     let hits = search_top(&index, &collection, &std::fs::read(common::photo("camera.jpg")).unwrap()).await;
     assert_eq!((hits[0].id, hits[0].uri.as_str()), (coffee.id, uri("coffee.jpg").as_str()), "{hits:?}");
 
@@ -470,22 +495,24 @@ async fn without_a_sql_catalog_shards_reruns_and_prune_keep_milvus_exact() {
     let clash = uri("clash.jpg");
     let id = uri_id(&collection, &clash);
     let (_, vector) =
-        index.model.embed_bytes(&std::fs::read(common::photo("rocket.jpg")).unwrap(), index.limits).unwrap();
+        index.model().embed_bytes(&std::fs::read(common::photo("rocket.jpg")).unwrap(), index.limits()).unwrap();
     let holder =
         imgsearch::store::VectorRow { id, vector, uri: "/elsewhere/holder.jpg".into(), content_hash: "h".into() };
-    index.store.upsert(&collection, &[holder]).await.unwrap();
+    index.store().upsert(&collection, &[holder]).await.unwrap();
     std::fs::copy(common::photo("chelsea.jpg"), images.join("clash.jpg")).unwrap();
-    let report = index.ingest_directory(&images, &common::options(&collection), &Progress::silent()).await.unwrap();
+    let report = imgsearch::ingest::run_directory(&index, &images, &common::options(&collection), &Progress::silent())
+        .await
+        .unwrap();
     let refusal = report.failures.iter().find(|f| f.uri == clash).unwrap_or_else(|| panic!("{report:?}"));
     assert!(refusal.reason.contains("already held by \"/elsewhere/holder.jpg\""), "{}", refusal.reason);
     let bytes = std::fs::read(common::photo("chelsea.jpg")).unwrap();
-    let prepared = imgsearch::embed::preprocess::prepare(&bytes, index.limits, index.model.input()).unwrap();
+    let prepared = imgsearch::embed::preprocess::prepare(&bytes, index.limits(), index.model().input()).unwrap();
     let upload = NewImage { uri: clash.clone(), content_hash: "c".into(), size_bytes: 1, width: 1, height: 1 };
     let refused = index.add_prepared(&collection, upload, prepared).await.unwrap_err();
     assert!(matches!(refused, IndexError::Catalog(CatalogError::IdTaken { .. })), "{refused}");
-    let kept = index.catalog.get(id).await.unwrap().expect("the holder is still there");
+    let kept = index.catalog().get(id).await.unwrap().expect("the holder is still there");
     assert_eq!(kept.uri, "/elsewhere/holder.jpg");
-    assert_eq!(index.store.count(&collection).await.unwrap(), good as u64, "the holder, nothing more");
+    assert_eq!(index.store().count(&collection).await.unwrap(), good as u64, "the holder, nothing more");
 }
 
 /// A source that lists nothing is far more often a wrong prefix or an empty mount than emptied
@@ -500,23 +527,24 @@ async fn an_empty_listing_prunes_nothing_and_a_deleted_image_comes_back_on_the_n
     let index = common::index(work.path()).await;
     let collection = common::unique_collection("emptylisting");
     let pruning = imgsearch::ingest::IngestOptions { prune: true, ..common::options(&collection) };
-    index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("ingest");
+    imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("ingest");
 
     let coffee = images.canonicalize().unwrap().join("coffee.jpg").to_string_lossy().to_string();
-    let deleted = index.catalog.find(&collection, &coffee).await.unwrap().expect("coffee indexed");
-    index.store.delete(&collection, &[deleted.id]).await.unwrap();
-    index.catalog.delete_images(&[deleted.id]).await.unwrap();
-    assert_eq!(index.store.count(&collection).await.unwrap(), 2);
-    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("rerun");
+    let deleted = index.catalog().find(&collection, &coffee).await.unwrap().expect("coffee indexed");
+    index.store().delete(&collection, &[deleted.id]).await.unwrap();
+    index.catalog().delete_images(&[deleted.id]).await.unwrap();
+    assert_eq!(index.store().count(&collection).await.unwrap(), 2);
+    let report = imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("rerun");
     assert_eq!((report.indexed, report.skipped), (1, 2), "{}", report.summary());
-    assert!(index.catalog.find(&collection, &coffee).await.unwrap().is_some(), "coffee is back");
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3);
+    assert!(index.catalog().find(&collection, &coffee).await.unwrap().is_some(), "coffee is back");
+    assert_eq!(index.store().count(&collection).await.unwrap(), 3);
 
     for entry in std::fs::read_dir(&images).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
-    let report = index.ingest_directory(&images, &pruning, &Progress::silent()).await.expect("empty rerun");
+    let report =
+        imgsearch::ingest::run_directory(&index, &images, &pruning, &Progress::silent()).await.expect("empty rerun");
     assert_eq!((report.discovered, report.pruned), (0, 0), "{}", report.summary());
-    assert_eq!(index.store.count(&collection).await.unwrap(), 3, "nothing pruned on an empty listing");
-    assert_eq!(index.catalog.count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
+    assert_eq!(index.store().count(&collection).await.unwrap(), 3, "nothing pruned on an empty listing");
+    assert_eq!(index.catalog().count(&collection, ImageStatus::Indexed).await.unwrap(), 3);
 }
