@@ -49,6 +49,7 @@ bench-search:
 # acknowledged was lost; prints the table in docs/reliability.md. (`make test` runs 100 s of it.)
 soak:
 	scripts/setup.sh --test-servers
+	SOAK_RUN="commit $$(git rev-parse --short HEAD)$$(git diff --quiet HEAD -- src tests || echo ' (with changes)'), $$(date +%F)" \
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test --locked --test soak -- --nocapture
 
 # Coverage-guided fuzzing (AFL++ via afl.rs, stable Rust): every target in fuzz/src/targets.rs

@@ -688,6 +688,10 @@ fn under_load_through_milvus_and_catalog_crashes_nothing_acknowledged_is_lost() 
     };
     let rss: Vec<u64> = record.rss_kib.iter().map(|(_, kib)| *kib).collect();
     let mib = |kib: Option<&u64>| kib.map(|k| format!("{:.0} MiB", *k as f64 / 1024.0)).unwrap_or("-".into());
+    // The line the published table starts with: what ran, on which commit (`make soak` names
+    // it, and whether src/ or tests/ had changes), and the day.
+    let run = std::env::var("SOAK_RUN").unwrap_or_else(|_| "commit not named (run through make soak)".into());
+    println!("\nmake soak, SOAK_SECONDS={}, {run}", length.as_secs());
     println!("\n| soak, {} s | figure |", length.as_secs());
     println!("|---|---|");
     for kind in ["search", "upload", "delete"] {
