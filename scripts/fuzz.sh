@@ -22,6 +22,9 @@ if [ ! -d "$XDG_DATA_HOME/afl.rs" ]; then
     cargo afl config --build --force
 fi
 
+# The commit the targets are built from, named now: a commit made while they run is not theirs.
+run_line="make fuzz, FUZZ_SECONDS=$seconds, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with changes)'), $(date -u +%Y-%m-%d)"
+
 echo "==> building the instrumented targets (its own target dir: every crate is instrumented)"
 (cd fuzz && CARGO_TARGET_DIR="$root/target/fuzz" cargo afl build --release --locked)
 binary="$root/target/fuzz/release/fuzz"
@@ -69,7 +72,7 @@ for target in $targets; do
 done
 
 echo
-echo "make fuzz, FUZZ_SECONDS=$seconds, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with changes)'), $(date -u +%Y-%m-%d)"
+echo "$run_line"
 echo
 echo "| target          | seconds  | inputs tried | per second | corpus  | coverage | crashes | hangs |"
 echo "|-----------------|----------|--------------|------------|---------|----------|---------|-------|"

@@ -323,6 +323,19 @@ async fn hostile_inputs_get_specific_errors_and_store_nothing() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    // Refused from the header (a canvas over the pixel limit, before any decoder runs) and
+    // refused by the decoder share 422 `unprocessable_image`: the message says which it was.
+    for (name, bytes, says) in [
+        ("bomb.png", &png_bomb, "pixels, over the limit of"),
+        ("bomb.jpg", &jpeg_bomb, "pixels, over the limit of"),
+        ("c.jpg", &corrupt, "corrupt or truncated JPEG image"),
+        ("half.jpg", &truncated, "corrupt or truncated JPEG image"),
+    ] {
+        let (status, body) = f.json(upload(name, bytes)).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(status == StatusCode::UNPROCESSABLE_ENTITY && message.contains(says), "{name}: {status} {body}");
+    }
+
     // The URL rows above share their 422 with any fetch that fails (nothing answers here), so
     // each must also carry the guard's own refusal: these were refused, not tried.
     for (url, guard_says) in [

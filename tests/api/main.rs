@@ -156,13 +156,15 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
-/// A JPEG header announcing `width`×`height` pixels (an SOF0 segment) and nothing decodable.
+/// A real JPEG whose frame header is rewritten to claim `width`×`height`: whole markers, tables
+/// and a scan, so only the size is wrong (a JPEG with a frame header and no scan cannot even
+/// be measured, and is refused as truncated instead).
 fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
-    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
-    bytes.extend_from_slice(&height.to_be_bytes());
-    bytes.extend_from_slice(&width.to_be_bytes());
-    bytes.extend_from_slice(&[0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
-    bytes.extend_from_slice(&[0xFF, 0xD9]);
+    let mut bytes = common::formats::encode_rgb(&common::formats::upright(), image::ImageFormat::Jpeg, None);
+    // Baseline frame header: FF C0, length (2), precision (1), height (2), width (2).
+    let frame = bytes.windows(2).position(|pair| pair == [0xFF, 0xC0]).expect("the encoder writes a baseline frame");
+    bytes[frame + 5..frame + 7].copy_from_slice(&height.to_be_bytes());
+    bytes[frame + 7..frame + 9].copy_from_slice(&width.to_be_bytes());
     bytes
 }
 
